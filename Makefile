@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: run test test-fast venv demo bench clean-cache
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip wheel setuptools
+	$(PY) -m pip install -r requirements.txt
+	cp requirements.txt $(STAMP)
+
+run: $(STAMP)
+	$(PY) app.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -rs tests $(ARGS)
+
+demo: $(STAMP)
+	$(PY) -m braindive generate --preset demo --subject S1 --roi FFA --n 4 --steps 25 --seed 0 --out outputs/demo
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.guidance --config tiny

@@ -1,0 +1,5 @@
+"""BrainDiVE Studio: brain-guided diffusion for exploring what visual cortex prefers."""
+from .cache import cache_dir, set_cache_dir
+from .subjects import Subject, available_subjects, load_subject
+
+__version__ = "0.1.0"

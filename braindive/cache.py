@@ -1,0 +1,22 @@
+"""Where braindive keeps derived files (ROI caches, flatmap geometry, the demo bundle)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["cache_dir", "set_cache_dir"]
+
+_ROOT: Path | None = None
+
+
+def set_cache_dir(path) -> None:
+    """Use ``path`` as the root of braindive's on-disk caches (``None``: the default)."""
+    global _ROOT
+    _ROOT = Path(path) if path is not None else None
+
+
+def cache_dir(*parts: str) -> Path:
+    """A cache folder (created); default root ``~/.cache/braindive``."""
+    root = _ROOT or Path.home() / ".cache" / "braindive"
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
