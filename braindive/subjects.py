@@ -35,7 +35,7 @@ __all__ = [
 VISUAL_ROIS = ("V1", "V2", "V3", "V3A", "V3B", "V4", "V7", "LO", "OFA", "FFA", "EBA", "PPA", "OPA", "RSC")
 S1_MARGIN_MM = 4.0
 HEMISPHERES = ("lh", "rh")
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True, eq=False)
