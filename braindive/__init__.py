@@ -3,3 +3,4 @@ from .cache import cache_dir, set_cache_dir
 from .subjects import Subject, available_subjects, load_subject
 
 __version__ = "0.1.0"
+from .encoders import BrainEncoder, ClipLinearEncoder, EncoderConfig, load_encoder
