@@ -4,3 +4,6 @@ from .subjects import Subject, available_subjects, load_subject
 
 __version__ = "0.1.0"
 from .encoders import BrainEncoder, ClipLinearEncoder, EncoderConfig, load_encoder
+from .objectives import Objective
+from .pipeline import BrainDiVEPipeline, BrainDiVEPipelineOutput
+from . import demo

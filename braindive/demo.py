@@ -1,0 +1,141 @@
+"""The offline demo bundle: a tiny SD-family model, a demo encoder on S1, the S1 subject.
+
+``load()`` works with no network and no GPU. The diffusion components are built from config with
+fixed seeds, saved with ``save_pretrained`` into braindive's cache, and loaded back through the same
+``BrainDiVEPipeline.from_pretrained`` path as a real checkpoint. The encoder is the checkpoint in
+``assets/demo-encoder`` (fit by ``training.build_demo_encoder`` on a synthetic subject) when present,
+otherwise a seeded encoder whose ROIs have distinct tuning. Everything here is a demo, and says so.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cache import cache_dir
+from .demo_components import DEMO_TOWER_CONFIG, DEMO_TOWER_NAME, build_demo_tower
+from .encoders import BrainEncoder, ClipLinearEncoder, EncoderConfig, load_encoder
+from .pipeline import BrainDiVEPipeline
+from .subjects import Subject, load_subject
+
+__all__ = ["DemoBundle", "load", "build_diffusion_bundle", "DEMO_LABEL", "DEMO_DEFAULTS"]
+
+BUNDLE_VERSION = 1
+DEMO_LABEL = "DEMO: tiny random-weight diffusion model + synthetic encoder on pycortex S1 (not real brain data)"
+DEMO_DEFAULTS = {"height": 256, "width": 256, "num_inference_steps": 25, "brain_guidance_scale": 130.0, "sag_scale": 0.75}
+ASSET_ENCODER = Path(__file__).resolve().parents[1] / "assets" / "demo-encoder"
+
+
+@dataclass
+class DemoBundle:
+    pipe: BrainDiVEPipeline
+    encoder: BrainEncoder
+    subject: Subject
+    label: str = DEMO_LABEL
+    defaults: dict = None
+
+    def __post_init__(self):
+        self.defaults = dict(DEMO_DEFAULTS) if self.defaults is None else self.defaults
+
+
+def _tiny_components(seed: int = 0) -> dict:
+    """Tiny UNet / VAE (8x downsampling, like SD) / text encoder / tokenizer, seeded."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32, 32), norm_num_groups=16,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=256,
+    )
+    torch.manual_seed(seed + 2)
+    tokenizer = build_offline_tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ))
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+
+def build_offline_tokenizer():
+    """A byte-level CLIP tokenizer (no merges) made without downloading anything."""
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
+        return CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=77)
+
+
+def build_diffusion_bundle(folder, seed: int = 0) -> Path:
+    """Write the tiny components in Stable Diffusion's folder layout (``model_index.json`` + subfolders)."""
+    from diffusers import StableDiffusionPipeline
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    parts = _tiny_components(seed)
+    sd = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    sd.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def diffusion_bundle_path() -> Path:
+    """The cached tiny SD folder, built on first use."""
+    folder = cache_dir("demo") / f"tiny-sd-v{BUNDLE_VERSION}"
+    if not (folder / "model_index.json").is_file():
+        build_diffusion_bundle(folder)
+    return folder
+
+
+def seeded_demo_encoder(subject: Subject, seed: int = 0) -> ClipLinearEncoder:
+    """An encoder on ``subject`` whose ROIs prefer different directions of the tiny tower's features."""
+    config = EncoderConfig(
+        n_voxels=subject.n_voxels, subject=subject.name, voxel_space=subject.space, backbone=DEMO_TOWER_NAME,
+        pretrained=None, backbone_config=DEMO_TOWER_CONFIG, training={"kind": "seeded demo tuning, not fit to data"},
+    )
+    encoder = ClipLinearEncoder(config, tower=build_demo_tower(seed))
+    rng = np.random.default_rng(seed)
+    dim = config.embed_dim
+    weight = 0.2 * rng.standard_normal((subject.n_voxels, dim))
+    for name in subject.roi_names:
+        direction = rng.standard_normal(dim)
+        weight[subject.rois[name]] += direction / np.linalg.norm(direction)
+    with torch.no_grad():
+        encoder.head.weight.copy_(torch.from_numpy(weight).float())
+        encoder.head.bias.zero_()
+    return encoder
+
+
+def load(device: str | torch.device = "cpu") -> DemoBundle:
+    """The offline demo: tiny pipeline + demo encoder + S1."""
+    subject = load_subject("S1")
+    if (ASSET_ENCODER / "config.json").is_file():
+        encoder = load_encoder(ASSET_ENCODER, subject=subject)
+    else:
+        encoder = seeded_demo_encoder(subject)
+    pipe = BrainDiVEPipeline.from_pretrained(diffusion_bundle_path(), encoder=encoder)
+    pipe.set_progress_bar_config(disable=True)
+    return DemoBundle(pipe=pipe.to(device), encoder=encoder, subject=subject)
