@@ -7,3 +7,4 @@ from .encoders import BrainEncoder, ClipLinearEncoder, EncoderConfig, load_encod
 from .objectives import Objective
 from .pipeline import BrainDiVEPipeline, BrainDiVEPipelineOutput
 from . import demo
+from .rerank import Ranked, rerank

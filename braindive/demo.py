@@ -26,8 +26,11 @@ __all__ = ["DemoBundle", "load", "build_diffusion_bundle", "DEMO_LABEL", "DEMO_D
 
 BUNDLE_VERSION = 1
 DEMO_LABEL = "DEMO: tiny random-weight diffusion model + synthetic encoder on pycortex S1 (not real brain data)"
-DEMO_DEFAULTS = {"height": 256, "width": 256, "num_inference_steps": 25, "brain_guidance_scale": 130.0, "sag_scale": 0.75}
-ASSET_ENCODER = Path(__file__).resolve().parents[1] / "assets" / "demo-encoder"
+DEMO_DEFAULTS = {"height": 256, "width": 256, "num_inference_steps": 25, "brain_guidance_scale": 5000.0, "sag_scale": 0.75}
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ASSET_ENCODER = ASSETS / "demo-encoder"
+ASSET_DIFFUSION = ASSETS / "demo-sd"
+# The demo encoder's predictions are ~100x smaller than an NSD encoder's, hence the larger default scale.
 
 
 @dataclass
@@ -103,7 +106,9 @@ def build_diffusion_bundle(folder, seed: int = 0) -> Path:
 
 
 def diffusion_bundle_path() -> Path:
-    """The cached tiny SD folder, built on first use."""
+    """The tiny SD folder: the trained one in ``assets/demo-sd`` if present, else a seeded one built on first use."""
+    if (ASSET_DIFFUSION / "model_index.json").is_file():
+        return ASSET_DIFFUSION
     folder = cache_dir("demo") / f"tiny-sd-v{BUNDLE_VERSION}"
     if not (folder / "model_index.json").is_file():
         build_diffusion_bundle(folder)
