@@ -283,8 +283,9 @@ class BrainDiVEPipeline(DiffusionPipeline):
         ``latents`` replaces the current ones. ``pipe.interrupt()`` stops after the current step.
         """
         # 0. Defaults
-        height = height or self.unet.config.sample_size * self.vae_scale_factor
-        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        default_size = self.unet.config.sample_size * self.vae_scale_factor
+        height = default_size if height is None else height
+        width = default_size if width is None else width
         callback_tensors = list(callback_on_step_end_tensor_inputs or ())
 
         # 1. Check inputs

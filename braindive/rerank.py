@@ -23,9 +23,11 @@ class Ranked:
 
 
 def images_to_tensor(images) -> torch.Tensor:
-    """PIL images, ``[B,H,W,3]`` arrays in [0,1] or ``[B,3,H,W]`` tensors -> ``[B,3,H,W]`` float in [0,1]."""
+    """PIL images, ``[B,H,W,3]`` arrays in [0,1], or ``[B,3,H,W]`` tensors (or lists of ``[3,H,W]``) -> ``[B,3,H,W]``."""
     if isinstance(images, torch.Tensor):
         return images.float()
+    if isinstance(images, list) and images and isinstance(images[0], torch.Tensor):
+        return torch.stack(images).float()
     if isinstance(images, np.ndarray):
         return torch.from_numpy(images).float().permute(0, 3, 1, 2)
     arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images]

@@ -1,0 +1,107 @@
+"""Encoder checkpoints: round trip, preprocessing, and every corrupt or mismatched file."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import braindive as bd
+from tiny import N_VOXELS, tiny_encoder
+
+
+@pytest.fixture
+def saved(tmp_path):
+    encoder = tiny_encoder()
+    encoder.config.training = {"dataset": "unit-test", "r2_median": 0.25}
+    return encoder, encoder.save(tmp_path / "enc")
+
+
+def test_save_writes_safetensors_and_json_only(saved):
+    _, folder = saved
+    assert sorted(p.name for p in folder.iterdir()) == ["backbone.safetensors", "config.json", "head.safetensors"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["n_voxels"] == N_VOXELS and config["subject"] == "tiny" and config["pretrained"] is None
+    assert config["backbone"] == "braindive-tiny-vit" and config["training"]["r2_median"] == 0.25
+
+
+def test_round_trip_gives_identical_predictions(saved):
+    encoder, folder = saved
+    loaded = bd.load_encoder(folder)
+    images = torch.rand(3, 3, 96, 80, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), encoder(images), atol=0, rtol=0)
+    assert loaded.config.training == {"dataset": "unit-test", "r2_median": 0.25}
+
+
+def test_forward_is_l2_normalised_embedding_times_head(saved):
+    encoder, _ = saved
+    images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        emb = encoder.embed(images)
+        np.testing.assert_allclose(emb.norm(dim=-1).numpy(), 1.0, atol=1e-5)
+        torch.testing.assert_close(encoder(images), emb @ encoder.head.weight.T + encoder.head.bias)
+
+
+def test_preprocessing_is_differentiable(saved):
+    encoder, _ = saved
+    images = torch.rand(1, 3, 64, 64, requires_grad=True)
+    encoder(images).mean().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+def test_subject_mismatch_is_a_clear_error(saved, s1):
+    _, folder = saved
+    with pytest.raises(ValueError, match=f"fit for subject 'tiny' with {N_VOXELS} voxels, but subject 'S1' has 37926"):
+        bd.load_encoder(folder, subject=s1)
+
+
+def test_missing_folder_and_files(tmp_path, saved):
+    _, folder = saved
+    with pytest.raises(FileNotFoundError, match="Encoder checkpoint folder not found"):
+        bd.load_encoder(tmp_path / "nope")
+    (folder / "head.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="missing its head weights"):
+        bd.load_encoder(folder)
+    (folder / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        bd.load_encoder(folder)
+
+
+def test_corrupt_files(saved):
+    _, folder = saved
+    (folder / "head.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ValueError, match="head weights .* are corrupt"):
+        bd.load_encoder(folder)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is corrupt"):
+        bd.load_encoder(folder)
+
+
+def test_head_shape_mismatch_with_config(saved):
+    _, folder = saved
+    config = json.loads((folder / "config.json").read_text())
+    config["n_voxels"] = N_VOXELS + 1
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="do not match its config"):
+        bd.load_encoder(folder)
+
+
+def test_unknown_encoder_type_and_backbone(saved):
+    _, folder = saved
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "encoder_type": "svm"}))
+    with pytest.raises(ValueError, match=r"Encoder type must be one of \['clip_linear'\], got 'svm'"):
+        bd.load_encoder(folder)
+    with pytest.raises(ValueError, match="`backbone` 'ViT-Nope' is not an OpenCLIP model name"):
+        bd.encoders.build_clip_tower("ViT-Nope", None)
+
+
+def test_hub_id_offline_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="neither a local folder nor a reachable Hugging Face Hub repo"):
+        bd.load_encoder("someone/missing-encoder")
+
+
+def test_wrong_image_shape(saved):
+    encoder, _ = saved
+    with pytest.raises(ValueError, match=r"`images` must have shape \[B, 3, H, W\], got \(3, 64, 64\)"):
+        encoder(torch.rand(3, 64, 64))
