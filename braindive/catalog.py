@@ -1,0 +1,154 @@
+"""Results catalog: every generated image with its metadata, indexed in SQLite.
+
+Layout under the catalog root::
+
+    images/<id>.png      the image
+    images/<id>.json     its full provenance record (see ``braindive.records``)
+    index.sqlite         one row per image (WAL mode: safe with concurrent writers)
+
+Export writes a ZIP with the PNGs, their JSON, and ``manifest.csv`` — a stimulus list for an fMRI
+experiment (file name, subject, target, seed, predicted objective, parameters).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+import uuid
+import zipfile
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Catalog", "Entry"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id TEXT PRIMARY KEY,
+    created TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    target TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    objective REAL,
+    guidance_scale REAL,
+    steps INTEGER,
+    model TEXT,
+    encoder TEXT,
+    run_id TEXT
+);
+CREATE INDEX IF NOT EXISTS images_subject_target ON images (subject, target, created);
+"""
+MANIFEST_COLUMNS = ("file", "subject", "target", "seed", "predicted_objective", "brain_guidance_scale",
+                    "num_inference_steps", "model", "encoder", "created", "id")
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    created: str
+    subject: str
+    target: str
+    seed: int
+    objective: float | None
+    guidance_scale: float | None
+    steps: int | None
+    model: str
+    encoder: str
+    run_id: str
+    image_path: Path
+    record_path: Path
+
+
+class Catalog:
+    """A folder of generated images with an SQLite index."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        (self.root / "images").mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / "index.sqlite"
+        with closing(self._connect()) as db, db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.db_path, timeout=30.0)
+        db.row_factory = sqlite3.Row
+        return db
+
+    def add(self, image, record: dict, run_id: str = "") -> Entry:
+        """Store one image and its record; files first, then the index row (one transaction)."""
+        entry_id = uuid.uuid4().hex[:16]
+        image_path = self.root / "images" / f"{entry_id}.png"
+        record_path = image_path.with_suffix(".json")
+        image.save(image_path)
+        record = {**record, "id": entry_id, "run_id": run_id}
+        record_path.write_text(json.dumps(record, indent=2))
+        params = record.get("parameters", {})
+        row = (entry_id, record["created"], record["subject"], record["target"], int(record["seed"]),
+               record.get("predicted_objective"), params.get("brain_guidance_scale"), params.get("num_inference_steps"),
+               record.get("model", ""), record.get("encoder", ""), run_id)
+        with closing(self._connect()) as db, db:
+            db.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
+        return self._entry(dict(zip(("id", "created", "subject", "target", "seed", "objective", "guidance_scale",
+                                     "steps", "model", "encoder", "run_id"), row)))
+
+    def query(self, subject: str | None = None, target: str | None = None, since: str | None = None,
+              until: str | None = None, limit: int = 200) -> list[Entry]:
+        """Newest first; ``since``/``until`` are ISO dates or timestamps (inclusive)."""
+        clauses, args = [], []
+        for column, op, value in (("subject", "=", subject), ("target", "=", target), ("created", ">=", since),
+                                  ("created", "<=", _end_of_day(until))):
+            if value:
+                clauses.append(f"{column} {op} ?")
+                args.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with closing(self._connect()) as db:
+            rows = db.execute(f"SELECT * FROM images {where} ORDER BY created DESC, rowid DESC LIMIT ?",
+                              (*args, int(limit))).fetchall()
+        return [self._entry(dict(r)) for r in rows]
+
+    def get(self, entry_id: str) -> Entry:
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT * FROM images WHERE id = ?", (entry_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"No catalog entry with id {entry_id!r}.")
+        return self._entry(dict(row))
+
+    def distinct(self, column: str) -> list[str]:
+        if column not in ("subject", "target"):
+            raise ValueError(f"`column` must be 'subject' or 'target', got {column!r}.")
+        with closing(self._connect()) as db:
+            return [r[0] for r in db.execute(f"SELECT DISTINCT {column} FROM images ORDER BY {column}")]
+
+    def export_zip(self, entry_ids, path) -> Path:
+        """ZIP of the chosen images + JSON records + ``manifest.csv``."""
+        entries = [self.get(i) for i in entry_ids]
+        if not entries:
+            raise ValueError("Nothing to export: select at least one image.")
+        path = Path(path)
+        manifest = io.StringIO()
+        writer = csv.DictWriter(manifest, fieldnames=MANIFEST_COLUMNS)
+        writer.writeheader()
+        tmp = path.with_name(path.name + ".tmp")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for e in entries:
+                name = f"{e.subject}_{e.target}_seed{e.seed:06d}_{e.id}.png"
+                zf.write(e.image_path, f"stimuli/{name}")
+                zf.write(e.record_path, f"metadata/{Path(name).with_suffix('.json')}")
+                writer.writerow({"file": f"stimuli/{name}", "subject": e.subject, "target": e.target, "seed": e.seed,
+                                 "predicted_objective": e.objective, "brain_guidance_scale": e.guidance_scale,
+                                 "num_inference_steps": e.steps, "model": e.model, "encoder": e.encoder,
+                                 "created": e.created, "id": e.id})
+            zf.writestr("manifest.csv", manifest.getvalue())
+        tmp.replace(path)
+        return path
+
+    def _entry(self, row: dict) -> Entry:
+        image_path = self.root / "images" / f"{row['id']}.png"
+        return Entry(**row, image_path=image_path, record_path=image_path.with_suffix(".json"))
+
+
+def _end_of_day(until: str | None) -> str | None:
+    """A bare date ``YYYY-MM-DD`` means the whole day."""
+    return f"{until}T23:59:59.999999+99:99" if until and len(until) == 10 else until
