@@ -1,0 +1,171 @@
+"""Flatmap timings on S1: cache build, render, pick, paint, grow.
+
+Run ``python -m benchmarks.flatmap``. Builds the caches in a temporary folder (cold), then times the
+warm operations; writes ``benchmarks/results/flatmap.json`` and the "## Flatmaps" section of
+``benchmarks/RESULTS.md``. ``--figures`` also redraws the S1 flatmaps in ``docs/``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import braindive as bd
+from braindive import flatmap
+
+HERE = Path(__file__).resolve().parent
+DOCS = HERE.parent / "docs"
+SECTION = "## Flatmaps"
+
+
+def timed(fn, repeats: int = 1) -> tuple[float, object]:
+    """Median wall time in seconds over ``repeats`` calls, and the last result."""
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def run(width: int, repeats: int, seed: int = 0) -> dict:
+    subject = bd.load_subject("S1")
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal(subject.n_voxels)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        bd.set_cache_dir(tmp)
+        try:
+            flatmap._surface_info.cache_clear()
+            flatmap._GRIDS.clear()
+            results["build_surface_cache_s"], _ = timed(lambda: flatmap._surface_info(subject.surface))
+            results["build_grid_cache_s"], _ = timed(lambda: flatmap._grid(subject, width))
+            flatmap._GRIDS.clear()
+            results["load_grid_cache_s"], _ = timed(lambda: flatmap._grid(subject, width))
+            results["render_base_s"], _ = timed(lambda: bd.render_flatmap(None, subject, width=width), repeats)
+            results["render_values_s"], image = timed(
+                lambda: bd.render_flatmap(values, subject, title="random", width=width), repeats
+            )
+            results["render_values_highlight_s"], _ = timed(
+                lambda: bd.render_flatmap(values, subject, highlight="FFA", width=width), repeats
+            )
+            points = rng.integers(0, image.shape[1::-1], size=(200, 2))
+            points = iter(np.concatenate([points] * repeats))
+            results["pick_s"], _ = timed(lambda: bd.pick(subject, *next(points), image.shape), 200)
+            mask = np.zeros(image.shape[:2], bool)
+            mask[image.shape[0] // 3 : image.shape[0] // 2, image.shape[1] // 3 : image.shape[1] // 2] = True
+            results["voxels_in_mask_s"], painted = timed(lambda: bd.voxels_in_mask(subject, mask), repeats)
+            voxel = int(subject.roi("FFA.lh")[0])
+            results["grow_10mm_s"], grown = timed(lambda: bd.grow(subject, voxel, 10.0), repeats)
+        finally:
+            bd.set_cache_dir(None)
+            flatmap._surface_info.cache_clear()
+            flatmap._GRIDS.clear()
+    results["image_shape"] = list(image.shape)
+    results["voxels_painted"] = int(len(painted))
+    results["voxels_grown_10mm"] = int(len(grown))
+    return results
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} CPU cores, no GPU use, Python {platform.python_version()}, numpy {np.__version__}"
+
+
+def markdown(report: dict) -> str:
+    r = report["results"]
+    ms = lambda s: f"{s * 1000:.3g} ms"  # noqa: E731
+    rows = [
+        ("Build surface cache (curvature + mesh graph, once per surface)", f"{r['build_surface_cache_s']:.2f} s"),
+        (f"Build pixel grid cache (once per subject and width {report['width']})", f"{r['build_grid_cache_s']:.2f} s"),
+        ("Load pixel grid cache from disk", ms(r["load_grid_cache_s"])),
+        (f"Render base map (curvature + ROIs), median of {report['repeats']}", ms(r["render_base_s"])),
+        (f"Render values + ROIs + colour bar + title, median of {report['repeats']}", ms(r["render_values_s"])),
+        (f"Render values + FFA highlight, median of {report['repeats']}", ms(r["render_values_highlight_s"])),
+        ("pick (median of 200 random pixels)", ms(r["pick_s"])),
+        (f"voxels_in_mask ({r['voxels_painted']} voxels painted)", ms(r["voxels_in_mask_s"])),
+        (f"grow 10 mm ({r['voxels_grown_10mm']} voxels)", ms(r["grow_10mm_s"])),
+    ]
+    lines = [
+        SECTION,
+        "",
+        f"Subject S1 ({report['n_voxels']} voxels), image {r['image_shape'][1]} x {r['image_shape'][0]} px. "
+        f"Machine: {report['machine']}. Command: `{report['command']}`. Date: {report['date']}.",
+        "",
+        "| Operation | Time |",
+        "|---|---|",
+        *[f"| {name} | {value} |" for name, value in rows],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace (or append) the "## Flatmaps" section of ``path``, leaving other sections alone."""
+    text = path.read_text() if path.is_file() else "# Benchmark results\n"
+    start = text.find(SECTION + "\n")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + section + ("" if end < 0 else text[end + 1 :])
+    path.write_text(text)
+
+
+def figures(folder: Path = DOCS) -> list[Path]:
+    """The S1 flatmaps shown in the docs: base map, a smooth demo value map, FFA highlighted."""
+    import cortex
+
+    subject = bd.load_subject("S1")
+    fiducial, _ = cortex.db.get_surf(subject.surface, "fiducial", merge=True)
+    y, z = fiducial[subject.vertices, 1], fiducial[subject.vertices, 2]
+    demo = np.sin(y / 15.0) * np.cos(z / 20.0)
+    return [
+        bd.save_flatmap(None, subject, folder / "flatmap_s1.png", title="S1 visual ROIs"),
+        bd.save_flatmap(demo, subject, folder / "flatmap_s1_demo.png", vmin=-1, vmax=1,
+                        title="Demo values: sin(y / 15 mm) cos(z / 20 mm)"),
+        bd.save_flatmap(None, subject, folder / "flatmap_s1_ffa.png", highlight="FFA", title="S1: FFA selected"),
+    ]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=int, default=flatmap.DEFAULT_WIDTH)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--figures", action="store_true", help="also redraw docs/flatmap_s1*.png")
+    args = parser.parse_args(argv)
+    if args.figures:
+        print("wrote", ", ".join(str(path) for path in figures()))
+    report = {
+        "width": args.width,
+        "repeats": args.repeats,
+        "n_voxels": bd.load_subject("S1").n_voxels,
+        "machine": machine(),
+        "command": "python -m benchmarks.flatmap" + (f" --width {args.width}" if args.width != 1024 else ""),
+        "date": datetime.date.today().isoformat(),
+        "results": run(args.width, args.repeats),
+    }
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "flatmap.json").write_text(json.dumps(report, indent=2) + "\n")
+    section = markdown(report)
+    write_section(HERE / "RESULTS.md", section)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
