@@ -4,6 +4,7 @@ Layout under the catalog root::
 
     images/<id>.png      the image
     images/<id>.json     its full provenance record (see ``braindive.records``)
+    images/<id>.npy      optional: the encoder's predicted activity per voxel (float32)
     index.sqlite         one row per image (WAL mode: safe with concurrent writers)
 
 Export writes a ZIP with the PNGs, their JSON, and ``manifest.csv`` — a stimulus list for an fMRI
@@ -20,6 +21,8 @@ import zipfile
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 __all__ = ["Catalog", "Entry"]
 
@@ -76,14 +79,16 @@ class Catalog:
         db.row_factory = sqlite3.Row
         return db
 
-    def add(self, image, record: dict, run_id: str = "") -> Entry:
-        """Store one image and its record; files first, then the index row (one transaction)."""
+    def add(self, image, record: dict, run_id: str = "", activations=None) -> Entry:
+        """Store one image, its record and optionally its predicted activity; files first, then the index row."""
         entry_id = uuid.uuid4().hex[:16]
         image_path = self.root / "images" / f"{entry_id}.png"
         record_path = image_path.with_suffix(".json")
         image.save(image_path)
         record = {**record, "id": entry_id, "run_id": run_id}
         record_path.write_text(json.dumps(record, indent=2))
+        if activations is not None:
+            np.save(image_path.with_suffix(".npy"), np.asarray(activations, dtype=np.float32))
         params = record.get("parameters", {})
         row = (entry_id, record["created"], record["subject"], record["target"], int(record["seed"]),
                record.get("predicted_objective"), params.get("brain_guidance_scale"), params.get("num_inference_steps"),
@@ -107,6 +112,13 @@ class Catalog:
             rows = db.execute(f"SELECT * FROM images {where} ORDER BY created DESC, rowid DESC LIMIT ?",
                               (*args, int(limit))).fetchall()
         return [self._entry(dict(r)) for r in rows]
+
+    def activations(self, entry_id: str) -> np.ndarray | None:
+        path = self.get(entry_id).image_path.with_suffix(".npy")
+        return np.load(path, allow_pickle=False) if path.is_file() else None
+
+    def record(self, entry_id: str) -> dict:
+        return json.loads(self.get(entry_id).record_path.read_text())
 
     def get(self, entry_id: str) -> Entry:
         with closing(self._connect()) as db:

@@ -23,7 +23,7 @@ def image(shade=0):
 def test_add_and_query_by_subject_target_and_date(tmp_path):
     cat = Catalog(tmp_path)
     cat.add(image(), record(target="FFA", created="2026-11-20T10:00:00+00:00"))
-    cat.add(image(), record(target="PPA", created="2026-11-21T10:00:00+00:00"))
+    ppa = cat.add(image(), record(target="PPA", created="2026-11-21T10:00:00+00:00"), activations=[0.5, -1.0])
     cat.add(image(), record(subject="subj01", target="FFA", created="2026-11-22T10:00:00+00:00"))
     assert [e.target for e in cat.query()] == ["FFA", "PPA", "FFA"]  # newest first
     assert [e.subject for e in cat.query(target="FFA")] == ["subj01", "S1"]
@@ -33,6 +33,8 @@ def test_add_and_query_by_subject_target_and_date(tmp_path):
     e = cat.query(target="PPA")[0]
     assert e.image_path.is_file() and json.loads(e.record_path.read_text())["id"] == e.id
     assert Catalog(tmp_path).get(e.id).objective == 0.5  # persists across instances
+    assert cat.activations(ppa.id).tolist() == [0.5, -1.0] and cat.activations(cat.query(target="FFA")[0].id) is None
+    assert cat.record(ppa.id)["target"] == "PPA"
 
 
 def _writer(root, k):

@@ -1,0 +1,31 @@
+"""Gradio front end. Tabs get a ``Service``; they never hold models."""
+from __future__ import annotations
+
+import gradio as gr
+
+from . import explore, history, train
+from .service import Service
+from .settings import Settings
+
+__all__ = ["build_app", "CSS"]
+
+CSS = """
+#demo-banner {background:#fff4d6;border:1px solid #e0b84c;border-radius:6px;padding:4px 12px;}
+#flatmap img {cursor: crosshair;}
+"""
+
+
+def build_app(service: Service, settings: Settings) -> gr.Blocks:
+    with gr.Blocks(title="BrainDiVE Studio") as app:
+        gr.Markdown("# BrainDiVE Studio\nBrain-guided diffusion: click a region of visual cortex and watch images "
+                    "form that an fMRI encoder predicts will drive it (Luo et al., NeurIPS 2023).")
+        gr.Markdown(f"**{service.label()}**", elem_id="demo-banner")
+        with gr.Tab("Explore", id="explore"):
+            explore_parts = explore.build(service, settings)
+        with gr.Tab("Train", id="train"):
+            train.build(service, explore_parts)
+        with gr.Tab("History", id="history") as history_tab:
+            load, inputs, outputs = history.build(service)["refresh"]
+        history_tab.select(load, inputs, outputs)
+    app.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
+    return app

@@ -1,0 +1,52 @@
+"""History tab: browse the results catalog, filter, export a stimulus set as ZIP."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from .service import Service
+
+COLUMNS = ["id", "created", "subject", "target", "seed", "predicted objective", "scale", "steps", "encoder"]
+
+
+def build(service: Service) -> None:
+    with gr.Row():
+        subject = gr.Dropdown([""], value="", label="Subject (any)", allow_custom_value=True, elem_id="history-subject")
+        target = gr.Dropdown([""], value="", label="Target (any)", allow_custom_value=True, elem_id="history-target")
+        since = gr.Textbox(label="From (YYYY-MM-DD)", placeholder="2026-01-01")
+        until = gr.Textbox(label="To (YYYY-MM-DD)")
+        refresh = gr.Button("Refresh", elem_id="history-refresh")
+    gallery = gr.Gallery(label="Generated images", columns=6, height=300, elem_id="history-gallery", format="png")
+    table = gr.Dataframe(headers=COLUMNS, label="Entries", elem_id="history-table", interactive=False)
+    with gr.Row():
+        chosen = gr.Dropdown([], multiselect=True, label="Export selection (empty = all shown)", elem_id="history-selection")
+        export = gr.Button("Export ZIP (images + metadata + manifest.csv)", elem_id="history-export")
+        zip_file = gr.File(label="Stimulus set", elem_id="history-zip")
+
+    def load(subj, tgt, start, end):
+        entries = service.catalog.query(subject=subj or None, target=tgt or None, since=start or None, until=end or None)
+        rows = [[e.id, e.created, e.subject, e.target, e.seed, e.objective, e.guidance_scale, e.steps, e.encoder]
+                for e in entries]
+        images = [(str(e.image_path), f"{e.target} · seed {e.seed}") for e in entries]
+        ids = [e.id for e in entries]
+        return (images, rows, gr.update(choices=ids, value=[]),
+                gr.update(choices=[""] + service.catalog.distinct("subject")),
+                gr.update(choices=[""] + service.catalog.distinct("target")))
+
+    filters = [subject, target, since, until]
+    outputs = [gallery, table, chosen, subject, target]
+    refresh.click(load, filters, outputs)
+
+    def export_zip(subj, tgt, start, end, ids):
+        if not ids:
+            ids = [e.id for e in service.catalog.query(subject=subj or None, target=tgt or None, since=start or None,
+                                                       until=end or None)]
+        if not ids:
+            raise gr.Error("Nothing to export: no entries match the filters.")
+        folder = Path(tempfile.mkdtemp(prefix="braindive-export-"))
+        return str(service.catalog.export_zip(ids, folder / "braindive-stimuli.zip"))
+
+    export.click(export_zip, [*filters, chosen], zip_file)
+    return {"refresh": (load, filters, outputs)}

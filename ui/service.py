@@ -1,0 +1,418 @@
+"""The app's service layer: owns the models, runs generations in a worker, streams progress.
+
+UI tabs call these methods and never touch models. Library errors become ``ServiceError`` with a
+message for people; the UI shows it with ``gr.Error``.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import PIL.Image
+import torch
+
+import braindive as bd
+from braindive.catalog import Catalog, Entry
+from braindive.pipeline import SCHEDULERS
+from braindive.records import generation_record
+
+from .jobs import TrainingJob
+from .settings import Settings
+from .zerogpu import gpu_task
+
+__all__ = ["Service", "ServiceError", "GenerationRequest", "Progress", "ImageResult", "Finished", "OBJECTIVES"]
+
+log = logging.getLogger(__name__)
+OBJECTIVES = ("maximize", "minimize", "contrast")
+CUSTOM = "custom voxel set"
+DEMO_ENCODER = "demo"
+PREVIEW_SIZE = 256
+
+
+class ServiceError(Exception):
+    """A problem to show to the user; the app keeps running."""
+
+
+@dataclass
+class GenerationRequest:
+    subject: str = "S1"
+    encoder: str = DEMO_ENCODER
+    target: str = "FFA"                 # ROI name, or CUSTOM with ``voxels``
+    voxels: tuple = ()
+    objective: str = "maximize"
+    contrast_target: str = ""
+    weight: float = 1.0
+    scale: float | None = None          # None: the model's default
+    steps: int = 25
+    scheduler: str = "dpm"
+    seed: int = 0
+    n_images: int = 1
+    prompt: str = ""
+    sag_scale: float = 0.75
+    mode: str = "reference"
+
+
+@dataclass
+class Progress:
+    image_index: int
+    n_images: int
+    step: int
+    total_steps: int
+    preview: PIL.Image.Image
+
+
+@dataclass
+class ImageResult:
+    index: int
+    seed: int
+    image: PIL.Image.Image
+    objective: float
+    baseline_objective: float
+    activations: np.ndarray
+    roi_means: dict
+    baseline_roi_means: dict
+    entry: Entry
+    target: str
+
+
+@dataclass
+class Finished:
+    results: list
+    interrupted: bool
+    message: str
+
+
+@dataclass
+class _Backend:
+    """A diffusion pipeline and how to call it."""
+
+    pipe: bd.BrainDiVEPipeline
+    name: str
+    label: str
+    defaults: dict
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Service:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.catalog = Catalog(settings.catalog_dir)
+        self._backend: _Backend | None = None
+        self._encoders: dict[str, bd.BrainEncoder] = {}
+        self._subjects: dict[str, bd.Subject] = {}
+        self._cancel: dict[str, threading.Event] = {}
+        self.jobs: dict[str, TrainingJob] = {}
+        self._load_lock = threading.Lock()
+        self._work = gpu_task(self._work)
+        settings.models_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ models
+
+    @property
+    def preset(self) -> str:
+        if self.settings.preset != "auto":
+            return self.settings.preset
+        return "sd21" if torch.cuda.is_available() and self.settings.encoder else "demo"
+
+    def backend(self) -> _Backend:
+        with self._load_lock:
+            if self._backend is None:
+                self._backend = self._load_backend()
+            return self._backend
+
+    def _load_backend(self) -> _Backend:
+        if self.preset == "demo":
+            bundle = bd.demo.load()
+            self._encoders[DEMO_ENCODER] = bundle.encoder
+            self._subjects[bundle.subject.name] = bundle.subject
+            return _Backend(bundle.pipe, "demo:tiny-sd", bundle.label, bundle.defaults)
+        if not self.settings.encoder:
+            raise ServiceError("The sd21 preset needs an encoder: start the app with --encoder PATH_OR_HUB_ID "
+                               "(train one in the Train tab or with `python -m training.train_encoder`).")
+        cuda = torch.cuda.is_available()
+        pipe = bd.BrainDiVEPipeline.from_pretrained(self.settings.model, torch_dtype=torch.float16 if cuda else torch.float32)
+        pipe.to("cuda" if cuda else "cpu")
+        pipe.set_progress_bar_config(disable=True)
+        defaults = {"height": 512, "width": 512, "num_inference_steps": 50, "brain_guidance_scale": 130.0, "sag_scale": 0.75}
+        return _Backend(pipe, self.settings.model, f"{self.settings.model} + your encoder", defaults)
+
+    def label(self) -> str:
+        return self.backend().label
+
+    def encoder_names(self) -> list[str]:
+        names = [DEMO_ENCODER] if self.preset == "demo" else []
+        if self.settings.encoder:
+            names.append(self.settings.encoder)
+        names += sorted(p.name for p in self.settings.models_dir.iterdir() if (p / "config.json").is_file())
+        return names
+
+    def encoder(self, name: str) -> bd.BrainEncoder:
+        self.backend()
+        if name not in self._encoders:
+            if name not in self.encoder_names():
+                raise ServiceError(f"Unknown encoder {name!r}; available: {self.encoder_names()}.")
+            path = self.settings.models_dir / name if (self.settings.models_dir / name).is_dir() else name
+            try:
+                self._encoders[name] = bd.load_encoder(path)
+            except (ValueError, FileNotFoundError, RuntimeError) as exc:
+                raise ServiceError(f"Could not load encoder {name!r}: {exc}") from exc
+        return self._encoders[name]
+
+    def subject_of(self, encoder_name: str) -> bd.Subject:
+        config = self.encoder(encoder_name).config
+        source = config.training.get("subject_file") or (self.settings.subject or config.subject)
+        if config.subject in bd.available_subjects():
+            source = config.subject
+        return self.subject(source, expected=config.subject)
+
+    def subject(self, name: str, expected: str | None = None) -> bd.Subject:
+        if name not in self._subjects:
+            try:
+                self._subjects[name] = bd.load_subject(name)
+            except (ValueError, FileNotFoundError) as exc:
+                raise ServiceError(str(exc)) from exc
+        subject = self._subjects[name]
+        if expected and subject.name != expected:
+            raise ServiceError(f"Subject file {name!r} is for {subject.name!r}, the encoder for {expected!r}.")
+        return subject
+
+    def subject_names(self) -> list[str]:
+        names = []
+        for encoder_name in self.encoder_names():
+            try:
+                names.append(self.subject_of(encoder_name).name)
+            except ServiceError as exc:
+                log.warning("skipping encoder %s: %s", encoder_name, exc)
+        return sorted(set(names))
+
+    def encoders_for(self, subject_name: str) -> list[str]:
+        return [n for n in self.encoder_names() if self._encoder_subject_name(n) == subject_name]
+
+    def _encoder_subject_name(self, name: str) -> str | None:
+        try:
+            return self.subject_of(name).name
+        except ServiceError:
+            return None
+
+    # ------------------------------------------------------------------ flatmaps and selection
+
+    def flatmap(self, subject_name: str, values=None, highlight=None, title=None, **kwargs) -> np.ndarray:
+        subject = self.subject(subject_name)
+        try:
+            return bd.render_flatmap(values, subject, highlight=highlight, title=title, **kwargs)
+        except ValueError as exc:
+            raise ServiceError(str(exc)) from exc
+
+    def flatmap_shape(self, subject_name: str) -> tuple[int, int]:
+        return bd.flatmap_shape(self.subject(subject_name))
+
+    def pick(self, subject_name: str, x: float, y: float, image_shape) -> bd.Pick | None:
+        return bd.pick(self.subject(subject_name), x, y, image_shape)
+
+    def grow(self, subject_name: str, voxel: int, radius_mm: float) -> np.ndarray:
+        return bd.grow(self.subject(subject_name), voxel, radius_mm)
+
+    def painted_voxels(self, subject_name: str, mask: np.ndarray) -> np.ndarray:
+        try:
+            voxels = bd.voxels_in_mask(self.subject(subject_name), mask)
+        except ValueError as exc:
+            raise ServiceError(str(exc)) from exc
+        if len(voxels) == 0:
+            raise ServiceError("The painted area covers no voxels of this subject; paint over the coloured cortex.")
+        return voxels
+
+    # ------------------------------------------------------------------ generation
+
+    def validate(self, request: GenerationRequest) -> tuple[GenerationRequest, bd.Objective, bd.Subject]:
+        """Re-check every bound the UI enforces; returns the completed request and its objective."""
+        s = self.settings
+        backend = self.backend()
+        request = replace(request, scale=backend.defaults["brain_guidance_scale"] if request.scale is None else request.scale)
+        checks = [
+            (isinstance(request.steps, int) and 1 <= request.steps <= s.max_steps, f"`steps` must be 1..{s.max_steps}, got {request.steps!r}."),
+            (isinstance(request.n_images, int) and 1 <= request.n_images <= s.max_images, f"`n_images` must be 1..{s.max_images}, got {request.n_images!r}."),
+            (isinstance(request.seed, int) and 0 <= request.seed < 2**31, f"`seed` must be 0..2^31-1, got {request.seed!r}."),
+            (np.isfinite(request.scale) and abs(request.scale) <= 1e6, f"`scale` must be a finite number within ±1e6, got {request.scale!r}."),
+            (0 <= request.sag_scale <= 5, f"`sag_scale` must be 0..5, got {request.sag_scale!r}."),
+            (request.scheduler in SCHEDULERS, f"`scheduler` must be one of {sorted(SCHEDULERS)}, got {request.scheduler!r}."),
+            (request.objective in OBJECTIVES, f"`objective` must be one of {OBJECTIVES}, got {request.objective!r}."),
+            (len(request.prompt) <= 300, "`prompt` must be at most 300 characters."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ServiceError(message)
+        encoder = self.encoder(request.encoder)
+        subject = self.subject_of(request.encoder)
+        if subject.name != request.subject:
+            raise ServiceError(f"Encoder {request.encoder!r} is for subject {subject.name!r}, not {request.subject!r}.")
+        try:
+            encoder.check_subject(subject)
+            return request, self._objective(request, subject), subject
+        except ValueError as exc:
+            raise ServiceError(str(exc)) from exc
+
+    def _objective(self, request: GenerationRequest, subject: bd.Subject) -> bd.Objective:
+        if request.target == CUSTOM:
+            if not len(request.voxels):
+                raise ValueError("The custom voxel set is empty: click or paint on the flatmap to add voxels.")
+            positive = subject.check_voxels(np.asarray(request.voxels, dtype=np.int64), "voxels")
+        else:
+            positive = subject.roi(request.target)
+        label = request.target if request.target != CUSTOM else f"custom({len(positive)} voxels)"
+        if request.objective == "contrast":
+            negative = subject.roi(request.contrast_target)
+            return bd.Objective.contrast(positive, negative, request.weight, label=f"{label}-vs-{request.contrast_target}")
+        if request.objective == "minimize":
+            return bd.Objective.minimize(positive, label=label)
+        return bd.Objective.maximize(positive, label=label)
+
+    def cancel(self, session: str) -> bool:
+        event = self._cancel.get(session)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    def generate(self, request: GenerationRequest, session: str = "default") -> Iterator[Progress | ImageResult | Finished]:
+        """Stream ``Progress`` per step, an ``ImageResult`` per finished image, then ``Finished``."""
+        request, objective, subject = self.validate(request)
+        cancel = threading.Event()
+        self._cancel[session] = cancel
+        events: queue.Queue = queue.Queue()
+        worker = threading.Thread(target=self._work, args=(request, objective, subject, cancel, events), daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = events.get()
+                if isinstance(item, ServiceError):
+                    raise item
+                yield item
+                if isinstance(item, Finished):
+                    return
+        finally:
+            cancel.set()  # the consumer went away or finished: stop the worker too
+            if self._cancel.get(session) is cancel:
+                del self._cancel[session]
+
+    def _work(self, request, objective, subject, cancel, events) -> None:
+        backend = self.backend()
+        run_id = uuid.uuid4().hex[:10]
+        results = []
+        try:
+            with backend.lock:
+                pipe = backend.pipe
+                pipe.set_encoder(self.encoder(request.encoder))
+                pipe.set_scheduler(request.scheduler)
+                for k in range(request.n_images):
+                    if cancel.is_set():
+                        break
+                    result = self._one_image(backend, request, objective, subject, k, cancel, events, run_id)
+                    if result is None:
+                        break
+                    results.append(result)
+                    events.put(result)
+            interrupted = cancel.is_set() and len(results) < request.n_images
+            message = (f"Stopped: kept {len(results)} finished image(s)." if interrupted
+                       else f"Done: {len(results)} image(s).")
+            events.put(Finished(results, interrupted, message))
+        except Exception as exc:  # every failure reaches the user as a message
+            events.put(self._user_error(exc, request))
+
+    def _one_image(self, backend, request, objective, subject, k, cancel, events, run_id) -> ImageResult | None:
+        seed = request.seed + k
+        params = dict(num_inference_steps=request.steps, brain_guidance_scale=float(request.scale),
+                      sag_scale=float(request.sag_scale), prompt=request.prompt, guidance_mode=request.mode,
+                      height=self.settings.image_size or backend.defaults["height"],
+                      width=self.settings.image_size or backend.defaults["width"])
+
+        def on_step(pipe, i, t, tensors):
+            if cancel.is_set():
+                pipe.interrupt()
+            events.put(Progress(k, request.n_images, i + 1, request.steps, _preview(tensors["x0_preview"])))
+            return {}
+
+        out = backend.pipe(objective=objective, generator=torch.Generator().manual_seed(seed),
+                           callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["x0_preview"], **params)
+        if out.interrupted:
+            return None
+        baseline = backend.pipe(objective=objective, generator=torch.Generator().manual_seed(seed),
+                                **{**params, "brain_guidance_scale": 0.0})
+        acts, base_acts = out.activations[0].numpy(), baseline.activations[0].numpy()
+        record = generation_record(
+            seed=seed, subject=subject.name, target=objective.label, objective=objective.describe(),
+            parameters={**params, "scheduler": request.scheduler}, objective_value=float(out.objective_values[0]),
+            model=backend.name, encoder=request.encoder,
+        )
+        record["baseline_objective"] = float(baseline.objective_values[0])
+        record["roi_means"] = _roi_means(subject, acts)
+        record["baseline_roi_means"] = _roi_means(subject, base_acts)
+        entry = self.catalog.add(out.images[0], record, run_id=run_id, activations=acts)
+        return ImageResult(k, seed, out.images[0], float(out.objective_values[0]), record["baseline_objective"], acts,
+                           record["roi_means"], record["baseline_roi_means"], entry, objective.label)
+
+    def _user_error(self, exc: Exception, request: GenerationRequest) -> ServiceError:
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            torch.cuda.empty_cache()
+            return ServiceError(f"The GPU ran out of memory generating {request.n_images} image(s) with {request.steps} "
+                                "steps. Try fewer images; the model is still loaded and ready.")
+        if isinstance(exc, ServiceError):
+            return exc
+        if isinstance(exc, (ValueError, FileNotFoundError, FloatingPointError, KeyError)):
+            return ServiceError(str(exc))
+        log.exception("generation failed")
+        return ServiceError(f"Generation failed ({type(exc).__name__}: {exc}). The app is still running.")
+
+    # ------------------------------------------------------------------ training jobs
+
+    def start_training(self, dataset_kind: str, dataset_path: str = "", name: str = "", n_train: int = 600,
+                       n_test: int = 150, backbone: str = "braindive-tiny-vit", pretrained: str = "none",
+                       cv: int = 5) -> TrainingJob:
+        """Launch dataset preparation (synthetic) + ``train_encoder`` + ``eval_encoder`` in the background."""
+        if any(job.running for job in self.jobs.values()):
+            raise ServiceError("A training job is already running; wait for it or cancel it.")
+        name = name.strip() or f"encoder-{uuid.uuid4().hex[:6]}"
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ServiceError(f"Encoder name may use letters, digits, '-' and '_' only, got {name!r}.")
+        checkpoint = self.settings.models_dir / name
+        if checkpoint.exists():
+            raise ServiceError(f"An encoder named {name!r} already exists; choose another name.")
+        work = self.settings.jobs_dir / f"data-{name}"
+        commands = []
+        if dataset_kind == "synthetic":
+            data = work / "synthetic.h5"
+            commands.append(("synthetic dataset", ["-m", "training.synthetic", "--out", str(data), "--n-train",
+                                                   str(int(n_train)), "--n-test", str(int(n_test))]))
+        elif dataset_kind in ("nsd", "generic"):
+            data = Path(dataset_path)
+            if not data.is_file():
+                raise ServiceError(f"Dataset file not found: {dataset_path!r} (prepare it with training.prepare_nsd "
+                                   "or training.prepare_generic).")
+        else:
+            raise ServiceError(f"`dataset` must be synthetic, nsd or generic, got {dataset_kind!r}.")
+        report = self.settings.jobs_dir / f"report-{name}"
+        commands.append(("train encoder", ["-m", "training.train_encoder", "--data", str(data), "--out", str(checkpoint),
+                                           "--backbone", backbone, "--pretrained", pretrained, "--cv", str(int(cv))]))
+        commands.append(("evaluate", ["-m", "training.eval_encoder", "--encoder", str(checkpoint), "--data", str(data),
+                                      "--out", str(report)]))
+        job = TrainingJob(self.settings.jobs_dir, f"{name} on {dataset_kind}", commands,
+                          outputs={"encoder": name, "checkpoint": str(checkpoint), "report": str(report)})
+        self.jobs[job.state.id] = job
+        return job.start()
+
+
+def _preview(pixels: torch.Tensor) -> PIL.Image.Image:
+    array = (pixels[0].permute(1, 2, 0).float().cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)
+    image = PIL.Image.fromarray(array)
+    if max(image.size) > PREVIEW_SIZE:
+        image.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
+    return image
+
+
+def _roi_means(subject: bd.Subject, activations: np.ndarray) -> dict:
+    return {name: float(activations[subject.rois[name]].mean()) for name in subject.roi_names}

@@ -1,0 +1,90 @@
+"""Train tab: fit and evaluate an encoder in a background process, then use it in Explore."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gradio as gr
+
+from .service import Service, ServiceError
+
+DATASETS = {"Synthetic demo subject (S1)": "synthetic", "Prepared NSD subject (.h5)": "nsd",
+            "Generic image folder dataset (.h5)": "generic"}
+
+
+def _report_outputs(job):
+    """R^2 flatmap path and per-ROI rows from a finished job's report."""
+    report_dir = Path(job.state.outputs["report"])
+    report = json.loads((report_dir / "report.json").read_text())
+    rows = [[name, r["n_voxels"], r["median_r2"], r["median_r"], r["median_r2_normalized"]]
+            for name, r in report["rois"].items()]
+    png = report_dir / "r2_flatmap.png"
+    summary = (f"Test R² median {report['r2']['median']:.3f}, Pearson r median {report['pearson_r']['median']:.3f} "
+               f"over {report['n_voxels']} voxels and {report['n_test']} test images.")
+    return (str(png) if png.is_file() else None), rows, summary
+
+
+def build(service: Service, explore: dict) -> None:
+    gr.Markdown("Fit a CLIP + linear encoder with voxelwise ridge regression (himalaya), then evaluate it on the "
+                "held-out test images. Runs as a background process; the app stays usable.")
+    with gr.Row():
+        with gr.Column():
+            dataset = gr.Radio(list(DATASETS), value=list(DATASETS)[0], label="Dataset", elem_id="train-dataset")
+            path = gr.Textbox(label="Dataset file (.h5 from training.prepare_nsd / prepare_generic)",
+                              placeholder="outputs/nsd/subj01.h5")
+            name = gr.Textbox(label="Encoder name", placeholder="my-encoder", elem_id="train-name")
+            with gr.Row():
+                n_train = gr.Slider(100, 3000, value=600, step=100, label="Synthetic training images")
+                cv = gr.Slider(2, 10, value=5, step=1, label="Cross-validation folds")
+            with gr.Row():
+                backbone = gr.Textbox(value="braindive-tiny-vit", label="Backbone (ViT-B-16 for real data)")
+                pretrained = gr.Textbox(value="none", label="Pretrained tag (laion2b_s34b_b88k for real data)")
+            with gr.Row():
+                start = gr.Button("Train + evaluate", variant="primary", elem_id="train-start")
+                cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
+        with gr.Column():
+            status = gr.Markdown("No training job yet.", elem_id="train-status")
+            log_box = gr.Textbox(label="Log (tail)", lines=14, max_lines=14, interactive=False, elem_id="train-log")
+    with gr.Row():
+        r2_map = gr.Image(label="Test R² on the flatmap", interactive=False, elem_id="train-r2")
+        table = gr.Dataframe(headers=["ROI", "voxels", "median R²", "median r", "median R²/ceiling"],
+                             label="Per-ROI medians", elem_id="train-table")
+    job_id = gr.State(None)
+    timer = gr.Timer(1.0, active=False)
+
+    def launch(kind, file, enc_name, n, folds, bb, tag):
+        try:
+            job = service.start_training(DATASETS[kind], file, enc_name, n_train=int(n), n_test=max(100, int(n) // 4),
+                                         backbone=bb, pretrained=tag, cv=int(folds))
+        except ServiceError as exc:
+            raise gr.Error(str(exc))
+        return job.state.id, f"Started **{job.state.title}**…", gr.Timer(active=True)
+
+    start.click(launch, [dataset, path, name, n_train, cv, backbone, pretrained], [job_id, status, timer])
+
+    def poll(jid, subj):
+        job = service.jobs.get(jid)
+        if job is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
+        s = job.state
+        text = f"**{s.title}** — {s.status} · step {s.step}/{s.n_steps} ({s.step_name}) · {s.percent}%"
+        if job.running:
+            return text, job.log_tail(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        if s.status != "done":
+            gr.Warning(f"Training job {s.status}; see the log.")
+            return text, job.log_tail(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
+        png, rows, summary = _report_outputs(job)
+        encoders = service.encoders_for(subj)
+        return (f"{text}\n\n{summary} Encoder **{s.outputs['encoder']}** is now selectable in Explore.", job.log_tail(),
+                png, rows, gr.Timer(active=False), gr.update(choices=encoders))
+
+    timer.tick(poll, [job_id, explore["subject"]], [status, log_box, r2_map, table, timer, explore["encoder"]])
+
+    def stop(jid):
+        job = service.jobs.get(jid)
+        if job is None or not job.running:
+            return "No running job."
+        job.cancel()
+        return "Cancelling…"
+
+    cancel.click(stop, job_id, status, queue=False)
