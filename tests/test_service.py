@@ -172,3 +172,8 @@ def test_settings_flags_override_environment():
     s = parse_settings(["--port", "9000"], environ={"BRAINDIVE_PORT": "8000", "BRAINDIVE_MAX_STEPS": "30",
                                                     "BRAINDIVE_SHARE": "true"})
     assert s.port == 9000 and s.max_steps == 30 and s.share is True and s.preset == "auto"
+
+
+def test_space_listens_on_all_interfaces():
+    assert parse_settings([], environ={"SPACE_ID": "me/braindive"}).host == "0.0.0.0"
+    assert parse_settings([], environ={}).host == "127.0.0.1"

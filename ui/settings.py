@@ -58,6 +58,8 @@ def parse_settings(argv=None, environ=None) -> Settings:
     parser = argparse.ArgumentParser(description="BrainDiVE Studio web app")
     for field in fields(Settings):
         default = _env_default(field, environ)
+        if field.name == "host" and "SPACE_ID" in environ and ENV_PREFIX + "HOST" not in environ:
+            default = "0.0.0.0"  # a Hugging Face Space serves on all interfaces
         flag = "--" + field.name.replace("_", "-")
         if field.type in ("bool", bool):
             parser.add_argument(flag, action="store_true", default=default)
