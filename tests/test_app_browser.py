@@ -83,6 +83,12 @@ def _click_roi(page, name: str) -> None:
     page.mouse.click(box["x"] + x * scale, box["y"] + y * scale)
 
 
+def _start_generation(page, steps: int) -> None:
+    page.locator("#steps input[type=number]").fill(str(steps))
+    page.locator("#steps input[type=number]").press("Enter")
+    page.locator("#generate").click()
+
+
 def test_click_flatmap_selects_roi(page):
     _click_roi(page, "PPA.lh")
     page.wait_for_function("document.querySelector('#selection').innerText.includes('PPA')", timeout=20_000)
@@ -92,9 +98,7 @@ def test_click_flatmap_selects_roi(page):
 
 
 def test_generate_streams_previews_then_shows_results(page):
-    page.locator("#steps input[type=number]").fill("12")
-    page.locator("#steps input[type=number]").press("Enter")
-    page.locator("#generate").click()
+    _start_generation(page, 12)
     previews = set()
     deadline = time.time() + 240
     while time.time() < deadline and not page.locator("#gallery img").count():
@@ -112,9 +116,7 @@ def test_generate_streams_previews_then_shows_results(page):
 
 
 def test_stop_cancels_a_running_generation(page):
-    page.locator("#steps input[type=number]").fill("60")
-    page.locator("#steps input[type=number]").press("Enter")
-    page.locator("#generate").click()
+    _start_generation(page, 60)
     page.wait_for_function("/step [3-9]\\//.test(document.querySelector('#step-counter').innerText)", timeout=120_000)
     page.locator("#stop").click()
     page.wait_for_function("document.querySelector('#step-counter').innerText.includes('Stopped')", timeout=60_000)
