@@ -1,0 +1,129 @@
+"""Where NSD keeps its files, and the experiment design (which image each trial showed).
+
+Paths follow the NSD data release (``/work/shared/NSD_LAYOUT.md``); every lookup of a required file
+goes through ``require`` so a missing file is reported by name together with the folder searched.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+
+__all__ = [
+    "NSD_SESSIONS",
+    "TRIALS_PER_SESSION",
+    "N_SHARED",
+    "NSDLayout",
+    "Design",
+    "parse_subject",
+    "require",
+    "read_design",
+    "read_ctab",
+]
+
+log = logging.getLogger(__name__)
+
+NSD_SESSIONS = {1: 40, 2: 40, 3: 32, 4: 30, 5: 40, 6: 32, 7: 40, 8: 30}
+TRIALS_PER_SESSION = 750
+N_SHARED = 1000  # the first 1000 columns of subjectim are the shared images
+
+
+def parse_subject(subject) -> int:
+    """``"subj01"``, ``"1"`` or ``1`` -> 1; anything else raises."""
+    match = re.fullmatch(r"(?:subj)?0*([1-8])", str(subject).strip())
+    if not match:
+        raise ValueError(f"`--subject` must be subj01..subj08 (or 1..8), got {subject!r}.")
+    return int(match.group(1))
+
+
+def require(path: Path, what: str) -> Path:
+    """Return ``path`` if it exists, else raise naming the file and the folder searched."""
+    if not path.exists():
+        raise FileNotFoundError(f"NSD {what} not found: {path.name} (looked in {path.parent}).")
+    return path
+
+
+@dataclass(frozen=True)
+class NSDLayout:
+    """The NSD release rooted at ``root`` (the folder holding ``nsddata``, ``nsddata_betas``, ...)."""
+
+    root: Path
+    subject: int
+
+    @property
+    def subj(self) -> str:
+        return f"subj{self.subject:02d}"
+
+    @property
+    def expdesign(self) -> Path:
+        return self.root / "nsddata" / "experiments" / "nsd" / "nsd_expdesign.mat"
+
+    @property
+    def stimuli(self) -> Path:
+        return self.root / "nsddata_stimuli" / "stimuli" / "nsd" / "nsd_stimuli.hdf5"
+
+    def betas_dir(self, space: str) -> Path:
+        return self.root / "nsddata_betas" / "ppdata" / self.subj / space / "betas_fithrf_GLMdenoise_RR"
+
+    def roi_dir(self, space: str) -> Path:
+        return self.root / "nsddata" / "ppdata" / self.subj / space / "roi"
+
+    def label_dir(self, surface: str | None = None) -> Path:
+        return self.root / "nsddata" / "freesurfer" / (surface or self.subj) / "label"
+
+
+@dataclass
+class Design:
+    """The trials of one subject's first ``n_sessions`` sessions.
+
+    Attributes:
+        trial_images: ``[n_trials]`` 0-based 73k image id shown on each trial.
+        trial_shared: ``[n_trials]`` True where the image is one of the 1000 shared images.
+    """
+
+    trial_images: np.ndarray
+    trial_shared: np.ndarray
+
+
+def _mat_array(mat: dict, key: str, shape: tuple, path: Path) -> np.ndarray:
+    if key not in mat:
+        found = sorted(k for k in mat if not k.startswith("__"))
+        raise ValueError(f"{path} has no variable {key!r} (found {found}).")
+    arr = np.asarray(mat[key])
+    if arr.shape != shape:
+        raise ValueError(f"{path}: `{key}` must have shape {shape}, got {arr.shape}.")
+    return arr.astype(np.int64)
+
+
+def read_design(path: Path, subject: int, n_sessions: int) -> Design:
+    """Trials of ``subject``'s first ``n_sessions`` sessions from ``nsd_expdesign.mat`` (1-based indices)."""
+    mat = scipy.io.loadmat(str(require(path, "experiment design")))
+    masterordering = _mat_array(mat, "masterordering", (1, 30000), path)[0]
+    subjectim = _mat_array(mat, "subjectim", (8, 10000), path)
+    n_trials = n_sessions * TRIALS_PER_SESSION
+    order = masterordering[:n_trials]  # 1-based index into the subject's 10k images
+    if order.min() < 1 or order.max() > subjectim.shape[1]:
+        raise ValueError(f"{path}: `masterordering` values must be in 1..10000 (1-based), "
+                         f"got {order.min()}..{order.max()}.")
+    return Design(trial_images=subjectim[subject - 1, order - 1] - 1, trial_shared=order <= N_SHARED)
+
+
+def read_ctab(path: Path, family: str) -> dict[int, str]:
+    """``{label id: name}`` from a FreeSurfer colour table (``id name ...`` lines), without 0 (Unknown).
+
+    A missing table gives generic names ``<family>-<id>`` (logged), since labels are still usable.
+    """
+    if not path.is_file():
+        log.warning("ROI label table %s not found (looked in %s); naming %s labels by number.",
+                    path.name, path.parent, family)
+        return {}
+    names = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].lstrip("-").isdigit() and int(parts[0]) > 0:
+            names[int(parts[0])] = parts[1]
+    return names

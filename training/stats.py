@@ -1,0 +1,58 @@
+"""Per-voxel statistics: session z-scoring, NSD noise ceiling, prediction scores.
+
+All functions take ``[n_samples, n_voxels]`` arrays and work column-wise (one voxel per column).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["zscore_columns", "noise_ceiling", "r2_columns", "pearson_columns", "bad_columns"]
+
+
+def zscore_columns(x: np.ndarray) -> np.ndarray:
+    """Z-score each column (population std, ddof=0) in float64; a constant column becomes NaN."""
+    x = np.asarray(x, dtype=np.float64)
+    std = x.std(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (x - x.mean(axis=0)) / np.where(std > 0, std, np.nan)
+
+
+def noise_ceiling(ncsnr: np.ndarray, n_repeats: np.ndarray) -> np.ndarray:
+    """NSD noise ceiling as a fraction of variance for the test-split averages.
+
+    ``ncsnr**2 / (ncsnr**2 + mean(1/n))`` where ``n`` is the number of trials averaged per test
+    image: with A, B, C images seen 3, 2, 1 times this is the NSD manual's
+    ``(A/3 + B/2 + C/1) / (A + B + C)`` (multiply by 100 for NSD's percent).
+    """
+    n_repeats = np.asarray(n_repeats)
+    if n_repeats.size == 0 or np.any(n_repeats < 1):
+        raise ValueError(f"`n_repeats` must be >= 1 for every test image, got {np.unique(n_repeats).tolist()}.")
+    signal = np.asarray(ncsnr, dtype=np.float64) ** 2
+    return signal / (signal + np.mean(1.0 / n_repeats))
+
+
+def r2_columns(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Coefficient of determination per column, ``1 - SSE / SS_tot`` (NaN for constant targets)."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    sse = ((y_true - y_pred) ** 2).sum(0)
+    sst = ((y_true - y_true.mean(0)) ** 2).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 1.0 - sse / np.where(sst > 0, sst, np.nan)
+
+
+def pearson_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation per column (NaN where either column is constant)."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(0) / np.where(den > 0, den, np.nan)
+
+
+def bad_columns(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of columns holding any NaN/inf, and of finite columns that are constant."""
+    finite = np.isfinite(y).all(axis=0)
+    constant = finite & (np.ptp(np.where(np.isfinite(y), y, 0), axis=0) == 0)
+    return np.flatnonzero(~finite), np.flatnonzero(constant)
