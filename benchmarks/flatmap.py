@@ -1,8 +1,9 @@
-"""Flatmap timings on S1: cache build, render, pick, paint, grow.
+"""Flatmap timings on S1: cache build, render, pick, paint, grow, in each view.
 
-Run ``python -m benchmarks.flatmap``. Builds the caches in a temporary folder (cold), then times the
-warm operations; writes ``benchmarks/results/flatmap.json`` and the "## Flatmaps" section of
-``benchmarks/RESULTS.md``. ``--figures`` also redraws the S1 flatmaps in ``docs/``.
+Run ``python -m benchmarks.flatmap``. For each view (``--view``, default all) builds the caches in a
+temporary folder (cold), then times the warm operations; writes ``benchmarks/results/flatmap.json`` and
+the "## Flatmaps" section of ``benchmarks/RESULTS.md``. ``--figures`` also redraws the S1 flatmaps in
+``docs/``.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +38,7 @@ def timed(fn, repeats: int = 1) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def run(width: int, repeats: int, seed: int = 0) -> dict:
+def run(width: int, repeats: int, view: str, seed: int = 0) -> dict:
     subject = bd.load_subject("S1")
     rng = np.random.default_rng(seed)
     values = rng.standard_normal(subject.n_voxels)
@@ -47,22 +49,25 @@ def run(width: int, repeats: int, seed: int = 0) -> dict:
             flatmap._surface_info.cache_clear()
             flatmap._GRIDS.clear()
             results["build_surface_cache_s"], _ = timed(lambda: flatmap._surface_info(subject.surface))
-            results["build_grid_cache_s"], _ = timed(lambda: flatmap._grid(subject, width))
+            results["build_grid_cache_s"], _ = timed(lambda: flatmap._grid(subject, width, view))
             flatmap._GRIDS.clear()
-            results["load_grid_cache_s"], _ = timed(lambda: flatmap._grid(subject, width))
-            results["render_base_s"], _ = timed(lambda: bd.render_flatmap(None, subject, width=width), repeats)
+            results["load_grid_cache_s"], _ = timed(lambda: flatmap._grid(subject, width, view))
+            render = dict(width=width, view=view)
+            results["render_base_s"], _ = timed(lambda: bd.render_flatmap(None, subject, **render), repeats)
             results["render_values_s"], image = timed(
-                lambda: bd.render_flatmap(values, subject, title="random", width=width), repeats
+                lambda: bd.render_flatmap(values, subject, title="random", **render), repeats
             )
             results["render_values_highlight_s"], _ = timed(
-                lambda: bd.render_flatmap(values, subject, highlight="FFA", width=width), repeats
+                lambda: bd.render_flatmap(values, subject, highlight="FFA", **render), repeats
             )
             points = rng.integers(0, image.shape[1::-1], size=(200, 2))
             points = iter(np.concatenate([points] * repeats))
-            results["pick_s"], _ = timed(lambda: bd.pick(subject, *next(points), image.shape), 200)
+            results["pick_s"], _ = timed(lambda: bd.pick(subject, *next(points), image.shape, view=view), 200)
             mask = np.zeros(image.shape[:2], bool)
             mask[image.shape[0] // 3 : image.shape[0] // 2, image.shape[1] // 3 : image.shape[1] // 2] = True
-            results["voxels_in_mask_s"], painted = timed(lambda: bd.voxels_in_mask(subject, mask), repeats)
+            results["voxels_in_mask_s"], painted = timed(
+                lambda: bd.voxels_in_mask(subject, mask, view=view), repeats
+            )
             voxel = int(subject.roi("FFA.lh")[0])
             results["grow_10mm_s"], grown = timed(lambda: bd.grow(subject, voxel, 10.0), repeats)
         finally:
@@ -88,28 +93,36 @@ def machine() -> str:
 
 
 def markdown(report: dict) -> str:
-    r = report["results"]
+    """The "## Flatmaps" section: one row per operation, one time column per view."""
     ms = lambda s: f"{s * 1000:.3g} ms"  # noqa: E731
+    repeats = report["repeats"]
     rows = [
-        ("Build surface cache (curvature + mesh graph, once per surface)", f"{r['build_surface_cache_s']:.2f} s"),
-        (f"Build pixel grid cache (once per subject and width {report['width']})", f"{r['build_grid_cache_s']:.2f} s"),
-        ("Load pixel grid cache from disk", ms(r["load_grid_cache_s"])),
-        (f"Render base map (curvature + ROIs), median of {report['repeats']}", ms(r["render_base_s"])),
-        (f"Render values + ROIs + colour bar + title, median of {report['repeats']}", ms(r["render_values_s"])),
-        (f"Render values + FFA highlight, median of {report['repeats']}", ms(r["render_values_highlight_s"])),
-        ("pick (median of 200 random pixels)", ms(r["pick_s"])),
-        (f"voxels_in_mask ({r['voxels_painted']} voxels painted)", ms(r["voxels_in_mask_s"])),
-        (f"grow 10 mm ({r['voxels_grown_10mm']} voxels)", ms(r["grow_10mm_s"])),
+        ("Build surface cache (curvature + mesh graph, once per surface)",
+         lambda r: f"{r['build_surface_cache_s']:.2f} s"),
+        (f"Build pixel grid cache (once per subject, view and width {report['width']})",
+         lambda r: f"{r['build_grid_cache_s']:.2f} s"),
+        ("Load pixel grid cache from disk", lambda r: ms(r["load_grid_cache_s"])),
+        (f"Render base map (curvature + ROIs), median of {repeats}", lambda r: ms(r["render_base_s"])),
+        (f"Render values + ROIs + colour bar + title, median of {repeats}", lambda r: ms(r["render_values_s"])),
+        (f"Render values + FFA highlight, median of {repeats}", lambda r: ms(r["render_values_highlight_s"])),
+        ("pick (median of 200 random pixels)", lambda r: ms(r["pick_s"])),
+        ("voxels_in_mask (a rectangle of 1/6 x 1/6 of the image)",
+         lambda r: f"{ms(r['voxels_in_mask_s'])} ({r['voxels_painted']} voxels)"),
+        ("grow 10 mm", lambda r: f"{ms(r['grow_10mm_s'])} ({r['voxels_grown_10mm']} voxels)"),
     ]
+    results = report["results"]
+    views = list(results)
+    header = [f'view="{view}", {r["image_shape"][1]} x {r["image_shape"][0]} px' for view, r in results.items()]
     lines = [
         SECTION,
         "",
-        f"Subject S1 ({report['n_voxels']} voxels), image {r['image_shape'][1]} x {r['image_shape'][0]} px. "
-        f"Machine: {report['machine']}. Command: `{report['command']}`. Date: {report['date']}.",
+        f"Subject S1 ({report['n_voxels']} voxels), image width {report['width']} px. Machine: {report['machine']}, "
+        f"load average {report['load_average']} at start (other jobs share the cores). "
+        f"Command: `{report['command']}`. Date: {report['date']}.",
         "",
-        "| Operation | Time |",
-        "|---|---|",
-        *[f"| {name} | {value} |" for name, value in rows],
+        "| Operation | " + " | ".join(header) + " |",
+        "|---|" + "---|" * len(views),
+        *[f"| {name} | " + " | ".join(cell(results[view]) for view in views) + " |" for name, cell in rows],
         "",
     ]
     return "\n".join(lines)
@@ -123,12 +136,13 @@ def write_section(path: Path, section: str) -> None:
         text = text.rstrip("\n") + "\n\n" + section
     else:
         end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("" if end < 0 else text[end + 1 :])
+        text = text[:start] + section + ("" if end < 0 else "\n" + text[end + 1 :])  # keep the blank line
     path.write_text(text)
 
 
 def figures(folder: Path = DOCS) -> list[Path]:
-    """The S1 flatmaps shown in the docs: base map, a smooth demo value map, FFA highlighted."""
+    """The S1 flatmaps shown in the docs: base map, a smooth demo value map, FFA highlighted; and zoomed
+    on the voxels: base map, FFA highlighted on the demo values."""
     import cortex
 
     subject = bd.load_subject("S1")
@@ -140,6 +154,9 @@ def figures(folder: Path = DOCS) -> list[Path]:
         bd.save_flatmap(demo, subject, folder / "flatmap_s1_demo.png", vmin=-1, vmax=1,
                         title="Demo values: sin(y / 15 mm) cos(z / 20 mm)"),
         bd.save_flatmap(None, subject, folder / "flatmap_s1_ffa.png", highlight="FFA", title="S1: FFA selected"),
+        bd.save_flatmap(None, subject, folder / "flatmap_s1_zoom.png", title="S1 visual ROIs", view="voxels"),
+        bd.save_flatmap(demo, subject, folder / "flatmap_s1_zoom_ffa.png", vmin=-1, vmax=1, highlight="FFA",
+                        title="S1: FFA selected, on demo values", view="voxels"),
     ]
 
 
@@ -147,6 +164,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=flatmap.DEFAULT_WIDTH)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--view", nargs="+", choices=flatmap.VIEWS, default=list(flatmap.VIEWS),
+                        help="the views to time (default: all)")
     parser.add_argument("--figures", action="store_true", help="also redraw docs/flatmap_s1*.png")
     args = parser.parse_args(argv)
     if args.figures:
@@ -156,9 +175,10 @@ def main(argv=None) -> None:
         "repeats": args.repeats,
         "n_voxels": bd.load_subject("S1").n_voxels,
         "machine": machine(),
-        "command": "python -m benchmarks.flatmap" + (f" --width {args.width}" if args.width != 1024 else ""),
+        "load_average": [round(load, 2) for load in os.getloadavg()],
+        "command": " ".join(["python -m benchmarks.flatmap", *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.date.today().isoformat(),
-        "results": run(args.width, args.repeats),
+        "results": {view: run(args.width, args.repeats, view) for view in args.view},
     }
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "flatmap.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -8,7 +8,9 @@ gather, a colour lookup and some alpha compositing; a pick is one array lookup.
 
 Image layout (``flatmap_shape``): a title band on top, both hemispheres side by side as in pycortex's
 quickflat (left hemisphere on the left, image row 0 = largest flat ``y``), and a colour-bar band
-below. ``pick`` and ``voxels_in_mask`` take pixel coordinates of such an image, at any width.
+below. The map shows one of ``VIEWS``: ``"full"``, the whole flat surface, or ``"voxels"``, the bounding
+box of the subject's voxels (a zoom on them). Every pixel-space function takes the same ``view=``;
+``pick`` and ``voxels_in_mask`` take pixel coordinates of an image of that view, at any width.
 """
 from __future__ import annotations
 
@@ -37,16 +39,18 @@ __all__ = [
     "flatmap_shape",
     "roi_centroids",
     "DEFAULT_WIDTH",
+    "VIEWS",
 ]
 
 DEFAULT_WIDTH = 1024
 MIN_WIDTH = 256
 _FORMAT_VERSION = 1
 
-# Layout, as fractions of the image width.
+# Layout, as fractions of the image width (unless noted).
 _PAD = 0.012
 _TITLE_BAND = 0.045
 _COLORBAR_BAND = 0.062
+_VOXEL_MARGIN = 0.04  # around the voxels in the "voxels" view, as a fraction of their bounding box's larger side
 
 # Colours (RGB 0-255).
 _BACKGROUND = 255
@@ -81,9 +85,9 @@ class Pick:
 # --------------------------------------------------------------------------- public API
 
 
-def flatmap_shape(subject: Subject, width: int = DEFAULT_WIDTH) -> tuple[int, int]:
-    """``(H, W)`` of the images ``render_flatmap`` draws for ``subject`` at ``width``."""
-    return _layout(_check_width(width), _flat_surface(subject.surface).aspect).shape
+def flatmap_shape(subject: Subject, width: int = DEFAULT_WIDTH, *, view: str = "full") -> tuple[int, int]:
+    """``(H, W)`` of the images ``render_flatmap`` draws for ``subject`` at ``width`` in ``view``."""
+    return _layout(subject, _check_width(width), _check_view(view)).shape
 
 
 def render_flatmap(
@@ -97,6 +101,7 @@ def render_flatmap(
     vmax: float | None = None,
     title: str | None = None,
     width: int = DEFAULT_WIDTH,
+    view: str = "full",
 ) -> np.ndarray:
     """Draw ``values`` on the subject's flatmap; returns an ``H x W x 3`` uint8 image.
 
@@ -111,9 +116,10 @@ def render_flatmap(
         vmin, vmax: colour limits; by default the 1st-99th percentiles of the values, made symmetric
             around 0 when the values have both signs.
         title: text drawn above the map.
-        width: image width in pixels (the height follows the flatmap's aspect ratio).
+        width: image width in pixels (the height follows the map's aspect ratio).
+        view: ``"full"`` (the whole flat surface) or ``"voxels"`` (zoomed on the subject's voxels).
     """
-    grid = _grid(subject, _check_width(width))
+    grid = _grid(subject, _check_width(width), _check_view(view))
     surface_values = None if values is None else _vertex_values(subject, values)
     highlight_mask = None if highlight is None else _highlight_vertices(subject, highlight)
     colormap = _colormap(cmap)
@@ -144,7 +150,8 @@ def render_flatmap(
 
 
 def save_flatmap(values, subject: Subject, path, **kwargs) -> Path:
-    """Render like ``render_flatmap`` and write the image (format from the suffix, e.g. ``.png``)."""
+    """Render like ``render_flatmap`` (same keywords, ``view=`` included) and write the image (format
+    from the suffix, e.g. ``.png``)."""
     from PIL import Image
 
     path = Path(path)
@@ -153,15 +160,15 @@ def save_flatmap(values, subject: Subject, path, **kwargs) -> Path:
     return path
 
 
-def pick(subject: Subject, x: float, y: float, image_shape) -> Pick | None:
+def pick(subject: Subject, x: float, y: float, image_shape, *, view: str = "full") -> Pick | None:
     """The voxel under pixel column ``x``, row ``y`` of a flatmap image of shape ``image_shape``.
 
-    ``image_shape`` is ``(H, W)`` or ``(H, W, 3)`` of an image drawn by ``render_flatmap`` at any width
-    (coordinates are scaled to the cached grid). Returns ``None`` for points outside the image or off
-    the cortex (margins, cuts, medial wall), and a ``Pick`` with ``voxel=None`` on cortex that carries
-    no voxel of this subject; never raises for odd coordinates (NaN, strings).
+    ``image_shape`` is ``(H, W)`` or ``(H, W, 3)`` of an image drawn by ``render_flatmap`` in ``view`` at
+    any width (coordinates are scaled to the cached grid). Returns ``None`` for points outside the image
+    or off the cortex (margins, cuts, medial wall), and a ``Pick`` with ``voxel=None`` on cortex that
+    carries no voxel of this subject; never raises for odd coordinates (NaN, strings).
     """
-    grid, scale = _grid_for(subject, _check_image_shape(subject, image_shape, "image_shape"))
+    grid, scale = _grid_for(subject, image_shape, "image_shape", view)
     try:
         col, row = (float(x) + 0.5) * scale[1] - 0.5, (float(y) + 0.5) * scale[0] - 0.5
     except (TypeError, ValueError):
@@ -180,20 +187,20 @@ def pick(subject: Subject, x: float, y: float, image_shape) -> Pick | None:
     return Pick(voxel=voxel, vertex=vertex, rois=subject.rois_of_voxel(voxel), hemisphere=hemisphere)
 
 
-def voxels_in_mask(subject: Subject, mask, image_shape=None) -> np.ndarray:
+def voxels_in_mask(subject: Subject, mask, image_shape=None, *, view: str = "full") -> np.ndarray:
     """Sorted indices of the voxels under the painted pixels of ``mask``: those shown at a painted pixel
     and those whose flat-map position lies in one (vertices are denser than pixels).
 
-    ``mask`` is an ``H x W`` array (nonzero = painted) over a flatmap image of shape ``image_shape``
-    (default ``mask.shape``). A mask that covers no voxel gives an empty array; the caller decides
-    whether that is an error.
+    ``mask`` is an ``H x W`` array (nonzero = painted) over a flatmap image of ``view`` and of shape
+    ``image_shape`` (default ``mask.shape``). A mask that covers no voxel gives an empty array; the
+    caller decides whether that is an error.
     """
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"`mask` must be a 2-D (H, W) array over the flatmap image, got shape {mask.shape}.")
     if image_shape is not None and tuple(image_shape)[:2] != mask.shape:
         raise ValueError(f"`mask` has shape {mask.shape} but the image has shape {tuple(image_shape)[:2]}.")
-    grid, scale = _grid_for(subject, _check_image_shape(subject, mask.shape, "mask"))
+    grid, scale = _grid_for(subject, mask.shape, "mask", view)
     rows = np.minimum(((np.arange(grid.vertex.shape[0]) + 0.5) / scale[0]).astype(np.int64), mask.shape[0] - 1)
     cols = np.minimum(((np.arange(grid.vertex.shape[1]) + 0.5) / scale[1]).astype(np.int64), mask.shape[1] - 1)
     painted = (mask[np.ix_(rows, cols)] != 0).reshape(-1)
@@ -225,9 +232,11 @@ def grow(subject: Subject, voxel: int, radius_mm: float) -> np.ndarray:
     return np.unique(voxels[voxels >= 0]).astype(np.int64)
 
 
-def roi_centroids(subject: Subject, width: int = DEFAULT_WIDTH) -> dict[str, tuple[int, int]]:
-    """``{"FFA.lh": (x, y), ...}``: where each ROI's label is drawn, a pixel inside the ROI."""
-    grid = _grid(subject, _check_width(width))
+def roi_centroids(
+    subject: Subject, width: int = DEFAULT_WIDTH, *, view: str = "full"
+) -> dict[str, tuple[int, int]]:
+    """``{"FFA.lh": (x, y), ...}``: where each ROI's label is drawn in ``view``, a pixel inside the ROI."""
+    grid = _grid(subject, _check_width(width), _check_view(view))
     return {name: (int(x), int(y)) for name, (x, y) in zip(grid.label_names, grid.label_xy)}
 
 
@@ -241,15 +250,35 @@ class _Layout:
     top: int  # first row of the map
     map_width: int
     map_height: int
+    zoom: float  # the map's scale relative to the full view's
+
+    def size(self, fraction: float) -> float:
+        """``fraction`` of the image width, grown gently with the zoom: widths of lines, label text."""
+        return fraction * self.shape[1] * self.zoom**0.25
+
+    @property
+    def map_box(self) -> tuple[np.ndarray, np.ndarray]:
+        """(column, row) of the map's first and last pixel."""
+        first = np.array([self.left, self.top])
+        return first, first + [self.map_width - 1, self.map_height - 1]
 
 
-def _layout(width: int, aspect: float) -> _Layout:
+def _layout(subject: Subject, width: int, view: str) -> _Layout:
+    """The image layout of ``view`` at ``width``: the map keeps the aspect ratio of the view's bounds."""
+    flat_width, flat_height = np.ptp(_bounds(subject, view), axis=0)
+    zoom = float(np.ptp(_bounds(subject, "full")[:, 0]) / flat_width)
     pad = round(_PAD * width)
     top = round(_TITLE_BAND * width)
     map_width = width - 2 * pad
-    map_height = round(map_width * aspect)
+    map_height = round(map_width * float(flat_height / flat_width))
     height = top + map_height + round(_COLORBAR_BAND * width)
-    return _Layout((height, width), pad, top, map_width, map_height)
+    return _Layout((height, width), pad, top, map_width, map_height, zoom)
+
+
+def _check_view(view) -> str:
+    if not isinstance(view, str) or view not in VIEWS:
+        raise ValueError(f"`view` must be one of {list(VIEWS)}, got {view!r}.")
+    return view
 
 
 def _check_width(width) -> int:
@@ -262,8 +291,8 @@ def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
-def _check_image_shape(subject: Subject, shape, argument: str) -> tuple[int, int]:
-    """Validate the shape of an image drawn by ``render_flatmap``; returns ``(H, W)``."""
+def _check_image_shape(subject: Subject, shape, argument: str, view: str) -> tuple[int, int]:
+    """Validate the shape of an image drawn by ``render_flatmap`` in ``view``; returns ``(H, W)``."""
     try:
         shape = tuple(int(n) for n in shape)
     except (TypeError, ValueError):
@@ -271,11 +300,11 @@ def _check_image_shape(subject: Subject, shape, argument: str) -> tuple[int, int
     if len(shape) not in (2, 3) or min(shape[:2]) < 1:
         raise ValueError(f"`{argument}` must be (H, W) or (H, W, 3) of a flatmap image, got {shape!r}.")
     height, width = shape[:2]
-    expected = round(width * flatmap_shape(subject, DEFAULT_WIDTH)[0] / DEFAULT_WIDTH)
+    expected = round(width * flatmap_shape(subject, DEFAULT_WIDTH, view=view)[0] / DEFAULT_WIDTH)
     if abs(height - expected) > max(2, 0.02 * expected):
         raise ValueError(
-            f"`{argument}` of shape {shape[:2]} is not a flatmap of subject {subject.name!r}: an image "
-            f"{width} wide is {expected} high (see flatmap_shape)."
+            f"`{argument}` of shape {shape[:2]} is not a flatmap of subject {subject.name!r} in view {view!r}: "
+            f"an image {width} wide is {expected} high (see flatmap_shape)."
         )
     return height, width
 
@@ -287,7 +316,8 @@ def _check_image_shape(subject: Subject, shape, argument: str) -> tuple[int, int
 class _FlatSurface:
     xy: np.ndarray  # [n_vertices, 2] flat coordinates, hemispheres nudged apart as in quickflat
     faces: np.ndarray  # [n_faces, 3] triangles of the flat map (cuts removed)
-    aspect: float  # height / width of the flat map's bounding box
+    on_map: np.ndarray  # [n_vertices] bool: the vertex belongs to a triangle
+    bounds: np.ndarray  # [2, 2] lowest and highest (x, y) of those vertices
     digest: str  # hash of the surface files
 
 
@@ -297,10 +327,33 @@ def _flat_surface(surface: str) -> _FlatSurface:
 
     pts, faces = cortex.db.get_surf(surface, "flat", merge=True, nudge=True)
     xy = np.asarray(pts[:, :2], np.float64)
-    used = xy[np.unique(faces)]
-    size = used.max(0) - used.min(0)
-    aspect = float(size[1] / size[0])
-    return _FlatSurface(xy=xy, faces=np.asarray(faces, np.int64), aspect=aspect, digest=_surface_digest(surface))
+    on_map = np.zeros(len(xy), bool)
+    on_map[faces] = True
+    return _FlatSurface(xy=xy, faces=np.asarray(faces, np.int64), on_map=on_map, bounds=_box(xy[on_map]),
+                        digest=_surface_digest(surface))
+
+
+def _box(points: np.ndarray) -> np.ndarray:
+    """``[[x_min, y_min], [x_max, y_max]]`` of ``points``."""
+    return np.stack([points.min(0), points.max(0)])
+
+
+def _bounds(subject: Subject, view: str) -> np.ndarray:
+    """``[2, 2]`` lowest and highest flat (x, y) that the map of ``view`` shows."""
+    return _memo(subject, f"bounds-{view}", _VIEW_BOUNDS[view])
+
+
+def _voxel_bounds(subject: Subject) -> np.ndarray:
+    """The bounding box of the subject's voxels on the flat map, with a margin."""
+    flat = _flat_surface(subject.surface)
+    vertices = subject.vertices[flat.on_map[subject.vertices]]
+    box = _box(flat.xy[vertices])
+    margin = _VOXEL_MARGIN * (box[1] - box[0]).max()
+    return box + [[-margin], [margin]]
+
+
+_VIEW_BOUNDS = {"full": lambda subject: _flat_surface(subject.surface).bounds, "voxels": _voxel_bounds}
+VIEWS = tuple(_VIEW_BOUNDS)
 
 
 def _surface_digest(surface: str) -> str:
@@ -359,7 +412,7 @@ def _build_surface_info(surface: str) -> dict[str, np.ndarray]:
     }
 
 
-# --------------------------------------------------------------------------- pixel grid (cached per subject and width)
+# --------------------------------------------------------------------------- pixel grid (per subject, width, view)
 
 
 @dataclass(frozen=True, eq=False)
@@ -386,32 +439,34 @@ class _Grid:
 _GRIDS: dict[Path, _Grid] = {}
 
 
-def _grid(subject: Subject, width: int, build: bool = True) -> _Grid | None:
-    """The pixel grid of ``subject`` at ``width``: from memory, else disk, else built (unless ``build``)."""
-    path = _grid_path(subject, width)
+def _grid(subject: Subject, width: int, view: str, build: bool = True) -> _Grid | None:
+    """The pixel grid of ``subject`` at ``width`` in ``view``: from memory, else disk, else built (unless
+    ``build``)."""
+    path = _grid_path(subject, width, view)
     if path not in _GRIDS:
         if not build and not path.is_file():
             return None
-        arrays = _cached_arrays(path, lambda: _build_grid(subject, width))
+        arrays = _cached_arrays(path, lambda: _build_grid(subject, width, view))
         names = tuple(str(name) for name in arrays.pop("label_names"))
-        layout = _layout(width, _flat_surface(subject.surface).aspect)
-        _GRIDS[path] = _Grid(layout=layout, label_names=names, **arrays)
+        _GRIDS[path] = _Grid(layout=_layout(subject, width, view), label_names=names, **arrays)
     return _GRIDS[path]
 
 
-def _grid_for(subject: Subject, shape: tuple[int, int]) -> tuple[_Grid, tuple[float, float]]:
-    """A grid for an image of ``shape``: its own width's if cached, else the default one, and the
-    (row, column) scale from image pixels to grid pixels."""
-    grid = _grid(subject, shape[1], build=False) if shape[1] >= MIN_WIDTH else None
-    grid = grid or _grid(subject, DEFAULT_WIDTH)
-    return grid, (grid.vertex.shape[0] / shape[0], grid.vertex.shape[1] / shape[1])
+def _grid_for(subject: Subject, shape, argument: str, view: str) -> tuple[_Grid, tuple[float, float]]:
+    """A grid for an image of ``view`` and ``shape`` (checked, named ``argument`` in errors): its own
+    width's if cached, else the default one, and the (row, column) scale from image to grid pixels."""
+    view = _check_view(view)
+    height, width = _check_image_shape(subject, shape, argument, view)
+    grid = _grid(subject, width, view, build=False) if width >= MIN_WIDTH else None
+    grid = grid or _grid(subject, DEFAULT_WIDTH, view)
+    return grid, (grid.vertex.shape[0] / height, grid.vertex.shape[1] / width)
 
 
-def _grid_path(subject: Subject, width: int) -> Path:
-    """Cache file of a grid: keyed by subject (surfaces, voxels, ROIs), layout and format version."""
-    layout = _layout(width, _flat_surface(subject.surface).aspect)
-    key = hashlib.sha256(f"{_subject_digest(subject)}|{layout}|{_FORMAT_VERSION}".encode()).hexdigest()[:16]
-    return cache_dir("flatmap") / f"{subject.name}-w{width}-{key}.npz"
+def _grid_path(subject: Subject, width: int, view: str) -> Path:
+    """Cache file of a grid: keyed by subject (surfaces, voxels, ROIs), view, layout and format version."""
+    layout = _layout(subject, width, view)
+    key = hashlib.sha256(f"{_subject_digest(subject)}|{view}|{layout}|{_FORMAT_VERSION}".encode()).hexdigest()[:16]
+    return cache_dir("flatmap") / f"{subject.name}-{view}-w{width}-{key}.npz"
 
 
 def _cached_arrays(path: Path, build) -> dict[str, np.ndarray]:
@@ -429,18 +484,20 @@ def _cached_arrays(path: Path, build) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _build_grid(subject: Subject, width: int) -> dict[str, np.ndarray]:
+def _build_grid(subject: Subject, width: int, view: str) -> dict[str, np.ndarray]:
     """Rasterise the flat surface, then draw the curvature background and the ROI outlines on it."""
     flat = _flat_surface(subject.surface)
-    layout = _layout(width, flat.aspect)
-    points = _to_pixels(flat, layout)
-    triangle, weights = _rasterise(points, flat.faces, layout.shape)
+    layout = _layout(subject, width, view)
+    bounds = _bounds(subject, view)
+    points = _to_pixels(flat.xy, bounds, layout)
+    triangle, weights = _rasterise(points, flat.faces, layout)
     pixels = np.flatnonzero(triangle >= 0)
     corners = flat.faces[triangle[pixels]].astype(np.int32)
     weights = weights[pixels].astype(np.float32)
     vertex = np.full(triangle.size, -1, np.int32)
     vertex[pixels] = corners[np.arange(len(pixels)), weights.argmax(1)]
-    vertex_pixel = _vertex_pixels(points, flat.faces, layout.shape)
+    shown = flat.on_map & ((flat.xy >= bounds[0]) & (flat.xy <= bounds[1])).all(1)
+    vertex_pixel = _vertex_pixels(points, shown, layout)
     raster = _Grid(layout, vertex.reshape(layout.shape), pixels, corners, weights, vertex_pixel)
 
     outline, shadow, names, label_xy = _roi_overlay(raster, subject)
@@ -458,43 +515,42 @@ def _build_grid(subject: Subject, width: int) -> dict[str, np.ndarray]:
     }
 
 
-def _to_pixels(flat: _FlatSurface, layout: _Layout) -> np.ndarray:
-    """Flat coordinates -> (column, row) pixel coordinates, pixel centres at integers, y up."""
-    used = flat.xy[np.unique(flat.faces)]
-    lo, hi = used.min(0), used.max(0)
+def _to_pixels(xy: np.ndarray, bounds: np.ndarray, layout: _Layout) -> np.ndarray:
+    """Flat coordinates -> (column, row) pixel coordinates, pixel centres at integers, y up; ``bounds``
+    (lowest and highest flat x, y) span the map's width and height."""
+    lo, hi = bounds
     scale = layout.map_width / (hi[0] - lo[0])
-    col = layout.left - 0.5 + (flat.xy[:, 0] - lo[0]) * scale
-    row = layout.top - 0.5 + (hi[1] - flat.xy[:, 1]) * scale
+    col = layout.left - 0.5 + (xy[:, 0] - lo[0]) * scale
+    row = layout.top - 0.5 + (hi[1] - xy[:, 1]) * scale
     return np.stack([col, row], axis=1)
 
 
-def _vertex_pixels(points: np.ndarray, faces: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Flat index of the pixel containing each flat-map vertex (-1: vertex not on the flat map)."""
-    height, width = shape
-    col, row = np.round(points[:, 0]).astype(np.int64), np.round(points[:, 1]).astype(np.int64)
-    on_map = np.zeros(len(points), bool)
-    on_map[faces] = True
-    on_map &= (col >= 0) & (col < width) & (row >= 0) & (row < height)
-    return np.where(on_map, row * width + col, -1).astype(np.int32)
+def _vertex_pixels(points: np.ndarray, shown: np.ndarray, layout: _Layout) -> np.ndarray:
+    """Flat index of the map pixel containing (on the map's edge: nearest to) each ``shown`` vertex, -1
+    for the others."""
+    first, last = layout.map_box
+    col, row = np.clip(np.round(points), first, last).astype(np.int64).T
+    return np.where(shown, row * layout.shape[1] + col, -1).astype(np.int32)
 
 
-def _rasterise(points: np.ndarray, faces: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """For every pixel centre of an image of ``shape``: the index of a triangle covering it (-1: none)
-    and its barycentric weights ``[H*W, 3]``."""
-    height, width = shape
+def _rasterise(points: np.ndarray, faces: np.ndarray, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
+    """For every pixel centre of the image: the index of a triangle covering it (-1: none, and outside
+    the map area, which clips the triangles) and its barycentric weights ``[H*W, 3]``."""
+    height, width = layout.shape
+    first, last = layout.map_box
     tri = points[faces]  # [F, 3, 2]
-    lo = np.ceil(tri.min(1)).astype(np.int64)
-    hi = np.floor(tri.max(1)).astype(np.int64)
-    lo, hi = np.maximum(lo, 0), np.minimum(hi, [width - 1, height - 1])
+    lo = np.maximum(np.ceil(tri.min(1)).astype(np.int64), first)
+    hi = np.minimum(np.floor(tri.max(1)).astype(np.int64), last)
     span = hi - lo + 1
     a, e1, e2 = tri[:, 0], tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
     det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    drawn = np.flatnonzero((span > 0).all(1) & (det != 0))  # triangles with pixel centres on the map
 
     triangle = np.full(height * width, -1, np.int64)
     weights = np.zeros((height * width, 3))
-    for dy in range(max(int(span[:, 1].max(initial=0)), 0)):
-        for dx in range(max(int(span[:, 0].max(initial=0)), 0)):
-            idx = np.flatnonzero((span[:, 0] > dx) & (span[:, 1] > dy) & (det != 0))
+    for dy in range(int(span[drawn, 1].max(initial=0))):
+        for dx in range(int(span[drawn, 0].max(initial=0))):
+            idx = drawn[(span[drawn, 0] > dx) & (span[drawn, 1] > dy)]
             px = lo[idx] + [dx, dy]
             d = px - a[idx]
             w1 = (d[:, 0] * e2[idx, 1] - d[:, 1] * e2[idx, 0]) / det[idx]
@@ -517,7 +573,7 @@ def _curvature_background(grid: _Grid, curvature: np.ndarray) -> np.ndarray:
 
 def _roi_overlay(grid: _Grid, subject: Subject):
     """Outline alpha, shadow alpha (uint8), label names and label positions of the subject's ROIs."""
-    half = grid.layout.shape[1] / 1024  # 2 px wide lines at width 1024
+    half = grid.layout.size(1 / 1024)  # 2 px wide lines at width 1024 in the full view
     outline = np.zeros(grid.vertex.shape, np.float32)
     names, points = [], []
     for name, in_roi in sorted(_roi_vertex_masks(subject), key=lambda item: item[1].sum()):
@@ -711,12 +767,12 @@ def _paint_highlight(image, grid: _Grid, in_set: np.ndarray) -> None:
         return
     m = 8  # margin for the contour and its halo
     box = np.s_[max(rows.min() - m, 0) : rows.max() + m + 1, max(cols.min() - m, 0) : cols.max() + m + 1]
-    field, view = field[box], image[box]
+    field, patch = field[box], image[box]
     inside = field > 0.5
-    view[inside] = view[inside] * (1 - _HIGHLIGHT_TINT) + _HIGHLIGHT * _HIGHLIGHT_TINT
-    contour = _contour_alpha(field, 1.5 * grid.layout.shape[1] / 1024)  # 3 px wide at width 1024
-    _blend(view, _halo(contour), 0.0, strength=0.6)
-    _blend(view, contour, _HIGHLIGHT)
+    patch[inside] = patch[inside] * (1 - _HIGHLIGHT_TINT) + _HIGHLIGHT * _HIGHLIGHT_TINT
+    contour = _contour_alpha(field, grid.layout.size(1.5 / 1024))  # 3 px wide at width 1024 in the full view
+    _blend(patch, _halo(contour), 0.0, strength=0.6)
+    _blend(patch, contour, _HIGHLIGHT)
 
 
 def _blend(image, alpha, colour, strength: float = 1.0) -> None:
@@ -741,7 +797,7 @@ def _font(size: int, bold: bool = False):
 
 
 def _draw_labels(draw, grid: _Grid) -> None:
-    font = _font(max(9, round(grid.layout.shape[1] * 0.0125)), bold=True)
+    font = _font(max(9, round(grid.layout.size(0.0125))), bold=True)
     for name, (x, y) in zip(grid.label_names, grid.label_xy):
         draw.text((int(x), int(y)), name.partition(".")[0], font=font, fill=_TEXT, anchor="mm",
                   stroke_width=2, stroke_fill=_TEXT_STROKE)

@@ -1,4 +1,6 @@
-"""Flatmaps of S1: placement against pycortex, picking, painting, highlighting, growing, caching, errors."""
+"""Flatmaps of S1: placement against pycortex, picking, painting, highlighting, growing, caching, errors,
+in both views (tests that use the ``view`` fixture run once per view)."""
+import hashlib
 import time
 from pathlib import Path
 
@@ -11,21 +13,26 @@ import braindive as bd
 from braindive import flatmap
 
 
-@pytest.fixture(scope="module")
-def shape(s1):
-    return bd.flatmap_shape(s1)
+@pytest.fixture(scope="module", params=flatmap.VIEWS)
+def view(request):
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def vertex_image(s1):
+def shape(s1, view):
+    return bd.flatmap_shape(s1, view=view)
+
+
+@pytest.fixture(scope="module")
+def vertex_image(s1, view):
     """``[H, W]`` vertex drawn at each pixel (-1 off the cortex), from the flatmap's pixel grid."""
-    return flatmap._grid(s1, flatmap.DEFAULT_WIDTH).vertex
+    return flatmap._grid(s1, flatmap.DEFAULT_WIDTH, view).vertex
 
 
 @pytest.fixture(scope="module")
-def regions(s1, vertex_image):
+def regions(s1, view, vertex_image):
     """``{"FFA.lh": [H, W] bool}``: the pixels showing a vertex of each ROI."""
-    return {name: np.isin(vertex_image, s1.vertices[s1.roi(name)]) for name in bd.roi_centroids(s1)}
+    return {name: np.isin(vertex_image, s1.vertices[s1.roi(name)]) for name in bd.roi_centroids(s1, view=view)}
 
 
 def centroid_pixel(region):
@@ -38,7 +45,9 @@ def centroid_pixel(region):
     return int(cols[nearest]), int(rows[nearest])
 
 
-def test_base_map_is_curvature_on_white_with_left_hemisphere_left_and_top_up(s1, shape, vertex_image):
+def test_base_map_is_curvature_on_white_with_left_hemisphere_left_and_top_up(s1):
+    shape = bd.flatmap_shape(s1)
+    vertex_image = flatmap._grid(s1, flatmap.DEFAULT_WIDTH, "full").vertex
     image = bd.render_flatmap(None, s1)
     assert image.shape == (*shape, 3) and image.dtype == np.uint8
     assert shape == (631, 1024)
@@ -76,9 +85,9 @@ def test_data_placement_matches_pycortex_quickflat(s1, tmp_path, monkeypatch):
     reference, _ = quickflat_utils.make_flatmap_image(cortex.Vertex(s1.to_surface(values), "S1"), height=512)
 
     width = 1004  # a map 980 x 512 pixels, as quickflat's at height 512
-    layout = flatmap._layout(width, flatmap._flat_surface("S1").aspect)
+    layout = flatmap._layout(s1, width, "full")
     assert (layout.map_height, layout.map_width) == reference.shape
-    grid = flatmap._grid(s1, width)
+    grid = flatmap._grid(s1, width, "full")
     mine = s1.to_surface(values)[grid.vertex]
     mine[grid.vertex < 0] = np.nan
     mine = mine[layout.top : layout.top + layout.map_height, layout.left : layout.left + layout.map_width]
@@ -88,41 +97,86 @@ def test_data_placement_matches_pycortex_quickflat(s1, tmp_path, monkeypatch):
     assert np.abs(mine[both] - reference[both]).mean() < 0.01
 
 
-def test_pick_at_each_roi_centroid_returns_that_roi(s1, shape, regions):
+def test_full_view_is_unchanged_by_the_views(s1):
+    """Checksums of the full view taken before the "voxels" view existed: the text-free map area of a
+    render, the cached grid (curvature, outlines, label positions), and the mean colour of a whole image."""
+
+    def digest(*arrays):
+        return hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)).hexdigest()[:16]
+
+    ramp = np.linspace(-2, 3, s1.n_voxels)
+    grid = flatmap._grid(s1, flatmap.DEFAULT_WIDTH, "full")
+    layout = grid.layout
+    image = bd.render_flatmap(ramp, s1, rois=False, highlight="FFA", view="full")
+    assert digest(image[layout.top : layout.top + layout.map_height]) == "4d29811961194c0d"
+    assert digest(grid.vertex, grid.background, grid.outline, grid.outline_shadow, grid.label_xy) == "1134779dadac3aa6"
+    image = bd.render_flatmap(ramp, s1, highlight="FFA", title="ramp")
+    assert np.allclose(image.mean(axis=(0, 1)), [200.664, 199.194, 199.318], atol=0.3)  # text may vary by font
+    assert layout.zoom == 1.0
+
+
+def test_voxel_view_frames_the_voxels_and_clips_the_cortex_at_the_map_edges(s1):
+    grid = flatmap._grid(s1, flatmap.DEFAULT_WIDTH, "voxels")
+    layout = grid.layout
+    assert bd.flatmap_shape(s1, view="voxels") == layout.shape == (1006, 1024)
+    assert 2.4 < layout.zoom < 2.7  # the visual-cortex voxels span 36% of the flat map's width
+    (left, top), (right, bottom) = layout.map_box
+    rows, cols = np.divmod(grid.vertex_pixel[s1.vertices], layout.shape[1])
+    assert (grid.vertex_pixel[s1.vertices] >= 0).all()
+    assert min(cols.min() - left, right - cols.max(), rows.min() - top, bottom - rows.max()) > 30  # the margin
+    assert cols[~s1.is_right].max() <= cols[s1.is_right].min()  # left hemisphere on the left
+
+    cortex = grid.vertex >= 0
+    on_map = np.zeros_like(cortex)
+    on_map[top : bottom + 1, left : right + 1] = True
+    assert not (cortex & ~on_map).any()  # nothing drawn in the title, padding or colour-bar bands
+    edges = cortex[top, left:right], cortex[bottom, left:right], cortex[top:bottom, left], cortex[top:bottom, right]
+    assert min(edge.mean() for edge in edges) > 0.3  # the cortex runs up to the map's edges
+    # Every cortex pixel, edges included, shows the flat point under its centre: triangles are clipped, not smeared.
+    lo, hi = flatmap._bounds(s1, "voxels")
+    scale = layout.map_width / (hi[0] - lo[0])
+    rows, cols = np.divmod(grid.pixels, layout.shape[1])
+    centres = np.stack([lo[0] + (cols - left + 0.5) / scale, hi[1] - (rows - top + 0.5) / scale], axis=1)
+    drawn = np.einsum("ij,ijk->ik", grid.weights, flatmap._flat_surface("S1").xy[grid.corners])
+    assert np.abs(drawn - centres).max() * scale < 0.01
+    assert grid.weights.min() > -1e-4
+
+
+def test_pick_at_each_roi_centroid_returns_that_roi(s1, view, shape, regions):
     assert sorted(regions) == sorted(f"{r}.{h}" for r in s1.roi_names for h in ("lh", "rh"))
     for name, region in regions.items():
         base, hemi = name.split(".")
-        for x, y in (centroid_pixel(region), bd.roi_centroids(s1)[name]):
-            hit = bd.pick(s1, x, y, shape)
+        for x, y in (centroid_pixel(region), bd.roi_centroids(s1, view=view)[name]):
+            hit = bd.pick(s1, x, y, shape, view=view)
             assert hit is not None and hit.hemisphere == hemi and base in hit.rois, (name, x, y, hit)
             assert hit.voxel in s1.roi(name) and s1.vertices[hit.voxel] == hit.vertex
 
 
-def test_pick_scales_to_other_widths_and_returns_none_off_the_map(s1, shape, regions, vertex_image):
+def test_pick_scales_to_other_widths_and_returns_none_off_the_map(s1, view, shape, regions, vertex_image):
     x, y = centroid_pixel(regions["FFA.rh"])
     half = (shape[0] // 2, shape[1] // 2, 3)
-    assert "FFA" in bd.pick(s1, x / 2, y / 2, half).rois
+    assert "FFA" in bd.pick(s1, x / 2, y / 2, half, view=view).rois
     for x, y in [(-1, 10), (shape[1], 10), (10, shape[0]), (0, 0), (np.nan, 5), (5, np.inf), (shape[1] // 2, 5)]:
-        assert bd.pick(s1, x, y, shape) is None
+        assert bd.pick(s1, x, y, shape, view=view) is None
     rows, cols = np.nonzero((vertex_image >= 0) & ~np.isin(vertex_image, s1.vertices))
-    off_voxels = bd.pick(s1, cols[0], rows[0], shape)  # cortex outside S1's visual voxel space
+    off_voxels = bd.pick(s1, cols[0], rows[0], shape, view=view)  # cortex outside S1's visual voxel space
     assert off_voxels.voxel is None and off_voxels.rois == [] and off_voxels.vertex == vertex_image[rows[0], cols[0]]
 
 
-def test_painting_an_roi_selects_its_voxels(s1, regions):
+def test_painting_an_roi_selects_its_voxels(s1, view, regions):
     for name, region in regions.items():
         roi = s1.roi(name)
-        got = bd.voxels_in_mask(s1, region)
+        got = bd.voxels_in_mask(s1, region, view=view)
         assert len(np.intersect1d(got, roi)) >= 0.95 * len(roi), name
         assert len(np.setdiff1d(got, roi)) <= 0.05 * len(roi), name  # border voxels only
     ffa = regions["FFA.rh"]
-    half = bd.voxels_in_mask(s1, ffa[::2, ::2])  # painted on an image rendered at half width
+    half = bd.voxels_in_mask(s1, ffa[::2, ::2], view=view)  # painted on an image rendered at half width
     assert len(np.intersect1d(half, s1.roi("FFA.rh"))) >= 0.85 * len(s1.roi("FFA.rh"))
     assert len(np.setdiff1d(half, s1.roi("FFA.rh"))) <= 0.1 * len(s1.roi("FFA.rh"))  # coarser border
-    assert bd.voxels_in_mask(s1, np.zeros_like(regions["V1.lh"])).tolist() == []
-    margin_only = np.zeros_like(regions["V1.lh"])
-    margin_only[:5] = True
-    assert bd.voxels_in_mask(s1, margin_only).size == 0
+    assert bd.voxels_in_mask(s1, np.zeros_like(regions["V1.lh"]), view=view).tolist() == []
+    bands_only = np.zeros_like(regions["V1.lh"])
+    bands_only[:5] = bands_only[-5:] = True
+    assert bd.voxels_in_mask(s1, bands_only, view=view).size == 0
 
 
 def colour_values(image, cmap="RdBu_r"):
@@ -137,22 +191,22 @@ def colour_values(image, cmap="RdBu_r"):
     return out
 
 
-def test_one_hot_roi_colour_lies_inside_its_outline(s1, regions, vertex_image):
+def test_one_hot_roi_colour_lies_inside_its_outline(s1, view, regions, vertex_image):
     values = np.zeros(s1.n_voxels)
     values[s1.roi("FFA")] = 1.0
     ffa = regions["FFA.lh"] | regions["FFA.rh"]
     near = ndimage.binary_dilation(ffa, iterations=2)
     for rois in (False, True):
-        image = bd.render_flatmap(values, s1, vmin=0, vmax=1, rois=rois)
+        image = bd.render_flatmap(values, s1, vmin=0, vmax=1, rois=rois, view=view)
         hot = (colour_values(image) > 0.5) & (vertex_image >= 0)  # on the map, not the colour bar
         assert (hot & near).sum() / hot.sum() > 0.99
         assert (hot & ffa).sum() > (0.4 if rois else 0.9) * ffa.sum()  # the "FFA" labels cover half of it
 
 
-def test_highlight_tints_and_outlines_the_roi_only(s1, regions):
-    base = bd.render_flatmap(None, s1, rois=False)
-    by_name = bd.render_flatmap(None, s1, rois=False, highlight="FFA")
-    assert np.array_equal(by_name, bd.render_flatmap(None, s1, rois=False, highlight=s1.roi("FFA")))
+def test_highlight_tints_and_outlines_the_roi_only(s1, view, regions):
+    base = bd.render_flatmap(None, s1, rois=False, view=view)
+    by_name = bd.render_flatmap(None, s1, rois=False, highlight="FFA", view=view)
+    assert np.array_equal(by_name, bd.render_flatmap(None, s1, rois=False, highlight=s1.roi("FFA"), view=view))
     changed = np.abs(by_name.astype(int) - base).sum(-1) > 0
     ffa = regions["FFA.lh"] | regions["FFA.rh"]
     assert (changed & ffa).sum() > 0.9 * ffa.sum()
@@ -172,7 +226,8 @@ def test_vertex_values_and_voxel_values_draw_the_same_image_and_save_writes_it(s
 
 def test_grid_cache_is_built_once_then_reused(s1):
     width = 640
-    path = flatmap._grid_path(s1, width)
+    path = flatmap._grid_path(s1, width, "full")
+    assert flatmap._grid_path(s1, width, "voxels") != path  # the view is part of the cache key
     path.unlink(missing_ok=True)
     flatmap._GRIDS.pop(path, None)
     values = np.cos(np.arange(s1.n_voxels) / 500.0)
@@ -212,7 +267,8 @@ def test_grow_is_a_growing_connected_patch_on_the_surface(s1):
         previous = patch
 
 
-def test_bad_inputs_raise_clear_errors(s1, shape):
+def test_bad_inputs_raise_clear_errors(s1):
+    shape = bd.flatmap_shape(s1)
     with pytest.raises(ValueError, match=r"`values` must have length 37926"):
         bd.render_flatmap(np.zeros(10), s1)
     with pytest.raises(ValueError, match="all values are NaN"):
@@ -235,6 +291,13 @@ def test_bad_inputs_raise_clear_errors(s1, shape):
         bd.voxels_in_mask(s1, np.ones(shape, bool), image_shape=(shape[0] // 2, shape[1] // 2))
     with pytest.raises(ValueError, match="`image_shape`"):
         bd.pick(s1, 1, 1, (5,))
+    with pytest.raises(ValueError, match=r"not a flatmap of subject 'S1' in view 'voxels': an image 1024 wide is 1006"):
+        bd.pick(s1, 1, 1, shape, view="voxels")  # an image of the full view
+    for call in (lambda: bd.render_flatmap(None, s1, view="zoom"), lambda: bd.flatmap_shape(s1, view=None),
+                 lambda: bd.roi_centroids(s1, view="zoom"), lambda: bd.pick(s1, 1, 1, shape, view=["voxels"]),
+                 lambda: bd.voxels_in_mask(s1, np.ones(shape, bool), view="zoom")):
+        with pytest.raises(ValueError, match=r"`view` must be one of \['full', 'voxels'\], got "):
+            call()
     with pytest.raises(ValueError, match=r"`voxel` must be an integer in \[0, 37926\)"):
         bd.grow(s1, 37926, 2.0)
     with pytest.raises(ValueError, match="`radius_mm` must be a finite number >= 0"):
