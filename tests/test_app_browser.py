@@ -75,7 +75,7 @@ def page(server):
 def _click_roi(page, name: str) -> None:
     """Click the flatmap at ROI ``name``'s label position, scaled to the displayed image."""
     subject = bd.load_subject("S1")
-    x, y = bd.roi_centroids(subject)[name]
+    x, y = bd.roi_centroids(subject, view="voxels")[name]
     img = page.locator("#flatmap img")
     natural_w = img.evaluate("el => el.naturalWidth")
     box = img.bounding_box()
@@ -119,8 +119,10 @@ def test_stop_cancels_a_running_generation(page):
     _start_generation(page, 60)
     page.wait_for_function("/step [3-9]\\//.test(document.querySelector('#step-counter').innerText)", timeout=120_000)
     page.locator("#stop").click()
-    page.wait_for_function("document.querySelector('#step-counter').innerText.includes('Stopped')", timeout=60_000)
-    page.screenshot(path=ARTIFACTS / "explore-stopped.png", full_page=True)
+    try:
+        page.wait_for_function("document.querySelector('#step-counter').innerText.includes('Stopped')", timeout=60_000)
+    finally:
+        page.screenshot(path=ARTIFACTS / "explore-stopped.png", full_page=True)
 
 
 def test_history_lists_the_generated_image(page):

@@ -71,7 +71,8 @@ def build(service: Service, settings) -> dict:
                                format="png", height=280)
     gallery = gr.Gallery(label="Results", columns=4, height=260, elem_id="gallery", format="png")
     with gr.Row():
-        activation_map = gr.Image(label="Predicted activation (selected image)", interactive=False, elem_id="activation-map")
+        activation_map = gr.Image(label="Predicted activation (selected image)", show_label=False, interactive=False,
+                                  elem_id="activation-map")
         with gr.Column():
             chart = gr.Plot(label="Per-ROI prediction vs unguided baseline", elem_id="roi-chart")
             files = gr.File(label="Download PNG + metadata JSON", file_count="multiple", elem_id="downloads")
@@ -166,9 +167,9 @@ def build(service: Service, settings) -> dict:
                    concurrency_id="gpu")
 
     def stop_run(request: gr.Request):
-        return "Stopping…" if service.cancel(request.session_hash) else "Nothing is running."
+        gr.Info("Stopping after the current step…" if service.cancel(request.session_hash) else "Nothing is running.")
 
-    stop.click(stop_run, None, step_counter, queue=False)
+    stop.click(stop_run, None, None, queue=False)
 
     def inspect(subj, st, evt: gr.SelectData):
         entry_id = st["results"][evt.index]

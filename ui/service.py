@@ -31,6 +31,7 @@ __all__ = ["Service", "ServiceError", "GenerationRequest", "Progress", "ImageRes
 log = logging.getLogger(__name__)
 OBJECTIVES = ("maximize", "minimize", "contrast")
 CUSTOM = "custom voxel set"
+VIEW = "voxels"  # flatmaps zoomed to the subject's voxels
 DEMO_ENCODER = "demo"
 PREVIEW_SIZE = 256
 
@@ -205,22 +206,25 @@ class Service:
     def flatmap(self, subject_name: str, values=None, highlight=None, title=None, **kwargs) -> np.ndarray:
         subject = self.subject(subject_name)
         try:
-            return bd.render_flatmap(values, subject, highlight=highlight, title=title, **kwargs)
+            return bd.render_flatmap(values, subject, highlight=highlight, title=title, view=VIEW, **kwargs)
         except ValueError as exc:
             raise ServiceError(str(exc)) from exc
 
     def flatmap_shape(self, subject_name: str) -> tuple[int, int]:
-        return bd.flatmap_shape(self.subject(subject_name))
+        return bd.flatmap_shape(self.subject(subject_name), view=VIEW)
 
     def pick(self, subject_name: str, x: float, y: float, image_shape) -> bd.Pick | None:
-        return bd.pick(self.subject(subject_name), x, y, image_shape)
+        try:
+            return bd.pick(self.subject(subject_name), x, y, image_shape, view=VIEW)
+        except ValueError as exc:
+            raise ServiceError(str(exc)) from exc
 
     def grow(self, subject_name: str, voxel: int, radius_mm: float) -> np.ndarray:
         return bd.grow(self.subject(subject_name), voxel, radius_mm)
 
     def painted_voxels(self, subject_name: str, mask: np.ndarray) -> np.ndarray:
         try:
-            voxels = bd.voxels_in_mask(self.subject(subject_name), mask)
+            voxels = bd.voxels_in_mask(self.subject(subject_name), mask, view=VIEW)
         except ValueError as exc:
             raise ServiceError(str(exc)) from exc
         if len(voxels) == 0:
