@@ -13,7 +13,7 @@ import braindive as bd
 from training import eval_encoder, train_encoder
 from training.dataset import open_dataset
 from training.features import build_encoder, dataset_features
-from training.ridge import DEFAULT_ALPHAS, cv_splitter, parse_alphas
+from training.ridge import DEFAULT_ALPHAS, cv_splits, parse_alphas
 from training.stats import r2_columns
 from training.synthetic import ROI_TUNING, make_synthetic, procedural_images
 
@@ -58,7 +58,7 @@ def test_fit_matches_himalaya_ridgecv(synthetic, s1):
         voxels = np.random.default_rng(0).choice(s1.n_voxels, 3000, replace=False)
         y_train, y_test = ds.betas("train")[:, voxels], ds.betas("test")[:, voxels]
     set_backend("torch")
-    model = RidgeCV(alphas=parse_alphas(DEFAULT_ALPHAS), fit_intercept=True, cv=cv_splitter(5),
+    model = RidgeCV(alphas=parse_alphas(DEFAULT_ALPHAS), fit_intercept=True, cv=cv_splits(len(x_train), 5),
                     solver_params={"score_func": r2_score}).fit(x_train, y_train)
     reference = r2_columns(y_test, np.asarray(model.predict(x_test)))
     ours = np.load(synthetic["root"] / "report" / "voxels.npz")["r2"][voxels]

@@ -68,6 +68,7 @@ def test_test_split_is_exactly_the_shared_images(nsd, prepared):
     assert len(test) == sum(n for _, n in SHARED_PLAN) == 150
     np.testing.assert_array_equal(np.sort(np.concatenate([train, test])), np.unique(nsd.trial_images))
     assert not set(train) & set(test)
+    assert sorted(p.name for p in prepared.dataset.parent.iterdir()) == [prepared.dataset.name, prepared.subject.name]
 
 
 def test_noise_ceiling_follows_the_nsd_formula(nsd, prepared):

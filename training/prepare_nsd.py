@@ -118,6 +118,13 @@ def _write_betas(writer: DatasetWriter, store: SessionStore, n_sessions: int, ta
             writer.write_betas(split, cols, mean[idx])
 
 
+def _zscore_sessions(store: SessionStore, voxels, n_sessions: int) -> None:
+    """Z-score each unfinished session and save it in ``store`` (finished ones are skipped)."""
+    for s in tqdm(range(1, n_sessions + 1), desc="sessions", unit="session"):
+        if not store.done(s):
+            store.save(s, zscore_columns(voxels.read_session(s)))
+
+
 def prepare_nsd(nsd_root, subject, out, *, sessions: int | None = None, space: str = "func1pt8mm",
                 mask: str = "nsdgeneral", rois=DEFAULT_ROIS, betas_format: str = "auto", roi_dir=None,
                 image_size: int = 224, work=None, keep_work: bool = False) -> Prepared:
@@ -133,8 +140,11 @@ def prepare_nsd(nsd_root, subject, out, *, sessions: int | None = None, space: s
     n_sessions = _check_sessions(number, sessions)
     layout = NSDLayout(root, number)
     design = read_design(layout.expdesign, number, n_sessions)
+    table = image_table(design)
+    if not table.is_test.any():
+        raise ValueError(f"{layout.subj}'s first {n_sessions} sessions show no shared image: the test split is empty.")
     stimuli = require(layout.stimuli, "stimuli")
-    brick_shape = _brick_shape(stimuli, int(design.trial_images.max()))
+    brick_shape = _brick_shape(stimuli, int(table.image_ids.max()))
     voxels = SPACES[space](layout, space, mask, betas_format, roi_dir)
     families = list(rois)
     voxels.check_files(n_sessions, families)
@@ -146,30 +156,23 @@ def prepare_nsd(nsd_root, subject, out, *, sessions: int | None = None, space: s
                 "roi_dir": str(roi_dir or ""), "n_voxels": voxels.n_voxels}
     store = SessionStore(Path(work) if work else out / ".work" / name, manifest)
     log.info("%s %s: %d voxels in %s, %d sessions", layout.subj, space, voxels.n_voxels, mask, n_sessions)
-    for s in tqdm(range(1, n_sessions + 1), desc="sessions", unit="session"):
-        if not store.done(s):
-            store.save(s, zscore_columns(voxels.read_session(s)))
+    _zscore_sessions(store, voxels, n_sessions)
 
-    table = image_table(design)
     labels = {family: voxels.read_labels(family) for family in families}
     subj = voxels.subject(subject_rois(labels))
     ncsnr = voxels.read_ncsnr()
     test_repeats = table.n_repeats[table.is_test]
-    if not len(test_repeats):
-        raise ValueError(f"{layout.subj}'s first {n_sessions} sessions show no shared image: "
-                         "the test split is empty.")
     splits = {"train": SplitSpec(np.flatnonzero(~table.is_test), table.n_repeats[~table.is_test]),
               "test": SplitSpec(np.flatnonzero(table.is_test), test_repeats)}
     image_shape = (image_size, image_size) if image_size else brick_shape[1:3]
     metadata = {
         "route": "nsd", "nsd_root": str(root.resolve()), "subject": layout.subj, "space": space, "mask": mask,
         "roi_families": families, "sessions": n_sessions, "n_trials": int(len(design.trial_images)),
-        "betas": "betas_fithrf_GLMdenoise_RR; int16/300 -> % signal change; z-scored per voxel per session "
-                 "(ddof=0); repeats averaged",
+        "betas": "betas_fithrf_GLMdenoise_RR; integer betas / 300 = % signal change; z-scored per voxel per "
+                 "session (ddof=0); repeats averaged",
         "test_split": "shared images (masterordering <= 1000) seen in the sessions used",
         "noise_ceiling": "ncsnr^2 / (ncsnr^2 + mean(1/n_repeats of test images)), fraction",
-        "stimuli_shape": list(brick_shape),
-        "image_size": int(image_shape[0]), "surface": subj.surface,
+        "stimuli_shape": list(brick_shape), "image_size": int(image_shape[0]), "surface": subj.surface,
     }
     dataset_path = out / f"{name}.h5"
     with DatasetWriter(dataset_path, subject=subj, image_ids=table.image_ids,
@@ -182,8 +185,10 @@ def prepare_nsd(nsd_root, subject, out, *, sessions: int | None = None, space: s
     subject_path = subj.save(out / f"{name}.subject.npz")
     if not keep_work:
         store.remove()
+        if work is None and not any((out / ".work").iterdir()):
+            (out / ".work").rmdir()
     log.info("wrote %s (%d train, %d test images) and %s", dataset_path, len(splits["train"].image_index),
-             len(splits["test"].image_index), subject_path)
+             len(test_repeats), subject_path)
     return Prepared(dataset=dataset_path, subject=subject_path)
 
 

@@ -22,10 +22,9 @@ import numpy as np
 from himalaya.backend import get_backend, set_backend
 from himalaya.ridge import solve_ridge_cv_svd
 from himalaya.scoring import r2_score
-from sklearn.model_selection import KFold
 from tqdm import tqdm
 
-__all__ = ["DEFAULT_ALPHAS", "RidgeFit", "SOLVERS", "cv_splitter", "fit_ridge_cv", "parse_alphas"]
+__all__ = ["DEFAULT_ALPHAS", "RidgeFit", "SOLVERS", "cv_splits", "fit_ridge_cv", "parse_alphas"]
 
 DEFAULT_ALPHAS = "logspace:-2:5:15"
 
@@ -46,11 +45,17 @@ def parse_alphas(spec: str) -> np.ndarray:
     return np.unique(alphas)
 
 
-def cv_splitter(n_splits: int) -> KFold:
-    """Shuffled K-fold with a fixed seed (image order may follow file names or categories)."""
-    if n_splits < 2:
-        raise ValueError(f"`--cv` must be >= 2 folds, got {n_splits}.")
-    return KFold(n_splits=n_splits, shuffle=True, random_state=0)
+def cv_splits(n_samples: int, n_splits: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Shuffled K-fold ``(train, validation)`` index pairs with a fixed seed.
+
+    Shuffled because image order may follow file names or categories; the folds are those of
+    scikit-learn's ``KFold(n_splits, shuffle=True, random_state=0)``.
+    """
+    if not 2 <= n_splits <= n_samples:
+        raise ValueError(f"`--cv` must be between 2 and the {n_samples} training images, got {n_splits}.")
+    folds = np.array_split(np.random.RandomState(0).permutation(n_samples), n_splits)
+    everything = np.arange(n_samples)
+    return [(np.setdiff1d(everything, fold), np.sort(fold)) for fold in folds]
 
 
 @dataclass
@@ -136,5 +141,5 @@ def fit_ridge_cv(X: np.ndarray, Y: np.ndarray, alphas, *, cv: int = 5, solver: s
     set_backend(backend, on_error="raise")
     X = np.ascontiguousarray(X, dtype=np.float32)
     Y = np.ascontiguousarray(Y, dtype=np.float32)
-    splits = list(cv_splitter(cv).split(X))
+    splits = cv_splits(X.shape[0], cv)
     return SOLVERS[solver](X, Y, np.asarray(alphas, dtype=np.float64), splits, n_targets_batch, progress)

@@ -76,8 +76,6 @@ def train_encoder(data, out, *, backbone: str = "ViT-B-16", pretrained: str | No
         Y = ds.betas("train")
         dataset_info = {"dataset": str(Path(data).resolve()), "dataset_images_sha256": ds.images_sha256,
                         "dataset_source": ds.source, "subject": ds.subject.name}
-    if Y.shape[0] < cv:
-        raise ValueError(f"The training split has {Y.shape[0]} images, fewer than `--cv` {cv} folds.")
     nan_voxels, constant_voxels = bad_columns(Y)
     good = np.ones(Y.shape[1], bool)
     good[nan_voxels] = good[constant_voxels] = False
@@ -106,7 +104,7 @@ def train_encoder(data, out, *, backbone: str = "ViT-B-16", pretrained: str | No
         "n_train": int(Y.shape[0]), "n_voxels": int(Y.shape[1]), "n_voxels_fit": int(good.sum()),
         "n_features": int(X.shape[1]), "alphas": [float(a) for a in alpha_grid],
         "best_alpha_counts": {f"{a:g}": int(c) for a, c in zip(chosen, counts)},
-        "cv_folds": cv, "cv_splitter": "KFold(shuffle=True, random_state=0)", "cv_r2": _quantiles(fit.cv_r2),
+        "cv_folds": cv, "cv_splits": "shuffled K-fold, seed 0 (= sklearn KFold(shuffle=True, random_state=0))", "cv_r2": _quantiles(fit.cv_r2),
         "solver": solver, "device": str(dev), "batch_size": batch_size,
         "feature_seconds": round(feature_seconds, 3), "fit_seconds": round(fit_seconds, 3),
         "dropped_voxels": {"nan": nan_voxels.tolist(), "constant": constant_voxels.tolist()},
