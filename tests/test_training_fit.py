@@ -40,6 +40,8 @@ def test_fit_reaches_the_known_ceiling(synthetic, s1):
         idx = s1.roi(roi)
         assert voxels["r2"][idx].mean() >= 0.9 * ceiling[idx].mean(), roi
     assert report["r2"]["mean"] <= ceiling.mean() + 0.02  # cannot beat the truth by more than sampling noise
+    png = synthetic["root"] / "report" / "r2_flatmap.png"
+    assert report["flatmap"] == png.name and png.stat().st_size > 10_000
 
 
 def test_fit_recovers_the_generating_weights(synthetic):

@@ -15,8 +15,8 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 @contextmanager
 def cli_errors():
-    """Turn input errors (bad value, missing file) into a one-line ``error: ...`` exit."""
+    """Turn input errors (bad value, missing file, weights that cannot be fetched) into ``error: ...``."""
     try:
         yield
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise SystemExit(f"error: {exc}") from exc
