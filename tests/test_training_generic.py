@@ -1,6 +1,7 @@
 """Generic route (image folder + responses.npy), bad voxels in the fit, stats and ridge building blocks."""
 import json
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -114,6 +115,17 @@ def test_nan_and_constant_voxels_are_dropped_and_reported(toy, tmp_path):
     for v in (3, 9):
         column = Y[:, v]
         assert np.isclose(bias[v], column[np.isfinite(column)].mean(), rtol=1e-5)
+
+
+def test_non_dataset_files_are_refused(toy, tmp_path):
+    with pytest.raises(ValueError, match=r"toy.npz is not a readable HDF5 file"):
+        open_dataset(toy["root"] / "toy.npz")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = 1
+    with pytest.raises(ValueError, match=r"other.h5 is not a braindive-encoding-dataset file .*None"):
+        open_dataset(tmp_path / "other.h5")
+    with pytest.raises(FileNotFoundError, match="Dataset file not found"):
+        open_dataset(tmp_path / "missing.h5")
 
 
 def test_noise_ceiling_formula():

@@ -75,6 +75,10 @@ class DatasetWriter:
         if missing:
             raise ValueError(f"`splits` must define {list(SPLITS)}, missing {missing}.")
         n_images = len(image_ids)
+        indices = {name: np.asarray(splits[name].image_index, dtype=np.int64) for name in SPLITS}
+        for name, index in indices.items():
+            if np.any(np.diff(index) <= 0) or (index.size and (index[0] < 0 or index[-1] >= n_images)):
+                raise ValueError(f"`splits[{name!r}].image_index` must be ascending rows of the {n_images} images.")
         h, w = (int(v) for v in image_shape)
         self.n_voxels = subject.n_voxels
         self.file = h5py.File(self.partial, "w")
@@ -86,13 +90,9 @@ class DatasetWriter:
                          chunks=(1, h, w, 3), compression="gzip", compression_opts=1)
         f["images/ids"] = np.asarray(image_ids, dtype=np.int64)
         f["images/names"] = np.asarray([str(n) for n in image_names], dtype=object).astype(h5py.string_dtype())
-        for name in SPLITS:
-            spec = splits[name]
-            index = np.asarray(spec.image_index, dtype=np.int64)
-            if np.any(np.diff(index) <= 0) or (index.size and (index[0] < 0 or index[-1] >= n_images)):
-                raise ValueError(f"`splits[{name!r}].image_index` must be ascending rows of the {n_images} images.")
+        for name, index in indices.items():
             f[f"{name}/image_index"] = index
-            f[f"{name}/n_repeats"] = np.asarray(spec.n_repeats, dtype=np.int16)
+            f[f"{name}/n_repeats"] = np.asarray(splits[name].n_repeats, dtype=np.int16)
             f.create_dataset(f"{name}/betas", shape=(len(index), self.n_voxels), dtype=np.float16,
                              chunks=(max(1, min(len(index), 64)), min(self.n_voxels, 4096)))
         f["subject/npz"] = _subject_bytes(subject)
