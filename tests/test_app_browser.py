@@ -130,3 +130,20 @@ def test_history_lists_the_generated_image(page):
     page.wait_for_selector("#history-gallery img", timeout=60_000)
     assert "FFA" in page.locator("#history-table").inner_text()
     page.screenshot(path=ARTIFACTS / "history.png", full_page=True)
+
+
+def test_train_tab_fits_an_encoder_that_becomes_selectable(page):
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#train-name input, #train-name textarea").first.fill("browser-enc")
+    page.locator("#train-start").click()
+    page.wait_for_function("document.querySelector('#train-status').innerText.includes('now selectable')",
+                           timeout=300_000)
+    page.wait_for_selector("#train-r2 img", timeout=30_000)
+    assert "FFA" in page.locator("#train-table").inner_text()
+    page.screenshot(path=ARTIFACTS / "train.png", full_page=True)
+    page.get_by_role("tab", name="Explore").click()
+    page.locator("#encoder input").click()
+    try:
+        page.get_by_role("option", name="browser-enc").wait_for(timeout=10_000)
+    finally:
+        page.screenshot(path=ARTIFACTS / "explore-encoders.png", full_page=True)

@@ -148,6 +148,13 @@ def test_training_job_crash_is_reported_with_log(tmp_path):
     assert "about to fail" in job.log_tail()
 
 
+def test_training_log_tail_keeps_the_latest_progress_line(tmp_path):
+    script = "import sys\nfor i in (10, 50, 100): sys.stdout.write(f'fit: {i:3d}%|##| {i}/100\\r')\nprint()\nprint('done')"
+    job = TrainingJob(tmp_path, "bars", [("bars", ["-c", script])]).start()
+    assert job.wait(60).status == "done"
+    assert job.log_tail().splitlines()[-2:] == ["fit: 100%|##| 100/100", "done"]
+
+
 def test_training_job_cancel(tmp_path):
     job = TrainingJob(tmp_path, "slow", [("sleep", ["-c", "import time; time.sleep(60)"]),
                                          ("never", ["-c", "print('ran')"])]).start()

@@ -24,6 +24,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 _PERCENT = re.compile(r"(\d{1,3})%\|")
 
 
+def _collapse_progress(lines: list[str]) -> list[str]:
+    """Keep only the latest line of each run of progress-bar updates (same text before the percentage)."""
+    kept: list[str] = []
+    for line in lines:
+        bar = _PERCENT.search(line)
+        if bar and kept and _PERCENT.search(kept[-1]) and kept[-1][: bar.start()].strip() == line[: bar.start()].strip():
+            kept[-1] = line
+        else:
+            kept.append(line)
+    return kept
+
+
 @dataclass
 class JobState:
     id: str
@@ -75,7 +87,7 @@ class TrainingJob:
         if not self.log_path.is_file():
             return ""
         text = self.log_path.read_text(errors="replace").replace("\r", "\n")
-        return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
+        return "\n".join(_collapse_progress([line for line in text.splitlines() if line.strip()])[-lines:])
 
     def _run(self) -> None:
         self.state.status = "running"

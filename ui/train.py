@@ -16,7 +16,8 @@ def _report_outputs(job):
     """R^2 flatmap path and per-ROI rows from a finished job's report."""
     report_dir = Path(job.state.outputs["report"])
     report = json.loads((report_dir / "report.json").read_text())
-    rows = [[name, r["n_voxels"], r["median_r2"], r["median_r"], r["median_r2_normalized"]]
+    rows = [[name, r["n_voxels"], *(None if r[k] is None else round(r[k], 3)
+                                    for k in ("median_r2", "median_r", "median_r2_normalized"))]
             for name, r in report["rois"].items()]
     png = report_dir / "r2_flatmap.png"
     summary = (f"Test R² median {report['r2']['median']:.3f}, Pearson r median {report['pearson_r']['median']:.3f} "
@@ -34,7 +35,7 @@ def build(service: Service, explore: dict) -> None:
                               placeholder="outputs/nsd/subj01.h5")
             name = gr.Textbox(label="Encoder name", placeholder="my-encoder", elem_id="train-name")
             with gr.Row():
-                n_train = gr.Slider(100, 3000, value=600, step=100, label="Synthetic training images")
+                n_train = gr.Slider(100, 3000, value=300, step=100, label="Synthetic training images")
                 cv = gr.Slider(2, 10, value=5, step=1, label="Cross-validation folds")
             with gr.Row():
                 backbone = gr.Textbox(value="braindive-tiny-vit", label="Backbone (ViT-B-16 for real data)")
