@@ -69,7 +69,8 @@ def build(service: Service, settings) -> dict:
             step_counter = gr.Markdown("Idle.", elem_id="step-counter")
             preview = gr.Image(label="Denoising preview (predicted clean image)", interactive=False, elem_id="preview",
                                format="png", height=280)
-    gallery = gr.Gallery(label="Results", columns=4, height=260, elem_id="gallery", format="png")
+    gallery = gr.Gallery(label="Results — click an image to inspect it", columns=8, height=240, elem_id="gallery",
+                         format="png", fit_columns=False, object_fit="contain", allow_preview=False)
     with gr.Row():
         activation_map = gr.Image(label="Predicted activation (selected image)", show_label=False, interactive=False,
                                   elem_id="activation-map")

@@ -18,7 +18,8 @@ def build(service: Service) -> None:
         since = gr.Textbox(label="From (YYYY-MM-DD)", placeholder="2026-01-01")
         until = gr.Textbox(label="To (YYYY-MM-DD)")
         refresh = gr.Button("Refresh", elem_id="history-refresh")
-    gallery = gr.Gallery(label="Generated images", columns=6, height=300, elem_id="history-gallery", format="png")
+    gallery = gr.Gallery(label="Generated images", columns=8, height=300, elem_id="history-gallery", format="png",
+                         fit_columns=False, object_fit="contain")
     table = gr.Dataframe(headers=COLUMNS, label="Entries", elem_id="history-table", interactive=False)
     with gr.Row():
         chosen = gr.Dropdown([], multiselect=True, label="Export selection (empty = all shown)", elem_id="history-selection")
@@ -27,7 +28,8 @@ def build(service: Service) -> None:
 
     def load(subj, tgt, start, end):
         entries = service.catalog.query(subject=subj or None, target=tgt or None, since=start or None, until=end or None)
-        rows = [[e.id, e.created, e.subject, e.target, e.seed, e.objective, e.guidance_scale, e.steps, e.encoder]
+        rows = [[e.id, e.created, e.subject, e.target, e.seed, None if e.objective is None else round(e.objective, 4),
+                 e.guidance_scale, e.steps, e.encoder]
                 for e in entries]
         images = [(str(e.image_path), f"{e.target} · seed {e.seed}") for e in entries]
         ids = [e.id for e in entries]
