@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)
     g.add_argument("--scheduler", default="dpm")
-    g.add_argument("--mode", default="reference", help="guidance mode: reference, exact or fast")
+    g.add_argument("--mode", default="exact", help="guidance mode: exact (default), reference or fast")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", required=True)
     return parser

@@ -11,11 +11,18 @@ prediction, the published code:
    ``x_t <- x_t + sigma_t^2 g`` (``sigma_update``).
 
 Self-attention guidance (SAG, Hong et al. 2022) helpers follow the same published code.
+
+The exact and fast modes add ``objective_head`` (the encoder head restricted to the objective's
+voxels: the same numbers for far less work) and ``resize_latents`` (the fast mode's lower-resolution
+decode).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +37,8 @@ __all__ = [
     "gaussian_blur_2d",
     "sag_attention_mask",
     "sag_degrade",
+    "objective_head",
+    "resize_latents",
 ]
 
 
@@ -99,3 +108,37 @@ def sag_degrade(x0: torch.Tensor, attn_probs: torch.Tensor, heads: int, eps: tor
     degraded = gaussian_blur_2d(x0, kernel_size=9, sigma=1.0)
     degraded = degraded * mask + x0 * (1 - mask)
     return add_noise(degraded, eps)
+
+
+def objective_head(encoder, objective) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``images -> (activations of the objective's voxels, objective values)``.
+
+    For a CLIP+linear encoder only the head rows of the voxels the objective reads are computed
+    (identical numbers: each voxel is its own row); other encoders run in full.
+    """
+    head = getattr(encoder, "head", None)
+    if not (hasattr(encoder, "embed") and isinstance(head, torch.nn.Linear)):
+        def full(images):
+            activations = encoder(images)
+            return activations, objective(activations)
+        return full
+    parts = [objective.positive] + ([objective.negative] if objective.negative is not None else [])
+    voxels = np.unique(np.concatenate(parts))
+    index = torch.as_tensor(voxels, device=head.weight.device)
+    weight, bias = head.weight.index_select(0, index), head.bias.index_select(0, index)
+    remapped = dataclasses.replace(
+        objective, positive=np.searchsorted(voxels, objective.positive),
+        negative=None if objective.negative is None else np.searchsorted(voxels, objective.negative))
+
+    def restricted(images):
+        activations = F.linear(encoder.embed(images), weight, bias)
+        return activations, remapped(activations)
+    return restricted
+
+
+def resize_latents(latents: torch.Tensor, scale: float) -> torch.Tensor:
+    """Area-resample latents by ``scale`` (the fast mode's cheaper decode); identity for 1."""
+    if scale == 1:
+        return latents
+    size = [max(1, round(side * scale)) for side in latents.shape[-2:]]
+    return F.interpolate(latents, size=size, mode="area")

@@ -2,15 +2,23 @@
 
 Loads any SD-family checkpoint with ``from_pretrained`` (a Hub id such as
 ``stabilityai/stable-diffusion-2-1-base`` or a local folder) and generates images whose predicted
-activity maximises an ``Objective``. ``guidance_mode="reference"`` runs the published per-step
-computation (see ``braindive.guidance``): an extra UNet pass with gradients, the residual-mixed x0,
-a VAE decode, the encoder, and an update of the noise prediction (or of the latents for sigma
-schedulers), after self-attention guidance (SAG) and optional classifier-free guidance.
+activity maximises an ``Objective``. Three guidance modes:
+
+* ``"reference"`` runs the published per-step computation (see ``braindive.guidance``): a UNet pass,
+  optional classifier-free guidance (CFG), self-attention guidance (SAG), then an extra UNet pass with
+  gradients, the residual-mixed x0, a VAE decode, the encoder, and an update of the noise prediction
+  (or of the latents for sigma schedulers). One image per call is how the paper ran it.
+* ``"exact"`` (default) computes the same numbers with less work: the UNet pass with gradients also
+  gives the noise prediction (with CFG: the conditional branch) and SAG's attention probabilities,
+  the encoder head keeps only the objective's voxels, and ``Acceleration`` picks mixed precision,
+  channels-last and ``torch.compile`` (by default mixed precision and channels-last on CUDA only).
+* ``"fast"`` adds the documented approximations of ``FastGuidance``, each a separate switch.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -34,7 +42,8 @@ from . import guidance as G
 from .encoders import BrainEncoder
 from .objectives import Objective
 
-__all__ = ["BrainDiVEPipeline", "BrainDiVEPipelineOutput", "SCHEDULERS", "GUIDANCE_MODES", "SIGMA_SCHEDULERS"]
+__all__ = ["BrainDiVEPipeline", "BrainDiVEPipelineOutput", "FastGuidance", "Acceleration", "SCHEDULERS",
+           "GUIDANCE_MODES", "SIGMA_SCHEDULERS"]
 
 SCHEDULERS = {
     "dpm": DPMSolverMultistepScheduler,
@@ -47,6 +56,80 @@ SIGMA_SCHEDULERS = (LMSDiscreteScheduler, EulerDiscreteScheduler)
 GUIDANCE_MODES = ("reference", "exact", "fast")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 CALLBACK_TENSORS = ("latents", "noise_pred", "pred_x0", "x0_preview")
+
+
+@dataclass(frozen=True)
+class FastGuidance:
+    """The approximations of ``guidance_mode="fast"``; each is its own switch (all off = ``"exact"``).
+
+    Attributes:
+        skip_unet_backprop: treat the noise prediction as a constant, so ``d s / d x_t`` is a scalar
+            (``sqrt(1-a_t)/sqrt(a_t) + 1 - sqrt(1-a_t)``, or 1 for sigma schedulers) and the UNet runs
+            forward only, once per step, as in unguided sampling.
+        guide_every: compute the brain gradient every ``guide_every`` steps and reuse the last one between.
+        decode_scale: area-resample the decoder input by this factor before the guidance decode (0.5 decodes
+            a 512 px model at 256 px, close to the encoder's 224 px input, for a quarter of the decoder work).
+            Off by default: it relies on a trained VAE decoding downsampled latents into a downsampled
+            image, and on the random-weight benchmark models it kept almost none of the gain.
+        tiny_decoder: a decoder used instead of the VAE for guidance, e.g. diffusers' ``AutoencoderTiny``
+            with TAESD weights (it must decode the same latents into [-1, 1] images).
+
+    The defaults kept >= 90% of the exact mode's gain in ``benchmarks/RESULTS.md`` ("Guided generation").
+    """
+
+    skip_unet_backprop: bool = True
+    guide_every: int = 2
+    decode_scale: float = 1.0
+    tiny_decoder: torch.nn.Module | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        if not isinstance(self.guide_every, int) or self.guide_every < 1:
+            raise ValueError(f"`guide_every` must be an integer >= 1, got {self.guide_every!r}.")
+        if not 0 < self.decode_scale <= 1:
+            raise ValueError(f"`decode_scale` must be in (0, 1], got {self.decode_scale!r}.")
+
+
+_EXACT = FastGuidance(skip_unet_backprop=False, guide_every=1, decode_scale=1.0)
+
+
+@dataclass(frozen=True)
+class Acceleration:
+    """How the exact and fast modes execute (never what they compute); ``"auto"`` decides per device.
+
+    Attributes:
+        autocast_dtype: mixed precision for the models; auto: bfloat16 (float16 without bf16) on CUDA, none elsewhere.
+        channels_last: UNet and VAE in channels-last memory format; auto: on CUDA only (no clear gain on CPU).
+        compile: ``torch.compile`` the UNet, the VAE decoder and the encoder tower in place (once; not undone).
+    """
+
+    autocast_dtype: torch.dtype | str | None = "auto"
+    channels_last: bool | str = "auto"
+    compile: bool = False
+
+    def resolve(self, device: torch.device) -> "Acceleration":
+        cuda = torch.device(device).type == "cuda"
+        dtype = self.autocast_dtype
+        if dtype == "auto":
+            dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
+        channels_last = cuda if self.channels_last == "auto" else bool(self.channels_last)
+        return Acceleration(dtype, channels_last, self.compile)
+
+
+@dataclass
+class _Guidance:
+    """Per-call state of the step functions, set up once per call (for all its images)."""
+
+    objective: Objective
+    prompt_embeds: torch.Tensor
+    guide_embeds: torch.Tensor
+    do_cfg: bool
+    guidance_scale: float
+    sag_scale: float
+    brain_scale: float
+    store: "_AttnProbsStore"
+    fast: FastGuidance = _EXACT
+    head: Callable | None = None
+    last_grad: torch.Tensor | None = None
 
 
 @dataclass
@@ -69,7 +152,7 @@ class BrainDiVEPipelineOutput(BaseOutput):
 
 
 class _AttnProbsStore:
-    """Attention processor that computes attention explicitly and keeps the probabilities (for SAG)."""
+    """Attention processor that computes attention explicitly and keeps the probabilities, detached (for SAG)."""
 
     def __init__(self):
         self.attention_probs = None
@@ -85,8 +168,9 @@ class _AttnProbsStore:
         key = attn.to_k(encoder_hidden_states)
         value = attn.to_v(encoder_hidden_states)
         query, key, value = (attn.head_to_batch_dim(x) for x in (query, key, value))
-        self.attention_probs = attn.get_attention_scores(query, key, attention_mask)
-        hidden_states = attn.batch_to_head_dim(torch.bmm(self.attention_probs, value))
+        probs = attn.get_attention_scores(query, key, attention_mask)
+        self.attention_probs = probs.detach()
+        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
         return attn.to_out[1](attn.to_out[0](hidden_states))
 
 
@@ -108,6 +192,8 @@ class BrainDiVEPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.encoder: BrainEncoder | None = None
         self._interrupt = False
+        self.acceleration = Acceleration()
+        self._applied_acceleration: Acceleration | None = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -124,6 +210,26 @@ class BrainDiVEPipeline(DiffusionPipeline):
         if not isinstance(encoder, torch.nn.Module):
             raise TypeError(f"`encoder` must be a BrainEncoder (torch module), got {type(encoder).__name__}.")
         self.encoder = encoder.to(self.device).eval().requires_grad_(False)
+
+    def set_acceleration(self, acceleration: Acceleration) -> None:
+        """Choose how the exact and fast modes execute; module set-up happens once, on their next call."""
+        if not isinstance(acceleration, Acceleration):
+            raise TypeError(f"`acceleration` must be an Acceleration, got {type(acceleration).__name__}.")
+        self.acceleration = acceleration
+
+    def _accelerate(self) -> Acceleration:
+        """Resolve ``self.acceleration`` for this device; apply memory format and compilation when it changed."""
+        acc = self.acceleration.resolve(self.device)
+        if acc != self._applied_acceleration:
+            memory_format = torch.channels_last if acc.channels_last else torch.contiguous_format
+            self.unet.to(memory_format=memory_format)
+            self.vae.to(memory_format=memory_format)
+            if acc.compile:
+                for module in (self.unet, self.vae.decoder, getattr(self.encoder, "tower", None)):
+                    if module is not None:
+                        module.compile()
+            self._applied_acceleration = acc
+        return acc
 
     def set_scheduler(self, name: str) -> None:
         """Swap the scheduler, keeping the model's noise schedule: one of ``SCHEDULERS``."""
@@ -146,7 +252,8 @@ class BrainDiVEPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ inputs
 
     def check_inputs(self, objective, height, width, num_inference_steps, brain_guidance_scale, sag_scale,
-                     num_images_per_prompt, generator, guidance_mode, output_type, callback_tensors):
+                     num_images_per_prompt, generator, guidance_mode, output_type, callback_tensors,
+                     fast_options=None):
         if self.encoder is None:
             raise ValueError("No brain encoder: pass `encoder=` to from_pretrained or call `set_encoder`.")
         if not isinstance(objective, Objective):
@@ -169,6 +276,10 @@ class BrainDiVEPipeline(DiffusionPipeline):
             )
         if guidance_mode not in GUIDANCE_MODES:
             raise ValueError(f"`guidance_mode` must be one of {GUIDANCE_MODES}, got {guidance_mode!r}.")
+        if fast_options is not None and (guidance_mode != "fast" or not isinstance(fast_options, FastGuidance)):
+            raise ValueError(
+                f"`fast_options` must be a FastGuidance used with guidance_mode='fast', got {fast_options!r} "
+                f"with guidance_mode={guidance_mode!r}.")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         unknown = [name for name in callback_tensors if name not in CALLBACK_TENSORS]
@@ -212,22 +323,43 @@ class BrainDiVEPipeline(DiffusionPipeline):
     def _alpha_prod(self, t) -> torch.Tensor:
         return self.scheduler.alphas_cumprod[int(t)].to(self.device)
 
-    # ------------------------------------------------------------------ one step
+    def _sigma(self, step_index) -> torch.Tensor:
+        return self.scheduler.sigmas[step_index].to(self.device)
+
+    def _unet(self, sample, t, embeds) -> torch.Tensor:
+        """Noise prediction in the latents' dtype (the UNet may run in mixed precision)."""
+        return self.unet(sample, t, encoder_hidden_states=embeds).sample.to(sample.dtype)
+
+    # ------------------------------------------------------------------ one step: shared pieces
 
     def sag_step(self, latents, noise_pred, noise_uncond, t, attn_probs, prompt_embeds, sag_scale, do_cfg):
         """Self-attention guidance exactly as the published (diffusers-derived) code."""
-        attn = self._sag_attention()
         if do_cfg:
-            uncond_attn, _ = attn_probs.chunk(2)
-            base, embeds = noise_uncond, prompt_embeds.chunk(2)[0]
-        else:
-            uncond_attn, base, embeds = attn_probs, noise_pred, prompt_embeds
-        alpha_prod = self._alpha_prod(t)
-        x0 = G.predicted_x0(latents, base, alpha_prod)
-        degraded = G.sag_degrade(x0, uncond_attn, attn.heads, base,
+            return self._sag_correction(latents, noise_pred, noise_uncond, t, attn_probs.chunk(2)[0],
+                                        prompt_embeds.chunk(2)[0], sag_scale)
+        return self._sag_correction(latents, noise_pred, noise_pred, t, attn_probs, prompt_embeds, sag_scale)
+
+    def _sag_correction(self, latents, noise_pred, base, t, uncond_attn, embeds, sag_scale):
+        """``noise_pred + sag_scale (base - eps(degraded x0))``, x0 and the re-noising from ``base``."""
+        x0 = G.predicted_x0(latents, base, self._alpha_prod(t))
+        degraded = G.sag_degrade(x0, uncond_attn, self._sag_attention().heads, base,
                                  lambda x, eps: self.scheduler.add_noise(x, noise=eps, timesteps=t[None]))
-        degraded_pred = self.unet(degraded, t, encoder_hidden_states=embeds).sample
-        return noise_pred + sag_scale * (base - degraded_pred)
+        return noise_pred + sag_scale * (base - self._unet(degraded, t, embeds))
+
+    def _decoder_input(self, latents, eps, t, step_index):
+        """The published decoder input: ``x_t - sigma_t eps`` (sigma schedulers) or the residual-mixed x0."""
+        if isinstance(self.scheduler, SIGMA_SCHEDULERS):
+            return G.sigma_x0(latents, eps, self._sigma(step_index))
+        alpha_prod = self._alpha_prod(t)
+        return G.residual_mix(G.predicted_x0(latents, eps, alpha_prod), latents, alpha_prod)
+
+    def _apply_brain_gradient(self, noise_pred, latents, grad, t, step_index):
+        """The published update: ``(eps - sqrt(1-a_t) g, x_t)`` or, for sigma schedulers, ``(eps, x_t + sigma_t^2 g)``."""
+        if isinstance(self.scheduler, SIGMA_SCHEDULERS):
+            return noise_pred, G.sigma_update(latents, grad, self._sigma(step_index))
+        return G.guided_eps(noise_pred, grad, self._alpha_prod(t)), latents
+
+    # ------------------------------------------------------------------ one step: reference
 
     @torch.enable_grad()
     def brain_step(self, latents, noise_pred, t, step_index, text_embeds, objective, scale):
@@ -235,21 +367,74 @@ class BrainDiVEPipeline(DiffusionPipeline):
         latents = latents.detach().requires_grad_()
         model_input = self.scheduler.scale_model_input(latents, t)
         eps = self.unet(model_input, t, encoder_hidden_states=text_embeds).sample
-        sigma_type = isinstance(self.scheduler, SIGMA_SCHEDULERS)
-        if sigma_type:
-            sigma = self.scheduler.sigmas[step_index].to(self.device)
-            sample = G.sigma_x0(latents, eps, sigma)
-        else:
-            alpha_prod = self._alpha_prod(t)
-            sample = G.residual_mix(G.predicted_x0(latents, eps, alpha_prod), latents, alpha_prod)
-        image = G.decode_to_unit(self.vae, sample)
+        image = G.decode_to_unit(self.vae, self._decoder_input(latents, eps, t, step_index))
         activations = self.encoder(image)
         _check_finite(activations, step_index)
         grad = -torch.autograd.grad(G.brain_loss(objective(activations), scale), latents)[0]
-        latents = latents.detach()
-        if sigma_type:
-            return noise_pred, G.sigma_update(latents, grad, sigma)
-        return G.guided_eps(noise_pred, grad, alpha_prod), latents
+        return self._apply_brain_gradient(noise_pred, latents.detach(), grad, t, step_index)
+
+    def _reference_step(self, g: _Guidance, latents, t, step_index):
+        """UNet (+ CFG), SAG's extra pass, then ``brain_step``'s own UNet pass with gradients."""
+        model_input = torch.cat([latents] * 2) if g.do_cfg else latents
+        model_input = self.scheduler.scale_model_input(model_input, t)
+        noise_pred = self.unet(model_input, t, encoder_hidden_states=g.prompt_embeds).sample
+        noise_uncond = None
+        if g.do_cfg:
+            noise_uncond, noise_text = noise_pred.chunk(2)
+            noise_pred = noise_uncond + g.guidance_scale * (noise_text - noise_uncond)
+        if g.sag_scale > 0:
+            noise_pred = self.sag_step(latents, noise_pred, noise_uncond, t, g.store.attention_probs,
+                                       g.prompt_embeds, g.sag_scale, g.do_cfg)
+        if g.brain_scale != 0:
+            noise_pred, latents = self.brain_step(latents, noise_pred, t, step_index, g.guide_embeds,
+                                                  g.objective, g.brain_scale)
+        return noise_pred, latents
+
+    # ------------------------------------------------------------------ one step: exact and fast
+
+    def _guided_step(self, g: _Guidance, latents, t, step_index):
+        """One UNet pass gives the noise prediction, SAG's attention and (exact mode) the graph to x_t."""
+        guide = g.brain_scale != 0 and step_index % g.fast.guide_every == 0
+        x = latents.detach().requires_grad_(guide)
+        noise_uncond, eps, uncond_attn = self._predict_noise(g, x, t, backprop=guide and not g.fast.skip_unet_backprop)
+        if guide:
+            g.last_grad = self._brain_gradient(g, x, eps, t, step_index)
+        eps = eps.detach()
+        noise_pred = eps if noise_uncond is None else noise_uncond + g.guidance_scale * (eps - noise_uncond)
+        if g.sag_scale > 0:
+            base, embeds = (eps, g.guide_embeds) if noise_uncond is None else (noise_uncond, g.prompt_embeds.chunk(2)[0])
+            noise_pred = self._sag_correction(latents, noise_pred, base, t, uncond_attn, embeds, g.sag_scale)
+        if g.last_grad is None:
+            return noise_pred, latents
+        return self._apply_brain_gradient(noise_pred, latents, g.last_grad, t, step_index)
+
+    def _predict_noise(self, g: _Guidance, x, t, backprop: bool):
+        """``(unconditional eps or None, guiding eps, SAG's unconditional attention probabilities)``.
+
+        With ``backprop`` the guiding (conditional) pass keeps its graph to ``x``; with CFG the
+        unconditional half then runs on its own, without gradients, after it.
+        """
+        with torch.set_grad_enabled(backprop):
+            model_input = self.scheduler.scale_model_input(x, t)
+            if not g.do_cfg:
+                return None, self._unet(model_input, t, g.guide_embeds), g.store.attention_probs
+            if backprop:
+                eps = self._unet(model_input, t, g.guide_embeds)
+        uncond_embeds = g.prompt_embeds.chunk(2)[0]
+        if backprop:
+            return self._unet(model_input.detach(), t, uncond_embeds), eps, g.store.attention_probs
+        noise_uncond, eps = self._unet(torch.cat([model_input] * 2), t, g.prompt_embeds).chunk(2)
+        probs = g.store.attention_probs
+        return noise_uncond, eps, None if probs is None else probs.chunk(2)[0]
+
+    @torch.enable_grad()
+    def _brain_gradient(self, g: _Guidance, x, eps, t, step_index) -> torch.Tensor:
+        """``-d loss / d x_t`` through the (resized) decode and the restricted head; ``eps`` may be a constant."""
+        sample = G.resize_latents(self._decoder_input(x, eps, t, step_index), g.fast.decode_scale)
+        image = G.decode_to_unit(g.fast.tiny_decoder or self.vae, sample)
+        activations, values = g.head(image)
+        _check_finite(activations, step_index)
+        return -torch.autograd.grad(G.brain_loss(values, g.brain_scale), x)[0]
 
     # ------------------------------------------------------------------ call
 
@@ -269,7 +454,8 @@ class BrainDiVEPipeline(DiffusionPipeline):
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
-        guidance_mode: str = "reference",
+        guidance_mode: str = "exact",
+        fast_options: FastGuidance | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
@@ -277,10 +463,13 @@ class BrainDiVEPipeline(DiffusionPipeline):
     ):
         """Generate images that drive ``objective`` up (down for a negative ``brain_guidance_scale``).
 
-        ``callback_on_step_end(pipe, step, timestep, tensors)`` follows diffusers' contract: ``tensors``
-        holds the names asked for in ``callback_on_step_end_tensor_inputs`` (``latents``, ``noise_pred``,
-        ``pred_x0`` and ``x0_preview``, a VAE decode of the predicted clean image in [0, 1]); a returned
-        ``latents`` replaces the current ones. ``pipe.interrupt()`` stops after the current step.
+        ``guidance_mode`` is ``"exact"`` (the published numbers, computed efficiently), ``"reference"``
+        (the published computation as written) or ``"fast"`` (approximations set by ``fast_options``,
+        default ``FastGuidance()``). ``callback_on_step_end(pipe, step, timestep, tensors)`` follows
+        diffusers' contract: ``tensors`` holds the names asked for in ``callback_on_step_end_tensor_inputs``
+        (``latents``, ``noise_pred``, ``pred_x0`` and ``x0_preview``, a VAE decode of the predicted clean
+        image in [0, 1]); a returned ``latents`` replaces the current ones. ``pipe.interrupt()`` stops
+        after the current step.
         """
         # 0. Defaults
         default_size = self.unet.config.sample_size * self.vae_scale_factor
@@ -290,10 +479,10 @@ class BrainDiVEPipeline(DiffusionPipeline):
 
         # 1. Check inputs
         self.check_inputs(objective, height, width, num_inference_steps, brain_guidance_scale, sag_scale,
-                          num_images_per_prompt, generator, guidance_mode, output_type, callback_tensors)
+                          num_images_per_prompt, generator, guidance_mode, output_type, callback_tensors,
+                          fast_options)
         self._interrupt = False
         do_cfg = guidance_scale > 1.0
-        do_sag = sag_scale > 0.0
         batch = num_images_per_prompt
 
         # 2. Encode the prompt
@@ -306,31 +495,28 @@ class BrainDiVEPipeline(DiffusionPipeline):
         latents = self.prepare_latents(batch, height, width, prompt_embeds.dtype, generator, latents)
         extra_step_kwargs = self._extra_step_kwargs(generator, eta)
 
-        # 4. Denoising loop
-        store = _AttnProbsStore()
+        # 4. Guidance set-up, once for all images of the call
+        g = _Guidance(objective, prompt_embeds, guide_embeds, do_cfg, guidance_scale, sag_scale,
+                      brain_guidance_scale, _AttnProbsStore())
+        step, execution = self._reference_step, contextlib.nullcontext()
+        if guidance_mode != "reference":
+            step, execution = self._guided_step, self._autocast(self._accelerate())
+            g.fast = (fast_options or FastGuidance()) if guidance_mode == "fast" else _EXACT
+            g.head = G.objective_head(self.encoder, objective)
+
+        # 5. Denoising loop
         attn = self._sag_attention()
         original_processor = attn.processor if attn is not None else None
-        if do_sag:
-            attn.set_processor(store)
+        if sag_scale > 0:
+            attn.set_processor(g.store)
         steps_done = 0
         try:
             with self.progress_bar(total=len(timesteps)) as progress:
                 for i, t in enumerate(timesteps):
                     if self._interrupt:
                         break
-                    model_input = torch.cat([latents] * 2) if do_cfg else latents
-                    model_input = self.scheduler.scale_model_input(model_input, t)
-                    noise_pred = self.unet(model_input, t, encoder_hidden_states=prompt_embeds).sample
-                    noise_uncond = None
-                    if do_cfg:
-                        noise_uncond, noise_text = noise_pred.chunk(2)
-                        noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
-                    if do_sag:
-                        noise_pred = self.sag_step(latents, noise_pred, noise_uncond, t, store.attention_probs,
-                                                   prompt_embeds, sag_scale, do_cfg)
-                    if brain_guidance_scale != 0:
-                        noise_pred, latents = self.brain_step(latents, noise_pred, t, i, guide_embeds, objective,
-                                                              brain_guidance_scale)
+                    with execution:
+                        noise_pred, latents = step(g, latents, t, i)
                     pred_x0 = G.predicted_x0(latents, noise_pred, self._alpha_prod(t)) if callback_tensors else None
                     latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
                     steps_done = i + 1
@@ -343,8 +529,13 @@ class BrainDiVEPipeline(DiffusionPipeline):
             if attn is not None:
                 attn.set_processor(original_processor)
 
-        # 5. Decode, score with the encoder
+        # 6. Decode, score with the encoder
         return self._finish(latents, objective, output_type, return_dict, steps_done, self._interrupt)
+
+    def _autocast(self, acceleration: Acceleration):
+        if acceleration.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=acceleration.autocast_dtype)
 
     def _callback_tensors(self, names, latents, noise_pred, pred_x0) -> dict:
         available = {"latents": lambda: latents, "noise_pred": lambda: noise_pred, "pred_x0": lambda: pred_x0,

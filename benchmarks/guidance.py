@@ -1,0 +1,476 @@
+"""Guided generation: every guidance mode side by side, on the same seeds, in one run.
+
+    python -m benchmarks.guidance --config tiny|medium|sd21 [--seeds N] [--batch B] [--steps S]
+
+For each mode it times complete generations (seconds per image, images per second), records the peak
+memory (process RSS on CPU, ``torch.cuda.max_memory_allocated`` on GPU), counts the work (GFLOP per
+image: torch's matmul/convolution/attention formulas, backward included, on one warm-up image) and
+scores the images: mean target activation per mode and for an unguided baseline, and each mode's
+share of the reference's gain over that baseline. The reference runs one image per call, as
+published; the other modes run ``--batch`` seeds per call. Modes are interleaved chunk by chunk, so
+a busy machine slows them alike. Each fast-mode approximation is also timed on its own.
+
+Configs: ``tiny`` (the demo bundle's architecture, < 1 minute on CPU), ``medium`` (a scaled-down SD:
+UNet (64, 128, 256) with cross-attention, VAE (32, 64, 128, 128), 256 px, a small ViT encoder) and
+``sd21`` (SD 2.1-base's UNet/VAE/text encoder and OpenCLIP ViT-B/16, random weights unless ``--model``
+names a local SD folder; meaningful on a GPU, a ``--steps 2 --seeds 1`` smoke test on CPU).
+
+Writes ``results/guidance_<config>.json`` and ``.md`` and the config's part of the "## Guided
+generation" section of ``benchmarks/RESULTS.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+import braindive as bd
+from braindive.demo import _tiny_components, build_offline_tokenizer
+from braindive.encoders import build_clip_tower
+from braindive.pipeline import Acceleration, BrainDiVEPipeline, FastGuidance
+
+HERE = Path(__file__).resolve().parent
+SECTION = "## Guided generation"
+OFF = FastGuidance(skip_unet_backprop=False, guide_every=1, decode_scale=1.0)
+SINGLE_FLAGS = {"skip_unet_backprop": True, "guide_every": 2, "decode_scale": 0.5}  # when FastGuidance() leaves one off
+
+# ---------------------------------------------------------------------------------------- configs
+
+SD21_UNET = {
+    "act_fn": "silu", "attention_head_dim": [5, 10, 20, 20], "block_out_channels": [320, 640, 1280, 1280],
+    "center_input_sample": False, "cross_attention_dim": 1024,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "downsample_padding": 1, "dual_cross_attention": False, "flip_sin_to_cos": True, "freq_shift": 0,
+    "in_channels": 4, "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32,
+    "num_class_embeds": None, "only_cross_attention": False, "out_channels": 4, "sample_size": 64,
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "use_linear_projection": True,
+}
+SD21_VAE = {
+    "act_fn": "silu", "block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "in_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32, "out_channels": 3,
+    "sample_size": 512, "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+SD21_TEXT = {
+    "attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "gelu", "hidden_size": 1024, "initializer_factor": 1.0,
+    "initializer_range": 0.02, "intermediate_size": 4096, "layer_norm_eps": 1e-05, "max_position_embeddings": 77,
+    "num_attention_heads": 16, "num_hidden_layers": 23, "projection_dim": 512, "vocab_size": 49408,
+}
+SD21_SCHEDULER = {
+    "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False,
+    "num_train_timesteps": 1000, "prediction_type": "epsilon", "set_alpha_to_one": False, "skip_prk_steps": True,
+    "steps_offset": 1,
+}
+SMALL_VIT = {  # a ViT-S/16-like OpenCLIP tower for the medium config
+    "embed_dim": 256,
+    "vision_cfg": {"image_size": 224, "layers": 6, "width": 384, "patch_size": 16, "head_width": 64},
+    "text_cfg": {"context_length": 77, "vocab_size": 1000, "width": 64, "heads": 2, "layers": 1},
+}
+TINY_VIT = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32, "head_width": 32},
+    "text_cfg": {"context_length": 77, "vocab_size": 1000, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One benchmark set-up: model sizes, image size, defaults for steps/seeds/batch, guidance scale."""
+
+    name: str
+    size: int
+    steps: int
+    seeds: int
+    batch: int
+    scale: float
+    n_voxels: int
+    n_target: int
+    tiny_decoder_width: int  # channels of the random AutoencoderTiny timed as fast's tiny_decoder
+
+
+CONFIGS = {
+    "tiny": Config("tiny", size=64, steps=6, seeds=8, batch=8, scale=300.0, n_voxels=1000, n_target=50,
+                   tiny_decoder_width=8),
+    "medium": Config("medium", size=256, steps=10, seeds=4, batch=4, scale=300.0, n_voxels=20000, n_target=300,
+                     tiny_decoder_width=16),
+    "sd21": Config("sd21", size=512, steps=50, seeds=16, batch=8, scale=130.0, n_voxels=30000, n_target=300,
+                   tiny_decoder_width=64),
+}
+
+
+def _medium_components() -> dict:
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(64, 128, 256),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=128, attention_head_dim=(2, 4, 8), use_linear_projection=True,
+    )
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 128, 128),
+                        layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=256, norm_num_groups=32)
+    tokenizer = build_offline_tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ))
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                scheduler=PNDMScheduler.from_config(SD21_SCHEDULER))
+
+
+def _sd21_components() -> dict:
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    tokenizer = build_offline_tokenizer()
+    text = CLIPTextConfig(**SD21_TEXT, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id)
+    return dict(unet=UNet2DConditionModel(**SD21_UNET), vae=AutoencoderKL(**SD21_VAE),
+                text_encoder=CLIPTextModel(text), tokenizer=tokenizer, scheduler=PNDMScheduler.from_config(SD21_SCHEDULER))
+
+
+def _encoder(config: Config) -> bd.ClipLinearEncoder:
+    """A CLIP+linear encoder with seeded random tower and head (``n_voxels`` voxels)."""
+    backbone, tower_config = {"tiny": ("braindive-bench-tiny-vit", TINY_VIT),
+                              "medium": ("braindive-bench-small-vit", SMALL_VIT),
+                              "sd21": ("ViT-B-16", None)}[config.name]
+    torch.manual_seed(1)
+    tower = build_clip_tower(backbone, None, tower_config)
+    encoder_config = bd.EncoderConfig(n_voxels=config.n_voxels, subject="bench", voxel_space="bench",
+                                      backbone=backbone, pretrained=None, backbone_config=tower_config)
+    encoder = bd.ClipLinearEncoder(encoder_config, tower=tower)
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        encoder.head.weight.copy_(torch.from_numpy(rng.standard_normal(encoder.head.weight.shape)).float())
+        encoder.head.bias.zero_()
+    return encoder.eval()
+
+
+def build(config: Config, device: str, model: str | None = None) -> BrainDiVEPipeline:
+    """The config's pipeline (DPM-Solver, the paper's scheduler) with its encoder, on ``device``."""
+    if model:
+        pipe = BrainDiVEPipeline.from_pretrained(model)
+    else:
+        parts = {"tiny": _tiny_components, "medium": _medium_components, "sd21": _sd21_components}[config.name]()
+        pipe = BrainDiVEPipeline(**parts)
+        pipe.set_scheduler("dpm")
+    pipe.set_encoder(_encoder(config))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def tiny_decoder(config: Config, device: str):
+    """A random-weight AutoencoderTiny (TAESD's architecture at ``tiny_decoder_width`` channels): speed only."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(2)
+    width = (config.tiny_decoder_width,) * 4
+    return AutoencoderTiny(encoder_block_out_channels=width, decoder_block_out_channels=width).to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------- modes
+
+
+def modes(config: Config, batch: int, pipe, reference_pipe, with_tiny_decoder: bool) -> dict[str, dict]:
+    """Mode name -> pipeline, call arguments, batch size, note.
+
+    Single-flag rows take ``FastGuidance()``'s value of the flag, or ``SINGLE_FLAGS``'s where the default is off.
+    The reference and the unguided baseline run on ``reference_pipe`` (plain modules, the pipeline's dtype).
+    """
+    def row(call, batch_size=batch, on=pipe, note=""):
+        return dict(pipe=on, call=call, batch=batch_size, note=note)
+
+    default = FastGuidance()
+    table = {
+        "unguided": row(dict(guidance_mode="reference", brain_guidance_scale=0.0), on=reference_pipe),
+        "reference": row(dict(guidance_mode="reference"), 1, on=reference_pipe),
+        "exact": row(dict(guidance_mode="exact")),
+    }
+    if batch > 1:
+        table["exact (batch 1)"] = row(dict(guidance_mode="exact"), 1)
+    table["fast"] = row(dict(guidance_mode="fast", fast_options=default))
+    for flag, on in SINGLE_FLAGS.items():
+        value = getattr(default, flag) if getattr(default, flag) != getattr(OFF, flag) else on
+        options = dataclasses.replace(OFF, **{flag: value})
+        table[f"fast: {flag}={value}"] = row(dict(guidance_mode="fast", fast_options=options))
+    if with_tiny_decoder:
+        options = dataclasses.replace(OFF, tiny_decoder=tiny_decoder(config, pipe.device))
+        table["fast: tiny_decoder"] = row(dict(guidance_mode="fast", fast_options=options),
+                                          note="random-weight AutoencoderTiny: speed only, its gain means nothing")
+    return table
+
+
+# ---------------------------------------------------------------------------------------- measuring
+
+
+class FlopCount(TorchDispatchMode):
+    """Matmul, convolution and attention FLOPs (torch's formulas) of everything run inside, backward included."""
+
+    FORMULAS = {
+        **flop_registry,
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+            flop_registry[torch.ops.aten._scaled_dot_product_flash_attention],
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            flop_registry[torch.ops.aten._scaled_dot_product_flash_attention_backward],
+    }
+
+    def __init__(self):
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = self.FORMULAS.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+class PeakMemory:
+    """Peak memory in MB during a block: CUDA allocations, or this process's RSS sampled every 2 ms."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.peak = 0.0
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            return self
+        import psutil
+
+        process, self._stop = psutil.Process(), threading.Event()
+
+        def sample():
+            while not self._stop.is_set():
+                self.peak = max(self.peak, process.memory_info().rss / 2**20)
+                self._stop.wait(0.002)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+
+
+def generate(pipe, objective, config: Config, steps: int, seeds, call: dict) -> torch.Tensor:
+    """One pipeline call on ``seeds`` (one image each); returns their objective values."""
+    args = dict(objective=objective, height=config.size, width=config.size, num_inference_steps=steps,
+                brain_guidance_scale=config.scale, sag_scale=0.75, output_type="pt")
+    args.update(call)
+    out = pipe(**args, generator=[torch.Generator().manual_seed(s) for s in seeds], num_images_per_prompt=len(seeds))
+    return out.objective_values
+
+
+def measure(objective, config: Config, steps: int, seeds: list[int], table: dict, device: str,
+            warm_up: bool = True, compiled: bool = False) -> dict:
+    """A FLOP-counted warm-up image per mode (``warm_up``), then all modes interleaved chunk by chunk."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    stats = {name: dict(seconds=0.0, values=[], peak_mb=0.0, gflop=None) for name in table}
+    for name, mode in (table.items() if warm_up else []):
+        counter = contextlib.nullcontext() if compiled else FlopCount()  # FLOP counting would break compilation
+        with counter:
+            generate(mode["pipe"], objective, config, steps, seeds[:1], mode["call"])
+        stats[name]["gflop"] = None if compiled else counter.flops / 1e9
+    chunk_size = max(mode["batch"] for mode in table.values())
+    names = list(table)
+    for k, start in enumerate(range(0, len(seeds), chunk_size)):
+        chunk = seeds[start:start + chunk_size]
+        for name in names[k % len(names):] + names[:k % len(names)]:  # rotate the order per chunk
+            pipe, call, batch = table[name]["pipe"], table[name]["call"], table[name]["batch"]
+            with PeakMemory(device) as memory:
+                for sub in range(0, len(chunk), batch):
+                    sync()
+                    begin = time.perf_counter()
+                    values = generate(pipe, objective, config, steps, chunk[sub:sub + batch], call)
+                    sync()
+                    stats[name]["seconds"] += time.perf_counter() - begin
+                    stats[name]["values"].extend(values.tolist())
+            stats[name]["peak_mb"] = max(stats[name]["peak_mb"], memory.peak)
+    return stats
+
+
+def summarise(stats: dict, table: dict, n_seeds: int) -> dict:
+    """Per-mode figures, with speed-up, work ratio and gain relative to the reference."""
+    base = np.mean(stats["unguided"]["values"])
+    ref = stats["reference"]
+    ref_gain = np.mean(ref["values"]) - base
+    rows = {}
+    for name, s in stats.items():
+        values = np.asarray(s["values"])
+        gain = float(values.mean() - base)
+        rows[name] = {
+            "batch": table[name]["batch"],
+            "seconds_per_image": s["seconds"] / n_seeds,
+            "images_per_second": n_seeds / s["seconds"],
+            "speedup_vs_reference": ref["seconds"] / s["seconds"],
+            "gflop_per_image": s["gflop"],
+            "work_ratio_vs_reference": (ref["gflop"] / s["gflop"]) if s["gflop"] else None,
+            "peak_memory_mb": s["peak_mb"],
+            "objective_mean": float(values.mean()),
+            "objective_std": float(values.std()),
+            "objective_per_seed": values.tolist(),
+            "gain_over_unguided": gain,
+            "gain_fraction_of_reference": gain / ref_gain if name != "unguided" and ref_gain else None,
+            "options": _describe(table[name]["call"]),
+            "note": table[name].get("note", ""),
+        }
+    return rows
+
+
+def _describe(call: dict) -> dict:
+    """JSON-ready call arguments (a tiny decoder by its class name)."""
+    out = dict(call)
+    options = out.pop("fast_options", None)
+    if options is not None:
+        out["fast_options"] = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+        if options.tiny_decoder is not None:
+            out["fast_options"]["tiny_decoder"] = type(options.tiny_decoder).__name__
+    return out
+
+
+# ---------------------------------------------------------------------------------------- reporting
+
+
+def machine(device: str) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name() if device.startswith("cuda") else None
+    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "device": device, "python": platform.python_version(), "torch": torch.__version__,
+            "load_average_start": None, "load_average_end": None}
+
+
+def markdown(report: dict) -> str:
+    m, r = report["machine"], report["modes"]
+    where = f"GPU {m['gpu']}" if m["gpu"] else f"CPU only ({m['cpu']}, {m['cpu_cores']} cores, {m['torch_threads']} torch threads)"
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+    lines = [
+        f"### Config `{report['config']}`",
+        "",
+        f"{where}; torch {m['torch']}. Command: `{report['command']}`. Date: {report['date']}. "
+        f"{report['size']} px, {report['steps']} DPM-Solver steps, SAG 0.75, brain scale {report['scale']}, "
+        f"{len(report['seeds'])} seeds (same for every mode), objective: mean of {report['n_target']} of "
+        f"{report['n_voxels']} voxels. Load average {m['load_average_start']} at start, {m['load_average_end']} at end.",
+        "",
+        "| mode | batch | s / image | images / s | speed-up vs reference | GFLOP / image | work ratio | "
+        "peak memory (MB) | objective (mean ± sd) | gain over unguided | share of reference gain |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in r.items():
+        lines.append(
+            f"| {name} | {row['batch']} | {row['seconds_per_image']:.3g} | {row['images_per_second']:.3g} | "
+            f"{row['speedup_vs_reference']:.2f}x | {fmt(row['gflop_per_image'], '.4g')} | "
+            f"{fmt(row['work_ratio_vs_reference'], '.2f')} | {row['peak_memory_mb']:.0f} | "
+            f"{row['objective_mean']:.4f} ± {row['objective_std']:.4f} | {row['gain_over_unguided']:+.4f} | "
+            f"{fmt(row['gain_fraction_of_reference'], '.0%')} |")
+    notes = [f"- {name}: {row['note']}" for name, row in r.items() if row["note"]]
+    return "\n".join(lines + ([""] + notes if notes else []) + [""])
+
+
+def write_section(path: Path, subsection: str, config: str) -> None:
+    """Replace (or add) this config's part of the "## Guided generation" section; leave the rest alone."""
+    text = path.read_text() if path.is_file() else "# Benchmark results\n"
+    if SECTION + "\n" not in text:
+        text = text.rstrip("\n") + f"\n\n{SECTION}\n"
+    start = text.index(SECTION + "\n")
+    end = text.find("\n## ", start)
+    end = len(text) if end < 0 else end + 1
+    body, tail = text[start:end].rstrip("\n") + "\n", text[end:]
+    heading = f"### Config `{config}`\n"
+    if heading in body:
+        first = body.index(heading)
+        after = body.find("\n### ", first)
+        body = body[:first] + subsection.rstrip("\n") + "\n" + ("" if after < 0 else body[after:])
+    else:
+        body += "\n" + subsection.rstrip("\n") + "\n"
+    path.write_text(text[:start] + body + ("\n" + tail if tail else ""))
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.guidance", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny")
+    parser.add_argument("--seeds", type=int, help="number of seeds (0..N-1), the same for every mode")
+    parser.add_argument("--batch", type=int, help="images per call for every mode but the reference")
+    parser.add_argument("--steps", type=int, help="denoising steps")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", help="local SD folder with real weights (sd21 config)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile in exact and fast modes")
+    parser.add_argument("--modes", help="comma-separated subset of the modes (unguided and reference are always run)")
+    parser.add_argument("--no-warm-up", dest="warm_up", action="store_false",
+                        help="skip the FLOP-counted warm-up image per mode (CPU smoke runs of sd21)")
+    parser.add_argument("--no-tiny-decoder", dest="tiny_decoder", action="store_false")
+    parser.add_argument("--out", default=str(HERE / "results"), help="folder for guidance_<config>.json/.md")
+    parser.add_argument("--results-md", default=str(HERE / "RESULTS.md"), help="RESULTS.md to update ('' = none)")
+    args = parser.parse_args(argv)
+    config = CONFIGS[args.config]
+    seeds = list(range(args.seeds or config.seeds))
+    steps, batch = args.steps or config.steps, min(args.batch or config.batch, len(seeds))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = machine(args.device)
+    info["load_average_start"] = round(os.getloadavg()[0], 1)
+    started = time.perf_counter()
+    pipe = build(config, args.device, args.model)
+    pipe.set_acceleration(Acceleration(compile=args.compile))
+    acceleration = pipe.acceleration.resolve(pipe.device)
+    changes_modules = acceleration.channels_last or acceleration.compile
+    reference_pipe = build(config, args.device, args.model) if changes_modules else pipe
+    objective = bd.Objective.maximize(np.arange(config.n_target), label="bench target")
+    table = modes(config, batch, pipe, reference_pipe, args.tiny_decoder)
+    if args.modes:
+        keep = {"unguided", "reference", *args.modes.split(",")}
+        table = {name: mode for name, mode in table.items() if name in keep}
+    stats = measure(objective, config, steps, seeds, table, args.device, args.warm_up, args.compile)
+    info["load_average_end"] = round(os.getloadavg()[0], 1)
+    report = {
+        "config": config.name, "command": "python -m benchmarks.guidance " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.date.today().isoformat(), "machine": info, "size": config.size, "steps": steps,
+        "scale": config.scale, "batch": batch, "seeds": seeds, "n_voxels": config.n_voxels, "n_target": config.n_target,
+        "model": args.model or "random weights", "compile": args.compile,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "modes": summarise(stats, table, len(seeds)),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"guidance_{config.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(report)
+    (out / f"guidance_{config.name}.md").write_text(text)
+    if args.results_md:
+        write_section(Path(args.results_md), text, config.name)
+    print(text)
+    return report
+
+
+if __name__ == "__main__":
+    main()

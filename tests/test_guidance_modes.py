@@ -1,0 +1,147 @@
+"""Guidance modes on tiny seeded models: exact == reference, fast keeps the gain, each fast flag, the benchmark."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import braindive as bd
+from braindive import guidance as G
+from braindive.pipeline import Acceleration, FastGuidance
+from tiny import N_VOXELS, SIZE, generators, tiny_encoder, tiny_pipe
+
+TARGET = np.arange(16)
+OFF = FastGuidance(skip_unet_backprop=False, guide_every=1, decode_scale=1.0)
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    return {name: tiny_pipe(name) for name in ("dpm", "lms")}
+
+
+def run(pipe, seeds, steps=3, scale=300.0, **kwargs):
+    return pipe(objective=bd.Objective.maximize(TARGET), num_inference_steps=steps, height=SIZE, width=SIZE,
+                brain_guidance_scale=scale, generator=generators(seeds), num_images_per_prompt=len(seeds), **kwargs)
+
+
+@pytest.mark.parametrize("scheduler,extra", [
+    ("dpm", dict(sag_scale=0.75)),
+    ("lms", dict(sag_scale=0.0)),
+    ("dpm", dict(sag_scale=0.75, prompt="a face", guidance_scale=5.0)),
+], ids=["dpm-sag", "lms", "dpm-sag-cfg"])
+def test_exact_batch_equals_reference_one_image_at_a_time(pipes, scheduler, extra):
+    pipe = pipes[scheduler]
+    exact = run(pipe, (3, 4), guidance_mode="exact", output_type="latent", **extra).images
+    reference = torch.cat([run(pipe, (s,), guidance_mode="reference", output_type="latent", **extra).images
+                           for s in (3, 4)])
+    unguided = run(pipe, (3, 4), scale=0.0, guidance_mode="reference", output_type="latent", **extra).images
+    torch.testing.assert_close(exact, reference, atol=1e-4, rtol=0)
+    assert (reference - unguided).abs().max() > 1e-2  # the brain gradient mattered
+
+
+def test_fast_with_every_approximation_off_is_exact(pipes):
+    exact = run(pipes["dpm"], (1,), guidance_mode="exact", output_type="latent").images
+    fast = run(pipes["dpm"], (1,), guidance_mode="fast", fast_options=OFF, output_type="latent").images
+    torch.testing.assert_close(fast, exact, atol=1e-5, rtol=0)
+
+
+def test_fast_keeps_most_of_the_gain_for_8_seeds(pipes):
+    seeds, steps = range(8), 6
+    values = {mode: run(pipes["dpm"], seeds, steps, guidance_mode=mode, output_type="np").objective_values
+              for mode in ("exact", "fast")}
+    base = run(pipes["dpm"], seeds, steps, scale=0.0, output_type="np").objective_values
+    assert (values["fast"] > base).all(), (values["fast"], base)
+    gain_fraction = (values["fast"] - base).mean() / (values["exact"] - base).mean()
+    assert gain_fraction >= 0.9, gain_fraction
+
+
+def _tiny_decoder():
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    return AutoencoderTiny(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4).eval()
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("skip_unet_backprop", True), ("guide_every", 2), ("decode_scale", 0.5), ("tiny_decoder", _tiny_decoder),
+])
+def test_each_fast_flag_runs_alone_and_changes_the_result(pipes, flag, value):
+    options = dataclasses.replace(OFF, **{flag: value() if callable(value) else value})
+    fast = run(pipes["dpm"], (2,), guidance_mode="fast", fast_options=options, output_type="np")
+    exact = run(pipes["dpm"], (2,), guidance_mode="exact", output_type="np")
+    assert np.isfinite(fast.images).all() and torch.isfinite(fast.objective_values).all()
+    assert not np.allclose(fast.images, exact.images, atol=1e-4)
+
+
+def test_channels_last_keeps_exact_numbers_and_autocast_runs():
+    pipe = tiny_pipe("dpm")
+    reference = run(pipe, (5,), guidance_mode="reference", output_type="latent").images
+    pipe.set_acceleration(Acceleration(autocast_dtype=None, channels_last=True))
+    torch.testing.assert_close(run(pipe, (5,), guidance_mode="exact", output_type="latent").images, reference,
+                               atol=1e-4, rtol=0)
+    assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    pipe.set_acceleration(Acceleration(autocast_dtype=torch.bfloat16, channels_last=False))
+    mixed = run(pipe, (5,), steps=2, guidance_mode="fast", output_type="np")
+    assert np.isfinite(mixed.images).all()
+
+
+def test_restricted_head_gives_the_full_encoders_numbers():
+    encoder = tiny_encoder()
+    objective = bd.Objective.contrast([40, 3, 17], [5, 63, 3], weight=0.5)
+    images = torch.rand(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        activations, values = G.objective_head(encoder, objective)(images)
+        full = encoder(images)
+    assert activations.shape == (2, 5)
+    torch.testing.assert_close(values, objective(full), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(guidance_mode="exact", fast_options=FastGuidance()), "`fast_options` must be a FastGuidance used with"),
+    (dict(guidance_mode="fast", fast_options="quick"), "`fast_options` must be a FastGuidance used with"),
+])
+def test_bad_fast_options(pipes, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        run(pipes["dpm"], (0,), steps=1, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(guide_every=0), "`guide_every` must be an integer >= 1, got 0"),
+    (dict(decode_scale=1.5), r"`decode_scale` must be in \(0, 1\], got 1.5"),
+])
+def test_bad_fast_guidance_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FastGuidance(**kwargs)
+
+
+def test_defaults_are_exact():
+    from braindive.cli import _parser
+
+    assert _parser().parse_args(["generate", "--out", "x"]).mode == "exact"
+    import inspect
+
+    assert inspect.signature(bd.BrainDiVEPipeline.__call__).parameters["guidance_mode"].default == "exact"
+
+
+def test_benchmark_tiny_reports_every_mode(tmp_path):
+    from benchmarks import guidance as bench
+
+    results_md = tmp_path / "RESULTS.md"
+    results_md.write_text("# Benchmark results\n\n## Flatmaps\n\nkeep me\n")
+    report = bench.main(["--config", "tiny", "--seeds", "2", "--batch", "2", "--steps", "2",
+                         "--out", str(tmp_path), "--results-md", str(results_md)])
+    saved = json.loads((tmp_path / "guidance_tiny.json").read_text())
+    assert set(saved["modes"]) == set(report["modes"])
+    assert {"unguided", "reference", "exact", "exact (batch 1)", "fast"} < set(saved["modes"])
+    flags = sorted(name[len("fast: "):].split("=")[0] for name in saved["modes"] if name.startswith("fast: "))
+    assert flags == ["decode_scale", "guide_every", "skip_unet_backprop", "tiny_decoder"]
+    for name, row in saved["modes"].items():
+        assert row["seconds_per_image"] > 0 and row["peak_memory_mb"] > 0 and row["gflop_per_image"] > 0, name
+        assert len(row["objective_per_seed"]) == 2
+    np.testing.assert_allclose(saved["modes"]["exact"]["objective_per_seed"],
+                               saved["modes"]["reference"]["objective_per_seed"], atol=1e-4)
+    assert saved["modes"]["reference"]["gain_fraction_of_reference"] == pytest.approx(1.0)
+    text = results_md.read_text()
+    assert "keep me" in text and "## Guided generation" in text and "### Config `tiny`" in text
+    assert (tmp_path / "guidance_tiny.md").read_text().strip() in text
