@@ -29,7 +29,6 @@ DEMO_LABEL = "DEMO: tiny random-weight diffusion model + synthetic encoder on py
 DEMO_DEFAULTS = {"height": 256, "width": 256, "num_inference_steps": 25, "brain_guidance_scale": 1000.0, "sag_scale": 0.75}
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 ASSET_ENCODER = ASSETS / "demo-encoder"
-ASSET_DIFFUSION = ASSETS / "demo-sd"
 # Measured on the demo bundle (FFA, 10 steps, 128 px, seeds 0-2): unguided 1.0, scale 130 -> 1.9, 1000 -> 2.7,
 # 5000 -> 2.2 (overshoots). The demo default is therefore 1000, not the paper's 130.
 
@@ -107,9 +106,7 @@ def build_diffusion_bundle(folder, seed: int = 0) -> Path:
 
 
 def diffusion_bundle_path() -> Path:
-    """The tiny SD folder: the trained one in ``assets/demo-sd`` if present, else a seeded one built on first use."""
-    if (ASSET_DIFFUSION / "model_index.json").is_file():
-        return ASSET_DIFFUSION
+    """The cached tiny SD folder, built from config on first use."""
     folder = cache_dir("demo") / f"tiny-sd-v{BUNDLE_VERSION}"
     if not (folder / "model_index.json").is_file():
         build_diffusion_bundle(folder)
