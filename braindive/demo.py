@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cache import cache_dir
+from .cache import cache_dir, private_tmp
 from .demo_components import DEMO_TOWER_CONFIG, DEMO_TOWER_NAME, build_demo_tower
 from .encoders import BrainEncoder, ClipLinearEncoder, EncoderConfig, load_encoder
 from .pipeline import BrainDiVEPipeline
@@ -95,13 +95,17 @@ def build_diffusion_bundle(folder, seed: int = 0) -> Path:
     from diffusers import StableDiffusionPipeline
 
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = private_tmp(folder)
     parts = _tiny_components(seed)
     sd = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     sd.save_pretrained(tmp)
     shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process built it first: the same seeded files
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / "model_index.json").is_file():
+            raise
     return folder
 
 

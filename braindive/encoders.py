@@ -26,6 +26,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .cache import private_tmp
+
 __all__ = ["EncoderConfig", "BrainEncoder", "ClipLinearEncoder", "load_encoder", "ENCODERS"]
 
 CONFIG_NAME = "config.json"
@@ -173,7 +175,7 @@ ENCODERS = {"clip_linear": ClipLinearEncoder}
 
 
 def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = private_tmp(path)
     write(tmp)
     tmp.replace(path)
 

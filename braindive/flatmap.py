@@ -15,8 +15,6 @@ box of the subject's voxels (a zoom on them). Every pixel-space function takes t
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
 import warnings
 import weakref
 import zipfile
@@ -26,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import cache_dir
+from .cache import cache_dir, private_tmp
 from .subjects import HEMISPHERES, Subject
 
 __all__ = [
@@ -478,7 +476,7 @@ def _cached_arrays(path: Path, build) -> dict[str, np.ndarray]:
         except (OSError, ValueError, EOFError, zipfile.BadZipFile):
             pass  # a damaged file: rebuild it
     arrays = build()
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp.npz")  # builders never collide
+    tmp = private_tmp(path, ".tmp.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)
     return arrays

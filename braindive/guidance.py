@@ -19,7 +19,6 @@ decode).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable
 
 import numpy as np
@@ -36,6 +35,7 @@ __all__ = [
     "brain_loss",
     "gaussian_blur_2d",
     "sag_attention_mask",
+    "attention_map_size",
     "sag_degrade",
     "objective_head",
     "resize_latents",
@@ -92,14 +92,31 @@ def gaussian_blur_2d(img: torch.Tensor, kernel_size: int = 9, sigma: float = 1.0
 
 
 def sag_attention_mask(attn_probs: torch.Tensor, heads: int, latent_shape) -> torch.Tensor:
-    """Binary mask of latent positions that many queries attend to (SAG), upsampled to the latents."""
+    """Binary mask of latent positions that many queries attend to (SAG), upsampled to the latents.
+
+    The threshold is taken in float32 so mixed precision does not flip mask entries.
+    """
     bh, hw1, hw2 = attn_probs.shape
     b, channels, latent_h, latent_w = latent_shape
-    map_size = math.isqrt(hw1)
-    attn = attn_probs.reshape(b, heads, hw1, hw2)
+    map_h, map_w = attention_map_size(hw1, latent_h, latent_w)
+    attn = attn_probs.float().reshape(b, heads, hw1, hw2)
     mask = attn.mean(1, keepdim=False).sum(1, keepdim=False) > 1.0
-    mask = mask.reshape(b, map_size, map_size).unsqueeze(1).repeat(1, channels, 1, 1).type(attn.dtype)
+    mask = mask.reshape(b, map_h, map_w).unsqueeze(1).repeat(1, channels, 1, 1).to(attn_probs.dtype)
     return F.interpolate(mask, (latent_h, latent_w))
+
+
+def attention_map_size(positions: int, latent_h: int, latent_w: int) -> tuple[int, int]:
+    """``(h, w)`` of a UNet feature map with ``positions`` entries for ``latent_h x latent_w`` latents.
+
+    Each UNet downsampling halves a side, rounding up; the map is the one whose area matches.
+    """
+    factor = 1
+    while factor <= max(latent_h, latent_w):
+        h, w = -(-latent_h // factor), -(-latent_w // factor)
+        if h * w == positions:
+            return h, w
+        factor *= 2
+    raise ValueError(f"No downsampling of {latent_h}x{latent_w} latents has {positions} positions.")
 
 
 def sag_degrade(x0: torch.Tensor, attn_probs: torch.Tensor, heads: int, eps: torch.Tensor, add_noise) -> torch.Tensor:

@@ -60,15 +60,20 @@ class Objective:
         return pos - self.weight * _take_mean(activations, self.negative)
 
     def describe(self) -> dict:
-        """JSON-ready description for metadata files."""
-        out = {"kind": self.kind, "label": self.label, "n_positive": int(len(self.positive))}
+        """JSON-ready description for metadata files, voxel indices included (enough to rebuild it)."""
+        out = {"kind": self.kind, "label": self.label, "n_positive": int(len(self.positive)),
+               "positive": self.positive.tolist()}
         if self.negative is not None:
-            out.update(n_negative=int(len(self.negative)), weight=self.weight)
-        if not self.label:
-            out["positive"] = self.positive.tolist()
-            if self.negative is not None:
-                out["negative"] = self.negative.tolist()
+            out.update(n_negative=int(len(self.negative)), weight=self.weight, negative=self.negative.tolist())
         return out
+
+    @classmethod
+    def from_description(cls, description: dict) -> "Objective":
+        """The objective a ``describe()`` dict was written from."""
+        negative = description.get("negative")
+        return cls(description["kind"], _indices(description["positive"], "positive"),
+                   None if negative is None else _indices(negative, "negative"),
+                   float(description.get("weight", 1.0)), description.get("label", ""))
 
 
 def _indices(voxels, argument: str) -> np.ndarray:

@@ -8,10 +8,11 @@ activity maximises an ``Objective``. Three guidance modes:
   optional classifier-free guidance (CFG), self-attention guidance (SAG), then an extra UNet pass with
   gradients, the residual-mixed x0, a VAE decode, the encoder, and an update of the noise prediction
   (or of the latents for sigma schedulers). One image per call is how the paper ran it.
-* ``"exact"`` (default) computes the same numbers with less work: the UNet pass with gradients also
+* ``"exact"`` (default) computes the same formulas with less work: the UNet pass with gradients also
   gives the noise prediction (with CFG: the conditional branch) and SAG's attention probabilities,
-  the encoder head keeps only the objective's voxels, and ``Acceleration`` picks mixed precision,
-  channels-last and ``torch.compile`` (by default mixed precision and channels-last on CUDA only).
+  and the encoder head keeps only the objective's voxels. In float32 its latents equal the
+  reference's; ``Acceleration`` adds mixed precision, channels-last and ``torch.compile`` (by default
+  bf16 autocast and channels-last on CUDA only, so GPU numbers match to mixed-precision rounding).
 * ``"fast"`` adds the documented approximations of ``FastGuidance``, each a separate switch.
 """
 from __future__ import annotations
@@ -94,7 +95,9 @@ _EXACT = FastGuidance(skip_unet_backprop=False, guide_every=1, decode_scale=1.0)
 
 @dataclass(frozen=True)
 class Acceleration:
-    """How the exact and fast modes execute (never what they compute); ``"auto"`` decides per device.
+    """How the exact and fast modes execute, not which formulas they compute; ``"auto"`` decides per device.
+
+    Mixed precision changes the numbers by its rounding; channels-last and compilation do not.
 
     Attributes:
         autocast_dtype: mixed precision for the models; auto: bfloat16 (float16 without bf16) on CUDA, none elsewhere.
@@ -177,8 +180,6 @@ class _AttnProbsStore:
 class BrainDiVEPipeline(DiffusionPipeline):
     """Brain-guided Stable Diffusion. Set the encoder with ``from_pretrained(..., encoder=)`` or ``set_encoder``."""
 
-    model_cpu_offload_seq = "text_encoder->unet->vae"
-
     def __init__(
         self,
         vae: AutoencoderKL,
@@ -236,6 +237,8 @@ class BrainDiVEPipeline(DiffusionPipeline):
         if name not in SCHEDULERS:
             raise ValueError(f"`scheduler` must be one of {sorted(SCHEDULERS)}, got {name!r}.")
         extra = {"skip_prk_steps": True} if name == "pndm" else {}
+        if name == "ddim":  # latents are not images: never clip x0 to [-1, 1] unless the model's config asks
+            extra["clip_sample"] = self.scheduler.config.get("clip_sample", False)
         self.scheduler = SCHEDULERS[name].from_config(self.scheduler.config, **extra)
         self.scheduler_name = name
 
@@ -332,26 +335,38 @@ class BrainDiVEPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ one step: shared pieces
 
-    def sag_step(self, latents, noise_pred, noise_uncond, t, attn_probs, prompt_embeds, sag_scale, do_cfg):
-        """Self-attention guidance exactly as the published (diffusers-derived) code."""
+    def sag_step(self, latents, noise_pred, noise_uncond, t, step_index, attn_probs, prompt_embeds, sag_scale, do_cfg):
+        """Self-attention guidance as the published (diffusers-derived) code."""
         if do_cfg:
-            return self._sag_correction(latents, noise_pred, noise_uncond, t, attn_probs.chunk(2)[0],
+            return self._sag_correction(latents, noise_pred, noise_uncond, t, step_index, attn_probs.chunk(2)[0],
                                         prompt_embeds.chunk(2)[0], sag_scale)
-        return self._sag_correction(latents, noise_pred, noise_pred, t, attn_probs, prompt_embeds, sag_scale)
+        return self._sag_correction(latents, noise_pred, noise_pred, t, step_index, attn_probs, prompt_embeds,
+                                    sag_scale)
 
-    def _sag_correction(self, latents, noise_pred, base, t, uncond_attn, embeds, sag_scale):
-        """``noise_pred + sag_scale (base - eps(degraded x0))``, x0 and the re-noising from ``base``."""
-        x0 = G.predicted_x0(latents, base, self._alpha_prod(t))
+    def _sag_correction(self, latents, noise_pred, base, t, step_index, uncond_attn, embeds, sag_scale):
+        """``noise_pred + sag_scale (base - eps(degraded x0))``, x0 and the re-noising from ``base``.
+
+        x0 and the re-noising follow the scheduler's parameterisation, and the degraded latents go
+        through ``scale_model_input`` like any UNet input (both only matter for sigma schedulers).
+        """
+        x0 = self._clean_estimate(latents, base, t, step_index)
         degraded = G.sag_degrade(x0, uncond_attn, self._sag_attention().heads, base,
                                  lambda x, eps: self.scheduler.add_noise(x, noise=eps, timesteps=t[None]))
+        degraded = self.scheduler.scale_model_input(degraded, t)
         return noise_pred + sag_scale * (base - self._unet(degraded, t, embeds))
+
+    def _clean_estimate(self, latents, eps, t, step_index):
+        """x0 from ``x_t`` and ``eps``: ``x_t - sigma_t eps`` for sigma schedulers, the DDIM formula otherwise."""
+        if isinstance(self.scheduler, SIGMA_SCHEDULERS):
+            return G.sigma_x0(latents, eps, self._sigma(step_index))
+        return G.predicted_x0(latents, eps, self._alpha_prod(t))
 
     def _decoder_input(self, latents, eps, t, step_index):
         """The published decoder input: ``x_t - sigma_t eps`` (sigma schedulers) or the residual-mixed x0."""
+        x0 = self._clean_estimate(latents, eps, t, step_index)
         if isinstance(self.scheduler, SIGMA_SCHEDULERS):
-            return G.sigma_x0(latents, eps, self._sigma(step_index))
-        alpha_prod = self._alpha_prod(t)
-        return G.residual_mix(G.predicted_x0(latents, eps, alpha_prod), latents, alpha_prod)
+            return x0
+        return G.residual_mix(x0, latents, self._alpha_prod(t))
 
     def _apply_brain_gradient(self, noise_pred, latents, grad, t, step_index):
         """The published update: ``(eps - sqrt(1-a_t) g, x_t)`` or, for sigma schedulers, ``(eps, x_t + sigma_t^2 g)``."""
@@ -383,7 +398,7 @@ class BrainDiVEPipeline(DiffusionPipeline):
             noise_uncond, noise_text = noise_pred.chunk(2)
             noise_pred = noise_uncond + g.guidance_scale * (noise_text - noise_uncond)
         if g.sag_scale > 0:
-            noise_pred = self.sag_step(latents, noise_pred, noise_uncond, t, g.store.attention_probs,
+            noise_pred = self.sag_step(latents, noise_pred, noise_uncond, t, step_index, g.store.attention_probs,
                                        g.prompt_embeds, g.sag_scale, g.do_cfg)
         if g.brain_scale != 0:
             noise_pred, latents = self.brain_step(latents, noise_pred, t, step_index, g.guide_embeds,
@@ -403,7 +418,8 @@ class BrainDiVEPipeline(DiffusionPipeline):
         noise_pred = eps if noise_uncond is None else noise_uncond + g.guidance_scale * (eps - noise_uncond)
         if g.sag_scale > 0:
             base, embeds = (eps, g.guide_embeds) if noise_uncond is None else (noise_uncond, g.prompt_embeds.chunk(2)[0])
-            noise_pred = self._sag_correction(latents, noise_pred, base, t, uncond_attn, embeds, g.sag_scale)
+            noise_pred = self._sag_correction(latents, noise_pred, base, t, step_index, uncond_attn, embeds,
+                                              g.sag_scale)
         if g.last_grad is None:
             return noise_pred, latents
         return self._apply_brain_gradient(noise_pred, latents, g.last_grad, t, step_index)
@@ -517,7 +533,7 @@ class BrainDiVEPipeline(DiffusionPipeline):
                         break
                     with execution:
                         noise_pred, latents = step(g, latents, t, i)
-                    pred_x0 = G.predicted_x0(latents, noise_pred, self._alpha_prod(t)) if callback_tensors else None
+                    pred_x0 = self._clean_estimate(latents, noise_pred, t, i) if callback_tensors else None
                     latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
                     steps_done = i + 1
                     if callback_on_step_end is not None:
@@ -561,7 +577,6 @@ class BrainDiVEPipeline(DiffusionPipeline):
             values = objective(activations).cpu()
             activations = activations.cpu()
             images = _to_output(pixels, output_type)
-        self.maybe_free_model_hooks()
         if not return_dict:
             return images, activations, values
         return BrainDiVEPipelineOutput(images=images, activations=activations, objective_values=values,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import cache_dir
+from .cache import cache_dir, private_tmp
 
 __all__ = [
     "Subject",
@@ -127,7 +127,7 @@ class Subject:
             "extra": self.extra,
         }
         arrays = {f"roi__{k}": v.astype(np.int64) for k, v in self.rois.items()}
-        tmp = path.with_name(path.name + ".tmp.npz")
+        tmp = private_tmp(path, ".tmp.npz")
         np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), vertices=self.vertices.astype(np.int64), **arrays)
         tmp.replace(path)
         return path

@@ -170,6 +170,52 @@ def test_reference_mode_matches_independent_published_computation(scheduler, sag
     assert (expected - _independent_latents(pipe, 11, 0.0, sag, 6, 3)).abs().max() > 1e-3  # guidance mattered
 
 
+@pytest.mark.parametrize("name", ["ddim", "lms", "euler"])
+def test_clean_estimate_matches_the_schedulers_own_x0(name):
+    """SAG and the step previews estimate x0 in the scheduler's own parameterisation (sigma for LMS/Euler)."""
+    pipe = tiny_pipe(name)
+    pipe.scheduler.set_timesteps(10)
+    i, t = 3, pipe.scheduler.timesteps[3]
+    gen = torch.Generator().manual_seed(0)
+    latents, eps = torch.randn(2, 4, 8, 8, generator=gen) * 3, torch.randn(2, 4, 8, 8, generator=gen)
+    expected = copy.deepcopy(pipe.scheduler).step(eps, t, latents).pred_original_sample
+    torch.testing.assert_close(pipe._clean_estimate(latents, eps, t, i), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_sag_with_nothing_salient_gives_back_the_noise_prediction(name):
+    """Uniform attention masks nothing: x0 re-noised is x_t again, so SAG must not change eps (any scheduler)."""
+    pipe = tiny_pipe(name)
+    pipe.scheduler.set_timesteps(10)
+    i, t = 3, pipe.scheduler.timesteps[3]
+    latents = torch.randn(2, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(0)) * 5
+    embeds = pipe.encode_prompt("", None, 2, False)
+    positions = (SIZE // 16) ** 2  # the tiny UNet's mid block works at half the latent side
+    uniform = torch.full((2 * pipe._sag_attention().heads, positions, positions), 1.0 / positions)
+    with torch.no_grad():
+        eps = pipe._unet(pipe.scheduler.scale_model_input(latents, t), t, embeds)
+        corrected = pipe._sag_correction(latents, eps, eps, t, i, uniform, embeds, 0.75)
+    torch.testing.assert_close(corrected, eps, atol=1e-4, rtol=0)
+
+
+def test_non_square_images_with_sag(pipe):
+    out = pipe(
+        objective=bd.Objective.maximize(TARGET), num_inference_steps=2, height=SIZE, width=2 * SIZE,
+        brain_guidance_scale=100.0, sag_scale=0.75, generator=generators([0]), output_type="np")
+    assert out.images.shape == (1, SIZE, 2 * SIZE, 3) and np.isfinite(out.images).all()
+
+
+@pytest.mark.parametrize("positions,latent,expected", [(64, (8, 8), (8, 8)), (96, (64, 96), (8, 12)),
+                                                       (72, (65, 64), (9, 8)), (16, (8, 8), (4, 4))])
+def test_attention_map_size(positions, latent, expected):
+    assert bd.guidance.attention_map_size(positions, *latent) == expected
+
+
+def test_attention_map_size_rejects_impossible_maps():
+    with pytest.raises(ValueError, match="No downsampling of 8x8 latents has 7 positions"):
+        bd.guidance.attention_map_size(7, 8, 8)
+
+
 # ---------------------------------------------------------------- callback, interrupt, prompts
 
 
@@ -290,3 +336,17 @@ def test_bad_objectives(factory, message):
     with pytest.raises(ValueError) as err:
         factory()
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("objective", [
+    bd.Objective.maximize([7, 3, 40], label="custom(3 voxels)"),
+    bd.Objective.minimize([5], label="FFA"),
+    bd.Objective.contrast([1, 2], [9, 10, 11], weight=0.25, label="A-vs-B"),
+])
+def test_a_described_objective_can_be_rebuilt_from_its_json(objective):
+    import json
+
+    rebuilt = bd.Objective.from_description(json.loads(json.dumps(objective.describe())))
+    acts = torch.randn(3, 64)
+    torch.testing.assert_close(rebuilt(acts), objective(acts))
+    assert rebuilt.describe() == objective.describe()
