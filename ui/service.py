@@ -83,6 +83,22 @@ class ImageResult:
 
 
 @dataclass
+class _Generated:
+    """A finished image as the GPU worker hands it over (plain data: it may cross a process boundary)."""
+
+    index: int
+    seed: int
+    image: PIL.Image.Image
+    objective: float
+    baseline_objective: float
+    activations: np.ndarray
+    baseline_activations: np.ndarray
+
+
+_END = object()  # the worker's last item; never leaves ``_stream``
+
+
+@dataclass
 class Finished:
     results: list
     interrupted: bool
@@ -110,7 +126,7 @@ class Service:
         self._cancel: dict[str, threading.Event] = {}
         self.jobs: dict[str, TrainingJob] = {}
         self._load_lock = threading.Lock()
-        self._work = gpu_task(self._work)
+        self._stream = gpu_task(self._stream)
         settings.models_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ models
@@ -284,60 +300,99 @@ class Service:
         return True
 
     def generate(self, request: GenerationRequest, session: str = "default") -> Iterator[Progress | ImageResult | Finished]:
-        """Stream ``Progress`` per step, an ``ImageResult`` per finished image, then ``Finished``."""
+        """Stream ``Progress`` per step, an ``ImageResult`` per finished image, then ``Finished``.
+
+        The GPU work runs in ``_stream`` (on a ZeroGPU Space: in a GPU process, so its arguments and
+        items are plain data). ``cancel(session)`` or the consumer going away closes that stream,
+        which stops the pipeline after its current step; images already finished are kept.
+        """
         request, objective, subject = self.validate(request)
         cancel = threading.Event()
         self._cancel[session] = cancel
+        run_id = uuid.uuid4().hex[:10]
+        results: list[ImageResult] = []
+        stream = self._stream(request, objective)
+        try:
+            for item in stream:
+                if isinstance(item, ServiceError):
+                    raise item
+                if isinstance(item, _Generated):
+                    item = self._store(item, request, objective, subject, run_id)
+                    results.append(item)
+                yield item
+                if cancel.is_set():
+                    break
+        finally:
+            stream.close()
+            if self._cancel.get(session) is cancel:
+                del self._cancel[session]
+        interrupted = len(results) < request.n_images
+        message = f"Stopped: kept {len(results)} finished image(s)." if interrupted else f"Done: {len(results)} image(s)."
+        yield Finished(results, interrupted, message)
+
+    def _stream(self, request: GenerationRequest, objective: bd.Objective) -> Iterator:
+        """Run the pipeline in a worker thread and yield its ``Progress`` / ``_Generated`` items.
+
+        Ends after the last image, or with one ``ServiceError`` item; closing it stops the worker
+        after the pipeline's current step.
+        """
+        stop = threading.Event()
         events: queue.Queue = queue.Queue()
-        worker = threading.Thread(target=self._work, args=(request, objective, subject, cancel, events), daemon=True)
+        worker = threading.Thread(target=self._work, args=(request, objective, stop, events), daemon=True)
         worker.start()
         try:
             while True:
-                item = events.get()
-                if isinstance(item, ServiceError):
-                    raise item
+                try:
+                    item = events.get(timeout=1.0)
+                except queue.Empty:
+                    if worker.is_alive() or not events.empty():
+                        continue
+                    yield ServiceError("Generation ended without a result; the app is still running, please retry.")
+                    return
+                if item is _END:
+                    return
                 yield item
-                if isinstance(item, Finished):
+                if isinstance(item, ServiceError):
                     return
         finally:
-            cancel.set()  # the consumer went away or finished: stop the worker too
-            if self._cancel.get(session) is cancel:
-                del self._cancel[session]
+            stop.set()
 
-    def _work(self, request, objective, subject, cancel, events) -> None:
-        backend = self.backend()
-        run_id = uuid.uuid4().hex[:10]
-        results = []
+    def _work(self, request, objective, stop, events) -> None:
+        """The worker: every image of the request, then ``_END`` (always), errors as ``ServiceError`` items."""
         try:
+            backend = self.backend()
             with backend.lock:
                 pipe = backend.pipe
                 pipe.set_encoder(self.encoder(request.encoder))
                 pipe.set_scheduler(request.scheduler)
                 for k in range(request.n_images):
-                    if cancel.is_set():
+                    generated = None if stop.is_set() else self._one_image(backend, request, objective, k, stop, events)
+                    if generated is None:
                         break
-                    result = self._one_image(backend, request, objective, subject, k, cancel, events, run_id)
-                    if result is None:
-                        break
-                    results.append(result)
-                    events.put(result)
-            interrupted = cancel.is_set() and len(results) < request.n_images
-            message = (f"Stopped: kept {len(results)} finished image(s)." if interrupted
-                       else f"Done: {len(results)} image(s).")
-            events.put(Finished(results, interrupted, message))
+                    events.put(generated)
         except Exception as exc:  # every failure reaches the user as a message
             events.put(self._user_error(exc, request))
+        finally:
+            events.put(_END)
 
-    def _one_image(self, backend, request, objective, subject, k, cancel, events, run_id) -> ImageResult | None:
+    def _call_params(self, request: GenerationRequest, backend: _Backend) -> dict:
+        size = self.settings.image_size
+        return dict(num_inference_steps=request.steps, brain_guidance_scale=float(request.scale),
+                    sag_scale=float(request.sag_scale), prompt=request.prompt, guidance_mode=request.mode,
+                    height=size or backend.defaults["height"], width=size or backend.defaults["width"])
+
+    def _one_image(self, backend, request, objective, k, stop, events) -> _Generated | None:
+        """The guided image of seed ``seed + k`` and its unguided baseline; None if stopped."""
         seed = request.seed + k
-        params = dict(num_inference_steps=request.steps, brain_guidance_scale=float(request.scale),
-                      sag_scale=float(request.sag_scale), prompt=request.prompt, guidance_mode=request.mode,
-                      height=self.settings.image_size or backend.defaults["height"],
-                      width=self.settings.image_size or backend.defaults["width"])
+        params = self._call_params(request, backend)
+
+        def stop_if_asked(pipe, i, t, tensors):
+            if stop.is_set():
+                pipe.interrupt()
+            return {}
 
         def on_step(pipe, i, t, tensors):
-            if cancel.is_set():
-                pipe.interrupt()
+            stop_if_asked(pipe, i, t, tensors)
             events.put(Progress(k, request.n_images, i + 1, request.steps, _preview(tensors["x0_preview"])))
             return {}
 
@@ -346,19 +401,27 @@ class Service:
         if out.interrupted:
             return None
         baseline = backend.pipe(objective=objective, generator=torch.Generator().manual_seed(seed),
-                                **{**params, "brain_guidance_scale": 0.0})
-        acts, base_acts = out.activations[0].numpy(), baseline.activations[0].numpy()
+                                callback_on_step_end=stop_if_asked, **{**params, "brain_guidance_scale": 0.0})
+        if baseline.interrupted:
+            return None
+        return _Generated(k, seed, out.images[0], float(out.objective_values[0]), float(baseline.objective_values[0]),
+                          out.activations[0].numpy(), baseline.activations[0].numpy())
+
+    def _store(self, generated: _Generated, request, objective, subject, run_id) -> ImageResult:
+        """Catalog a finished image with its record; the ``ImageResult`` the UI shows."""
+        backend = self.backend()
         record = generation_record(
-            seed=seed, subject=subject.name, target=objective.label, objective=objective.describe(),
-            parameters={**params, "scheduler": request.scheduler}, objective_value=float(out.objective_values[0]),
-            model=backend.name, encoder=request.encoder,
+            seed=generated.seed, subject=subject.name, target=objective.label, objective=objective.describe(),
+            parameters={**self._call_params(request, backend), "scheduler": request.scheduler},
+            objective_value=generated.objective, model=backend.name, encoder=request.encoder,
         )
-        record["baseline_objective"] = float(baseline.objective_values[0])
-        record["roi_means"] = _roi_means(subject, acts)
-        record["baseline_roi_means"] = _roi_means(subject, base_acts)
-        entry = self.catalog.add(out.images[0], record, run_id=run_id, activations=acts)
-        return ImageResult(k, seed, out.images[0], float(out.objective_values[0]), record["baseline_objective"], acts,
-                           record["roi_means"], record["baseline_roi_means"], entry, objective.label)
+        record["baseline_objective"] = generated.baseline_objective
+        record["roi_means"] = _roi_means(subject, generated.activations)
+        record["baseline_roi_means"] = _roi_means(subject, generated.baseline_activations)
+        entry = self.catalog.add(generated.image, record, run_id=run_id, activations=generated.activations)
+        return ImageResult(generated.index, generated.seed, generated.image, generated.objective,
+                           generated.baseline_objective, generated.activations, record["roi_means"],
+                           record["baseline_roi_means"], entry, objective.label)
 
     def _user_error(self, exc: Exception, request: GenerationRequest) -> ServiceError:
         if isinstance(exc, torch.cuda.OutOfMemoryError):
