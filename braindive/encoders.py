@@ -33,6 +33,7 @@ __all__ = ["EncoderConfig", "BrainEncoder", "ClipLinearEncoder", "load_encoder",
 CONFIG_NAME = "config.json"
 HEAD_NAME = "head.safetensors"
 BACKBONE_NAME = "backbone.safetensors"
+SUBJECT_NAME = "subject.npz"  # beside the weights when the subject is not built in
 _FORMAT_VERSION = 1
 
 

@@ -5,6 +5,11 @@ a per-voxel alpha chosen by K-fold CV is fit (``training.ridge``), and the resul
 ``ClipLinearEncoder`` checkpoint that ``braindive.load_encoder`` reads. Voxels with NaN/inf or
 constant training responses are left out of the fit: their head rows are zero and their bias is
 their mean response; they are listed in ``config.training["dropped_voxels"]``.
+
+An encoder of a subject that is not built in (e.g. a prepared NSD subject) gets that subject's file
+in its checkpoint folder (``subject.npz``, the subject stored in the dataset), named in
+``config.training["subject_file"]`` relative to the folder, so the checkpoint can be moved or
+uploaded with it; the app finds the subject there.
 """
 from __future__ import annotations
 
@@ -17,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from braindive.encoders import SUBJECT_NAME
+from braindive.subjects import available_subjects
 
 from .dataset import open_dataset
 from .features import build_encoder, dataset_features, resolve_device
@@ -74,8 +82,9 @@ def train_encoder(data, out, *, backbone: str = "ViT-B-16", pretrained: str | No
         X = dataset_features(encoder, ds, "train", batch_size=batch_size, device=str(dev))
         feature_seconds = time.perf_counter() - t0
         Y = ds.betas("train")
+        subject = ds.subject
         dataset_info = {"dataset": str(Path(data).resolve()), "dataset_images_sha256": ds.images_sha256,
-                        "dataset_source": ds.source, "subject": ds.subject.name}
+                        "dataset_source": ds.source, "subject": subject.name}
     nan_voxels, constant_voxels = bad_columns(Y)
     good = np.ones(Y.shape[1], bool)
     good[nan_voxels] = good[constant_voxels] = False
@@ -111,6 +120,10 @@ def train_encoder(data, out, *, backbone: str = "ViT-B-16", pretrained: str | No
         "dropped_voxels": {"nan": nan_voxels.tolist(), "constant": constant_voxels.tolist()},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions(),
     }
+    if subject.name not in available_subjects():  # the app loads built-in subjects by name
+        Path(out).mkdir(parents=True, exist_ok=True)
+        subject.save(Path(out) / SUBJECT_NAME)
+        summary["subject_file"] = SUBJECT_NAME
     encoder.config.training = summary
     path = encoder.save(out)
     log.info("encoder saved to %s: %d/%d voxels fit on %d images; CV R^2 median %.3f (mean %.3f); "

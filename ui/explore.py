@@ -22,9 +22,30 @@ def _highlight(state: dict):
     return np.asarray(state["voxels"], dtype=np.int64) if state["target"] == CUSTOM else state["target"]
 
 
+def _no_subject_error(service: Service) -> ServiceError:
+    """Why no encoder can be used: each encoder with the reason its subject cannot be loaded."""
+    reasons = []
+    for name in service.encoder_names():
+        try:
+            service.subject_of(name)
+        except ServiceError as exc:
+            reasons.append(f"encoder {name!r}: {exc}")
+    found = "; ".join(reasons) if reasons else "no encoder is configured"
+    return ServiceError(
+        f"No encoder whose subject can be loaded ({found}). Pass --subject SUBJECT.npz (for a prepared NSD subject, "
+        "the .subject.npz that training.prepare_nsd wrote beside the dataset) or use an encoder trained with "
+        "`python -m training.train_encoder`, which records its subject file.")
+
+
 def build(service: Service, settings) -> dict:
-    """Build the tab inside the current Blocks; returns components other tabs refresh."""
+    """Build the tab inside the current Blocks; returns components other tabs refresh.
+
+    Raises ``ServiceError`` when no encoder's subject can be loaded (nothing to explore).
+    """
     subjects = service.subject_names()
+    encoders0 = service.encoders_for(subjects[0]) if subjects else []
+    if not encoders0:
+        raise _no_subject_error(service)
     subject0 = subjects[0]
     roi_names = service.subject(subject0).roi_names
     defaults = service.backend().defaults
@@ -34,8 +55,7 @@ def build(service: Service, settings) -> dict:
         with gr.Column(scale=3):
             with gr.Row():
                 subject = gr.Dropdown(subjects, value=subject0, label="Subject", elem_id="subject")
-                encoder = gr.Dropdown(service.encoders_for(subject0), value=service.encoders_for(subject0)[0],
-                                      label="Encoder", elem_id="encoder")
+                encoder = gr.Dropdown(encoders0, value=encoders0[0], label="Encoder", elem_id="encoder")
             flatmap = gr.Image(service.flatmap(subject0, highlight=first["target"]), label="Cortical flatmap — click a region",
                                interactive=False, elem_id="flatmap", buttons=["fullscreen"])
             with gr.Row():
@@ -134,11 +154,13 @@ def build(service: Service, settings) -> dict:
         names = service.subject(subj).roi_names
         encs = service.encoders_for(subj)
         st = {"target": names[0], "voxels": [], "results": []}
+        # the results belong to the previous subject: clear them and everything shown about them
         return (service.flatmap(subj, highlight=names[0]), gr.update(choices=names, value=names[0]),
                 gr.update(choices=names, value=names[0]), gr.update(choices=encs, value=encs[0] if encs else None),
-                _selection_text(st), service.flatmap(subj), st)
+                _selection_text(st), service.flatmap(subj), st, [], None, None, None)
 
-    subject.input(change_subject, [subject], [flatmap, roi, contrast, encoder, selection, painter, state])
+    subject.input(change_subject, [subject], [flatmap, roi, contrast, encoder, selection, painter, state,
+                                             gallery, activation_map, chart, files])
     dice.click(lambda: random.randint(0, 2**31 - 1), None, seed)
 
     # ------------------------------------------------------------ generation
@@ -173,8 +195,16 @@ def build(service: Service, settings) -> dict:
     stop.click(stop_run, None, None, queue=False)
 
     def inspect(subj, st, evt: gr.SelectData):
-        entry_id = st["results"][evt.index]
-        return _inspect(service, subj, entry_id)
+        results = st.get("results") or []
+        index = evt.index
+        if not isinstance(index, int) or not 0 <= index < len(results):  # a click on a gallery that changed since
+            gr.Warning("That image is no longer among the results; generate again to inspect it.")
+            return gr.skip(), gr.skip(), gr.skip()
+        try:
+            return _inspect(service, subj, results[index])
+        except (KeyError, OSError, ValueError, ServiceError) as exc:  # entry gone from the catalog, unreadable files
+            gr.Warning(f"Cannot show that result: {exc}")
+            return gr.skip(), gr.skip(), gr.skip()
 
     gallery.select(inspect, [subject, state], [activation_map, chart, files])
     return {"encoder": encoder, "subject": subject}

@@ -1,7 +1,9 @@
 """History tab: browse the results catalog, filter, export a stimulus set as ZIP."""
 from __future__ import annotations
 
-import tempfile
+import shutil
+import time
+import uuid
 from pathlib import Path
 
 import gradio as gr
@@ -9,6 +11,30 @@ import gradio as gr
 from .service import Service
 
 COLUMNS = ["id", "created", "subject", "target", "seed", "predicted objective", "scale", "steps", "encoder"]
+KEEP_EXPORTS = 3  # newest export folders kept in ``Settings.exports_dir``; Gradio copies each file when serving it
+EXPORT_NAME = "braindive-stimuli.zip"
+
+
+def export_stimuli(service: Service, ids, keep: int = KEEP_EXPORTS) -> Path:
+    """Write the ZIP of catalog entries ``ids`` to a new folder of ``exports_dir``; drop all but the newest ``keep``.
+
+    Each export gets its own folder (named by time, so they sort oldest first) so that two users exporting at
+    once never overwrite each other's file; older folders are removed, so disk use stays bounded.
+    """
+    root = service.settings.exports_dir
+    root.mkdir(parents=True, exist_ok=True)
+    now = time.time_ns()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now // 10**9))
+    folder = root / f"{stamp}-{now % 10**9:09d}-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    try:
+        path = service.catalog.export_zip(ids, folder / EXPORT_NAME)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    for old in sorted(p for p in root.iterdir() if p.is_dir())[:-max(1, keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
 
 
 def build(service: Service) -> None:
@@ -47,8 +73,10 @@ def build(service: Service) -> None:
                                                        until=end or None)]
         if not ids:
             raise gr.Error("Nothing to export: no entries match the filters.")
-        folder = Path(tempfile.mkdtemp(prefix="braindive-export-"))
-        return str(service.catalog.export_zip(ids, folder / "braindive-stimuli.zip"))
+        try:
+            return str(export_stimuli(service, ids))
+        except (KeyError, ValueError, OSError) as exc:  # e.g. an entry removed from the catalog meanwhile
+            raise gr.Error(f"Export failed: {exc}")
 
     export.click(export_zip, [*filters, chosen], zip_file)
     return {"refresh": (load, filters, outputs)}

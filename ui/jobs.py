@@ -1,12 +1,15 @@
 """Background training jobs: a chain of ``training`` CLI commands run as child processes.
 
 Each job has a folder with ``log.txt`` (stdout and stderr of every command) and ``job.json`` (its
-state). A crashed command ends the job as ``failed`` with the log kept; ``cancel`` terminates the
-running command's process group. The app keeps running either way.
+state). A crashed command ends the job as ``failed`` with the log kept; so does an error of the job
+runner itself (a command that cannot be started, an unwritable job folder), with the error in
+``JobState.error`` and the log. ``cancel`` terminates the running command's process group; a cancel
+that lands while a command is being started still stops it. The app keeps running either way.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -20,6 +23,7 @@ from pathlib import Path
 
 __all__ = ["TrainingJob", "JobState"]
 
+log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _PERCENT = re.compile(r"(\d{1,3})%\|")
 
@@ -49,6 +53,7 @@ class JobState:
     finished: float | None = None
     returncode: int | None = None
     outputs: dict = field(default_factory=dict)
+    error: str = ""  # why the job runner itself failed (not a command's non-zero exit)
 
 
 class TrainingJob:
@@ -62,21 +67,37 @@ class TrainingJob:
         self.commands = commands
         self._process: subprocess.Popen | None = None
         self._cancelled = threading.Event()
+        self._lock = threading.Lock()  # orders cancel() against starting a command
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> "TrainingJob":
-        self._save()
+        try:
+            self._save()
+        except Exception as exc:  # e.g. an unwritable jobs folder: the job ends at once, as failed
+            self._fail(exc)
+            return self
         self._thread.start()
         return self
 
     def cancel(self) -> None:
-        self._cancelled.set()
+        # Under the lock a cancel either precedes the runner's check (the next command never starts)
+        # or follows its Popen (the command just started is killed): none slips in between.
+        with self._lock:
+            self._cancelled.set()
+            self._kill()
+
+    def _kill(self) -> None:
+        """SIGTERM the running command's process group, if any (call with ``_lock`` held)."""
         proc = self._process
         if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):  # it exited after poll() (macOS: PermissionError)
+                pass
 
     def wait(self, timeout: float | None = None) -> JobState:
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # never started when start() failed
+            self._thread.join(timeout)
         return self.state
 
     @property
@@ -84,33 +105,62 @@ class TrainingJob:
         return self.state.status in ("queued", "running")
 
     def log_tail(self, lines: int = 30) -> str:
-        if not self.log_path.is_file():
+        try:
+            text = self.log_path.read_text(errors="replace").replace("\r", "\n")
+        except OSError:  # not written yet, or unreadable: nothing to show
             return ""
-        text = self.log_path.read_text(errors="replace").replace("\r", "\n")
         return "\n".join(_collapse_progress([line for line in text.splitlines() if line.strip()])[-lines:])
 
     def _run(self) -> None:
-        self.state.status = "running"
+        try:
+            self.state.status = "running"
+            self._run_commands()
+            self.state.status = self._final_status()
+        except Exception as exc:  # the runner itself failed: the job must still end, as failed
+            with self._lock:
+                self._kill()  # leave no command running unwatched
+            self._fail(exc)
+        finally:
+            self.state.finished = time.time()
+            try:
+                self._save()
+            except Exception:
+                log.exception("could not save the state of training job %s", self.state.id)
+
+    def _fail(self, exc: Exception) -> None:
+        """End the job as ``failed`` with ``exc`` as its error, also appended to the log when possible."""
+        log.error("training job %s failed: %r", self.state.id, exc, exc_info=exc)
+        self.state.status = "failed"
+        self.state.error = f"{type(exc).__name__}: {exc}"
+        self.state.finished = time.time()
+        try:
+            with open(self.log_path, "a") as out:
+                out.write(f"\njob failed: {self.state.error}\n")
+        except OSError:
+            pass
+
+    def _run_commands(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO_ROOT)}
-        with open(self.log_path, "a") as log:
+        with open(self.log_path, "a") as out:
             for index, (name, argv) in enumerate(self.commands, start=1):
                 if self._cancelled.is_set():
                     break
                 self.state.step, self.state.step_name, self.state.percent = index, name, 0
                 self._save()
-                log.write(f"$ {' '.join(argv)}\n")
-                log.flush()
-                self._process = subprocess.Popen([sys.executable, *argv], stdout=log, stderr=subprocess.STDOUT,
-                                                 cwd=REPO_ROOT, env=env, start_new_session=True)
-                while self._process.poll() is None:
+                out.write(f"$ {' '.join(argv)}\n")
+                out.flush()
+                with self._lock:
+                    if self._cancelled.is_set():
+                        break
+                    self._process = subprocess.Popen([sys.executable, *argv], stdout=out, stderr=subprocess.STDOUT,
+                                                     cwd=REPO_ROOT, env=env, start_new_session=True)
+                process = self._process
+                while process.poll() is None:
                     self._update_percent()
                     time.sleep(0.5)
-                self.state.returncode = self._process.returncode
-                if self._process.returncode != 0:
+                self.state.returncode = process.returncode
+                if process.returncode != 0:
                     break
-        self.state.status = self._final_status()
-        self.state.finished = time.time()
-        self._save()
 
     def _final_status(self) -> str:
         if self._cancelled.is_set():
@@ -118,7 +168,10 @@ class TrainingJob:
         return "done" if self.state.returncode == 0 else "failed"
 
     def _update_percent(self) -> None:
-        found = _PERCENT.findall(self.log_path.read_text(errors="replace")[-2000:])
+        try:  # the percentage is cosmetic: a log that cannot be read now must not end the job
+            found = _PERCENT.findall(self.log_path.read_text(errors="replace")[-2000:])
+        except OSError:
+            return
         if found:
             self.state.percent = int(found[-1])
 

@@ -182,18 +182,28 @@ class Service:
         return self._encoders[name]
 
     def subject_of(self, encoder_name: str) -> bd.Subject:
+        """The encoder's subject: built in by name, else ``--subject``, else the file in its checkpoint."""
         config = self.encoder(encoder_name).config
-        source = config.training.get("subject_file") or (self.settings.subject or config.subject)
         if config.subject in bd.available_subjects():
-            source = config.subject
-        return self.subject(source, expected=config.subject)
+            return self.subject(config.subject)
+        folder = self.settings.models_dir / encoder_name
+        folder = folder if folder.is_dir() else Path(encoder_name)
+        recorded = folder / config.training.get("subject_file", bd.encoders.SUBJECT_NAME)
+        for source in (self.settings.subject, recorded):
+            if source and Path(source).is_file():
+                return self.subject(str(source), expected=config.subject)
+        raise ServiceError(f"Encoder {encoder_name!r} is for subject {config.subject!r}, which is not built in and "
+                           f"has no subject file ({recorded} is missing): start the app with --subject SUBJECT.npz "
+                           "(written by training.prepare_nsd).")
 
     def subject(self, name: str, expected: str | None = None) -> bd.Subject:
+        """A subject by built-in name, by file path, or by the name of one loaded from a file before."""
         if name not in self._subjects:
             try:
                 self._subjects[name] = bd.load_subject(name)
             except (ValueError, FileNotFoundError) as exc:
                 raise ServiceError(str(exc)) from exc
+            self._subjects.setdefault(self._subjects[name].name, self._subjects[name])
         subject = self._subjects[name]
         if expected and subject.name != expected:
             raise ServiceError(f"Subject file {name!r} is for {subject.name!r}, the encoder for {expected!r}.")

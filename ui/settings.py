@@ -41,6 +41,11 @@ class Settings:
     def jobs_dir(self) -> Path:
         return Path(self.data_dir) / "jobs"
 
+    @property
+    def exports_dir(self) -> Path:
+        """ZIP exports of the History tab (only the latest few are kept)."""
+        return Path(self.data_dir) / "exports"
+
 
 def _env_default(field, environ) -> object:
     raw = environ.get(ENV_PREFIX + field.name.upper())

@@ -72,9 +72,14 @@ def build(service: Service, explore: dict) -> None:
         if job.running:
             return text, job.log_tail(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         if s.status != "done":
-            gr.Warning(f"Training job {s.status}; see the log.")
+            gr.Warning(f"Training job {s.status}{f' ({s.error})' if s.error else ''}; see the log.")
             return text, job.log_tail(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
-        png, rows, summary = _report_outputs(job)
+        try:
+            png, rows, summary = _report_outputs(job)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # report missing or malformed
+            message = f"The job finished but its evaluation report could not be read ({type(exc).__name__}: {exc})."
+            gr.Warning(message)  # once: the timer stops here
+            return f"{text}\n\n{message}", job.log_tail(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
         encoders = service.encoders_for(subj)
         return (f"{text}\n\n{summary} Encoder **{s.outputs['encoder']}** is now selectable in Explore.", job.log_tail(),
                 png, rows, gr.Timer(active=False), gr.update(choices=encoders))

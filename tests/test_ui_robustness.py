@@ -1,0 +1,244 @@
+"""The app's failure paths: start-up without a usable subject, stale UI state, broken training jobs, exports."""
+import dataclasses
+import json
+import shutil
+import threading
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from training_support import one_torch_thread  # noqa: F401  (autouse)
+
+import app as app_module
+import braindive as bd
+import ui.jobs
+from training.dataset import DatasetWriter, SplitSpec
+from training.train_encoder import train_encoder
+from ui import build_app, explore, history
+from ui.jobs import TrainingJob
+from ui.service import GenerationRequest, ImageResult, Service, ServiceError
+from ui.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    svc = Service(Settings(data_dir=str(tmp_path_factory.mktemp("robust")), image_size=64, max_steps=50, max_images=4))
+    svc.backend()
+    return svc
+
+
+@pytest.fixture(scope="module")
+def app(service):
+    return build_app(service, service.settings)
+
+
+@pytest.fixture(scope="module")
+def entry_id(service):
+    items = list(service.generate(GenerationRequest(steps=2, seed=1)))
+    return [i for i in items if isinstance(i, ImageResult)][0].entry.id
+
+
+def handler(blocks, name):
+    """The event function named ``name`` and its dependency (inputs/outputs) in the built app."""
+    found = [dep for dep in blocks.fns.values() if getattr(dep.fn, "__name__", "") == name]
+    assert len(found) == 1, f"{len(found)} handlers named {name!r}"
+    return found[0].fn, found[0]
+
+
+# ---------------------------------------------------------------- 9: no loadable subject; subject file of trained encoders
+
+def _encoder_of_unknown_subject(folder: Path, subject_name: str) -> Path:
+    """The demo encoder (S1's voxels) relabelled as an encoder of ``subject_name``, which is not built in."""
+    shutil.copytree(REPO / "assets" / "demo-encoder", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["subject"] = subject_name
+    config["training"].pop("subject_file", None)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture
+def sd21_settings(service, tmp_path, monkeypatch):
+    """sd21 settings with one NSD-style encoder whose subject file is unknown (the demo model stands in for SD)."""
+    monkeypatch.setattr(Service, "_load_backend", lambda self: service.backend())
+    encoder = _encoder_of_unknown_subject(tmp_path / "subj01-encoder", "subj01")
+    return Settings(preset="sd21", encoder=str(encoder), data_dir=str(tmp_path / "app"))
+
+
+def test_explore_without_a_loadable_subject_names_what_is_missing(sd21_settings):
+    with pytest.raises(ServiceError) as err, gr.Blocks():
+        explore.build(Service(sd21_settings), sd21_settings)
+    message = str(err.value)
+    assert "No encoder whose subject can be loaded" in message and "--subject" in message
+    assert sd21_settings.encoder in message and "'subj01'" in message
+
+
+def test_app_start_without_a_loadable_subject_exits_with_the_message(sd21_settings):
+    argv = ["--preset", "sd21", "--encoder", sd21_settings.encoder, "--data-dir", sd21_settings.data_dir]
+    with pytest.raises(SystemExit) as err:
+        app_module.main(argv)
+    assert str(err.value).startswith("BrainDiVE Studio cannot start: No encoder whose subject can be loaded")
+
+
+def test_explore_builds_once_the_subject_file_is_given(sd21_settings, s1, tmp_path):
+    subject_file = dataclasses.replace(s1, name="subj01").save(tmp_path / "subj01.subject.npz")
+    settings = dataclasses.replace(sd21_settings, subject=str(subject_file))
+    with gr.Blocks():
+        parts = explore.build(Service(settings), settings)
+    assert parts["subject"].value == "subj01" and parts["encoder"].value == settings.encoder
+
+
+def _toy_dataset(path: Path, s1) -> bd.Subject:
+    """A small dataset of a subject that is not built in: 200 of S1's vertices, random responses."""
+    subject = bd.Subject(name="toy", surface=s1.surface, vertices=s1.vertices[:200], n_vertices_lh=s1.n_vertices_lh,
+                         n_vertices=s1.n_vertices, rois={"A": np.arange(0, 60), "B": np.arange(60, 150)})
+    rng = np.random.default_rng(0)
+    n_train, n_test = 40, 10
+    splits = {"train": SplitSpec(np.arange(n_train), np.ones(n_train)),
+              "test": SplitSpec(np.arange(n_train, n_train + n_test), np.ones(n_test))}
+    n = n_train + n_test
+    with DatasetWriter(path, subject=subject, image_ids=np.arange(n), image_names=[f"{i}.png" for i in range(n)],
+                       image_shape=(32, 32), splits=splits, source="test", metadata={}) as writer:
+        writer.write_images(0, rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
+        writer.write_betas("train", slice(None), rng.normal(size=(n_train, subject.n_voxels)))
+        writer.write_betas("test", slice(None), rng.normal(size=(n_test, subject.n_voxels)))
+    return subject
+
+
+def test_trained_encoder_records_its_subject_file_and_the_app_finds_it(s1, tmp_path):
+    _toy_dataset(tmp_path / "data" / "toy.h5", s1)
+    checkpoint = tmp_path / "app" / "encoders" / "toy-encoder"
+    result = train_encoder(tmp_path / "data" / "toy.h5", checkpoint, backbone="braindive-tiny-vit", pretrained="none",
+                           device="cpu", cv=2)
+    training = bd.load_encoder(checkpoint).config.training
+    assert training["subject_file"] == result.summary["subject_file"] == "subject.npz"
+    assert bd.load_subject(checkpoint / "subject.npz").name == "toy"
+    shutil.rmtree(tmp_path / "data")  # the checkpoint does not depend on the dataset folder
+    moved = tmp_path / "elsewhere"
+    shutil.move(tmp_path / "app", moved)  # nor on where it was written
+    svc = Service(Settings(data_dir=str(moved)))
+    assert svc.subject_names() == ["S1", "toy"] and svc.encoders_for("toy") == ["toy-encoder"]
+    assert svc.subject_of("toy-encoder").roi_names == ["A", "B"]
+
+
+# ---------------------------------------------------------------- 10: stale gallery after a subject change
+
+def test_changing_subject_clears_the_gallery(app):
+    change_subject, dep = handler(app, "change_subject")
+    outputs = dict(zip([o.elem_id for o in dep.outputs], change_subject("S1")))
+    assert outputs["gallery"] == [] and outputs["activation-map"] is None and outputs["roi-chart"] is None
+    assert outputs["downloads"] is None
+
+
+def test_stale_gallery_click_is_a_warning_not_an_error(app, service, entry_id):
+    inspect, _ = handler(app, "inspect")
+    click = gr.SelectData(None, {"index": 0, "value": None})
+    with pytest.warns(UserWarning, match="no longer among the results"):
+        out = inspect("S1", {"target": "FFA", "voxels": [], "results": []}, click)
+    assert out == (gr.skip(), gr.skip(), gr.skip())
+    image, _chart, files = inspect("S1", {"target": "FFA", "voxels": [], "results": [entry_id]}, click)
+    assert image.ndim == 3 and [Path(f).suffix for f in files] == [".png", ".json"]
+
+
+# ---------------------------------------------------------------- 11: training jobs always end
+
+def test_job_whose_command_cannot_start_fails_and_frees_the_queue(service, monkeypatch):
+    def no_python(*args, **kwargs):
+        raise FileNotFoundError("no python here")
+
+    monkeypatch.setattr(ui.jobs.subprocess, "Popen", no_python)
+    first = service.start_training("synthetic", name="cannot-start-1")
+    state = first.wait(30)
+    assert state.status == "failed" and state.error == "FileNotFoundError: no python here"
+    assert "job failed: FileNotFoundError: no python here" in first.log_tail()
+    assert json.loads((first.folder / "job.json").read_text())["status"] == "failed"
+    second = service.start_training("synthetic", name="cannot-start-2")  # not refused as "already running"
+    assert second.wait(30).status == "failed"
+
+
+def test_job_whose_state_cannot_be_saved_still_ends(tmp_path):
+    job = TrainingJob(tmp_path, "unsaveable", [("never", ["-c", "print('FIN' + 'ISHED')"])])
+    save, calls = job._save, []
+
+    def disk_full():
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError("disk full")
+        save()
+
+    job._save = disk_full
+    state = job.start().wait(30)
+    assert state.status == "failed" and state.error == "OSError: disk full" and not job.running
+    assert state.finished is not None and "FINISHED" not in job.log_tail()
+
+
+def test_cancel_after_the_process_exited_does_not_raise(tmp_path, monkeypatch):
+    class Exited:  # poll() still said "running", then the process group was gone
+        pid = 2**22 + 12345
+
+        def poll(self):
+            return None
+
+    def gone(pgid, sig):
+        raise ProcessLookupError(3, "No such process")
+
+    monkeypatch.setattr(ui.jobs.os, "killpg", gone)
+    job = TrainingJob(tmp_path, "exited", [])
+    job._process = Exited()
+    job.cancel()
+    assert job._cancelled.is_set()
+
+
+def test_cancel_while_a_command_is_starting_stops_that_command(tmp_path, monkeypatch):
+    popen = ui.jobs.subprocess.Popen
+    job = TrainingJob(tmp_path, "racy", [("slow", ["-c", "import time; time.sleep(8); print('FIN' + 'ISHED')"])])
+
+    def cancel_during_start(*args, **kwargs):
+        # the user's cancel arrives after the runner checked for one and before the process exists
+        canceller = threading.Thread(target=job.cancel)
+        canceller.start()
+        canceller.join(0.3)
+        return popen(*args, **kwargs)
+
+    monkeypatch.setattr(ui.jobs.subprocess, "Popen", cancel_during_start)
+    state = job.start().wait(30)
+    assert state.status == "cancelled" and state.returncode != 0 and "FINISHED" not in job.log_tail()
+
+
+# ---------------------------------------------------------------- 12: finished job without a readable report
+
+@pytest.mark.parametrize("report", [None, "{not json", "{}"])
+def test_poll_of_a_done_job_without_a_readable_report_stops_the_timer(app, service, tmp_path, report):
+    report_dir = tmp_path / "report"
+    if report is not None:
+        report_dir.mkdir()
+        (report_dir / "report.json").write_text(report)
+    job = TrainingJob(tmp_path, "no report", [("ok", ["-c", "pass"])],
+                      outputs={"encoder": "x", "checkpoint": str(tmp_path / "x"), "report": str(report_dir)})
+    assert job.start().wait(30).status == "done"
+    service.jobs[job.state.id] = job
+    poll, _ = handler(app, "poll")
+    with pytest.warns(UserWarning, match="report could not be read"):
+        status, _log, _png, _rows, timer, _encoders = poll(job.state.id, "S1")
+    assert timer.active is False and "report could not be read" in status
+
+
+# ---------------------------------------------------------------- 13: ZIP exports do not pile up
+
+def test_exports_go_to_the_data_dir_and_only_the_latest_are_kept(app, service, entry_id, monkeypatch):
+    def no_temp_dirs(*args, **kwargs):
+        raise AssertionError("exports must not create temporary folders")
+
+    monkeypatch.setattr("tempfile.mkdtemp", no_temp_dirs)
+    export, _ = handler(app, "export_zip")
+    root = service.settings.exports_dir
+    paths = [Path(export("", "", "", "", [entry_id])) for _ in range(history.KEEP_EXPORTS + 2)]
+    assert all(p.parent.parent == root and p.name == "braindive-stimuli.zip" for p in paths)
+    kept = sorted(p for p in root.iterdir())
+    assert kept == [p.parent for p in paths[-history.KEEP_EXPORTS:]]
+    with zipfile.ZipFile(paths[-1]) as zf:
+        assert "manifest.csv" in zf.namelist()
