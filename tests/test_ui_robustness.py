@@ -144,6 +144,21 @@ def test_stale_gallery_click_is_a_warning_not_an_error(app, service, entry_id):
     assert image.ndim == 3 and [Path(f).suffix for f in files] == [".png", ".json"]
 
 
+@pytest.mark.parametrize("position,label", [(7, "Steps"), (10, "Images"), (5, "Weight of B")])
+def test_an_emptied_number_field_is_named(app, position, label):
+    run, _ = handler(app, "run")
+    args = ["S1", "demo", {"target": "FFA", "voxels": [], "results": []}, "maximize", "EBA", 1.0, 1000.0, 3, "dpm",
+            0, 1, ""]
+    args[position] = None
+    with pytest.raises(gr.Error, match=f"'{label}' is empty"):
+        next(run(*args, request=None))
+
+
+def test_step_counter_counts_the_steps_the_scheduler_runs(service):
+    progress = [i for i in service.generate(GenerationRequest(steps=3, scheduler="pndm")) if hasattr(i, "total_steps")]
+    assert [(p.step, p.total_steps) for p in progress] == [(1, 4), (2, 4), (3, 4), (4, 4)]  # PLMS: one warm-up step
+
+
 # ---------------------------------------------------------------- 11: training jobs always end
 
 def test_job_whose_command_cannot_start_fails_and_frees_the_queue(service, monkeypatch):

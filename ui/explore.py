@@ -166,8 +166,9 @@ def build(service: Service, settings) -> dict:
     # ------------------------------------------------------------ generation
     def run(subj, enc, st, obj, con, w, sc, n_steps, sched, sd, n, text, request: gr.Request):
         req = GenerationRequest(subject=subj, encoder=enc, target=st["target"], voxels=tuple(st["voxels"]),
-                                objective=obj, contrast_target=con, weight=float(w), scale=float(sc), steps=int(n_steps),
-                                scheduler=sched, seed=int(sd or 0), n_images=int(n), prompt=text or "")
+                                objective=obj, contrast_target=con, weight=_number(w, "Weight of B"),
+                                scale=None if sc is None else float(sc), steps=_number(n_steps, "Steps", int),
+                                scheduler=sched, seed=int(sd or 0), n_images=_number(n, "Images", int), prompt=text or "")
         results = []
         gallery_items = []
         try:
@@ -231,3 +232,10 @@ def _painted_mask(edited: dict) -> np.ndarray:
     if not alphas:
         raise gr.Error("Paint on the flatmap first.")
     return np.logical_or.reduce(alphas)
+
+
+def _number(value, label: str, cast=float):
+    """A number field's value; an emptied field is a message naming it, not a TypeError."""
+    if value is None or value == "":
+        raise gr.Error(f"'{label}' is empty: enter a number.")
+    return cast(value)

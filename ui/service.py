@@ -403,7 +403,8 @@ class Service:
 
         def on_step(pipe, i, t, tensors):
             stop_if_asked(pipe, i, t, tensors)
-            events.put(Progress(k, request.n_images, i + 1, request.steps, _preview(tensors["x0_preview"])))
+            total = len(pipe.scheduler.timesteps)  # PNDM runs one step more than asked
+            events.put(Progress(k, request.n_images, i + 1, total, _preview(tensors["x0_preview"])))
             return {}
 
         out = backend.pipe(objective=objective, generator=torch.Generator().manual_seed(seed),
