@@ -290,6 +290,10 @@ class BrainDiVEPipeline(DiffusionPipeline):
             raise ValueError(f"`callback_on_step_end_tensor_inputs` must be among {CALLBACK_TENSORS}, got {unknown}.")
         if sag_scale > 0 and self._sag_attention() is None:
             raise ValueError("`sag_scale` > 0 needs a UNet whose mid block has self-attention; set sag_scale=0.")
+        if sag_scale > 0 and min(height, width) // self.vae_scale_factor <= 4:
+            raise ValueError(f"`sag_scale` > 0 needs latents larger than its 9x9 blur's padding (4): {height}x{width} px "
+                             f"gives {height // self.vae_scale_factor}x{width // self.vae_scale_factor}; use larger "
+                             "images or sag_scale=0.")
         if self.scheduler.config.get("prediction_type", "epsilon") != "epsilon":
             raise ValueError(
                 f"Brain guidance needs an epsilon-prediction model, got prediction_type="

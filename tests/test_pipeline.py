@@ -291,6 +291,7 @@ def test_loads_stable_diffusion_folder_layout(tmp_path):
     (dict(output_type="jpg"), "`output_type` must be one of"),
     (dict(brain_guidance_scale=float("nan")), "`brain_guidance_scale` must be finite"),
     (dict(sag_scale=-1.0), "`sag_scale` must be >= 0"),
+    (dict(sag_scale=0.5, height=32), "32x64 px gives 4x8"),
     (dict(num_images_per_prompt=2, generator=[torch.Generator()]), "`generator` list has 1 generators for 2 images"),
     (dict(objective=bd.Objective.maximize([3, N_VOXELS + 5])), f"indices out of range [0, {N_VOXELS})"),
     (dict(objective="FFA"), "`objective` must be a braindive Objective"),

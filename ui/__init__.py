@@ -12,6 +12,7 @@ __all__ = ["build_app", "CSS"]
 CSS = """
 #demo-banner {background:#fff4d6;border:1px solid #e0b84c;border-radius:6px;padding:4px 12px;}
 #flatmap img {cursor: crosshair;}
+#preview img {width: 100%; height: 100%; object-fit: contain;}
 """
 
 
