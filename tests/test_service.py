@@ -184,3 +184,19 @@ def test_settings_flags_override_environment():
 def test_space_listens_on_all_interfaces():
     assert parse_settings([], environ={"SPACE_ID": "me/braindive"}).host == "0.0.0.0"
     assert parse_settings([], environ={}).host == "127.0.0.1"
+
+
+def test_sd21_preset_loads_a_model_folder_and_an_encoder_checkpoint(tmp_path):
+    """The real-model path (``from_pretrained`` of a folder, encoder by path), with the demo's files standing in."""
+    from braindive.demo import ASSET_DIFFUSION, ASSET_ENCODER
+
+    settings = Settings(preset="sd21", model=str(ASSET_DIFFUSION), encoder=str(ASSET_ENCODER), data_dir=str(tmp_path),
+                        image_size=64)
+    svc = Service(settings)
+    assert svc.label() == f"{ASSET_DIFFUSION} + your encoder" and svc.encoder_names() == [str(ASSET_ENCODER)]
+    assert svc.backend().defaults["num_inference_steps"] == 50 and svc.backend().defaults["brain_guidance_scale"] == 130
+    items = list(svc.generate(GenerationRequest(encoder=str(ASSET_ENCODER), steps=2, target="PPA")))
+    result = [i for i in items if isinstance(i, ImageResult)][0]
+    assert result.image.size == (64, 64) and items[-1].message == "Done: 1 image(s)."
+    record = svc.catalog.record(result.entry.id)
+    assert record["model"] == str(ASSET_DIFFUSION) and record["parameters"]["brain_guidance_scale"] == 130.0

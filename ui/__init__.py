@@ -17,7 +17,8 @@ CSS = """
 
 
 def build_app(service: Service, settings: Settings) -> gr.Blocks:
-    with gr.Blocks(title="BrainDiVE Studio") as app:
+    # Gradio copies every served file (previews, images, exports) into its cache: clear day-old copies hourly
+    with gr.Blocks(title="BrainDiVE Studio", delete_cache=(3600, 86400)) as app:
         gr.Markdown("# BrainDiVE Studio\nBrain-guided diffusion: click a region of visual cortex and watch images "
                     "form that an fMRI encoder predicts will drive it (Luo et al., NeurIPS 2023).")
         gr.Markdown(f"**{service.label()}**", elem_id="demo-banner")
