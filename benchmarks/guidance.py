@@ -1,6 +1,6 @@
 """Guided generation: every guidance mode side by side, on the same seeds, in one run.
 
-    python -m benchmarks.guidance --config tiny|medium|sd21 [--seeds N] [--batch B] [--steps S]
+    python -m benchmarks.guidance --config tiny|demo|medium|sd21 [--seeds N] [--batch B] [--steps S]
 
 For each mode it times complete generations (seconds per image, images per second), records the peak
 memory (process RSS on CPU, ``torch.cuda.max_memory_allocated`` on GPU), counts the work (GFLOP per
@@ -10,7 +10,9 @@ share of the reference's gain over that baseline. The reference runs one image p
 published; the other modes run ``--batch`` seeds per call. Modes are interleaved chunk by chunk, so
 a busy machine slows them alike. Each fast-mode approximation is also timed on its own.
 
-Configs: ``tiny`` (the demo bundle's architecture, < 1 minute on CPU), ``medium`` (a scaled-down SD:
+Configs: ``tiny`` (the demo bundle's architecture, random weights, < 1 minute on CPU), ``demo``
+(the demo's *trained* toy-scene model and its encoder, FFA of S1, its default scale: the one config
+whose efficacy figures come from trained models, a few minutes on CPU), ``medium`` (a scaled-down SD:
 UNet (64, 128, 256) with cross-attention, VAE (32, 64, 128, 128), 256 px, a small ViT encoder) and
 ``sd21`` (SD 2.1-base's UNet/VAE/text encoder and OpenCLIP ViT-B/16, random weights unless ``--model``
 names a local SD folder; meaningful on a GPU, a ``--steps 2 --seeds 1`` smoke test on CPU).
@@ -104,6 +106,8 @@ class Config:
 CONFIGS = {
     "tiny": Config("tiny", size=64, steps=6, seeds=8, batch=8, scale=300.0, n_voxels=1000, n_target=50,
                    tiny_decoder_width=8),
+    "demo": Config("demo", size=128, steps=25, seeds=16, batch=8, scale=20.0, n_voxels=37926, n_target=0,
+                   tiny_decoder_width=8),
     "medium": Config("medium", size=256, steps=10, seeds=4, batch=4, scale=300.0, n_voxels=20000, n_target=300,
                      tiny_decoder_width=16),
     "sd21": Config("sd21", size=512, steps=50, seeds=16, batch=8, scale=130.0, n_voxels=30000, n_target=300,
@@ -166,6 +170,8 @@ def _encoder(config: Config) -> bd.ClipLinearEncoder:
 
 def build(config: Config, device: str, model: str | None = None) -> BrainDiVEPipeline:
     """The config's pipeline (DPM-Solver, the paper's scheduler) with its encoder, on ``device``."""
+    if config.name == "demo":
+        return bd.demo.load(device).pipe
     if model:
         pipe = BrainDiVEPipeline.from_pretrained(model)
     else:
@@ -175,6 +181,13 @@ def build(config: Config, device: str, model: str | None = None) -> BrainDiVEPip
     pipe.set_encoder(_encoder(config))
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def target(config: Config) -> bd.Objective:
+    """Maximise FFA for the demo config, else the mean of the first ``n_target`` voxels."""
+    if config.name == "demo":
+        return bd.Objective.maximize(bd.load_subject("S1").roi("FFA"), label="FFA")
+    return bd.Objective.maximize(np.arange(config.n_target), label="bench target")
 
 
 def tiny_decoder(config: Config, device: str):
@@ -377,10 +390,11 @@ def markdown(report: dict) -> str:
     lines = [
         f"### Config `{report['config']}`",
         "",
-        f"{where}; torch {m['torch']}. Command: `{report['command']}`. Date: {report['date']}. "
+        f"{where}; torch {m['torch']}. Model: {report['model']}. Command: `{report['command']}`. "
+        f"Date: {report['date']}. "
         f"{report['size']} px, {report['steps']} DPM-Solver steps, SAG 0.75, brain scale {report['scale']}, "
         f"{len(report['seeds'])} seeds (same for every mode), objective: mean of {report['n_target']} of "
-        f"{report['n_voxels']} voxels. Load average {m['load_average_start']} at start, {m['load_average_end']} at end.",
+        f"{report['n_voxels']} voxels ({report['target']}). Load average {m['load_average_start']} at start, {m['load_average_end']} at end.",
         "",
         "| mode | batch | s / image | images / s | speed-up vs reference | GFLOP / image | work ratio | "
         "peak memory (MB) | objective (mean ± sd) | gain over unguided | share of reference gain |",
@@ -446,7 +460,7 @@ def main(argv=None) -> dict:
     acceleration = pipe.acceleration.resolve(pipe.device)
     changes_modules = acceleration.channels_last or acceleration.compile
     reference_pipe = build(config, args.device, args.model) if changes_modules else pipe
-    objective = bd.Objective.maximize(np.arange(config.n_target), label="bench target")
+    objective = target(config)
     table = modes(config, batch, pipe, reference_pipe, args.tiny_decoder)
     if args.modes:
         keep = {"unguided", "reference", *args.modes.split(",")}
@@ -456,8 +470,9 @@ def main(argv=None) -> dict:
     report = {
         "config": config.name, "command": "python -m benchmarks.guidance " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.date.today().isoformat(), "machine": info, "size": config.size, "steps": steps,
-        "scale": config.scale, "batch": batch, "seeds": seeds, "n_voxels": config.n_voxels, "n_target": config.n_target,
-        "model": args.model or "random weights", "compile": args.compile,
+        "scale": config.scale, "batch": batch, "seeds": seeds, "n_voxels": config.n_voxels,
+        "n_target": len(objective.positive), "target": objective.label,
+        "model": args.model or ("assets/demo-sd (trained on toy scenes)" if config.name == "demo" else "random weights"), "compile": args.compile,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "modes": summarise(stats, table, len(seeds)),
     }

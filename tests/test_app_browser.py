@@ -76,6 +76,9 @@ def _click_roi(page, name: str) -> None:
     """Click the flatmap at ROI ``name``'s label position, scaled to the displayed image."""
     subject = bd.load_subject("S1")
     x, y = bd.roi_centroids(subject, view="voxels")[name]
+    # the flatmap is re-rendered after every selection: wait for the new picture to be decoded
+    page.wait_for_function("(() => { const i = document.querySelector('#flatmap img');"
+                           " return i && i.complete && i.naturalWidth > 0; })()", timeout=20_000)
     img = page.locator("#flatmap img")
     natural_w = img.evaluate("el => el.naturalWidth")
     box = img.bounding_box()
