@@ -145,3 +145,20 @@ def test_benchmark_tiny_reports_every_mode(tmp_path):
     text = results_md.read_text()
     assert "keep me" in text and "## Guided generation" in text and "### Config `tiny`" in text
     assert (tmp_path / "guidance_tiny.md").read_text().strip() in text
+
+
+@pytest.mark.parametrize("options", [FastGuidance(), dataclasses.replace(OFF, decode_scale=0.5)],
+                         ids=["default", "decode_scale=0.5"])
+def test_fast_keeps_the_gain_on_the_trained_demo_model(options):
+    """Efficacy needs trained models: the demo's toy-scene SD (a trained VAE) and encoder, FFA, 8 seeds."""
+    demo = bd.demo.load()
+    objective = bd.Objective.maximize(demo.subject.roi("FFA"))
+
+    def mean_objective(**kwargs):
+        return demo.pipe(objective=objective, height=128, width=128, num_inference_steps=10, output_type="pt",
+                         generator=generators(range(8)), num_images_per_prompt=8, **kwargs).objective_values.mean()
+
+    base, exact = mean_objective(brain_guidance_scale=0.0), mean_objective(brain_guidance_scale=20.0)
+    fast = mean_objective(brain_guidance_scale=20.0, guidance_mode="fast", fast_options=options)
+    assert exact - base > 1.0  # guidance matters here
+    assert (fast - base) / (exact - base) >= 0.9
