@@ -178,7 +178,9 @@ def test_clean_estimate_matches_the_schedulers_own_x0(name):
     i, t = 3, pipe.scheduler.timesteps[3]
     gen = torch.Generator().manual_seed(0)
     latents, eps = torch.randn(2, 4, 8, 8, generator=gen) * 3, torch.randn(2, 4, 8, 8, generator=gen)
-    expected = copy.deepcopy(pipe.scheduler).step(eps, t, latents).pred_original_sample
+    scheduler = copy.deepcopy(pipe.scheduler)
+    scheduler.scale_model_input(latents, t)  # LMS/Euler expect it before step
+    expected = scheduler.step(eps, t, latents).pred_original_sample
     torch.testing.assert_close(pipe._clean_estimate(latents, eps, t, i), expected, atol=1e-5, rtol=1e-5)
 
 
