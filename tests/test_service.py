@@ -35,6 +35,13 @@ def test_stream_has_progress_then_results_then_finished(service):
     assert items[-1].message == "Done: 2 image(s)." and not items[-1].interrupted
 
 
+def test_fast_mode_is_recorded_and_still_guides(service):
+    items = collect(service, mode="fast", seed=3)
+    result = [i for i in items if isinstance(i, ImageResult)][0]
+    assert result.objective > result.baseline_objective
+    assert service.catalog.record(result.entry.id)["parameters"]["guidance_mode"] == "fast"
+
+
 def test_custom_voxel_set_and_contrast(service):
     subject = service.subject("S1")
     voxels = tuple(int(v) for v in service.grow("S1", int(subject.roi("PPA")[0]), 5.0))
@@ -52,6 +59,7 @@ def test_custom_voxel_set_and_contrast(service):
     (dict(scale=float("nan")), "`scale` must be a finite number"),
     (dict(scheduler="heun"), "`scheduler` must be one of"),
     (dict(objective="maximise"), "`objective` must be one of"),
+    (dict(mode="turbo"), "`mode` must be one of ('exact', 'fast', 'reference'), got 'turbo'"),
     (dict(target="XYZ"), "`roi` must be one of"),
     (dict(target=CUSTOM, voxels=()), "The custom voxel set is empty"),
     (dict(target=CUSTOM, voxels=(1, 10**7)), "out of range"),

@@ -147,8 +147,8 @@ def test_stale_gallery_click_is_a_warning_not_an_error(app, service, entry_id):
 @pytest.mark.parametrize("position,label", [(7, "Steps"), (10, "Images"), (5, "Weight of B")])
 def test_an_emptied_number_field_is_named(app, position, label):
     run, _ = handler(app, "run")
-    args = ["S1", "demo", {"target": "FFA", "voxels": [], "results": []}, "maximize", "EBA", 1.0, 1000.0, 3, "dpm",
-            0, 1, ""]
+    args = ["S1", "demo", {"target": "FFA", "voxels": [], "results": []}, "maximize", "EBA", 1.0, 20.0, 3, "dpm",
+            0, 1, "", "exact"]
     args[position] = None
     with pytest.raises(gr.Error, match=f"'{label}' is empty"):
         next(run(*args, request=None))

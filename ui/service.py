@@ -26,10 +26,11 @@ from .jobs import TrainingJob
 from .settings import Settings
 from .zerogpu import gpu_task
 
-__all__ = ["Service", "ServiceError", "GenerationRequest", "Progress", "ImageResult", "Finished", "OBJECTIVES"]
+__all__ = ["Service", "ServiceError", "GenerationRequest", "Progress", "ImageResult", "Finished", "OBJECTIVES", "MODES"]
 
 log = logging.getLogger(__name__)
 OBJECTIVES = ("maximize", "minimize", "contrast")
+MODES = ("exact", "fast", "reference")  # guidance modes the service accepts; Explore offers exact and fast
 CUSTOM = "custom voxel set"
 VIEW = "voxels"  # flatmaps zoomed to the subject's voxels
 DEMO_ENCODER = "demo"
@@ -272,6 +273,7 @@ class Service:
             (0 <= request.sag_scale <= 5, f"`sag_scale` must be 0..5, got {request.sag_scale!r}."),
             (request.scheduler in SCHEDULERS, f"`scheduler` must be one of {sorted(SCHEDULERS)}, got {request.scheduler!r}."),
             (request.objective in OBJECTIVES, f"`objective` must be one of {OBJECTIVES}, got {request.objective!r}."),
+            (request.mode in MODES, f"`mode` must be one of {MODES}, got {request.mode!r}."),
             (len(request.prompt) <= 300, "`prompt` must be at most 300 characters."),
         ]
         for ok, message in checks:
