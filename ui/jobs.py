@@ -25,6 +25,8 @@ __all__ = ["TrainingJob", "JobState"]
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# pycortex prints this on import; braindive draws ROI outlines itself, so it only confuses a training log
+_NOTICES = ("Inkscape not found. Some tests will be skipped.",)
 _PERCENT = re.compile(r"(\d{1,3})%\|")
 
 
@@ -109,7 +111,8 @@ class TrainingJob:
             text = self.log_path.read_text(errors="replace").replace("\r", "\n")
         except OSError:  # not written yet, or unreadable: nothing to show
             return ""
-        return "\n".join(_collapse_progress([line for line in text.splitlines() if line.strip()])[-lines:])
+        kept = [line for line in text.splitlines() if line.strip() and not line.startswith(_NOTICES)]
+        return "\n".join(_collapse_progress(kept)[-lines:])
 
     def _run(self) -> None:
         try:
