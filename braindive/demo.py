@@ -100,17 +100,24 @@ def build_offline_tokenizer():
 
 def build_diffusion_bundle(folder, seed: int = 0) -> Path:
     """Write the tiny components in Stable Diffusion's folder layout (``model_index.json`` + subfolders)."""
+    return save_diffusion_folder(_tiny_components(seed), folder)
+
+
+def save_diffusion_folder(parts: dict, folder) -> Path:
+    """Save SD components (unet, vae, text_encoder, tokenizer, scheduler) in Stable Diffusion's folder layout.
+
+    Written under a private name beside ``folder`` and renamed into place, so a reader never sees half a model.
+    """
     from diffusers import StableDiffusionPipeline
 
     folder = Path(folder)
     tmp = private_tmp(folder)
-    parts = _tiny_components(seed)
     sd = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     sd.save_pretrained(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     try:
         tmp.rename(folder)
-    except OSError:  # another process built it first: the same seeded files
+    except OSError:  # another process wrote the folder first
         shutil.rmtree(tmp, ignore_errors=True)
         if not (folder / "model_index.json").is_file():
             raise

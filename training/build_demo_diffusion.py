@@ -16,7 +16,6 @@ import argparse
 import colorsys
 import copy
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,9 +308,7 @@ def train_unet(latent_mean, latent_std, scaling_factor: float, text_embedding, r
 
 def build(out, recipe: Recipe | None = None, minutes: float = 35.0) -> Path:
     """Train VAE then UNet within ``minutes`` and save the SD-layout bundle to ``out``."""
-    from diffusers import StableDiffusionPipeline
-
-    from braindive.demo import _tiny_components
+    from braindive.demo import _tiny_components, save_diffusion_folder
 
     recipe = recipe or Recipe()
     torch.set_num_threads(2)
@@ -326,12 +323,7 @@ def build(out, recipe: Recipe | None = None, minutes: float = 35.0) -> Path:
     unet = train_unet(latent_mean, latent_std, scaling_factor, embedding, recipe, deadline=start + minutes * 60 - 30)
     vae.register_to_config(scaling_factor=scaling_factor)
     parts.update(vae=vae.to(memory_format=torch.contiguous_format), unet=unet.to(memory_format=torch.contiguous_format))
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False).save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    out = save_diffusion_folder(parts, out)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"[done] {out} {size / 1e6:.2f} MB in {(time.time() - start) / 60:.1f} min")
     return out

@@ -70,21 +70,7 @@ class Progress:
 
 
 @dataclass
-class ImageResult:
-    index: int
-    seed: int
-    image: PIL.Image.Image
-    objective: float
-    baseline_objective: float
-    activations: np.ndarray
-    roi_means: dict
-    baseline_roi_means: dict
-    entry: Entry
-    target: str
-
-
-@dataclass
-class _Generated:
+class GeneratedImage:
     """A finished image as the GPU worker hands it over (plain data: it may cross a process boundary)."""
 
     index: int
@@ -94,6 +80,16 @@ class _Generated:
     baseline_objective: float
     activations: np.ndarray
     baseline_activations: np.ndarray
+
+
+@dataclass
+class ImageResult(GeneratedImage):
+    """A generated image once cataloged: what the UI shows."""
+
+    roi_means: dict
+    baseline_roi_means: dict
+    entry: Entry
+    target: str
 
 
 _END = object()  # the worker's last item; never leaves ``_stream``
@@ -328,7 +324,7 @@ class Service:
             for item in stream:
                 if isinstance(item, ServiceError):
                     raise item
-                if isinstance(item, _Generated):
+                if isinstance(item, GeneratedImage):
                     item = self._store(item, request, objective, subject, run_id)
                     results.append(item)
                 yield item
@@ -343,7 +339,7 @@ class Service:
         yield Finished(results, interrupted, message)
 
     def _stream(self, request: GenerationRequest, objective: bd.Objective) -> Iterator:
-        """Run the pipeline in a worker thread and yield its ``Progress`` / ``_Generated`` items.
+        """Run the pipeline in a worker thread and yield its ``Progress`` / ``GeneratedImage`` items.
 
         Ends after the last image, or with one ``ServiceError`` item; closing it stops the worker
         after the pipeline's current step.
@@ -393,7 +389,7 @@ class Service:
                     sag_scale=float(request.sag_scale), prompt=request.prompt, guidance_mode=request.mode,
                     height=size or backend.defaults["height"], width=size or backend.defaults["width"])
 
-    def _one_image(self, backend, request, objective, k, stop, events) -> _Generated | None:
+    def _one_image(self, backend, request, objective, k, stop, events) -> GeneratedImage | None:
         """The guided image of seed ``seed + k`` and its unguided baseline; None if stopped."""
         seed = request.seed + k
         params = self._call_params(request, backend)
@@ -417,10 +413,10 @@ class Service:
                                 callback_on_step_end=stop_if_asked, **{**params, "brain_guidance_scale": 0.0})
         if baseline.interrupted:
             return None
-        return _Generated(k, seed, out.images[0], float(out.objective_values[0]), float(baseline.objective_values[0]),
+        return GeneratedImage(k, seed, out.images[0], float(out.objective_values[0]), float(baseline.objective_values[0]),
                           out.activations[0].numpy(), baseline.activations[0].numpy())
 
-    def _store(self, generated: _Generated, request, objective, subject, run_id) -> ImageResult:
+    def _store(self, generated: GeneratedImage, request, objective, subject, run_id) -> ImageResult:
         """Catalog a finished image with its record; the ``ImageResult`` the UI shows."""
         backend = self.backend()
         record = generation_record(
@@ -432,9 +428,8 @@ class Service:
         record["roi_means"] = _roi_means(subject, generated.activations)
         record["baseline_roi_means"] = _roi_means(subject, generated.baseline_activations)
         entry = self.catalog.add(generated.image, record, run_id=run_id, activations=generated.activations)
-        return ImageResult(generated.index, generated.seed, generated.image, generated.objective,
-                           generated.baseline_objective, generated.activations, record["roi_means"],
-                           record["baseline_roi_means"], entry, objective.label)
+        return ImageResult(**vars(generated), roi_means=record["roi_means"],
+                           baseline_roi_means=record["baseline_roi_means"], entry=entry, target=objective.label)
 
     def _user_error(self, exc: Exception, request: GenerationRequest) -> ServiceError:
         if isinstance(exc, torch.cuda.OutOfMemoryError):
