@@ -224,7 +224,7 @@ def _volume_subject(voxels: ReleaseVoxels, roi_dir: Path, layout: NSDLayout, foo
     if food_mask is not None:
         rois["food"] = np.flatnonzero(_food_volume(Path(food_mask), roi_dir, shape)[index])
     lh_path = roi_dir / "lh.nsdgeneral.nii.gz"
-    is_right, note = None, " (hemispheres unknown: lh.nsdgeneral.nii.gz not found)"
+    is_right, note = None, " (hemispheres from scanner x > 0: lh.nsdgeneral.nii.gz not found)"
     if lh_path.is_file():
         is_right, note = np.rint(_volume(lh_path, "hemisphere mask", shape)[index]) < 0, ""
     return Subject.from_volume(
@@ -280,8 +280,8 @@ def import_braindive(checkpoint, roi_dir, subject, out, *, food_mask=None, hcp_r
                          f"{roi_dir} has {voxels.n_voxels} (check --food-mask, --hcp-ranking, --hcp-top, --subject).")
     subj = _volume_subject(voxels, roi_dir, layout, food_mask)
     tower = _tower(backbone, backbone_config, Path(timm_weights) if timm_weights else None)
-    config = EncoderConfig(
-        n_voxels=voxels.n_voxels, subject=subj.name, voxel_space=subj.space, backbone=backbone,
+    config = EncoderConfig.for_subject(
+        subj, backbone=backbone,
         pretrained=None if timm_weights else PRETRAINED, backbone_config=backbone_config,
         training={"source": "BrainDiVE NeurIPS 2023 release (aluo-x/BrainDiVE, downproject_CLIP_split_linear)",
                   "checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": _sha256(checkpoint),
