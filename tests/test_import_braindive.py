@@ -132,7 +132,7 @@ def release(tmp_path_factory):
 
 
 def _convert(release, out, **kw):
-    args = dict(food_mask=release.food, hcp_ranking=release.hcp, label_root=release.root,
+    args = dict(food_mask=release.food, hcp_ranking=release.hcp, label_dir=release.root / "nsddata/freesurfer/subj01/label",
                 timm_weights=release.root / "timm.safetensors", backbone=TINY_NAME, backbone_config=TINY_CLIP)
     args.update(kw)
     return ib.import_braindive(release.ckpt, release.roi_dir, "subj01", out, **args)
@@ -144,14 +144,29 @@ def converted(release, tmp_path_factory):
 
 
 def test_timm_and_open_clip_towers_are_the_same_network():
-    timm_tower = tiny_timm_tower()
-    tower = build_clip_tower(TINY_NAME, None, TINY_CLIP).eval()
+    """The release's timm vit_base_patch16_clip_224 and OpenCLIP ViT-B-16 with random weights: ViT-B/16's
+    own width, heads, patch, norms and activations; 2 of the 12 (identical) blocks to keep the test fast."""
+    import open_clip
+    import timm
+
+    config = json.loads(json.dumps(open_clip.get_model_config("ViT-B-16")))
+    config["vision_cfg"]["layers"] = 2
+    config["text_cfg"]["layers"] = 1  # the text tower is built and dropped
+    torch.manual_seed(0)
+    timm_tower = timm.create_model("vit_base_patch16_clip_224", pretrained=False, num_classes=512, depth=2).eval()
+    with torch.no_grad():
+        timm_tower.head.weight.normal_(0, 0.05)  # timm initialises the head to zero
+    tower = build_clip_tower("braindive-test-vitb16-2layers", None, config).eval()
     tower.load_state_dict(ib.timm_to_open_clip(timm_tower.state_dict()))  # strict: every weight mapped
-    x = torch.randn(3, 3, 224, 224)
+    x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         expected, got = timm_tower(x), tower(x)
-    assert expected.shape == (3, 512) and expected.abs().mean() > 0.1
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert expected.shape == (2, 512) and expected.abs().mean() > 0.1
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        timm_tower.head.bias.fill_(0.1)
+    with pytest.raises(ValueError, match="head.bias is not zero"):
+        ib.timm_to_open_clip(timm_tower.state_dict())
 
 
 def test_converted_encoder_matches_published_forward(release, converted):
@@ -200,8 +215,11 @@ def test_default_backbone_is_open_clip_laion2b(release, tmp_path, monkeypatch):
     built = []
     real = ib.build_clip_tower
     monkeypatch.setattr(ib, "build_clip_tower", lambda b, p, c=None: built.append((b, p)) or real(TINY_NAME, None, TINY_CLIP))
-    out = _convert(release, tmp_path / "enc", timm_weights=None, backbone="ViT-B-16", backbone_config=None)
+    out = ib.main(["--checkpoint", str(release.ckpt), "--subject", "1", "--nsd-root", str(release.root),
+                   "--food-mask", str(release.food), "--hcp-ranking", str(release.hcp), "--out", str(tmp_path / "enc")])
     config = json.loads((out / "config.json").read_text())
+    subject = bd.load_subject(out / "subject.npz")
+    assert "FFA-2" in subject.roi_names and config["subject_fingerprint"] == subject.fingerprint
     assert (config["backbone"], config["pretrained"]) == ("ViT-B-16", "laion2b_s34b_b88k")
     assert built == [("ViT-B-16", None)] and not (out / "backbone.safetensors").exists()
 

@@ -210,7 +210,7 @@ def _tower(backbone: str, backbone_config: dict | None, timm_weights: Path | Non
     return tower
 
 
-def _volume_subject(voxels: ReleaseVoxels, roi_dir: Path, layout: NSDLayout, food_mask) -> Subject:
+def _volume_subject(voxels: ReleaseVoxels, roi_dir: Path, label_dir: Path, name: str, food_mask) -> Subject:
     """The func1pt8mm subject of the higher-visual voxels, with NSD's floc ROIs (+ food)."""
     shape = voxels.higher.shape
     index = tuple(voxels.ijk.T)
@@ -218,7 +218,7 @@ def _volume_subject(voxels: ReleaseVoxels, roi_dir: Path, layout: NSDLayout, foo
     for family in LABEL_ROIS:
         values = np.rint(_volume(roi_dir / f"{family}.nii.gz", f"ROI file {family}", shape)[index]).astype(np.int64)
         values[values < 0] = 0
-        table = read_ctab(layout.label_dir() / f"{family}.mgz.ctab", family)
+        table = read_ctab(label_dir / f"{family}.mgz.ctab", family)
         labels[family] = (values, {int(v): table.get(int(v), f"{family}-{int(v)}") for v in np.unique(values) if v > 0})
     rois = subject_rois(labels)
     if food_mask is not None:
@@ -228,9 +228,9 @@ def _volume_subject(voxels: ReleaseVoxels, roi_dir: Path, layout: NSDLayout, foo
     if lh_path.is_file():
         is_right, note = np.rint(_volume(lh_path, "hemisphere mask", shape)[index]) < 0, ""
     return Subject.from_volume(
-        layout.subj, voxels.ijk, voxels.affine, shape, {k: v for k, v in rois.items() if len(v)},
+        name, voxels.ijk, voxels.affine, shape, {k: v for k, v in rois.items() if len(v)},
         is_right=is_right, space=SPACE,
-        description=f"NSD {layout.subj} {SPACE}: higher-visual voxels of the BrainDiVE (NeurIPS 2023) release{note}",
+        description=f"NSD {name} {SPACE}: higher-visual voxels of the BrainDiVE (NeurIPS 2023) release{note}",
     )
 
 
@@ -262,23 +262,23 @@ def _write_folder(out: Path, write, overwrite: bool) -> None:
 
 
 def import_braindive(checkpoint, roi_dir, subject, out, *, food_mask=None, hcp_ranking=None, hcp_top: int = HCP_TOP,
-                     label_root=None, timm_weights=None, backbone: str = BACKBONE, backbone_config: dict | None = None,
+                     label_dir=None, timm_weights=None, backbone: str = BACKBONE, backbone_config: dict | None = None,
                      overwrite: bool = False) -> Path:
     """Convert a released checkpoint into an encoder folder ``out`` (config.json, head.safetensors, subject.npz).
 
-    ``label_root``: an NSD root whose ``nsddata/freesurfer/subjXX/label/*.mgz.ctab`` name the ROIs.
+    ``label_dir``: the folder of ``<family>.mgz.ctab`` label names (NSD: ``nsddata/freesurfer/subjXX/label``;
+    default: beside the ROI volumes; missing tables give names like ``floc-faces-2``).
     ``timm_weights``: timm ``vit_base_patch16_clip_224.laion2b`` weights (safetensors) to store in the
     checkpoint (``backbone.safetensors``); without them the encoder uses OpenCLIP's ``laion2b_s34b_b88k``.
     """
     checkpoint, roi_dir, out = Path(checkpoint), Path(roi_dir), Path(out)
     n = parse_subject(subject)
-    layout = NSDLayout(Path(label_root) if label_root else roi_dir, n)
     voxels = release_voxels(roi_dir, food_mask, hcp_ranking, hcp_top)
     weight, bias = read_release_head(checkpoint, n)
     if weight.shape[0] != voxels.n_voxels:
         raise ValueError(f"--checkpoint {checkpoint} has {weight.shape[0]} higher-visual voxels but the mask from "
                          f"{roi_dir} has {voxels.n_voxels} (check --food-mask, --hcp-ranking, --hcp-top, --subject).")
-    subj = _volume_subject(voxels, roi_dir, layout, food_mask)
+    subj = _volume_subject(voxels, roi_dir, Path(label_dir) if label_dir else roi_dir, f"subj{n:02d}", food_mask)
     tower = _tower(backbone, backbone_config, Path(timm_weights) if timm_weights else None)
     config = EncoderConfig.for_subject(
         subj, backbone=backbone,
@@ -312,6 +312,8 @@ def _parser() -> argparse.ArgumentParser:
     roi = p.add_mutually_exclusive_group(required=True)
     roi.add_argument("--nsd-root", type=Path, help="NSD root: ROIs from nsddata/ppdata/subjXX/func1pt8mm/roi")
     roi.add_argument("--roi-dir", type=Path, help="folder with the subject's func1pt8mm ROI volumes")
+    p.add_argument("--label-dir", type=Path, help="folder of <roi>.mgz.ctab label names (default: from --nsd-root, "
+                   "else beside the ROI volumes)")
     p.add_argument("--food-mask", type=Path, help="release food mask .npy (over nsdgeneral > -0.5 cortex voxels)")
     p.add_argument("--hcp-ranking", type=Path, help="release HCP ranking .npy (HCP_MMP1 ids, best first)")
     p.add_argument("--hcp-top", type=int, default=HCP_TOP, help="ids of --hcp-ranking used (published: 45)")
@@ -328,9 +330,11 @@ def main(argv=None) -> Path:
         if args.hcp_top < 1:
             raise ValueError(f"`--hcp-top` must be >= 1, got {args.hcp_top}.")
         n = parse_subject(args.subject)
-        roi_dir = args.roi_dir or NSDLayout(args.nsd_root, n).roi_dir(SPACE)
+        layout = NSDLayout(args.nsd_root, n) if args.nsd_root else None
+        roi_dir = args.roi_dir or layout.roi_dir(SPACE)
+        label_dir = args.label_dir or (layout.label_dir() if layout else None)
         return import_braindive(args.checkpoint, roi_dir, n, args.out, food_mask=args.food_mask,
-                                hcp_ranking=args.hcp_ranking, hcp_top=args.hcp_top, label_root=args.nsd_root,
+                                hcp_ranking=args.hcp_ranking, hcp_top=args.hcp_top, label_dir=label_dir,
                                 timm_weights=args.timm_weights, overwrite=args.overwrite)
 
 
