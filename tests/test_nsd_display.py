@@ -162,3 +162,13 @@ def test_register_without_transform_is_refused(nsd, tmp_path):
     with pytest.raises(SystemExit, match=r"transform 'func1mm' file not found: matrices.xfm"):
         nd.main(["--subject-file", str(path), "--pycortex-db", str(built / "subj01"), "--transform", "func1mm",
                  "--filestore", str(tmp_path / "store")])
+
+
+def test_surface_of_another_mesh_is_refused(nsd, tmp_path):
+    root, path, _ = nsd
+    surf = root / "nsddata/freesurfer/subj01/surf"
+    pts, faces = nib.freesurfer.read_geometry(str(surf / "rh.inflated"))
+    nib.freesurfer.write_geometry(str(surf / "rh.inflated"), pts[:-2], faces[:-4])
+    with pytest.raises(SystemExit) as exc:
+        nd.main(["--subject-file", str(path), "--nsd-root", str(root), "--filestore", str(tmp_path / "store")])
+    assert str(exc.value) == f"error: {surf / 'rh.inflated'} has 28 vertices, but rh.smoothwm has 30."

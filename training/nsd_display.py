@@ -78,8 +78,17 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
+def _read(path: Path, reader):
+    try:
+        return reader(str(path))
+    except Exception as exc:  # nibabel/pycortex raise several types for corrupt files
+        raise ValueError(f"{path} is not a readable FreeSurfer file: {exc}") from None
+
+
 def _fs_files(fs_dir: Path, fs_subject: str) -> dict[str, Path]:
-    """Every FreeSurfer file the build reads, checked before any work."""
+    """Every FreeSurfer file the build reads, checked (presence, vertex counts) before any work."""
+    from cortex.freesurfer import parse_patch
+
     surf = fs_dir / fs_subject / "surf"
     files = {"T1": fs_dir / fs_subject / "mri" / "T1.mgz"}
     for hemi in HEMIS:
@@ -88,6 +97,15 @@ def _fs_files(fs_dir: Path, fs_subject: str) -> dict[str, Path]:
         files[f"{hemi}.patch"] = surf / f"{hemi}.{FLAT_PATCH}.flat.patch.3d"
     for key, path in files.items():
         _require(path, f"FreeSurfer subject {fs_subject}: {'flat patch' if key.endswith('patch') else 'file'}")
+    for hemi in HEMIS:
+        n = len(_read(files[f"{hemi}.smoothwm"], nib.freesurfer.read_geometry)[0])
+        counts = {name: len(_read(files[f"{hemi}.{name}"], nib.freesurfer.read_geometry)[0]) for name in SURFACES}
+        counts.update({name: len(_read(files[f"{hemi}.{name}"], nib.freesurfer.read_morph_data)) for name in SURFACE_INFO})
+        counts["patch"] = int(np.abs(_read(files[f"{hemi}.patch"], parse_patch)["vert"]).max(initial=0))
+        for name, count in counts.items():
+            if count > n or (name != "patch" and count != n):
+                raise ValueError(f"{files[f'{hemi}.{name}']} has {count} {'as largest vertex' if name == 'patch' else 'vertices'}, "
+                                 f"but {files[f'{hemi}.smoothwm'].name} has {n}.")
     return files
 
 
@@ -182,6 +200,8 @@ def build_pycortex_subject(fs_dir, fs_subject: str, name: str, func_reference, a
     import cortex.freesurfer
 
     fs_dir, filestore = Path(fs_dir), Path(filestore)
+    if (filestore / name).exists() and not overwrite:
+        raise ValueError(f"pycortex subject {name!r} already exists in {filestore}; pass --overwrite to replace it.")
     files = _fs_files(fs_dir, fs_subject)
     _require(Path(func_reference), "func reference volume (--func-reference)")
     magnet = alignment(files["T1"], Path(anat))
