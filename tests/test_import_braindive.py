@@ -224,7 +224,7 @@ def test_default_backbone_is_open_clip_laion2b(release, tmp_path, monkeypatch):
     assert built == [("ViT-B-16", None)] and not (out / "backbone.safetensors").exists()
 
 
-@pytest.mark.parametrize("case", ["mismatch", "pickle", "key", "shape"])
+@pytest.mark.parametrize("case", ["mismatch", "pickle", "key", "shape", "garbage"])
 def test_bad_checkpoint_is_refused_and_nothing_written(release, tmp_path, case):
     state = dict(release.brain_model.state_dict())
     if case == "mismatch":
@@ -232,15 +232,21 @@ def test_bad_checkpoint_is_refused_and_nothing_written(release, tmp_path, case):
         state["final_1_higher.bias"] = state["final_1_higher.bias"][:-3]
         obj, message = {"network": state}, "has %d higher-visual voxels but the mask" % (release.n_higher - 3)
     elif case == "pickle":
-        obj, message = {"network": state, "args": argparse.Namespace(lr=1e-3)}, "needs more than tensors"
+        obj = {"network": state, "args": argparse.Namespace(lr=1e-3)}
+        message = "needs more than tensors to load (refused, it is never unpickled in full): Unsupported global: GLOBAL argparse.Namespace"
     elif case == "key":
         state = {k.replace("final_1_", "final_2_"): v for k, v in state.items()}
         obj, message = {"network": state}, "has no final_1_higher.weight (higher-visual heads found: ['final_2_higher'])"
-    else:
+    elif case == "shape":
         state["final_1_higher.weight"] = state["final_1_higher.weight"][:, :100]
         obj, message = {"network": state}, "must be weight [n_voxels, 512]"
+    else:
+        obj, message = None, "is not a readable PyTorch checkpoint"
     bad = tmp_path / "bad.chkpt"
-    torch.save(obj, bad)
+    if obj is None:
+        bad.write_bytes(b"not a checkpoint")
+    else:
+        torch.save(obj, bad)
     out = tmp_path / "enc"
     with pytest.raises(SystemExit) as exc:
         ib.main(["--checkpoint", str(bad), "--subject", "subj01", "--nsd-root", str(release.root),

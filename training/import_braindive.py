@@ -134,7 +134,10 @@ def _load_tensors(path: Path) -> dict:
     try:
         obj = torch.load(require(path, "--checkpoint"), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n\n|$)", str(exc), re.S)
+        reason = " ".join(found.group(1).split()) if found else (str(exc).strip().splitlines() or ["?"])[0]
+        if "Unsupported global" not in reason:
+            raise ValueError(f"--checkpoint {path} is not a readable PyTorch checkpoint: {reason}") from None
         raise ValueError(f"--checkpoint {path} needs more than tensors to load (refused, it is never unpickled "
                          f"in full): {reason}") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as exc:
