@@ -271,3 +271,12 @@ def test_existing_output_needs_overwrite(release, converted):
     with pytest.raises(ValueError, match="already exists; pass --overwrite"):
         _convert(release, converted)
     assert (converted / "head.safetensors").is_file()
+
+
+def test_saved_union_mask_gives_the_same_encoder(release, converted, tmp_path):
+    np.save(tmp_path / "union.npy", release.functional)
+    out = _convert(release, tmp_path / "enc", food_mask=None, hcp_ranking=None, union_mask=tmp_path / "union.npy")
+    assert bd.load_subject(out / "subject.npz").fingerprint == bd.load_subject(converted / "subject.npz").fingerprint
+    np.save(tmp_path / "bad.npy", release.functional[:, :, :-1])
+    with pytest.raises(ValueError, match=r"--union-mask .*bad.npy must be a boolean volume of shape \(9, 11, 8\)"):
+        ib.release_voxels(release.roi_dir, union_mask=tmp_path / "bad.npy")

@@ -111,21 +111,34 @@ def _hcp_volume(path: Path, roi_dir: Path, shape: tuple, top: int) -> np.ndarray
     return np.isin(labels, ranking[:top].astype(np.int64))
 
 
-def release_voxels(roi_dir, food_mask=None, hcp_ranking=None, hcp_top: int = HCP_TOP) -> ReleaseVoxels:
-    """Build the published union mask and its higher-visual voxels from NSD ROI volumes (+ release masks)."""
+def _union_volume(path: Path, shape: tuple) -> np.ndarray:
+    union = np.load(require(path, "--union-mask"), allow_pickle=False)
+    if union.shape != shape or not (union.dtype == bool or np.isin(union, (0, 1)).all()):
+        raise ValueError(f"--union-mask {path} must be a boolean volume of shape {shape} like prf-visualrois, "
+                         f"got dtype {union.dtype}, shape {union.shape}.")
+    return union.astype(bool)
+
+
+def release_voxels(roi_dir, food_mask=None, hcp_ranking=None, hcp_top: int = HCP_TOP, union_mask=None) -> ReleaseVoxels:
+    """Build the published union mask and its higher-visual voxels from NSD ROI volumes (+ release masks),
+    or take the union mask as a saved boolean volume (``union_mask``, .npy)."""
     roi_dir = Path(roi_dir)
     prf_path = roi_dir / "prf-visualrois.nii.gz"
     prf = _volume(prf_path, "ROI file prf-visualrois")
     shape = prf.shape
-    selected = [prf >= 0.5] + [_volume(roi_dir / f"{f}.nii.gz", f"ROI file {f}", shape) >= 0.5 for f in UNION_ROIS[1:]]
-    if food_mask is not None:
-        selected.append(_food_volume(Path(food_mask), roi_dir, shape))
-    if hcp_ranking is not None:
-        selected.append(_hcp_volume(Path(hcp_ranking), roi_dir, shape, hcp_top))
-    union = np.logical_or.reduce(selected)
+    if union_mask is not None:
+        union, source = _union_volume(Path(union_mask), shape), f"--union-mask {union_mask}"
+    else:
+        selected = [prf >= 0.5] + [_volume(roi_dir / f"{f}.nii.gz", f"ROI file {f}", shape) >= 0.5
+                                   for f in UNION_ROIS[1:]]
+        if food_mask is not None:
+            selected.append(_food_volume(Path(food_mask), roi_dir, shape))
+        if hcp_ranking is not None:
+            selected.append(_hcp_volume(Path(hcp_ranking), roi_dir, shape, hcp_top))
+        union, source = np.logical_or.reduce(selected), f"The union mask from {roi_dir}"
     higher = union & (prf.astype(np.int32) < 0.5)
     if not higher.any():
-        raise ValueError(f"The union mask from {roi_dir} has no higher-visual voxels (prf-visualrois < 0.5).")
+        raise ValueError(f"{source} has no higher-visual voxels (prf-visualrois < 0.5).")
     return ReleaseVoxels(union=union, higher=higher, affine=nib.load(prf_path).affine)
 
 
@@ -265,10 +278,12 @@ def _write_folder(out: Path, write, overwrite: bool) -> None:
 
 
 def import_braindive(checkpoint, roi_dir, subject, out, *, food_mask=None, hcp_ranking=None, hcp_top: int = HCP_TOP,
-                     label_dir=None, timm_weights=None, backbone: str = BACKBONE, backbone_config: dict | None = None,
+                     union_mask=None, label_dir=None, timm_weights=None, backbone: str = BACKBONE, backbone_config: dict | None = None,
                      overwrite: bool = False) -> Path:
     """Convert a released checkpoint into an encoder folder ``out`` (config.json, head.safetensors, subject.npz).
 
+    ``union_mask``: the union mask as a boolean .npy volume, instead of building it (then ``food_mask`` only
+    names the ``food`` ROI).
     ``label_dir``: the folder of ``<family>.mgz.ctab`` label names (NSD: ``nsddata/freesurfer/subjXX/label``;
     default: beside the ROI volumes; missing tables give names like ``floc-faces-2``).
     ``timm_weights``: timm ``vit_base_patch16_clip_224.laion2b`` weights (safetensors) to store in the
@@ -276,11 +291,11 @@ def import_braindive(checkpoint, roi_dir, subject, out, *, food_mask=None, hcp_r
     """
     checkpoint, roi_dir, out = Path(checkpoint), Path(roi_dir), Path(out)
     n = parse_subject(subject)
-    voxels = release_voxels(roi_dir, food_mask, hcp_ranking, hcp_top)
+    voxels = release_voxels(roi_dir, food_mask, hcp_ranking, hcp_top, union_mask)
     weight, bias = read_release_head(checkpoint, n)
     if weight.shape[0] != voxels.n_voxels:
         raise ValueError(f"--checkpoint {checkpoint} has {weight.shape[0]} higher-visual voxels but the mask from "
-                         f"{roi_dir} has {voxels.n_voxels} (check --food-mask, --hcp-ranking, --hcp-top, --subject).")
+                         f"{roi_dir} has {voxels.n_voxels} (check --food-mask, --hcp-ranking, --hcp-top, --union-mask, --subject).")
     subj = _volume_subject(voxels, roi_dir, Path(label_dir) if label_dir else roi_dir, f"subj{n:02d}", food_mask)
     tower = _tower(backbone, backbone_config, Path(timm_weights) if timm_weights else None)
     config = EncoderConfig.for_subject(
@@ -291,6 +306,7 @@ def import_braindive(checkpoint, roi_dir, subject, out, *, food_mask=None, hcp_r
                   "head": f"final_{n}_higher", "roi_dir": str(roi_dir.resolve()),
                   "food_mask": str(food_mask) if food_mask else None,
                   "hcp_ranking": str(hcp_ranking) if hcp_ranking else None, "hcp_top": hcp_top,
+                  "union_mask": str(union_mask) if union_mask else None,
                   "union_voxels": int(voxels.union.sum()), "timm_weights": str(timm_weights) if timm_weights else None},
     )
     encoder = ClipLinearEncoder(config, tower=tower)
@@ -320,6 +336,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--food-mask", type=Path, help="release food mask .npy (over nsdgeneral > -0.5 cortex voxels)")
     p.add_argument("--hcp-ranking", type=Path, help="release HCP ranking .npy (HCP_MMP1 ids, best first)")
     p.add_argument("--hcp-top", type=int, default=HCP_TOP, help="ids of --hcp-ranking used (published: 45)")
+    p.add_argument("--union-mask", type=Path, help="the union mask as a boolean .npy volume (instead of building it)")
     p.add_argument("--timm-weights", type=Path, help="timm vit_base_patch16_clip_224.laion2b .safetensors to store")
     p.add_argument("--out", required=True, type=Path, help="encoder folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -337,7 +354,8 @@ def main(argv=None) -> Path:
         roi_dir = args.roi_dir or layout.roi_dir(SPACE)
         label_dir = args.label_dir or (layout.label_dir() if layout else None)
         return import_braindive(args.checkpoint, roi_dir, n, args.out, food_mask=args.food_mask,
-                                hcp_ranking=args.hcp_ranking, hcp_top=args.hcp_top, label_dir=label_dir,
+                                hcp_ranking=args.hcp_ranking, hcp_top=args.hcp_top, union_mask=args.union_mask,
+                                label_dir=label_dir,
                                 timm_weights=args.timm_weights, overwrite=args.overwrite)
 
 
