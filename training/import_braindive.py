@@ -306,7 +306,7 @@ def import_braindive(checkpoint, roi_dir, subject, out, *, food_mask=None, hcp_r
                   "head": f"final_{n}_higher", "roi_dir": str(roi_dir.resolve()),
                   "food_mask": str(food_mask) if food_mask else None,
                   "hcp_ranking": str(hcp_ranking) if hcp_ranking else None, "hcp_top": hcp_top,
-                  "union_mask": str(union_mask) if union_mask else None,
+                  "union_mask": str(union_mask) if union_mask else None, "subject_file": SUBJECT_NAME,
                   "union_voxels": int(voxels.union.sum()), "timm_weights": str(timm_weights) if timm_weights else None},
     )
     encoder = ClipLinearEncoder(config, tower=tower)
