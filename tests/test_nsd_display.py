@@ -172,3 +172,12 @@ def test_surface_of_another_mesh_is_refused(nsd, tmp_path):
     with pytest.raises(SystemExit) as exc:
         nd.main(["--subject-file", str(path), "--nsd-root", str(root), "--filestore", str(tmp_path / "store")])
     assert str(exc.value) == f"error: {surf / 'rh.inflated'} has 28 vertices, but rh.smoothwm has 30."
+
+
+
+def test_surface_subject_is_refused(nsd, tmp_path):
+    root, _, _ = nsd
+    surface = Subject(name="S9", surface="S1", vertices=np.arange(4), n_vertices_lh=2, n_vertices=4, rois={})
+    path = surface.save(tmp_path / "s9.npz")
+    with pytest.raises(SystemExit, match=r"s9.npz is a surface subject, drawn on its own surface"):
+        nd.main(["--subject-file", str(path), "--nsd-root", str(root), "--filestore", str(tmp_path / "store")])

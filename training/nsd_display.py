@@ -236,12 +236,17 @@ def register_pycortex_subject(folder, name: str, filestore, *, transform: str = 
     return _install(folder, filestore, name, overwrite)
 
 
+def _load_volume_subject(path: Path) -> Subject:
+    subject = Subject.load(path)
+    if subject.kind != "volume":
+        raise ValueError(f"Subject {path} is a {subject.kind} subject, drawn on its own surface; only volume "
+                         "subjects need nsd_display.")
+    return subject
+
+
 def attach_display(subject_path, out, surface: str, transform: str, filestore) -> Subject:
     """Write ``subject_path``'s subject to ``out`` with ``surface``/``transform`` set, after checking the grid."""
-    subject_path = Path(subject_path)
-    subject = Subject.load(subject_path)
-    if subject.kind != "volume":
-        raise ValueError(f"Subject {subject_path} is a {subject.kind} subject; only volume subjects need a transform.")
+    subject = _load_volume_subject(Path(subject_path))
     with pycortex_filestore(filestore):
         shown = subject.with_display(surface, transform)  # checks the transform's grid against the subject's
     shown.save(out)
@@ -273,7 +278,7 @@ def main(argv=None) -> Subject:
     args = _parser().parse_args(argv)
     configure_logging()
     with cli_errors():
-        subject = Subject.load(args.subject_file)
+        subject = _load_volume_subject(args.subject_file)
         surface = args.surface or subject.name
         filestore = args.filestore or default_filestore()
         if args.pycortex_db:
