@@ -215,7 +215,7 @@ def test_default_backbone_is_open_clip_laion2b(release, tmp_path, monkeypatch):
     built = []
     real = ib.build_clip_tower
     monkeypatch.setattr(ib, "build_clip_tower", lambda b, p, c=None: built.append((b, p)) or real(TINY_NAME, None, TINY_CLIP))
-    out = ib.main(["--checkpoint", str(release.ckpt), "--subject", "1", "--nsd-root", str(release.root),
+    out = ib.main(["--checkpoint", str(release.ckpt), "--nsd-root", str(release.root),  # subject from the head
                    "--food-mask", str(release.food), "--hcp-ranking", str(release.hcp), "--out", str(tmp_path / "enc")])
     config = json.loads((out / "config.json").read_text())
     subject = bd.load_subject(out / "subject.npz")

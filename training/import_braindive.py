@@ -40,8 +40,8 @@ from .logs import cli_errors, configure_logging
 from .nsd_layout import NSDLayout, parse_subject, read_ctab, require
 from .nsd_spaces import subject_rois
 
-__all__ = ["UNION_ROIS", "HCP_TOP", "ReleaseVoxels", "release_voxels", "read_release_head", "timm_to_open_clip",
-           "import_braindive", "main"]
+__all__ = ["UNION_ROIS", "HCP_TOP", "ReleaseVoxels", "release_voxels", "release_subject", "read_release_head",
+           "timm_to_open_clip", "import_braindive", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,15 @@ def _load_tensors(path: Path) -> dict:
         found = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
         raise ValueError(f"--checkpoint {path} has no 'network' state dict (found {found}).")
     return obj["network"]
+
+
+def release_subject(path) -> int:
+    """The subject number of a checkpoint's only higher-visual head (``final_{N}_higher``)."""
+    path = Path(path)
+    numbers = sorted({int(m.group(1)) for k in _load_tensors(path) if (m := re.fullmatch(r"final_(\d+)_higher\.weight", str(k)))})
+    if len(numbers) != 1:
+        raise ValueError(f"--checkpoint {path} has higher-visual heads for subjects {numbers}; pass --subject.")
+    return numbers[0]
 
 
 def read_release_head(path, subject: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,7 +336,8 @@ def import_braindive(checkpoint, roi_dir, subject, out, *, food_mask=None, hcp_r
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, type=Path, help="released encoder checkpoint ({'network': ...})")
-    p.add_argument("--subject", required=True, help="NSD subject of the checkpoint: subj01..subj08 or 1..8")
+    p.add_argument("--subject", help="NSD subject of the checkpoint: subj01..subj08 or 1..8 (default: the "
+                   "checkpoint's only final_N_higher head)")
     roi = p.add_mutually_exclusive_group(required=True)
     roi.add_argument("--nsd-root", type=Path, help="NSD root: ROIs from nsddata/ppdata/subjXX/func1pt8mm/roi")
     roi.add_argument("--roi-dir", type=Path, help="folder with the subject's func1pt8mm ROI volumes")
@@ -349,7 +359,7 @@ def main(argv=None) -> Path:
     with cli_errors():
         if args.hcp_top < 1:
             raise ValueError(f"`--hcp-top` must be >= 1, got {args.hcp_top}.")
-        n = parse_subject(args.subject)
+        n = parse_subject(args.subject) if args.subject else release_subject(args.checkpoint)
         layout = NSDLayout(args.nsd_root, n) if args.nsd_root else None
         roi_dir = args.roi_dir or layout.roi_dir(SPACE)
         label_dir = args.label_dir or (layout.label_dir() if layout else None)
