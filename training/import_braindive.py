@@ -164,7 +164,8 @@ def _load_tensors(path: Path) -> dict:
 def release_subject(path) -> int:
     """The subject number of a checkpoint's only higher-visual head (``final_{N}_higher``)."""
     path = Path(path)
-    numbers = sorted({int(m.group(1)) for k in _load_tensors(path) if (m := re.fullmatch(r"final_(\d+)_higher\.weight", str(k)))})
+    heads = (re.fullmatch(r"final_(\d+)_higher\.weight", str(k)) for k in _load_tensors(path))
+    numbers = sorted({int(m.group(1)) for m in heads if m})
     if len(numbers) != 1:
         raise ValueError(f"--checkpoint {path} has higher-visual heads for subjects {numbers}; pass --subject.")
     return numbers[0]
@@ -231,7 +232,8 @@ def _tower(backbone: str, backbone_config: dict | None, timm_weights: Path | Non
             first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
             raise ValueError(f"--timm-weights {timm_weights} does not fit OpenCLIP {backbone}: {first}") from None
     if int(tower.output_dim) != EMBED_DIM:
-        raise ValueError(f"`backbone` {backbone!r} embeds to {tower.output_dim} dims; the release's heads need {EMBED_DIM}.")
+        raise ValueError(f"`backbone` {backbone!r} embeds to {tower.output_dim} dims; the release's heads need "
+                         f"{EMBED_DIM}.")
     return tower
 
 
@@ -287,8 +289,8 @@ def _write_folder(out: Path, write, overwrite: bool) -> None:
 
 
 def import_braindive(checkpoint, roi_dir, subject, out, *, food_mask=None, hcp_ranking=None, hcp_top: int = HCP_TOP,
-                     union_mask=None, label_dir=None, timm_weights=None, backbone: str = BACKBONE, backbone_config: dict | None = None,
-                     overwrite: bool = False) -> Path:
+                     union_mask=None, label_dir=None, timm_weights=None, backbone: str = BACKBONE,
+                     backbone_config: dict | None = None, overwrite: bool = False) -> Path:
     """Convert a released checkpoint into an encoder folder ``out`` (config.json, head.safetensors, subject.npz).
 
     ``union_mask``: the union mask as a boolean .npy volume, instead of building it (then ``food_mask`` only
@@ -304,7 +306,8 @@ def import_braindive(checkpoint, roi_dir, subject, out, *, food_mask=None, hcp_r
     weight, bias = read_release_head(checkpoint, n)
     if weight.shape[0] != voxels.n_voxels:
         raise ValueError(f"--checkpoint {checkpoint} has {weight.shape[0]} higher-visual voxels but the mask from "
-                         f"{roi_dir} has {voxels.n_voxels} (check --food-mask, --hcp-ranking, --hcp-top, --union-mask, --subject).")
+                         f"{roi_dir} has {voxels.n_voxels} (check --food-mask, --hcp-ranking, --hcp-top, --union-mask, "
+                         "--subject).")
     subj = _volume_subject(voxels, roi_dir, Path(label_dir) if label_dir else roi_dir, f"subj{n:02d}", food_mask)
     tower = _tower(backbone, backbone_config, Path(timm_weights) if timm_weights else None)
     config = EncoderConfig.for_subject(
@@ -334,7 +337,7 @@ def import_braindive(checkpoint, roi_dir, subject, out, *, food_mask=None, hcp_r
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, type=Path, help="released encoder checkpoint ({'network': ...})")
     p.add_argument("--subject", help="NSD subject of the checkpoint: subj01..subj08 or 1..8 (default: the "
                    "checkpoint's only final_N_higher head)")

@@ -100,12 +100,14 @@ def _fs_files(fs_dir: Path, fs_subject: str) -> dict[str, Path]:
     for hemi in HEMIS:
         n = len(_read(files[f"{hemi}.smoothwm"], nib.freesurfer.read_geometry)[0])
         counts = {name: len(_read(files[f"{hemi}.{name}"], nib.freesurfer.read_geometry)[0]) for name in SURFACES}
-        counts.update({name: len(_read(files[f"{hemi}.{name}"], nib.freesurfer.read_morph_data)) for name in SURFACE_INFO})
+        counts.update({name: len(_read(files[f"{hemi}.{name}"], nib.freesurfer.read_morph_data))
+                       for name in SURFACE_INFO})
         counts["patch"] = int(np.abs(_read(files[f"{hemi}.patch"], parse_patch)["vert"]).max(initial=0))
         for name, count in counts.items():
             if count > n or (name != "patch" and count != n):
-                raise ValueError(f"{files[f'{hemi}.{name}']} has {count} {'as largest vertex' if name == 'patch' else 'vertices'}, "
-                                 f"but {files[f'{hemi}.smoothwm'].name} has {n}.")
+                what = "as largest vertex" if name == "patch" else "vertices"
+                raise ValueError(f"{files[f'{hemi}.{name}']} has {count} {what}, but {files[f'{hemi}.smoothwm'].name} "
+                                 f"has {n}.")
     return files
 
 
@@ -151,7 +153,8 @@ def _write_surfaces(files: dict[str, Path], folder: Path) -> None:
     for fs_name, cx_name in SURFACE_INFO.items():
         lh, rh = (nib.freesurfer.read_morph_data(str(files[f"{h}.{fs_name}"])) for h in HEMIS)
         np.savez(folder / "surface-info" / f"{cx_name}.npz", left=-lh, right=-rh)
-    nib.save(nib.Nifti1Image(np.asarray(t1.dataobj), t1.header.get_vox2ras()), str(folder / "anatomicals" / "raw.nii.gz"))
+    raw = nib.Nifti1Image(np.asarray(t1.dataobj), t1.header.get_vox2ras())
+    nib.save(raw, str(folder / "anatomicals" / "raw.nii.gz"))
 
 
 def _rotate_flats(folder: Path, degrees: float) -> None:
@@ -189,9 +192,9 @@ def _check_grid(subject: Subject, subject_path: Path, reference: Path) -> None:
     img = nib.load(str(_require(reference, "transform reference")))
     shape = tuple(int(s) for s in img.shape[:3])
     if shape != tuple(subject.volume_shape) or not np.allclose(img.affine, subject.affine, atol=1e-3):
-        raise ValueError(f"Transform reference {reference} is a {shape} grid with affine {np.round(img.affine, 3).tolist()}, "
-                         f"but subject {subject_path} is a {tuple(subject.volume_shape)} grid with affine "
-                         f"{np.round(subject.affine, 3).tolist()}.")
+        raise ValueError(f"Transform reference {reference} is a {shape} grid with affine "
+                         f"{np.round(img.affine, 3).tolist()}, but subject {subject_path} is a "
+                         f"{tuple(subject.volume_shape)} grid with affine {np.round(subject.affine, 3).tolist()}.")
 
 
 def build_pycortex_subject(fs_dir, fs_subject: str, name: str, func_reference, anat, filestore, *,
@@ -255,15 +258,18 @@ def attach_display(subject_path, out, surface: str, transform: str, filestore) -
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--subject-file", required=True, type=Path, help="volume subject .npz (prepare_nsd, import_braindive)")
+    p.add_argument("--subject-file", required=True, type=Path,
+                   help="volume subject .npz (prepare_nsd, import_braindive)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--pycortex-db", type=Path, help="existing pycortex subject folder to register")
     src.add_argument("--nsd-root", type=Path, help="NSD root: build from nsddata/freesurfer/subjXX")
-    src.add_argument("--freesurfer-dir", type=Path, help="FreeSurfer SUBJECTS_DIR holding subjXX (needs --anat, --func-reference)")
+    src.add_argument("--freesurfer-dir", type=Path,
+                     help="FreeSurfer SUBJECTS_DIR holding subjXX (needs --anat, --func-reference)")
     p.add_argument("--nsd-subject", help="NSD subject (default: the subject file's name)")
     p.add_argument("--anat", type=Path, help=f"NSD anatomy NIfTI (default NSD_ROOT/nsddata/ppdata/subjXX/anat/{ANAT})")
     p.add_argument("--func-reference", type=Path,
-                   help="func1pt8mm NIfTI defining the grid (default NSD_ROOT/nsddata/ppdata/subjXX/func1pt8mm/roi/nsdgeneral.nii.gz)")
+                   help="func1pt8mm NIfTI defining the grid "
+                   "(default NSD_ROOT/nsddata/ppdata/subjXX/func1pt8mm/roi/nsdgeneral.nii.gz)")
     p.add_argument("--surface", help="pycortex subject name to write (default: the subject's name)")
     p.add_argument("--transform", default=TRANSFORM, help="pycortex transform name (default %(default)s)")
     p.add_argument("--flat-rotate", type=float, default=90.0, help="rotate built flatmaps CCW by this many degrees "
@@ -291,7 +297,7 @@ def main(argv=None) -> Subject:
                 raise ValueError("`--freesurfer-dir` needs --anat and --func-reference (or use --nsd-root).")
             fs_dir = args.freesurfer_dir or root / "nsddata" / "freesurfer"
             anat = args.anat or root / "nsddata" / "ppdata" / subj / "anat" / ANAT
-            reference = args.func_reference or root / "nsddata" / "ppdata" / subj / "func1pt8mm" / "roi" / "nsdgeneral.nii.gz"
+            reference = args.func_reference or root / "nsddata/ppdata" / subj / "func1pt8mm/roi/nsdgeneral.nii.gz"
             _check_grid(subject, args.subject_file, reference)
             build_pycortex_subject(fs_dir, subj, surface, reference, anat, filestore, transform=args.transform,
                                    flat_rotate=args.flat_rotate, overwrite=args.overwrite)
