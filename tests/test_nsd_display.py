@@ -107,6 +107,12 @@ def test_build_from_freesurfer_maps_vertices_to_their_voxels(nsd, tmp_path):
         # surface info stored negated, as cortex.freesurfer.import_subj does
         sulc = nib.freesurfer.read_morph_data(str(root / "nsddata/freesurfer/subj01/surf/lh.sulc"))
         np.testing.assert_allclose(np.load(store / "subj01/surface-info/sulcaldepth.npz")["left"], -sulc)
+        # pycortex draws a func1pt8mm volume through it: each flatmap pixel shows one of the vertices' voxels
+        linear = np.arange(np.prod(FUNC_SHAPE), dtype=float).reshape(FUNC_SHAPE)
+        image, _ = cortex.quickflat.utils.make_flatmap_image(cortex.Volume(linear.T, "subj01", "func1pt8mm"),
+                                                              height=120)
+        shown_voxels = np.unique(image[np.isfinite(image)]).astype(int)
+        assert set(shown_voxels) == set(np.ravel_multi_index(tuple(expected.T), FUNC_SHAPE))
     assert not any(p.name.startswith(".") for p in store.iterdir())
 
 

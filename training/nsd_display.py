@@ -49,21 +49,25 @@ HEMIS = ("lh", "rh")
 
 @contextmanager
 def pycortex_filestore(path):
-    """Point pycortex (its database and in-memory config) at ``path`` for the duration; the user's
-    options.cfg is never written."""
-    import cortex
+    """Point pycortex at the filestore ``path`` for the duration: its one database object (shared by every
+    pycortex module) is re-initialised there, caches included, and its in-memory config follows; the
+    user's options.cfg is never written. Restored afterwards."""
     from cortex import database
     from cortex.options import config
 
-    saved = database.default_filestore, database.db, cortex.db, config.get("basic", "filestore")
-    db = database.Database(str(path))
-    database.default_filestore, database.db, cortex.db = str(path), db, db
+    db = database.db
+    saved = dict(db.__dict__), database.default_filestore, config.get("basic", "filestore")
+    db.__dict__.clear()
+    db.__init__(str(path))
+    database.default_filestore = str(path)
     config.set("basic", "filestore", str(path))
     try:
         yield db
     finally:
-        database.default_filestore, database.db, cortex.db = saved[:3]
-        config.set("basic", "filestore", saved[3])
+        db.__dict__.clear()
+        db.__dict__.update(saved[0])
+        database.default_filestore = saved[1]
+        config.set("basic", "filestore", saved[2])
 
 
 def default_filestore() -> Path:
