@@ -1,9 +1,10 @@
-"""Flatmap timings on S1: cache build, render, pick, paint, grow, in each view.
+"""Flatmap timings on the surface subject S1 and the volume subject S1-fullhead: cache builds, render,
+pick, paint, grow, in each view.
 
-Run ``python -m benchmarks.flatmap``. For each view (``--view``, default all) builds the caches in a
-temporary folder (cold), then times the warm operations; writes ``benchmarks/results/flatmap.json`` and
-the "## Flatmaps" section of ``benchmarks/RESULTS.md``. ``--figures`` also redraws the S1 flatmaps in
-``docs/``.
+Run ``python -m benchmarks.flatmap``. For each subject (``--subject``) and view (``--view``, default
+all) builds the caches in a temporary folder (cold), then times the warm operations; writes
+``benchmarks/results/flatmap.json`` and the "## Flatmaps" section of ``benchmarks/RESULTS.md``.
+``--figures`` also redraws the flatmaps in ``docs/``.
 """
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ import numpy as np
 
 import braindive as bd
 from braindive import flatmap
+from braindive.flatmap import mapping, raster, surfaces
 
 HERE = Path(__file__).resolve().parent
 DOCS = HERE.parent / "docs"
 SECTION = "## Flatmaps"
+SUBJECTS = ("S1", "S1-fullhead")
 
 
 def timed(fn, repeats: int = 1) -> tuple[float, object]:
@@ -38,20 +41,27 @@ def timed(fn, repeats: int = 1) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def run(width: int, repeats: int, view: str, seed: int = 0) -> dict:
-    subject = bd.load_subject("S1")
+def _clear() -> None:
+    surfaces.surface_info.cache_clear()
+    surfaces._PER_SUBJECT.clear()
+    raster.GRIDS.clear()
+
+
+def run(name: str, width: int, repeats: int, view: str, seed: int = 0) -> dict:
+    subject = bd.load_subject(name)
     rng = np.random.default_rng(seed)
     values = rng.standard_normal(subject.n_voxels)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         bd.set_cache_dir(tmp)
         try:
-            flatmap._surface_info.cache_clear()
-            flatmap._GRIDS.clear()
-            results["build_surface_cache_s"], _ = timed(lambda: flatmap._surface_info(subject.surface))
-            results["build_grid_cache_s"], _ = timed(lambda: flatmap._grid(subject, width, view))
-            flatmap._GRIDS.clear()
-            results["load_grid_cache_s"], _ = timed(lambda: flatmap._grid(subject, width, view))
+            _clear()
+            mapping.pycortex_mapper.cache_clear()
+            results["build_surface_cache_s"], _ = timed(lambda: surfaces.surface_info(subject.surface))
+            results["build_mapping_s"], _ = timed(lambda: flatmap.voxel_mapping(subject))
+            results["build_grid_cache_s"], _ = timed(lambda: raster.pixel_grid(subject, width, view))
+            _clear()
+            results["load_caches_s"], _ = timed(lambda: raster.pixel_grid(subject, width, view))
             render = dict(width=width, view=view)
             results["render_base_s"], _ = timed(lambda: bd.render_flatmap(None, subject, **render), repeats)
             results["render_values_s"], image = timed(
@@ -72,8 +82,7 @@ def run(width: int, repeats: int, view: str, seed: int = 0) -> dict:
             results["grow_10mm_s"], grown = timed(lambda: bd.grow(subject, voxel, 10.0), repeats)
         finally:
             bd.set_cache_dir(None)
-            flatmap._surface_info.cache_clear()
-            flatmap._GRIDS.clear()
+            _clear()
     results["image_shape"] = list(image.shape)
     results["voxels_painted"] = int(len(painted))
     results["voxels_grown_10mm"] = int(len(grown))
@@ -99,9 +108,11 @@ def markdown(report: dict) -> str:
     rows = [
         ("Build surface cache (curvature + mesh graph, once per surface)",
          lambda r: f"{r['build_surface_cache_s']:.2f} s"),
+        ("Build voxel -> vertex mapping (once per subject; volumes: pycortex line_nearest mapper)",
+         lambda r: f"{r['build_mapping_s']:.2f} s"),
         (f"Build pixel grid cache (once per subject, view and width {report['width']})",
          lambda r: f"{r['build_grid_cache_s']:.2f} s"),
-        ("Load pixel grid cache from disk", lambda r: ms(r["load_grid_cache_s"])),
+        ("Load mapping + pixel grid caches from disk", lambda r: ms(r["load_caches_s"])),
         (f"Render base map (curvature + ROIs), median of {repeats}", lambda r: ms(r["render_base_s"])),
         (f"Render values + ROIs + colour bar + title, median of {repeats}", lambda r: ms(r["render_values_s"])),
         (f"Render values + FFA highlight, median of {repeats}", lambda r: ms(r["render_values_highlight_s"])),
@@ -112,11 +123,13 @@ def markdown(report: dict) -> str:
     ]
     results = report["results"]
     views = list(results)
-    header = [f'view="{view}", {r["image_shape"][1]} x {r["image_shape"][0]} px' for view, r in results.items()]
+    header = [f'{key.replace(" ", ", view=")}, {r["image_shape"][1]} x {r["image_shape"][0]} px'
+              for key, r in results.items()]
+    subjects = ", ".join(f"{name} ({n} voxels)" for name, n in report["n_voxels"].items())
     lines = [
         SECTION,
         "",
-        f"Subject S1 ({report['n_voxels']} voxels), image width {report['width']} px. Machine: {report['machine']}, "
+        f"Subjects {subjects}, image width {report['width']} px. Machine: {report['machine']}, "
         f"load average {report['load_average']} at start (other jobs share the cores). "
         f"Command: `{report['command']}`. Date: {report['date']}.",
         "",
@@ -141,15 +154,25 @@ def write_section(path: Path, section: str) -> None:
 
 
 def figures(folder: Path = DOCS) -> list[Path]:
-    """The S1 flatmaps shown in the docs: base map, a smooth demo value map, FFA highlighted; and zoomed
-    on the voxels: base map, FFA highlighted on the demo values."""
+    """The flatmaps shown in the docs. S1: base map, a smooth demo value map, FFA highlighted; and zoomed
+    on the voxels: base map, FFA highlighted on the demo values. S1-fullhead (volume): the same demo
+    values at the voxel centres, ROIs, and FFA highlighted where a click on its label selects it."""
     import cortex
 
     subject = bd.load_subject("S1")
     fiducial, _ = cortex.db.get_surf(subject.surface, "fiducial", merge=True)
     y, z = fiducial[subject.vertices, 1], fiducial[subject.vertices, 2]
     demo = np.sin(y / 15.0) * np.cos(z / 20.0)
+    volume = bd.load_subject("S1-fullhead")
+    # voxel centres in the surface's coordinates: the inverse of pycortex's anatomy -> grid transform
+    centres = cortex.db.get_xfm("S1", "fullhead").inv(volume.ijk.astype(float))
+    volume_demo = np.sin(centres[:, 1] / 15.0) * np.cos(centres[:, 2] / 20.0)
+    x, y = bd.roi_centroids(volume, view="voxels")["FFA.rh"]
+    clicked = bd.pick(volume, x, y, bd.flatmap_shape(volume, view="voxels"), view="voxels")
     return [
+        bd.save_flatmap(volume_demo, volume, folder / "flatmap_s1_fullhead.png", vmin=-1, vmax=1,
+                        highlight=clicked.rois[0], view="voxels",
+                        title=f"{volume.label}: {volume.n_voxels} grid voxels; clicked {clicked.rois[0]}"),
         bd.save_flatmap(None, subject, folder / "flatmap_s1.png", title="S1 visual ROIs"),
         bd.save_flatmap(demo, subject, folder / "flatmap_s1_demo.png", vmin=-1, vmax=1,
                         title="Demo values: sin(y / 15 mm) cos(z / 20 mm)"),
@@ -166,6 +189,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--view", nargs="+", choices=flatmap.VIEWS, default=list(flatmap.VIEWS),
                         help="the views to time (default: all)")
+    parser.add_argument("--subject", nargs="+", choices=SUBJECTS, default=list(SUBJECTS),
+                        help="the subjects to time (default: all)")
     parser.add_argument("--figures", action="store_true", help="also redraw docs/flatmap_s1*.png")
     args = parser.parse_args(argv)
     if args.figures:
@@ -173,12 +198,13 @@ def main(argv=None) -> None:
     report = {
         "width": args.width,
         "repeats": args.repeats,
-        "n_voxels": bd.load_subject("S1").n_voxels,
+        "n_voxels": {name: bd.load_subject(name).n_voxels for name in args.subject},
         "machine": machine(),
         "load_average": [round(load, 2) for load in os.getloadavg()],
         "command": " ".join(["python -m benchmarks.flatmap", *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.date.today().isoformat(),
-        "results": {view: run(args.width, args.repeats, view) for view in args.view},
+        "results": {f"{name} {view}": run(name, args.width, args.repeats, view)
+                    for name in args.subject for view in args.view},
     }
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "flatmap.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -3,6 +3,12 @@
 * ``S1``: pycortex's bundled subject as a surface space. Its voxels are the surface vertices inside the
   visual ROIs of its ``overlays.svg`` (``VISUAL_ROIS`` that exist there) plus every flat-map vertex
   within ``S1_MARGIN_MM`` millimetres (fiducial surface) of them.
+* ``S1-fullhead``: a volume space on the grid of S1's functional transform ``fullhead`` (reference
+  volume 100 x 100 x 31, 2.24 x 2.24 x 4.13 mm): the grid cells that are the dominant cell
+  (``braindive.flatmap.mapping.MAPPER``) of one of S1's voxels (vertices) above, in C order of
+  (i, j, k). An ROI is the dominant cells of that ROI's vertices; a voxel's hemisphere is that of most
+  of the vertices it dominates. Displayed on S1 through ``fullhead``: the offline stand-in for an NSD
+  func1pt8mm subject.
 
 Extracting ROI vertices from the SVG takes seconds, so each built-in subject is cached on disk
 (``cache_dir("subjects")``) and rebuilt when ``overlays.svg`` or these settings change.
@@ -138,4 +144,42 @@ def load_surface_subject(surface: str) -> Subject:
     return _cached(surface, _cache_key(surface), lambda: _build_surface_subject(surface))
 
 
-BUILT_IN = {"S1": lambda: load_surface_subject("S1")}
+def _build_volume_subject(surface: str, transform: str) -> Subject:
+    """The grid cells of ``transform`` that S1-style surface voxels of ``surface`` map onto (see above)."""
+    import cortex
+
+    from .flatmap.mapping import dominant_cells, pycortex_mapper
+
+    base = load_surface_subject(surface)
+    reference = cortex.db.get_xfm(surface, transform).reference
+    shape = tuple(int(n) for n in reference.shape[:3])
+    cell_of_vertex = dominant_cells(pycortex_mapper(surface, transform))
+    cells = cell_of_vertex[base.vertices]
+    k, j, i = np.unravel_index(np.unique(cells[cells >= 0]), shape[::-1])
+    ijk = np.stack([i, j, k], axis=1)[np.lexsort((k, j, i))]
+    lookup = np.full(int(np.prod(shape)) + 1, -1, np.int64)  # last entry: "no cell" (-1)
+    lookup[np.ravel_multi_index((ijk[:, 2], ijk[:, 1], ijk[:, 0]), shape[::-1])] = np.arange(len(ijk))
+    voxel_of_base = lookup[cells]  # [base voxels] volume voxel each surface voxel maps onto, -1 if none
+    mapped = voxel_of_base >= 0
+    right_votes = np.bincount(voxel_of_base[mapped], weights=np.where(base.is_right[mapped], 1.0, -1.0),
+                              minlength=len(ijk))
+    rois = {}
+    for name, idx in base.rois.items():
+        found = voxel_of_base[idx]
+        rois[name] = np.unique(found[found >= 0])
+    return Subject.from_volume(
+        f"{surface}-{transform}", ijk, reference.affine, shape, rois, is_right=right_votes > 0, surface=surface,
+        transform=transform, space=transform,
+        description=(f"pycortex {surface}, transform {transform}: grid voxels under the visual ROIs "
+                     f"{', '.join(rois)} plus a {S1_MARGIN_MM:g} mm margin (a volume subject for offline tests)"),
+    )
+
+
+def load_volume_subject(surface: str, transform: str) -> Subject:
+    from .flatmap.mapping import MAPPER, transform_digest
+
+    key = _cache_key(surface, transform, transform_digest(surface, transform), MAPPER)
+    return _cached(f"{surface}-{transform}", key, lambda: _build_volume_subject(surface, transform))
+
+
+BUILT_IN = {"S1": lambda: load_surface_subject("S1"), "S1-fullhead": lambda: load_volume_subject("S1", "fullhead")}

@@ -338,7 +338,7 @@ def _registered(name: str):
     return build
 
 
-SUBJECTS = {name: _registered(name) for name in ("S1",)}
+SUBJECTS = {name: _registered(name) for name in ("S1", "S1-fullhead")}
 
 
 def available_subjects() -> list[str]:
