@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+import braindive as bd
 from braindive.subjects import Subject
 from training import nsd_display as nd
 
@@ -113,6 +114,17 @@ def test_build_from_freesurfer_maps_vertices_to_their_voxels(nsd, tmp_path):
                                                               height=120)
         shown_voxels = np.unique(image[np.isfinite(image)]).astype(int)
         assert set(shown_voxels) == set(np.ravel_multi_index(tuple(expected.T), FUNC_SHAPE))
+        # ... and so does the app's flatmap: render, click and paint resolve to those voxels
+        vertex_voxels = np.ravel_multi_index(tuple(expected.T), FUNC_SHAPE)  # == voxel index (C-order subject)
+        values = np.arange(reloaded.n_voxels, dtype=float)
+        image = bd.flatmap.render_flatmap(values, reloaded, width=256)
+        painted = bd.flatmap.voxels_in_mask(reloaded, np.ones(image.shape[:2], bool))
+        np.testing.assert_array_equal(painted, np.sort(vertex_voxels))
+        picks = [bd.flatmap.pick(reloaded, x, y, image.shape) for x in range(0, image.shape[1], 4)
+                 for y in range(0, image.shape[0], 4)]
+        picked = {p.voxel for p in picks if p is not None} - {None}
+        assert picked <= set(vertex_voxels) and len(picked) > 20
+        assert {reloaded.hemisphere_of(v) for v in picked} == {"lh", "rh"}
     assert not any(p.name.startswith(".") for p in store.iterdir())
 
 
