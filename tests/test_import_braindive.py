@@ -280,3 +280,13 @@ def test_saved_union_mask_gives_the_same_encoder(release, converted, tmp_path):
     np.save(tmp_path / "bad.npy", release.functional[:, :, :-1])
     with pytest.raises(ValueError, match=r"--union-mask .*bad.npy must be a boolean volume of shape \(9, 11, 8\)"):
         ib.release_voxels(release.roi_dir, union_mask=tmp_path / "bad.npy")
+
+
+def test_without_label_tables_nsd_names_are_used(release, tmp_path):
+    out = _convert(release, tmp_path / "enc", label_dir=tmp_path)  # no .ctab there
+    subject = bd.load_subject(out / "subject.npz")
+    index = tuple(subject.ijk.T)
+    faces = np.rint(nib.load(str(release.roi_dir / "floc-faces.nii.gz")).get_fdata())[index]
+    np.testing.assert_array_equal(subject.roi("FFA"), np.flatnonzero((faces == 2) | (faces == 3)))
+    places = np.rint(nib.load(str(release.roi_dir / "floc-places.nii.gz")).get_fdata())[index]
+    np.testing.assert_array_equal(subject.roi("RSC"), np.flatnonzero(places == 3))

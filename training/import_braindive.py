@@ -40,13 +40,20 @@ from .logs import cli_errors, configure_logging
 from .nsd_layout import NSDLayout, parse_subject, read_ctab, require
 from .nsd_spaces import subject_rois
 
-__all__ = ["UNION_ROIS", "HCP_TOP", "ReleaseVoxels", "release_voxels", "release_subject", "read_release_head",
+__all__ = ["UNION_ROIS", "NSD_LABELS", "HCP_TOP", "ReleaseVoxels", "release_voxels", "release_subject", "read_release_head",
            "timm_to_open_clip", "import_braindive", "main"]
 
 log = logging.getLogger(__name__)
 
 UNION_ROIS = ("prf-visualrois", "floc-bodies", "floc-faces", "floc-places", "floc-words")
-LABEL_ROIS = ("floc-faces", "floc-places", "floc-bodies", "floc-words")  # named regions of the higher voxels
+# named regions of the higher voxels, with NSD's label tables (used where no <family>.mgz.ctab is found);
+# the published scripts use the same ids (OFA 1, FFA 2+3 of floc-faces; OPA 1, PPA 2, RSC 3 of floc-places)
+NSD_LABELS = {
+    "floc-faces": ("OFA", "FFA-1", "FFA-2", "mTL-faces", "aTL-faces"),
+    "floc-places": ("OPA", "PPA", "RSC"),
+    "floc-bodies": ("EBA", "FBA-1", "FBA-2", "mTL-bodies"),
+    "floc-words": ("OWFA", "VWFA-1", "VWFA-2", "mfs-words", "mTL-words"),
+}
 HCP_TOP = 45
 EMBED_DIM = 512
 BACKBONE, PRETRAINED = "ViT-B-16", "laion2b_s34b_b88k"  # = timm vit_base_patch16_clip_224.laion2b
@@ -242,10 +249,11 @@ def _volume_subject(voxels: ReleaseVoxels, roi_dir: Path, label_dir: Path, name:
     shape = voxels.higher.shape
     index = tuple(voxels.ijk.T)
     labels = {}
-    for family in LABEL_ROIS:
+    for family, names in NSD_LABELS.items():
         values = np.rint(_volume(roi_dir / f"{family}.nii.gz", f"ROI file {family}", shape)[index]).astype(np.int64)
         values[values < 0] = 0
-        table = read_ctab(label_dir / f"{family}.mgz.ctab", family)
+        ctab = label_dir / f"{family}.mgz.ctab"
+        table = read_ctab(ctab, family) if ctab.is_file() else dict(enumerate(names, 1))
         labels[family] = (values, {int(v): table.get(int(v), f"{family}-{int(v)}") for v in np.unique(values) if v > 0})
     rois = subject_rois(labels)
     if food_mask is not None:
