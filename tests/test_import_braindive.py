@@ -290,3 +290,14 @@ def test_without_label_tables_nsd_names_are_used(release, tmp_path):
     np.testing.assert_array_equal(subject.roi("FFA"), np.flatnonzero((faces == 2) | (faces == 3)))
     places = np.rint(nib.load(str(release.roi_dir / "floc-places.nii.gz")).get_fdata())[index]
     np.testing.assert_array_equal(subject.roi("RSC"), np.flatnonzero(places == 3))
+
+
+def test_unreadable_timm_weights_are_named(release, tmp_path):
+    bad = tmp_path / "timm.safetensors"
+    bad.write_bytes(b"nope")
+    with pytest.raises(ValueError, match=f"--timm-weights {bad} is not a readable .safetensors file"):
+        _convert(release, tmp_path / "enc", timm_weights=bad)
+    save_file({"cls_token": torch.zeros(1, 1, 64)}, str(bad))
+    with pytest.raises(ValueError, match=f"--timm-weights {bad} does not fit OpenCLIP {TINY_NAME}: Missing key"):
+        _convert(release, tmp_path / "enc", timm_weights=bad)
+    assert not (tmp_path / "enc").exists()

@@ -230,9 +230,14 @@ def _tower(backbone: str, backbone_config: dict | None, timm_weights: Path | Non
     """The image tower: random (only its shape is used; OpenCLIP fetches ``PRETRAINED``), or timm weights."""
     tower = build_clip_tower(backbone, None, backbone_config)
     if timm_weights is not None:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = timm_to_open_clip(load_file(str(require(timm_weights, "--timm-weights"))), str(timm_weights))
+        try:
+            raw = load_file(str(require(timm_weights, "--timm-weights")))
+        except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+            raise ValueError(f"--timm-weights {timm_weights} is not a readable .safetensors file: {exc}") from None
+        state = timm_to_open_clip(raw, str(timm_weights))
         try:
             tower.load_state_dict(state)
         except RuntimeError as exc:
