@@ -35,6 +35,7 @@ __all__ = [
     "Subject",
     "load_subject",
     "available_subjects",
+    "is_built_in",
     "check_voxel_indices",
     "VISUAL_ROIS",
     "S1_MARGIN_MM",
@@ -344,6 +345,16 @@ SUBJECTS = {name: _registered(name) for name in ("S1", "S1-fullhead")}
 def available_subjects() -> list[str]:
     """Names accepted by ``load_subject`` besides paths to subject files."""
     return sorted(SUBJECTS)
+
+
+def is_built_in(subject: Subject) -> bool:
+    """True when ``load_subject(subject.name)`` gives this subject back: a registered name, the same
+    voxel space and the same ROIs (a built-in subject with added ROIs needs its own file)."""
+    if subject.name not in SUBJECTS:
+        return False
+    registered = load_subject(subject.name)
+    return registered.fingerprint == subject.fingerprint and registered.rois.keys() == subject.rois.keys() and all(
+        np.array_equal(registered.rois[k], v) for k, v in subject.rois.items())
 
 
 def load_subject(name_or_path) -> Subject:

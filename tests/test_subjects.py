@@ -43,7 +43,8 @@ def test_unknown_roi_lists_valid_names(s1, name):
 
 
 def test_unknown_subject_lists_valid_names():
-    with pytest.raises(ValueError, match=r"`subject` must be one of \['S1'\] or a subject .npz file, got 'subj99'"):
+    with pytest.raises(ValueError, match=r"`subject` must be one of \['S1', 'S1-fullhead'\] or a subject .npz file, "
+                                         r"got 'subj99'"):
         bd.load_subject("subj99")
 
 
@@ -219,3 +220,106 @@ def test_encoder_matches_subjects_by_fingerprint(caplog):
     with caplog.at_level("WARNING"):
         old.check_subject(b)
     assert "records no subject fingerprint" in caplog.text
+
+
+# --------------------------------------------------------------------------- S1-fullhead: a volume subject offline
+
+
+@pytest.fixture(scope="module")
+def fullhead():
+    return bd.load_subject("S1-fullhead")
+
+
+def test_s1_fullhead_is_a_volume_on_the_fullhead_grid(fullhead, s1):
+    import cortex
+
+    reference = cortex.db.get_xfm("S1", "fullhead").reference
+    assert fullhead.kind == "volume" and fullhead.volume_shape == (100, 100, 31) == reference.shape[:3]
+    np.testing.assert_allclose(fullhead.affine, reference.affine)
+    assert (fullhead.surface, fullhead.transform) == ("S1", "fullhead") and fullhead.drawable
+    assert fullhead.label == "S1-fullhead · fullhead" and fullhead.fingerprint != s1.fingerprint
+    assert fullhead.roi_names == s1.roi_names and 3000 < fullhead.n_voxels < 8000
+    order = np.lexsort(fullhead.ijk.T[::-1])
+    np.testing.assert_array_equal(order, np.arange(fullhead.n_voxels))  # C order of (i, j, k)
+    assert 0.4 < fullhead.is_right.mean() < 0.6
+
+
+def test_s1_fullhead_roi_voxels_lie_on_that_rois_vertices(fullhead):
+    """Each ROI voxel's centre, taken back to the anatomy through the inverse transform, is within a
+    voxel half-diagonal plus a cortical thickness of a vertex of that ROI (in its hemisphere)."""
+    import cortex
+    from scipy.spatial import cKDTree
+
+    fid, _ = cortex.db.get_surf("S1", "fiducial", merge=True)
+    centres = cortex.db.get_xfm("S1", "fullhead").inv(fullhead.ijk.astype(float))
+    n_lh = len(cortex.db.get_surf("S1", "fiducial", "lh")[0])
+    for name, verts in cortex.utils.get_roi_verts("S1", roi=["V1", "FFA", "PPA"], mask=False).items():
+        for hemi, side in (("lh", verts[verts < n_lh]), ("rh", verts[verts >= n_lh])):
+            distance, _ = cKDTree(fid[side]).query(centres[fullhead.roi(f"{name}.{hemi}")])
+            assert distance.max() < 6.0, (name, hemi, distance.max())
+
+
+def test_is_built_in_needs_the_same_space_and_rois(s1, fullhead):
+    import dataclasses
+
+    assert bd.subjects.is_built_in(s1) and bd.subjects.is_built_in(fullhead)
+    custom = dataclasses.replace(s1, rois={**s1.rois, "mine": np.array([1, 2, 3])})
+    assert not bd.subjects.is_built_in(custom)  # train_encoder then stores the subject file in the checkpoint
+    assert not bd.subjects.is_built_in(_volume(name="S1"))
+
+
+def test_guidance_on_the_volume_subject(fullhead, s1):
+    """The pipeline with an encoder on S1-fullhead raises the predicted FFA response; the encoder refuses S1."""
+    import torch
+
+    from tiny import SIZE, generators, tiny_encoder, tiny_pipe
+
+    encoder = tiny_encoder(n_voxels=fullhead.n_voxels, subject=fullhead.name)
+    encoder.config = bd.EncoderConfig.for_subject(fullhead, backbone=encoder.config.backbone)
+    encoder.check_subject(fullhead)
+    with pytest.raises(ValueError, match=r"'S1-fullhead · fullhead'.*'S1 · pycortex:S1:visual\+4mm'"):
+        encoder.check_subject(s1)
+    pipe = tiny_pipe(encoder=encoder)
+    objective = bd.Objective.maximize(fullhead.roi("FFA"))
+    run = lambda scale: pipe(objective=objective, num_inference_steps=3, height=SIZE, width=SIZE,  # noqa: E731
+                             brain_guidance_scale=scale, generator=generators([0]), output_type="np")
+    plain, guided = run(0.0), run(300.0)
+    assert (guided.objective_values > plain.objective_values).all()
+    with torch.no_grad():
+        again = encoder(torch.from_numpy(guided.images).permute(0, 3, 1, 2))[:, fullhead.roi("FFA")].mean(1)
+    np.testing.assert_allclose(again.numpy(), guided.objective_values, rtol=1e-4, atol=1e-5)
+
+
+def test_hub_snapshot_brings_the_subject_file(tmp_path, monkeypatch, fullhead):
+    """``load_encoder("user/repo")`` asks the Hub for config, weights and subject.npz."""
+    import fnmatch
+
+    import huggingface_hub
+
+    from tiny import tiny_encoder
+
+    encoder = tiny_encoder(n_voxels=fullhead.n_voxels, subject=fullhead.name)
+    encoder.config = bd.EncoderConfig.for_subject(fullhead, backbone=encoder.config.backbone,
+                                                  pretrained=None, backbone_config=encoder.config.backbone_config)
+    repo = encoder.save(tmp_path / "repo")
+    fullhead.save(repo / "subject.npz")
+    (repo / "README.md").write_text("not needed")
+    asked = {}
+
+    def fake_snapshot(repo_id, allow_patterns=None, **kwargs):
+        asked["patterns"] = allow_patterns
+        out = tmp_path / "snapshot"
+        out.mkdir()
+        for path in repo.iterdir():
+            if any(fnmatch.fnmatch(path.name, p) for p in allow_patterns):
+                (out / path.name).write_bytes(path.read_bytes())
+        return str(out)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    loaded = bd.load_encoder("someone/encoder")
+    folder = tmp_path / "snapshot"
+    assert sorted(p.name for p in folder.iterdir()) == ["backbone.safetensors", "config.json", "head.safetensors",
+                                                        "subject.npz"]
+    subject = bd.load_subject(str(folder / "subject.npz"))
+    loaded.check_subject(subject)
+    assert subject.fingerprint == fullhead.fingerprint

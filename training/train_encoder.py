@@ -6,7 +6,8 @@ a per-voxel alpha chosen by K-fold CV is fit (``training.ridge``), and the resul
 constant training responses are left out of the fit: their head rows are zero and their bias is
 their mean response; they are listed in ``config.training["dropped_voxels"]``.
 
-An encoder of a subject that is not built in (e.g. a prepared NSD subject) gets that subject's file
+An encoder of a subject that is not built in (e.g. a prepared NSD subject, or S1 with ROIs added by
+``prepare_generic --rois``: ``braindive.subjects.is_built_in``) gets that subject's file
 in its checkpoint folder (``subject.npz``, the subject stored in the dataset), named in
 ``config.training["subject_file"]`` relative to the folder, so the checkpoint can be moved or
 uploaded with it; the app finds the subject there.
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from braindive.encoders import SUBJECT_NAME
-from braindive.subjects import available_subjects
+from braindive.subjects import is_built_in
 
 from .dataset import open_dataset
 from .features import build_encoder, dataset_features, resolve_device
@@ -120,7 +121,7 @@ def train_encoder(data, out, *, backbone: str = "ViT-B-16", pretrained: str | No
         "dropped_voxels": {"nan": nan_voxels.tolist(), "constant": constant_voxels.tolist()},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions(),
     }
-    if subject.name not in available_subjects():  # the app loads built-in subjects by name
+    if not is_built_in(subject):  # e.g. an NSD subject, or S1 with ROIs added by prepare_generic --rois
         Path(out).mkdir(parents=True, exist_ok=True)
         subject.save(Path(out) / SUBJECT_NAME)
         summary["subject_file"] = SUBJECT_NAME
