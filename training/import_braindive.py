@@ -360,7 +360,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--label-dir", type=Path, help="folder of <roi>.mgz.ctab label names (default: from --nsd-root, "
                    "else beside the ROI volumes)")
     p.add_argument("--food-mask", type=Path, help="release food mask .npy (over nsdgeneral > -0.5 cortex voxels)")
-    p.add_argument("--hcp-ranking", type=Path, help="release HCP ranking .npy (HCP_MMP1 ids, best first)")
+    p.add_argument("--hcp-ranking", "--hcp-mask", dest="hcp_ranking", type=Path,
+                   help="release HCP ranking .npy (HCP_MMP1 ids, best first; the published best_HCP.npy)")
     p.add_argument("--hcp-top", type=int, default=HCP_TOP, help="ids of --hcp-ranking used (published: 45)")
     p.add_argument("--union-mask", type=Path, help="the union mask as a boolean .npy volume (instead of building it)")
     p.add_argument("--timm-weights", type=Path, help="timm vit_base_patch16_clip_224.laion2b .safetensors to store")
