@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
@@ -10,12 +11,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .cache import private_tmp
 from .objectives import Objective
 from .records import generation_record
+from .rerank import rank_scores
 
 __all__ = ["main", "PRESETS", "SD21_MODEL_ID"]
 
 SD21_MODEL_ID = "stabilityai/stable-diffusion-2-1-base"
+RANKING_CSV = "ranking.csv"  # every candidate's score and rank, beside the kept images
 
 
 def _load_demo(args):
@@ -69,7 +73,7 @@ def generate(args) -> list[Path]:
     params = dict(num_inference_steps=args.steps, brain_guidance_scale=args.scale, sag_scale=args.sag,
                   guidance_scale=args.cfg, prompt=args.prompt, height=args.height, width=args.width,
                   guidance_mode=args.mode)
-    written = []
+    candidates = []
 
     def advance(*_):
         bar.update()
@@ -80,16 +84,39 @@ def generate(args) -> list[Path]:
             seed = args.seed + k
             result = pipe(objective=objective, generator=torch.Generator().manual_seed(seed),
                           callback_on_step_end=advance, **params)
-            stem = out / f"{subject.name}_{target}_seed{seed:06d}"
-            result.images[0].save(stem.with_suffix(".png"))
-            record = generation_record(
-                seed=seed, subject=subject.name, target=target, objective=objective.describe(),
-                parameters={**params, "scheduler": args.scheduler}, objective_value=float(result.objective_values[0]),
-                model=model_name, encoder=encoder_name,
-            )
-            stem.with_suffix(".json").write_text(json.dumps(record, indent=2))
-            written.append(stem.with_suffix(".png"))
+            candidates.append((seed, result.images[0], float(result.objective_values[0])))
+    # The pipeline's objective values come from the encoder call on its final decoded pixels: rank those.
+    ranking = rank_scores([score for _, _, score in candidates], keep=args.keep)
+    rows, written = [], []
+    for i, (seed, image, score) in enumerate(candidates):
+        stem = out / f"{subject.name}_{target}_seed{seed:06d}"
+        kept = ranking.kept[i]
+        rows.append({"rank": ranking.ranks[i], "seed": seed, "score": score, "kept": int(kept),
+                     "file": stem.with_suffix(".png").name if kept else ""})
+        if not kept:
+            continue
+        record = generation_record(
+            seed=seed, subject=subject.name, target=target, objective=objective.describe(),
+            parameters={**params, "scheduler": args.scheduler}, objective_value=score,
+            model=model_name, encoder=encoder_name,
+        )
+        record["rerank"] = {"rank": ranking.ranks[i], "score": score, "n_candidates": len(candidates),
+                            "keep": args.keep, "n_kept": len(ranking.indices), "ranking": RANKING_CSV}
+        image.save(stem.with_suffix(".png"))
+        stem.with_suffix(".json").write_text(json.dumps(record, indent=2))
+        written.append(stem.with_suffix(".png"))
+    _write_csv(out / RANKING_CSV, sorted(rows, key=lambda r: r["rank"]))
     return written
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    """Write ``rows`` (dicts with the same keys) as CSV, atomically."""
+    tmp = private_tmp(path)
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,7 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--minimize", action="store_true", help="push the target's activity down")
     g.add_argument("--contrast", help="second ROI: maximise target minus weight x this ROI")
     g.add_argument("--weight", type=float, default=1.0)
-    g.add_argument("--n", type=int, default=4, help="number of images (seeds seed..seed+n-1)")
+    g.add_argument("--n", type=int, default=4, help="number of candidate images (seeds seed..seed+n-1)")
+    g.add_argument("--keep", type=_fraction, default=1.0,
+                   help="keep the encoder's top fraction of the candidates (paper: 0.2); all are ranked in ranking.csv")
     g.add_argument("--steps", type=int, default=None)
     g.add_argument("--scale", type=float, default=None, help="brain guidance scale (paper: ~130 for ViT-B/16)")
     g.add_argument("--sag", type=float, default=0.75)
@@ -119,6 +148,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", required=True)
     return parser
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text}")
+    return value
 
 
 def _apply_preset_defaults(args) -> None:
