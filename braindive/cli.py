@@ -119,6 +119,38 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
+def evaluate(args) -> Path:
+    """CLIP 5-way evaluation of generated results (+ natural-image baselines) -> CSV + PNG in ``--out``."""
+    from .catalog import Catalog
+    from .evaluation import ZeroShotClassifier, ZeroShotConfig, load_roi_table
+    from .evaluation.natural import comparison_sets
+    from .evaluation.report import evaluate as run, store, write_report
+    from .evaluation.sets import generated_sets
+
+    if args.catalog and not (Path(args.catalog) / "index.sqlite").is_file():
+        raise FileNotFoundError(f"--catalog {args.catalog} is not a results catalog (no index.sqlite).")
+    catalog = Catalog(args.catalog) if args.catalog else None
+    table = load_roi_table(args.roi_table)
+    sets = generated_sets(args.results, catalog)
+    encoder = None
+    if args.natural_folder:
+        from .encoders import load_encoder
+
+        if not args.encoder:
+            raise ValueError("--natural-folder needs --encoder CKPT to rank the folder's images.")
+        encoder = load_encoder(args.encoder)
+    sets = comparison_sets(sets, args.nsd_dataset, args.natural_folder, encoder, args.top_n)
+    config = (ZeroShotConfig.from_json(args.zeroshot_config) if args.zeroshot_config
+              else ZeroShotConfig(model=args.clip_model, pretrained=args.clip_pretrained))
+    evaluation = run(sets, ZeroShotClassifier(config), table, args.confidence)
+    paths = write_report(evaluation, args.out)
+    if catalog is not None:
+        store(evaluation, catalog.root)
+    for row in evaluation.table():
+        print(", ".join(f"{k}: {v}" for k, v in row.items()))
+    return paths["comparison"]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m braindive", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +179,20 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--mode", default="exact", help="guidance mode: exact (default), reference or fast")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", required=True)
+
+    e = sub.add_parser("evaluate", help="CLIP 5-way zero-shot evaluation of generated images vs top natural images")
+    e.add_argument("results", nargs="+", help="folders of generated PNG + JSON, or catalog ids (with --catalog)")
+    e.add_argument("--catalog", help="catalog root (e.g. outputs/catalog): resolves ids and stores the evaluation")
+    e.add_argument("--out", required=True, help="folder for comparison.csv, per_image.csv, confusion.csv, evaluation.png")
+    e.add_argument("--clip-model", default="ViT-B-16", help="OpenCLIP model name")
+    e.add_argument("--clip-pretrained", default="laion2b_s34b_b88k", help="OpenCLIP pretrained tag (Hub, first use)")
+    e.add_argument("--zeroshot-config", help="JSON of ZeroShotConfig fields (model, prompts, templates) instead")
+    e.add_argument("--roi-table", help="JSON {roi: category} replacing the built-in ROI -> category table")
+    e.add_argument("--nsd-dataset", help="prepared NSD dataset (.h5): add its top-N test images by measured response")
+    e.add_argument("--natural-folder", help="image folder: add its top-N images by encoder prediction (needs --encoder)")
+    e.add_argument("--encoder", help="encoder checkpoint folder or Hub id (for --natural-folder)")
+    e.add_argument("--top-n", type=int, default=50, help="natural images per target (default 50)")
+    e.add_argument("--confidence", type=float, default=0.95, help="confidence level of the Wilson intervals")
     return parser
 
 
@@ -170,11 +216,14 @@ def _apply_preset_defaults(args) -> None:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    _apply_preset_defaults(args)
     try:
-        written = generate(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
+        if args.command == "evaluate":
+            print(f"wrote {evaluate(args)} and the plot beside it")
+        else:
+            _apply_preset_defaults(args)
+            written = generate(args)
+            print(f"wrote {len(written)} images to {args.out}")
+    except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {len(written)} images to {args.out}")
     return 0
