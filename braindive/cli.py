@@ -121,15 +121,12 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def evaluate(args) -> Path:
     """CLIP 5-way evaluation of generated results (+ natural-image baselines) -> CSV + PNG in ``--out``."""
-    from .catalog import Catalog
     from .evaluation import ZeroShotClassifier, ZeroShotConfig, load_roi_table
     from .evaluation.natural import comparison_sets
     from .evaluation.report import evaluate as run, store, write_report
     from .evaluation.sets import generated_sets
 
-    if args.catalog and not (Path(args.catalog) / "index.sqlite").is_file():
-        raise FileNotFoundError(f"--catalog {args.catalog} is not a results catalog (no index.sqlite).")
-    catalog = Catalog(args.catalog) if args.catalog else None
+    catalog = _catalog(args.catalog)
     table = load_roi_table(args.roi_table)
     sets = generated_sets(args.results, catalog)
     encoder = None
@@ -149,6 +146,42 @@ def evaluate(args) -> Path:
     for row in evaluation.table():
         print(", ".join(f"{k}: {v}" for k, v in row.items()))
     return paths["comparison"]
+
+
+def _catalog(path):
+    from .catalog import Catalog
+
+    if not path:
+        return None
+    if not (Path(path) / "index.sqlite").is_file():
+        raise FileNotFoundError(f"--catalog {path} is not a results catalog (no index.sqlite).")
+    return Catalog(path)
+
+
+def study(args) -> str:
+    """``study export``: results -> study folder; ``study analyze``: response CSVs -> per-ROI accuracy."""
+    from .evaluation import load_roi_table
+
+    if args.study_command == "export":
+        from .evaluation.sets import generated_sets
+        from .evaluation.study import StudyConfig, export_study
+
+        config = StudyConfig(title=args.title, category_trials_per_roi=args.category_trials,
+                             pair_trials_per_roi=args.pair_trials, attention_checks=args.checks,
+                             completion_url=args.completion_url, seed=args.seed)
+        folder = export_study(generated_sets(args.results, _catalog(args.catalog)), args.out, config,
+                              load_roi_table(args.roi_table))
+        return f"wrote study {folder} (open {folder / 'index.html'}; put response CSVs in {folder / 'responses'})"
+    from .evaluation.study_analysis import analyze, default_study_folder, write_analysis
+
+    folder = Path(args.study) if args.study else default_study_folder(args.responses)
+    analysis = analyze(folder, args.responses, args.max_failed_checks)
+    paths = write_analysis(analysis, args.out or folder / "analysis")
+    for row in analysis.per_roi:
+        print(f"{row['roi']} {row['kind']}: {row['correct']}/{row['n']} = {100 * row['accuracy']:.1f}% "
+              f"[{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}]")
+    excluded = [p["participant"] for p in analysis.participants if p["excluded"]]
+    return f"wrote {paths['per_roi']}; excluded {len(excluded)} participant(s) {excluded} for failed attention checks"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -193,6 +226,25 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--encoder", help="encoder checkpoint folder or Hub id (for --natural-folder)")
     e.add_argument("--top-n", type=int, default=50, help="natural images per target (default 50)")
     e.add_argument("--confidence", type=float, default=0.95, help="confidence level of the Wilson intervals")
+
+    st = sub.add_parser("study", help="human study: export a static study page, analyse its responses")
+    ssub = st.add_subparsers(dest="study_command", required=True)
+    x = ssub.add_parser("export", help="results -> self-contained study folder (images, trials, index.html)")
+    x.add_argument("results", nargs="+", help="folders of generated PNG + JSON, or catalog ids (with --catalog)")
+    x.add_argument("--catalog", help="catalog root to resolve ids")
+    x.add_argument("--out", required=True, help="new study folder")
+    x.add_argument("--title", default="Which images show what?")
+    x.add_argument("--category-trials", type=int, default=10, help="category trials per ROI")
+    x.add_argument("--pair-trials", type=int, default=10, help="two-alternative trials per ROI")
+    x.add_argument("--checks", type=int, default=4, help="attention checks per participant")
+    x.add_argument("--completion-url", default="", help="Prolific completion URL (URL parameter completion_url overrides)")
+    x.add_argument("--roi-table", help="JSON {roi: category} replacing the built-in table")
+    x.add_argument("--seed", type=int, default=0)
+    a = ssub.add_parser("analyze", help="response CSVs -> per-ROI accuracy with intervals, exclusions, plot")
+    a.add_argument("responses", nargs="+", help="participants' response CSVs (e.g. STUDY/responses/*.csv)")
+    a.add_argument("--study", help="the study folder (default: the folder above the responses' folder)")
+    a.add_argument("--out", help="output folder (default STUDY/analysis)")
+    a.add_argument("--max-failed-checks", type=int, default=0, help="exclude participants failing more checks")
     return parser
 
 
@@ -219,6 +271,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "evaluate":
             print(f"wrote {evaluate(args)} and the plot beside it")
+        elif args.command == "study":
+            print(study(args))
         else:
             _apply_preset_defaults(args)
             written = generate(args)
