@@ -15,6 +15,7 @@ generator set ``model``/``pretrained`` to another OpenCLIP model (e.g. ``ViT-L-1
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from .categories import CATEGORIES
 from .sets import open_rgb
 
-__all__ = ["ZeroShotConfig", "ZeroShotClassifier", "DEFAULT_TEMPLATES", "DEFAULT_CLASS_NAMES"]
+__all__ = ["ZeroShotConfig", "ZeroShotClassifier", "load_classifier", "DEFAULT_TEMPLATES", "DEFAULT_CLASS_NAMES"]
 
 DEFAULT_TEMPLATES = ("a photo of {}.", "a picture of {}.", "an image of {}.", "a close-up photo of {}.",
                      "a cropped photo of {}.", "a low resolution photo of {}.")
@@ -145,6 +146,20 @@ class ZeroShotClassifier:
     def classify(self, images) -> list[str]:
         """The most probable category of each image."""
         return [self.categories[i] for i in self.predict_proba(images).argmax(1)]
+
+
+_CLASSIFIERS: dict[str, ZeroShotClassifier] = {}
+_CLASSIFIERS_LOCK = threading.Lock()
+
+
+def load_classifier(config: ZeroShotConfig | None = None, device=None) -> ZeroShotClassifier:
+    """A classifier for ``config``, built once per process and settings (the app reuses it across requests)."""
+    config = config or ZeroShotConfig()
+    key = json.dumps([config.to_dict(), str(device)], sort_keys=True)
+    with _CLASSIFIERS_LOCK:
+        if key not in _CLASSIFIERS:
+            _CLASSIFIERS[key] = ZeroShotClassifier(config, device)
+        return _CLASSIFIERS[key]
 
 
 def _load(config: ZeroShotConfig):
