@@ -172,7 +172,8 @@ def plot(evaluation: Evaluation, path) -> Path:
     matrix = evaluation.confusion(sources[0])
     cm_ax.imshow(matrix, cmap="Blues")
     for (i, j), v in np.ndenumerate(matrix):
-        cm_ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+        cm_ax.text(j, i, str(v), ha="center", va="center", fontsize=8,
+                   color="white" if v > matrix.max() / 2 else "black")
     cm_ax.set_xticks(range(len(evaluation.categories)), evaluation.categories, rotation=30)
     cm_ax.set_yticks(range(len(evaluation.categories)), evaluation.categories)
     cm_ax.set_xlabel("predicted")
