@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cache import private_tmp
+from .evaluation.files import write_atomic, write_csv
 from .objectives import Objective
 from .records import generation_record
 from .rerank import rank_scores
@@ -100,23 +100,14 @@ def generate(args) -> list[Path]:
             parameters={**params, "scheduler": args.scheduler}, objective_value=score,
             model=model_name, encoder=encoder_name,
         )
-        record["rerank"] = {"rank": ranking.ranks[i], "score": score, "n_candidates": len(candidates),
-                            "keep": args.keep, "n_kept": len(ranking.indices), "ranking": RANKING_CSV}
-        image.save(stem.with_suffix(".png"))
-        stem.with_suffix(".json").write_text(json.dumps(record, indent=2))
+        record["rerank"] = {**ranking.record(i), "keep": args.keep, "ranking": RANKING_CSV}
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        write_atomic(stem.with_suffix(".png"), buffer.getvalue())
+        write_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2))
         written.append(stem.with_suffix(".png"))
-    _write_csv(out / RANKING_CSV, sorted(rows, key=lambda r: r["rank"]))
+    write_csv(out / RANKING_CSV, sorted(rows, key=lambda r: r["rank"]))
     return written
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    """Write ``rows`` (dicts with the same keys) as CSV, atomically."""
-    tmp = private_tmp(path)
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
 
 
 def evaluate(args) -> Path:

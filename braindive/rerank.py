@@ -43,6 +43,11 @@ class Ranking:
         keep = set(self.indices)
         return [i in keep for i in range(len(self.ranks))]
 
+    def record(self, i: int) -> dict:
+        """What an image's JSON record stores about candidate ``i``'s ranking (CLI and app alike)."""
+        return {"rank": self.ranks[i], "score": self.all_scores[i], "n_candidates": len(self.ranks),
+                "n_kept": len(self.indices)}
+
 
 @dataclass
 class Ranked(Ranking):

@@ -3,9 +3,7 @@ confusion matrices, the comparison table (one row per target, one column group p
 paper's table), its plot, and storage beside a catalog (``<catalog>/evaluations/<id>.json``)."""
 from __future__ import annotations
 
-import csv
 import datetime as _dt
-import io
 import json
 import uuid
 from dataclasses import dataclass
@@ -13,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import private_tmp
 from .categories import category_of, load_roi_table
+from .files import csv_text, save_figure, write_atomic
 from .sets import ImageSet
 from .stats import Accuracy, accuracy, confusion_matrix
 
@@ -110,21 +108,6 @@ def evaluate(sets: list[ImageSet], classifier, roi_table: dict | None = None, co
                       created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
 
-def _csv_text(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    tmp = private_tmp(path)
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
-
-
 def per_image_rows(evaluation: Evaluation) -> list[dict]:
     return [{"source": r.source, "subject": r.subject, "target": r.target, "category": r.category, "image": image,
              **{f"p_{c}": round(float(p), 6) for c, p in zip(evaluation.categories, probs)},
@@ -138,10 +121,10 @@ def write_report(evaluation: Evaluation, out_dir) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     confusion = [{"source": s, "true": t, **{f"predicted {c}": int(v) for c, v in zip(evaluation.categories, row)}}
                  for s in evaluation.sources for t, row in zip(evaluation.categories, evaluation.confusion(s))]
-    paths = {"comparison": _write_atomic(out / "comparison.csv", _csv_text(evaluation.table())),
-             "per_image": _write_atomic(out / "per_image.csv", _csv_text(per_image_rows(evaluation))),
-             "confusion": _write_atomic(out / "confusion.csv", _csv_text(confusion)),
-             "json": _write_atomic(out / "evaluation.json", json.dumps(evaluation.to_dict(), indent=1))}
+    paths = {"comparison": write_atomic(out / "comparison.csv", csv_text(evaluation.table())),
+             "per_image": write_atomic(out / "per_image.csv", csv_text(per_image_rows(evaluation))),
+             "confusion": write_atomic(out / "confusion.csv", csv_text(confusion)),
+             "json": write_atomic(out / "evaluation.json", json.dumps(evaluation.to_dict(), indent=1))}
     paths["plot"] = plot(evaluation, out / "evaluation.png")
     return paths
 
@@ -180,19 +163,14 @@ def plot(evaluation: Evaluation, path) -> Path:
     cm_ax.set_ylabel("true (ROI category)")
     cm_ax.set_title(f"Confusion: {sources[0]}")
     fig.tight_layout()
-    path = Path(path)
-    tmp = private_tmp(path, ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def store(evaluation: Evaluation, catalog_root) -> Path:
     """Write the evaluation with its settings as ``<catalog_root>/evaluations/<id>.json`` (atomically)."""
     folder = Path(catalog_root) / EVALUATIONS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    return _write_atomic(folder / f"{evaluation.id}.json", json.dumps(evaluation.to_dict(), indent=1))
+    return write_atomic(folder / f"{evaluation.id}.json", json.dumps(evaluation.to_dict(), indent=1))
 
 
 def stored(catalog_root) -> list[dict]:

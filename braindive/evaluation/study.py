@@ -19,9 +19,7 @@ Folder::
 """
 from __future__ import annotations
 
-import csv
 import datetime as _dt
-import io
 import json
 import random
 import shutil
@@ -35,6 +33,7 @@ import PIL.ImageDraw
 
 from ..cache import private_tmp
 from .categories import CATEGORIES, category_of, load_roi_table
+from .files import csv_text
 from .sets import ImageSet, open_rgb
 
 __all__ = ["StudyConfig", "export_study", "zip_folder", "TRIAL_COLUMNS", "RESPONSE_COLUMNS", "LABELS"]
@@ -176,7 +175,8 @@ def export_study(sets: list[ImageSet], out, config: StudyConfig | None = None, r
                  "lists": [[{**t, "position": p} for p, t in enumerate(trials, start=1)] for trials in lists],
                  "images": sources, "image_size": list(size)}
         (tmp / "study.json").write_text(json.dumps(study, indent=1))
-        (tmp / "trials.csv").write_text(_trials_csv(study["lists"]))
+        (tmp / "trials.csv").write_text(csv_text([{**t, "list": k} for k, trials in enumerate(study["lists"])
+                                                    for t in trials], TRIAL_COLUMNS))
         page = PAGE.read_text().replace("/*STUDY_JSON*/null", json.dumps(study).replace("</", "<\\/"))
         (tmp / "index.html").write_text(page)
         if out.exists():
@@ -186,15 +186,6 @@ def export_study(sets: list[ImageSet], out, config: StudyConfig | None = None, r
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _trials_csv(lists: list[list[dict]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=TRIAL_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    for number, trials in enumerate(lists):
-        writer.writerows({**t, "list": number} for t in trials)
-    return buf.getvalue()
 
 
 def zip_folder(folder, path) -> Path:

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cache import private_tmp
+from .files import save_figure, write_csv
 from .stats import Accuracy, accuracy
 from .study import RESPONSE_COLUMNS
 
@@ -115,24 +115,14 @@ def analyze(study_folder, response_files, max_failed_checks: int = 0, confidence
     return StudyAnalysis(per_roi, participants, max_failed_checks)
 
 
-def _write_csv(path: Path, rows: list[dict]) -> Path:
-    tmp = private_tmp(path)
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-    return path
-
-
 def write_analysis(analysis: StudyAnalysis, out) -> dict[str, Path]:
     """``per_roi.csv``, ``participants.csv`` (with exclusions) and ``per_roi.png`` in ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not analysis.per_roi:
         raise ValueError("Every participant was excluded (failed attention checks); nothing to analyse.")
-    paths = {"per_roi": _write_csv(out / "per_roi.csv", analysis.per_roi),
-             "participants": _write_csv(out / "participants.csv", analysis.participants)}
+    paths = {"per_roi": write_csv(out / "per_roi.csv", analysis.per_roi),
+             "participants": write_csv(out / "participants.csv", analysis.participants)}
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,8 +146,5 @@ def write_analysis(analysis: StudyAnalysis, out) -> dict[str, Path]:
                  "Wilson 95% CI", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = private_tmp(out / "per_roi.png", ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    paths["plot"] = tmp.replace(out / "per_roi.png")
+    paths["plot"] = save_figure(fig, out / "per_roi.png")
     return paths
