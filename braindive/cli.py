@@ -189,7 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--minimize", action="store_true", help="push the target's activity down")
     g.add_argument("--contrast", help="second ROI: maximise target minus weight x this ROI")
     g.add_argument("--weight", type=float, default=1.0)
-    g.add_argument("--n", type=int, default=4, help="number of candidate images (seeds seed..seed+n-1)")
+    g.add_argument("--n", type=_positive, default=4, help="number of candidate images (seeds seed..seed+n-1)")
     g.add_argument("--keep", type=_fraction, default=1.0,
                    help="keep the encoder's top fraction of the candidates (paper: 0.2); all are ranked in ranking.csv")
     g.add_argument("--steps", type=int, default=None)
@@ -215,7 +215,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--nsd-dataset", help="prepared NSD dataset (.h5): add its top-N test images by measured response")
     e.add_argument("--natural-folder", help="image folder: add its top-N images by encoder prediction (needs --encoder)")
     e.add_argument("--encoder", help="encoder checkpoint folder or Hub id (for --natural-folder)")
-    e.add_argument("--top-n", type=int, default=50, help="natural images per target (default 50)")
+    e.add_argument("--top-n", type=_positive, default=50, help="natural images per target (default 50)")
     e.add_argument("--confidence", type=float, default=0.95, help="confidence level of the Wilson intervals")
 
     st = sub.add_parser("study", help="human study: export a static study page, analyse its responses")
@@ -237,6 +237,13 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--out", help="output folder (default STUDY/analysis)")
     a.add_argument("--max-failed-checks", type=int, default=0, help="exclude participants failing more checks")
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
 
 
 def _fraction(text: str) -> float:
