@@ -70,7 +70,9 @@ def test_export_trial_lists_are_counterbalanced(study):
             own = r["image_a"] if r["correct"] == "a" else r["image_b"]
             other = r["image_b"] if r["correct"] == "a" else r["image_a"]
             assert meta["images"][own]["roi"] == r["roi"] and ROIS[meta["images"][other]["roi"]] != r["category"]
-    assert meta["study_id"] in (study / "index.html").read_text()
+    page = (study / "index.html").read_text()
+    assert meta["study_id"] in page
+    assert '"correct"' not in page and not any(roi in page for roi in ROIS)  # no answers in the page source
 
 
 def test_export_bad_input(tmp_path):

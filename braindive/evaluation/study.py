@@ -123,6 +123,17 @@ def _trials(by_roi: dict, categories: dict, config: StudyConfig, checks: list[st
     return main
 
 
+def _page_data(study: dict) -> dict:
+    """What the page needs, without answers or ROI names (participants can read the page source)."""
+    def shown(t: dict) -> dict:
+        out = {k: t[k] for k in ("trial_id", "position", "kind", "image_a", "image_b")}
+        return {**out, "category": t["category"]} if t["kind"] == "pair" else out
+
+    keep = ("study_id", "title", "categories", "labels", "response_columns")
+    return {**{k: study[k] for k in keep}, "settings": {"completion_url": study["settings"]["completion_url"]},
+            "lists": [[shown(t) for t in trials] for trials in study["lists"]]}
+
+
 def _mirror(trial: dict) -> dict:
     if trial["kind"] != "pair":
         return dict(trial)
@@ -177,7 +188,7 @@ def export_study(sets: list[ImageSet], out, config: StudyConfig | None = None, r
         (tmp / "study.json").write_text(json.dumps(study, indent=1))
         (tmp / "trials.csv").write_text(csv_text([{**t, "list": k} for k, trials in enumerate(study["lists"])
                                                     for t in trials], TRIAL_COLUMNS))
-        page = PAGE.read_text().replace("/*STUDY_JSON*/null", json.dumps(study).replace("</", "<\\/"))
+        page = PAGE.read_text().replace("/*STUDY_JSON*/null", json.dumps(_page_data(study)).replace("</", "<\\/"))
         (tmp / "index.html").write_text(page)
         if out.exists():
             out.rmdir()
