@@ -189,3 +189,14 @@ def test_catalog_ids_and_stored_evaluation(tmp_path, classifier):
     assert saved["results"][0]["predicted"] == ["bodies", "food"] and saved["results"][0]["correct"] == 1
     paths = write_report(result, tmp_path / "out")
     assert paths["plot"].is_file() and not list((tmp_path / "out").glob(".*tmp*"))
+
+
+def test_classifier_from_a_model_object_matches_loading_it(classifier):
+    from tiny_clip import build_model
+
+    direct = ZeroShotClassifier(classifier.config, device="cpu", model=build_model())
+    images = [swatch(c) for c in COLOURS.values()]
+    np.testing.assert_allclose(direct.predict_proba(images), classifier.predict_proba(images), atol=1e-6)
+    with pytest.raises(ValueError, match="need `weights`"):
+        ZeroShotClassifier(ZeroShotConfig(model=classifier.config.model, pretrained=None,
+                                          model_config=classifier.config.model_config))

@@ -73,8 +73,6 @@ class ZeroShotConfig:
         bad = [t for t in self.templates if t.count("{}") != 1]
         if not self.templates or bad:
             raise ValueError(f"`templates` must be non-empty strings with exactly one '{{}}', got {bad or self.templates}.")
-        if self.pretrained is None and self.weights is None:
-            raise ValueError("`weights` (a safetensors file) is needed when `pretrained` is None.")
         if self.batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1, got {self.batch_size}.")
 
@@ -108,10 +106,22 @@ class ZeroShotConfig:
 class ZeroShotClassifier:
     """An OpenCLIP model with one ensembled text embedding per category."""
 
-    def __init__(self, config: ZeroShotConfig | None = None, device=None):
+    def __init__(self, config: ZeroShotConfig | None = None, device=None, model=None, preprocess=None, tokenizer=None):
+        """Load ``config.model`` (weights from the Hub on first use), or use an OpenCLIP ``model`` built by the
+        caller (then ``preprocess`` defaults to the model's own evaluation transform, ``tokenizer`` to
+        ``open_clip.get_tokenizer(config.model)``)."""
+        import open_clip
+
         self.config = config or ZeroShotConfig()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model, self.preprocess, self.tokenizer = _load(self.config)
+        if model is None:
+            model, preprocess, tokenizer = _load(self.config)
+        if preprocess is None:
+            cfg = getattr(model.visual, "preprocess_cfg", {})
+            preprocess = open_clip.image_transform(cfg.get("size", model.visual.image_size), is_train=False,
+                                                   mean=cfg.get("mean"), std=cfg.get("std"))
+        self.model, self.preprocess = model, preprocess
+        self.tokenizer = tokenizer or open_clip.get_tokenizer(self.config.model)
         self.model.to(self.device).eval()
         self.text_embeddings = self.embed_prompts()
 
@@ -182,6 +192,8 @@ def _load(config: ZeroShotConfig):
             f"loaded: {exc}. The first use downloads them from the Hugging Face Hub (unset HF_HUB_OFFLINE)."
         ) from exc
     if config.pretrained is None:
+        if config.weights is None:
+            raise ValueError("Zero-shot settings need `weights` (a safetensors file) when `pretrained` is None.")
         try:
             model.load_state_dict(load_file(config.weights))
         except (OSError, RuntimeError) as exc:
