@@ -59,10 +59,12 @@ def top_measured(dataset, target: str, objective: Objective, subject: str, n: in
         if data_subject.name != subject:
             raise ValueError(f"NSD dataset {path} is subject {data_subject.name!r}, the images are subject {subject!r}.")
         objective.check(data_subject.n_voxels)
-        betas = torch.from_numpy(f["test/betas"][()].astype(np.float32))
-        if len(betas) == 0:
+        betas = f["test/betas"]
+        if betas.shape[0] == 0:
             raise ValueError(f"NSD dataset {path} has no test images.")
-        scores = objective(betas).numpy()
+        scores = np.concatenate([objective(torch.from_numpy(betas[start:start + 256].astype(np.float32))).numpy()
+                                 for start in range(0, betas.shape[0], 256)])  # row chunks: bounded memory
+        scores = np.nan_to_num(scores, nan=-np.inf)  # voxels without data never select an image
         order = np.argsort(-scores, kind="stable")[: min(n, len(scores))]
         rows = f["test/image_index"][()][order]
         names = f["images/names"].asstr()[()]
