@@ -12,7 +12,7 @@ from braindive.rerank import rank_scores, score_images
 
 
 def test_generate_keep_writes_exactly_the_top_fraction_by_recorded_score(tmp_path):
-    code = main(["generate", "--preset", "demo", "--roi", "FFA", "--n", "5", "--keep", "0.4", "--steps", "2",
+    code = main(["generate", "--preset", "demo", "--roi", "FFA", "--n", "5", "--keep", "0.4", "--steps", "1",
                  "--height", "64", "--width", "64", "--seed", "3", "--out", str(tmp_path)])
     assert code == 0
     with open(tmp_path / "ranking.csv", newline="") as fh:
