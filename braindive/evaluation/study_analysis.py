@@ -48,7 +48,7 @@ def _read_study(folder: Path) -> dict:
 def _read_responses(path: Path, study: dict) -> tuple[str, int, list[dict]]:
     """(participant, list, rows in order) of one response CSV; every mismatch with the trial list is an error."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # spreadsheet programs may add a byte-order mark
     except OSError as exc:
         raise ValueError(f"Cannot read response file {path}: {exc}") from exc
     rows = list(csv.reader(text.splitlines()))
