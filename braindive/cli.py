@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -10,12 +11,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .evaluation.files import write_atomic, write_csv
 from .objectives import Objective
 from .records import generation_record
+from .rerank import rank_scores
 
 __all__ = ["main", "PRESETS", "SD21_MODEL_ID"]
 
 SD21_MODEL_ID = "stabilityai/stable-diffusion-2-1-base"
+RANKING_CSV = "ranking.csv"  # every candidate's score and rank, beside the kept images
 
 
 def _load_demo(args):
@@ -69,7 +73,7 @@ def generate(args) -> list[Path]:
     params = dict(num_inference_steps=args.steps, brain_guidance_scale=args.scale, sag_scale=args.sag,
                   guidance_scale=args.cfg, prompt=args.prompt, height=args.height, width=args.width,
                   guidance_mode=args.mode)
-    written = []
+    candidates = []
 
     def advance(*_):
         bar.update()
@@ -80,16 +84,95 @@ def generate(args) -> list[Path]:
             seed = args.seed + k
             result = pipe(objective=objective, generator=torch.Generator().manual_seed(seed),
                           callback_on_step_end=advance, **params)
-            stem = out / f"{subject.name}_{target}_seed{seed:06d}"
-            result.images[0].save(stem.with_suffix(".png"))
-            record = generation_record(
-                seed=seed, subject=subject.name, target=target, objective=objective.describe(),
-                parameters={**params, "scheduler": args.scheduler}, objective_value=float(result.objective_values[0]),
-                model=model_name, encoder=encoder_name,
-            )
-            stem.with_suffix(".json").write_text(json.dumps(record, indent=2))
-            written.append(stem.with_suffix(".png"))
+            candidates.append((seed, result.images[0], float(result.objective_values[0])))
+    # The pipeline's objective values come from the encoder call on its final decoded pixels: rank those.
+    ranking = rank_scores([score for _, _, score in candidates], keep=args.keep)
+    rows, written = [], []
+    for i, (seed, image, score) in enumerate(candidates):
+        stem = out / f"{subject.name}_{target}_seed{seed:06d}"
+        kept = ranking.kept[i]
+        rows.append({"rank": ranking.ranks[i], "seed": seed, "score": score, "kept": int(kept),
+                     "file": stem.with_suffix(".png").name if kept else ""})
+        if not kept:
+            continue
+        record = generation_record(
+            seed=seed, subject=subject.name, target=target, objective=objective.describe(),
+            parameters={**params, "scheduler": args.scheduler}, objective_value=score,
+            model=model_name, encoder=encoder_name,
+        )
+        record["rerank"] = {**ranking.record(i), "keep": args.keep, "ranking": RANKING_CSV}
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        write_atomic(stem.with_suffix(".png"), buffer.getvalue())
+        write_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2))
+        written.append(stem.with_suffix(".png"))
+    write_csv(out / RANKING_CSV, sorted(rows, key=lambda r: r["rank"]))
     return written
+
+
+def evaluate(args) -> Path:
+    """CLIP 5-way evaluation of generated results (+ natural-image baselines) -> CSV + PNG in ``--out``."""
+    from .evaluation import ZeroShotClassifier, ZeroShotConfig, load_roi_table
+    from .evaluation.natural import comparison_sets
+    from .evaluation.report import evaluate as run, store, write_report
+    from .evaluation.sets import generated_sets
+
+    catalog = _catalog(args.catalog)
+    table = load_roi_table(args.roi_table)
+    sets = generated_sets(args.results, catalog)
+    encoder = None
+    if args.natural_folder:
+        from .encoders import load_encoder
+
+        if not args.encoder:
+            raise ValueError("--natural-folder needs --encoder CKPT to rank the folder's images.")
+        encoder = load_encoder(args.encoder)
+    sets = comparison_sets(sets, args.nsd_dataset, args.natural_folder, encoder, args.top_n)
+    config = (ZeroShotConfig.from_json(args.zeroshot_config) if args.zeroshot_config
+              else ZeroShotConfig(model=args.clip_model, pretrained=args.clip_pretrained))
+    evaluation = run(sets, ZeroShotClassifier(config), table, args.confidence)
+    paths = write_report(evaluation, args.out)
+    if catalog is not None:
+        store(evaluation, catalog.root)
+    for row in evaluation.table():
+        print(", ".join(f"{k}: {v}" for k, v in row.items()))
+    return paths["comparison"]
+
+
+def _catalog(path):
+    from .catalog import Catalog
+
+    if not path:
+        return None
+    if not (Path(path) / "index.sqlite").is_file():
+        raise FileNotFoundError(f"--catalog {path} is not a results catalog (no index.sqlite).")
+    return Catalog(path)
+
+
+def study(args) -> str:
+    """``study export``: results -> study folder; ``study analyze``: response CSVs -> per-ROI accuracy."""
+    from .evaluation import load_roi_table
+
+    if args.study_command == "export":
+        from .evaluation.sets import generated_sets
+        from .evaluation.study import StudyConfig, export_study
+
+        config = StudyConfig(title=args.title, category_trials_per_roi=args.category_trials,
+                             pair_trials_per_roi=args.pair_trials, attention_checks=args.checks,
+                             completion_url=args.completion_url, seed=args.seed)
+        folder = export_study(generated_sets(args.results, _catalog(args.catalog)), args.out, config,
+                              load_roi_table(args.roi_table))
+        return f"wrote study {folder} (open {folder / 'index.html'}; put response CSVs in {folder / 'responses'})"
+    from .evaluation.study_analysis import analyze, default_study_folder, write_analysis
+
+    folder = Path(args.study) if args.study else default_study_folder(args.responses)
+    analysis = analyze(folder, args.responses, args.max_failed_checks)
+    paths = write_analysis(analysis, args.out or folder / "analysis")
+    for row in analysis.per_roi:
+        print(f"{row['roi']} {row['kind']}: {row['correct']}/{row['n']} = {100 * row['accuracy']:.1f}% "
+              f"[{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}]")
+    excluded = [p["participant"] for p in analysis.participants if p["excluded"]]
+    return f"wrote {paths['per_roi']}; excluded {len(excluded)} participant(s) {excluded} for failed attention checks"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,7 +189,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--minimize", action="store_true", help="push the target's activity down")
     g.add_argument("--contrast", help="second ROI: maximise target minus weight x this ROI")
     g.add_argument("--weight", type=float, default=1.0)
-    g.add_argument("--n", type=int, default=4, help="number of images (seeds seed..seed+n-1)")
+    g.add_argument("--n", type=_positive, default=4, help="number of candidate images (seeds seed..seed+n-1)")
+    g.add_argument("--keep", type=_fraction, default=1.0,
+                   help="keep the encoder's top fraction of the candidates (paper: 0.2); all are ranked in ranking.csv")
     g.add_argument("--steps", type=int, default=None)
     g.add_argument("--scale", type=float, default=None, help="brain guidance scale (paper: ~130 for ViT-B/16)")
     g.add_argument("--sag", type=float, default=0.75)
@@ -118,7 +203,54 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--mode", default="exact", help="guidance mode: exact (default), reference or fast")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", required=True)
+
+    e = sub.add_parser("evaluate", help="CLIP 5-way zero-shot evaluation of generated images vs top natural images")
+    e.add_argument("results", nargs="+", help="folders of generated PNG + JSON, or catalog ids (with --catalog)")
+    e.add_argument("--catalog", help="catalog root (e.g. outputs/catalog): resolves ids and stores the evaluation")
+    e.add_argument("--out", required=True, help="folder for comparison.csv, per_image.csv, confusion.csv, evaluation.png")
+    e.add_argument("--clip-model", default="ViT-B-16", help="OpenCLIP model name")
+    e.add_argument("--clip-pretrained", default="laion2b_s34b_b88k", help="OpenCLIP pretrained tag (Hub, first use)")
+    e.add_argument("--zeroshot-config", help="JSON of ZeroShotConfig fields (model, prompts, templates) instead")
+    e.add_argument("--roi-table", help="JSON {roi: category} replacing the built-in ROI -> category table")
+    e.add_argument("--nsd-dataset", help="prepared NSD dataset (.h5): add its top-N test images by measured response")
+    e.add_argument("--natural-folder", help="image folder: add its top-N images by encoder prediction (needs --encoder)")
+    e.add_argument("--encoder", help="encoder checkpoint folder or Hub id (for --natural-folder)")
+    e.add_argument("--top-n", type=_positive, default=50, help="natural images per target (default 50)")
+    e.add_argument("--confidence", type=float, default=0.95, help="confidence level of the Wilson intervals")
+
+    st = sub.add_parser("study", help="human study: export a static study page, analyse its responses")
+    ssub = st.add_subparsers(dest="study_command", required=True)
+    x = ssub.add_parser("export", help="results -> self-contained study folder (images, trials, index.html)")
+    x.add_argument("results", nargs="+", help="folders of generated PNG + JSON, or catalog ids (with --catalog)")
+    x.add_argument("--catalog", help="catalog root to resolve ids")
+    x.add_argument("--out", required=True, help="new study folder")
+    x.add_argument("--title", default="Which images show what?")
+    x.add_argument("--category-trials", type=int, default=10, help="category trials per ROI")
+    x.add_argument("--pair-trials", type=int, default=10, help="two-alternative trials per ROI")
+    x.add_argument("--checks", type=int, default=4, help="attention checks per participant")
+    x.add_argument("--completion-url", default="", help="Prolific completion URL (URL parameter completion_url overrides)")
+    x.add_argument("--roi-table", help="JSON {roi: category} replacing the built-in table")
+    x.add_argument("--seed", type=int, default=0)
+    a = ssub.add_parser("analyze", help="response CSVs -> per-ROI accuracy with intervals, exclusions, plot")
+    a.add_argument("responses", nargs="+", help="participants' response CSVs (e.g. STUDY/responses/*.csv)")
+    a.add_argument("--study", help="the study folder (default: the folder above the responses' folder)")
+    a.add_argument("--out", help="output folder (default STUDY/analysis)")
+    a.add_argument("--max-failed-checks", type=int, default=0, help="exclude participants failing more checks")
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text}")
+    return value
 
 
 def _apply_preset_defaults(args) -> None:
@@ -134,11 +266,16 @@ def _apply_preset_defaults(args) -> None:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    _apply_preset_defaults(args)
     try:
-        written = generate(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
+        if args.command == "evaluate":
+            print(f"wrote {evaluate(args)} and the plot beside it")
+        elif args.command == "study":
+            print(study(args))
+        else:
+            _apply_preset_defaults(args)
+            written = generate(args)
+            print(f"wrote {len(written)} images to {args.out}")
+    except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {len(written)} images to {args.out}")
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from . import evaluate as evaluation_panel
 from .service import Service
 
 COLUMNS = ["id", "created", "subject", "target", "seed", "predicted objective", "scale", "steps", "encoder"]
@@ -79,4 +80,6 @@ def build(service: Service) -> None:
             raise gr.Error(f"Export failed: {exc}")
 
     export.click(export_zip, [*filters, chosen], zip_file)
+    evaluation_panel.build(service, chosen, filters, lambda s, t, a, b: service.catalog.query(
+        subject=s or None, target=t or None, since=a or None, until=b or None))
     return {"refresh": (load, filters, outputs)}

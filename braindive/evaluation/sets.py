@@ -1,0 +1,105 @@
+"""Image sets to evaluate: generated results (folders of PNG + JSON, or catalog entries) grouped by target."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import PIL.Image
+
+from ..objectives import Objective
+
+__all__ = ["ImageSet", "generated_sets", "open_rgb", "BRAINDIVE"]
+
+BRAINDIVE = "BrainDiVE"
+
+
+@dataclass
+class ImageSet:
+    """Images of one source for one target (ROI or voxel set) of one subject.
+
+    Attributes:
+        source: where the images come from (``"BrainDiVE"``, ``"NSD top-50 (measured)"``, ...).
+        subject: subject name.
+        target: the ROI name (or voxel-set name) the images are for.
+        images: image files (or PIL images).
+        ids: one label per image (file name, catalog id, NSD image name).
+        objective: the objective the images were generated for (from their records), if known.
+        scores: per image, the score that selected it (natural images), if any.
+    """
+
+    source: str
+    subject: str
+    target: str
+    images: list
+    ids: list[str]
+    objective: Objective | None = None
+    scores: list[float] = field(default_factory=list)
+
+
+def _group(items: list[tuple[str, dict, object]], what: str) -> list[ImageSet]:
+    """(label, record, image) triples -> one ``ImageSet`` per target; one subject only."""
+    if not items:
+        raise ValueError(f"No generated images in {what}: select at least one result.")
+    subjects = sorted({record["subject"] for _, record, _ in items})
+    if len(subjects) > 1:
+        raise ValueError(f"The selection mixes subjects {subjects}; evaluate one subject at a time.")
+    sets: dict[str, ImageSet] = {}
+    for label, record, image in items:
+        target = record["target"]
+        objective = Objective.from_description(record["objective"]) if "positive" in record.get("objective", {}) else None
+        current = sets.setdefault(target, ImageSet(BRAINDIVE, subjects[0], target, [], [], objective))
+        if objective is not None and current.objective is not None and objective.describe() != current.objective.describe():
+            raise ValueError(f"Images of target {target!r} were generated for different objectives ({label}); "
+                             "evaluate them separately.")
+        current.images.append(image)
+        current.ids.append(label)
+    return [sets[t] for t in sorted(sets)]
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"Result record {path} is not readable JSON: {exc}") from exc
+    missing = [k for k in ("subject", "target") if k not in record]
+    if missing:
+        raise ValueError(f"Result record {path} lacks {missing}; is it a braindive generation record?")
+    return record
+
+
+def generated_sets(results, catalog=None) -> list[ImageSet]:
+    """Folders of generated PNG + JSON and/or catalog entry ids (with ``catalog``) -> sets by target."""
+    items = []
+    for item in results:
+        folder = Path(item)
+        if folder.is_dir():
+            pngs = sorted(folder.glob("*.png"))
+            if not pngs:
+                raise ValueError(f"Folder {folder} has no PNG images.")
+            for png in pngs:
+                record_path = png.with_suffix(".json")
+                if not record_path.is_file():
+                    raise ValueError(f"Image {png} has no JSON record beside it ({record_path.name}).")
+                items.append((png.name, _read_record(record_path), png))
+        elif catalog is not None:
+            try:
+                entry = catalog.get(str(item))
+            except KeyError as exc:
+                raise ValueError(f"{item!r} is neither a folder of generated images nor an id in catalog "
+                                 f"{catalog.root}.") from exc
+            items.append((entry.id, _read_record(entry.record_path), entry.image_path))
+        else:
+            raise ValueError(f"{item!r} is not a folder of generated PNG + JSON (catalog ids need a catalog).")
+    return _group(items, ", ".join(map(str, results)) or "the selection")
+
+
+def open_rgb(image) -> PIL.Image.Image:
+    """A PIL image or image file as RGB; a clear error for unreadable files."""
+    if isinstance(image, PIL.Image.Image):
+        return image.convert("RGB")
+    try:
+        with PIL.Image.open(image) as im:
+            return im.convert("RGB")
+    except (OSError, PIL.UnidentifiedImageError) as exc:
+        raise ValueError(f"Cannot read image {image}: {exc}") from exc

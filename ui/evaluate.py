@@ -1,0 +1,89 @@
+"""History's evaluation panel: CLIP 5-way zero-shot table + confusion chart of the selected results, and a
+human-study export (ZIP). Evaluations are stored with their settings in ``<catalog>/evaluations/``."""
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import gradio as gr
+
+from braindive.evaluation import ZeroShotConfig, load_classifier
+from braindive.evaluation.report import EVALUATIONS_DIR, evaluate, store, write_report
+from braindive.evaluation.sets import generated_sets
+from braindive.evaluation.study import StudyConfig, export_study, zip_folder
+
+from .service import Service
+
+__all__ = ["build", "evaluate_selection", "export_study_zip", "WEIGHTS_NOTE"]
+
+STUDY_ZIP = "braindive-study.zip"
+WEIGHTS_NOTE = ("CLIP zero-shot classification needs the OpenCLIP weights {model} / {pretrained}, downloaded from "
+                "the Hugging Face Hub on first use (about 600 MB). They are not part of the offline demo: without "
+                "network access (and no cached copy) the evaluation cannot run. The human-study export works offline.")
+
+
+def evaluate_selection(service: Service, ids: list[str], config: ZeroShotConfig | None = None):
+    """Classify the catalog entries ``ids``; store the evaluation; return (table rows, columns, plot path, evaluation)."""
+    sets = generated_sets(ids, service.catalog)
+    evaluation = evaluate(sets, load_classifier(config or ZeroShotConfig()))
+    store(evaluation, service.catalog.root)
+    paths = write_report(evaluation, service.catalog.root / EVALUATIONS_DIR / evaluation.id)
+    table = evaluation.table()
+    return [list(row.values()) for row in table], list(table[0]), paths["plot"], evaluation
+
+
+def export_study_zip(service: Service, ids: list[str], config: StudyConfig | None = None) -> Path:
+    """A study folder for the entries ``ids`` zipped into a new folder of ``exports_dir`` (History's cleanup applies)."""
+    root = service.settings.exports_dir
+    root.mkdir(parents=True, exist_ok=True)
+    now = time.time_ns()
+    folder = root / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now // 10**9))}-{now % 10**9:09d}-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    try:
+        study = export_study(generated_sets(ids, service.catalog), folder / "study", config)
+        return zip_folder(study, folder / STUDY_ZIP)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def build(service: Service, selection: gr.Dropdown, filters: list, query) -> None:
+    """Mount the panel under History's table. ``query(*filters)`` lists the entries shown (empty selection = all)."""
+    config = ZeroShotConfig()
+    with gr.Accordion("Evaluate selection: CLIP 5-way zero-shot, human study", open=False, elem_id="evaluate-panel"):
+        note = WEIGHTS_NOTE.format(model=config.model, pretrained=config.pretrained)
+        gr.Markdown(("**Demo:** " if service.preset == "demo" else "") + note, elem_id="evaluate-note")
+        with gr.Row():
+            run = gr.Button("Evaluate selected (CLIP 5-way)", elem_id="evaluate-run")
+            study = gr.Button("Export human study (ZIP)", elem_id="evaluate-study")
+        table = gr.Dataframe(label="Accuracy per target (% classified as the ROI's category, Wilson 95% CI)",
+                             interactive=False, elem_id="evaluate-table")
+        chart = gr.Image(label="Accuracy and confusion matrix", type="filepath", elem_id="evaluate-chart")
+        study_file = gr.File(label="Human study (open index.html; Prolific: ?PROLIFIC_PID=...&completion_url=...)",
+                             elem_id="evaluate-study-zip")
+
+    def chosen(ids, *values):
+        ids = list(ids or []) or [e.id for e in query(*values)]
+        if not ids:
+            raise gr.Error("Nothing selected: no entries match the filters.")
+        return ids
+
+    def on_run(ids, *values):
+        try:
+            rows, columns, plot, _ = evaluate_selection(service, chosen(ids, *values), config)
+        except RuntimeError as exc:  # the OpenCLIP weights could not be loaded
+            raise gr.Error(f"{note} ({exc})")
+        except (KeyError, ValueError, OSError) as exc:
+            raise gr.Error(f"Evaluation failed: {exc}")
+        return gr.update(value=rows, headers=columns), str(plot)
+
+    def on_study(ids, *values):
+        try:
+            return str(export_study_zip(service, chosen(ids, *values)))
+        except (KeyError, ValueError, OSError) as exc:
+            raise gr.Error(f"Study export failed: {exc}")
+
+    run.click(on_run, [selection, *filters], [table, chart])
+    study.click(on_study, [selection, *filters], study_file)
