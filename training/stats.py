@@ -4,17 +4,25 @@ All functions take ``[n_samples, n_voxels]`` arrays and work column-wise (one vo
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 __all__ = ["zscore_columns", "noise_ceiling", "r2_columns", "pearson_columns", "bad_columns"]
 
 
 def zscore_columns(x: np.ndarray) -> np.ndarray:
-    """Z-score each column (population std, ddof=0) in float64; a constant column becomes NaN."""
+    """Z-score each column over its finite entries (population std, ddof=0) in float64.
+
+    NaN/inf entries stay NaN and do not affect the column's mean and std; a column with fewer than
+    two distinct finite values (constant, or all NaN) becomes NaN.
+    """
     x = np.asarray(x, dtype=np.float64)
-    std = x.std(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (x - x.mean(axis=0)) / np.where(std > 0, std, np.nan)
+    x = np.where(np.isfinite(x), x, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        varies = np.nanmax(x, axis=0) > np.nanmin(x, axis=0)
+        return (x - np.nanmean(x, axis=0)) / np.where(varies, np.nanstd(x, axis=0), np.nan)
 
 
 def noise_ceiling(ncsnr: np.ndarray, n_repeats: np.ndarray) -> np.ndarray:
