@@ -102,6 +102,8 @@ def _mat_array(mat: dict, key: str, shape: tuple, high: int, path: Path) -> np.n
         found = sorted(k for k in mat if not k.startswith("__"))
         raise ValueError(f"{path} has no variable {key!r} (found {found}).")
     arr = np.asarray(mat[key])
+    if len(shape) == 1 and arr.size == shape[0]:  # a vector stored as a row or a column
+        arr = arr.reshape(shape)
     if arr.shape != shape:
         raise ValueError(f"{path}: `{key}` must have shape {shape}, got {arr.shape}.")
     if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
@@ -126,11 +128,11 @@ def read_design(path: Path, subject: int, n_sessions: int) -> Design:
     errors = FILE_ERRORS + (ValueError, TypeError, NotImplementedError, MatReadError)
     with reading(path, "experiment design", errors):
         mat = scipy.io.loadmat(str(path))
-    masterordering = _mat_array(mat, "masterordering", (1, 30000), _N_IMAGES, path)[0]
+    masterordering = _mat_array(mat, "masterordering", (30000,), _N_IMAGES, path)
     subjectim = _mat_array(mat, "subjectim", (8, _N_IMAGES), _N_STIMULI, path)
     images = subjectim[subject - 1]
     if "sharedix" in mat:
-        sharedix = _mat_array(mat, "sharedix", (1, N_SHARED), _N_STIMULI, path)[0]
+        sharedix = _mat_array(mat, "sharedix", (N_SHARED,), _N_STIMULI, path)
         if not np.array_equal(np.sort(images[:N_SHARED]), np.sort(sharedix)):
             n_diff = len(np.setdiff1d(images[:N_SHARED], sharedix))
             raise ValueError(f"{path}: the first {N_SHARED} columns of `subjectim` row {subject} (the shared images) "
