@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import scipy.io
 import scipy.stats
-from nsd_fixture import N_VERTICES, betas_folder, make_nsd_tree, write_surface_session, write_volume_session
+from nsd_fixture import N_VERTICES, make_nsd_tree, write_surface_session, write_volume_session
 
 from training_support import one_torch_thread  # noqa: F401  (autouse)
 
@@ -146,6 +146,31 @@ def test_damaged_file_is_one_line_error_naming_it(root, tmp_path, relative, dama
     damage(root / relative)
     error = _cli_error(root, tmp_path / "out", *extra)
     assert str(root / relative) in error, error
+    _no_dataset(tmp_path / "out")
+
+
+def _short_rh_session(root: Path) -> None:
+    path = root / SURFACE / "rh.betas_session02.mgh"
+    data = np.asarray(nib.load(path, mmap=False).dataobj)[..., :749]
+    nib.save(nib.MGHImage(data, np.eye(4)), str(path))
+
+
+def _hdf5_in_nifti_order(root: Path) -> None:
+    path = root / VOLUME / "betas_session02.hdf5"
+    with h5py.File(path, "r") as f:
+        betas = f["betas"][()]
+    with h5py.File(path, "w") as f:
+        f["betas"] = betas.transpose(3, 2, 1, 0)
+
+
+@pytest.mark.parametrize("damage, relative, extra", [
+    (_short_rh_session, f"{SURFACE}/rh.betas_session02.mgh", ("--space", "fsaverage", "--rois", "floc-faces")),
+    (_hdf5_in_nifti_order, f"{VOLUME}/betas_session02.hdf5", ("--betas-format", "hdf5")),
+])
+def test_inconsistent_shapes_are_one_line_errors_naming_the_file(root, tmp_path, damage, relative, extra):
+    damage(root)
+    error = _cli_error(root, tmp_path / "out", *extra)
+    assert str(root / relative) in error and "shape" in error, error
     _no_dataset(tmp_path / "out")
 
 

@@ -53,7 +53,7 @@ def read_volume(path, what: str) -> np.ndarray:
     """The full data array of a NIfTI / MGH file; gzipped files are checked to the end of the stream."""
     path = Path(path)
     with reading(path, what, _IMAGE_ERRORS):
-        image = nib.load(str(path))
+        image = nib.load(str(path), mmap=False)  # a memory map would fault if the file changed under it
         if path.suffix not in (".gz", ".mgz"):
             return np.asarray(image.dataobj)
         with gzip.open(path, "rb") as stream:

@@ -271,6 +271,8 @@ class SurfaceSpace:
             data = self._surface(path, what)
             if data.shape[0] != self.n_hemi[hemi]:
                 raise ValueError(f"{path} has {data.shape[0]} vertices, expected {self.n_hemi[hemi]}.")
+            if parts and data.shape[1:] != parts[0].shape[1:]:
+                raise ValueError(f"{path} has shape {data.shape}, unlike {paths[0].name} ({parts[0].shape[1:]} per vertex).")
             parts.append(data[verts])
         return np.concatenate(parts)
 
