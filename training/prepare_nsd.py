@@ -186,6 +186,9 @@ def prepare_nsd(nsd_root, subject, out, *, sessions: int | None = None, space: s
     voxels = SPACES[space](layout, space, mask, betas_format, roi_dir)
     families = list(rois)
     voxels.check_files(n_sessions, families)
+    # ROI labels and ncsnr are small: read before the long part, so that a damaged file fails fast
+    labels = {family: voxels.read_labels(family) for family in families}
+    ncsnr = voxels.read_ncsnr()
 
     name = f"{layout.subj}_{space}_{mask}"
     out = Path(out)
@@ -203,9 +206,7 @@ def prepare_nsd(nsd_root, subject, out, *, sessions: int | None = None, space: s
         raise
     excluded = _excluded(store, n_sessions)
 
-    labels = {family: voxels.read_labels(family) for family in families}
     subj = voxels.subject(subject_rois(labels))
-    ncsnr = voxels.read_ncsnr()
     test_repeats = table.n_repeats[table.is_test]
     splits = {"train": SplitSpec(np.flatnonzero(~table.is_test), table.n_repeats[~table.is_test]),
               "test": SplitSpec(np.flatnonzero(table.is_test), test_repeats)}
