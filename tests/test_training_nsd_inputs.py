@@ -250,6 +250,11 @@ def test_resume_recomputes_exactly_the_sessions_whose_files_changed(nsd, root, t
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     run()
     assert calls == [3]
+    # a damaged result in the work folder is recomputed too
+    result = tmp_path / "work" / "session_01.npy"
+    result.write_bytes(result.read_bytes()[:1000])
+    run()
+    assert calls == [1]
     # a changed mask file makes every session stale
     mask = root / "nsddata/ppdata/subj01/func1pt8mm/roi/nsdgeneral.nii.gz"
     os.utime(mask, ns=(mask.stat().st_atime_ns, mask.stat().st_mtime_ns + 10**9))

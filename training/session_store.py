@@ -4,7 +4,8 @@ A session's result is reused only while the input files it was computed from are
 to ``session_NN.npy``, ``session_NN.json`` records the size, modification time and inode change
 time (ns) of every input file, and ``manifest.json`` the same for the files all sessions depend on
 (the voxel mask) plus the computation's version. A changed session file makes that session be
-recomputed; a changed mask or version makes every session be recomputed. ``manifest.json`` also
+recomputed (so is a result whose size differs from the one recorded); a changed mask or version
+makes every session be recomputed. ``manifest.json`` also
 records what the folder is for (subject, space, mask, ...): a folder made for other inputs is
 refused instead of silently mixed in. Files are written to temporary names and renamed.
 """
@@ -90,6 +91,9 @@ class SessionStore:
         record = _read_json(self._record(session)) if self._record(session).is_file() else None
         if record is None or not self.path(session).is_file():
             return False
+        if record.get("result_bytes") != self.path(session).stat().st_size:
+            log.info("session %d: its saved result is damaged (size differs); recomputing", session)
+            return False
         if record.get("inputs") != file_stamps(inputs):
             log.info("session %d: input files changed since its result was computed (size or time); recomputing",
                      session)
@@ -102,7 +106,8 @@ class SessionStore:
         tmp = self.folder / f".session_{session:02d}.tmp.npy"
         np.save(tmp, np.ascontiguousarray(values, dtype=np.float32))
         tmp.replace(self.path(session))
-        _write_json(self._record(session), {"inputs": file_stamps(inputs), "info": info or {}})
+        _write_json(self._record(session), {"inputs": file_stamps(inputs), "info": info or {},
+                                            "result_bytes": self.path(session).stat().st_size})
 
     def load(self, session: int) -> np.ndarray:
         """The session's array, memory-mapped (read-only)."""
