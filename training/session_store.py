@@ -5,9 +5,9 @@ to ``session_NN.npy``, ``session_NN.json`` records the size, modification time a
 time (ns) of every input file, and ``manifest.json`` the same for the files all sessions depend on
 (the voxel mask) plus the computation's version. A changed session file makes that session be
 recomputed (so is a result whose size differs from the one recorded); a changed mask or version
-makes every session be recomputed. ``manifest.json`` also
-records what the folder is for (subject, space, mask, ...): a folder made for other inputs is
-refused instead of silently mixed in. Files are written to temporary names and renamed.
+makes every session be recomputed. ``manifest.json`` also records what the folder is for (subject,
+space, mask, ...): a folder made for other inputs is refused instead of silently mixed in. Files
+are written to temporary names and renamed.
 """
 from __future__ import annotations
 
