@@ -10,6 +10,7 @@ per-session, per-voxel offset and gain (so z-scoring within sessions matters) an
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import h5py
 import nibabel as nib
 import numpy as np
 import scipy.io
+import scipy.stats
 import torch
 
 from braindive.demo_components import DEMO_TOWER_CONFIG, DEMO_TOWER_NAME, build_demo_tower
@@ -209,3 +211,14 @@ def _write_surface(fake: FakeNSD, rng, subj: str, trial_features: np.ndarray) ->
     for s, pct in enumerate(_responses(rng, trial_features, fake.n_sessions, 2 * N_VERTICES), 1):
         fake.surface_betas.append(pct.astype(np.float32))
         write_surface_session(fake.root, s, pct, fake.subject)
+
+
+def zscore_average(trials_by_session, trial_images):
+    """Independent reference: per session and voxel, z-score over the finite trials (scipy), then per image
+    the mean of its finite trials (NaN if none)."""
+    z = np.concatenate([scipy.stats.zscore(np.where(np.isfinite(t), t, np.nan).astype(np.float64), axis=0,
+                                           nan_policy="omit") for t in trials_by_session])
+    ids = np.unique(trial_images)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice": no finite trial -> NaN
+        return ids, np.stack([np.nanmean(z[trial_images == image], axis=0) for image in ids])

@@ -11,8 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import scipy.io
-import scipy.stats
-from nsd_fixture import N_VERTICES, make_nsd_tree, write_surface_session, write_volume_session
+from nsd_fixture import N_VERTICES, make_nsd_tree, write_surface_session, write_volume_session, zscore_average
 
 from training_support import one_torch_thread  # noqa: F401  (autouse)
 
@@ -190,22 +189,6 @@ def test_cli_prints_one_error_line_and_no_traceback(root, tmp_path):
 # ---------------------------------------------------------------- resume keyed on the input files
 
 
-def _zscore_average(trials_by_session, trial_images):
-    """Independent reference: per session and voxel, z-score over the finite trials (scipy), then per image
-    the mean of its finite trials (NaN if none)."""
-    z = np.concatenate([scipy.stats.zscore(np.where(np.isfinite(t), t, np.nan).astype(np.float64), axis=0,
-                                           nan_policy="omit") for t in trials_by_session])
-    ids = np.unique(trial_images)
-    out = np.full((len(ids), z.shape[1]), np.nan)
-    for row, image in enumerate(ids):
-        trials = z[trial_images == image]
-        for voxel in range(z.shape[1]):
-            finite = trials[np.isfinite(trials[:, voxel]), voxel]
-            if len(finite):
-                out[row, voxel] = finite.sum() / len(finite)
-    return ids, out
-
-
 def _dataset_betas(path):
     """Image ids and betas of both splits, stacked in id order."""
     with open_dataset(path) as ds:
@@ -240,7 +223,7 @@ def test_resume_recomputes_exactly_the_sessions_whose_files_changed(nsd, root, t
     with open_dataset(prepared.dataset) as ds:
         ijk = ds.file["voxels/ijk"][()]
     trials = [vol[ijk[:, 0], ijk[:, 1], ijk[:, 2]].T / 300.0 for vol in volumes]
-    ids, expected = _zscore_average(trials, nsd.trial_images)
+    ids, expected = zscore_average(trials, nsd.trial_images)
     got_ids, got = _dataset_betas(prepared.dataset)
     np.testing.assert_array_equal(got_ids, ids)
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3)  # float16 storage
@@ -290,7 +273,7 @@ def test_nan_trials_are_left_out_per_trial_and_voxel(nsd, root, tmp_path, caplog
     with open_dataset(prepared.dataset) as ds:
         vertices = ds.subject.vertices
     np.testing.assert_array_equal(vertices, in_mask)
-    ids, expected = _zscore_average([b[vertices].T for b in surface], nsd.trial_images)
+    ids, expected = zscore_average([b[vertices].T for b in surface], nsd.trial_images)
     got_ids, got = _dataset_betas(prepared.dataset)
     np.testing.assert_array_equal(got_ids, ids)
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3, equal_nan=True)
