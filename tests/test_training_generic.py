@@ -184,6 +184,13 @@ def test_scores_and_bad_columns():
     r2 = 1 - ((y - pred) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
     np.testing.assert_allclose(stats.r2_columns(y, pred), r2)
     np.testing.assert_allclose(stats.pearson_columns(y, pred), [np.corrcoef(y[:, i], pred[:, i])[0, 1] for i in range(4)])
+    # a NaN response (an image without finite trials for that voxel) leaves only that row out of that column
+    holed = y.copy()
+    holed[[4, 9], 0] = np.nan
+    rest = np.setdiff1d(np.arange(50), [4, 9])
+    r2_rest = 1 - ((y[rest, 0] - pred[rest, 0]) ** 2).sum() / ((y[rest, 0] - y[rest, 0].mean()) ** 2).sum()
+    np.testing.assert_allclose(stats.r2_columns(holed, pred), np.r_[r2_rest, r2[1:]])
+    np.testing.assert_allclose(stats.pearson_columns(holed, pred)[0], np.corrcoef(y[rest, 0], pred[rest, 0])[0, 1])
     y[:, 1] = 3.0
     y[5, 2] = np.nan
     nan, constant = stats.bad_columns(y)
