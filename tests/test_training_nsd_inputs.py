@@ -1,4 +1,5 @@
 """NSD preparation on bad or changed inputs: index bases, damaged files, resume keys, NaN trials, the stimulus brick."""
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ from training_support import one_torch_thread  # noqa: F401  (autouse)
 from training import prepare_nsd
 from training.dataset import open_dataset
 from training.nsd_spaces import VolumeSpace
+from training.session_store import SessionStore
 
 REPO = Path(__file__).resolve().parents[1]
 DESIGN = "nsddata/experiments/nsd/nsd_expdesign.mat"
@@ -243,6 +245,26 @@ def test_resume_recomputes_exactly_the_sessions_whose_files_changed(nsd, root, t
     os.utime(mask, ns=(mask.stat().st_atime_ns, mask.stat().st_mtime_ns + 10**9))
     run()
     assert calls == [1, 2, 3]
+
+
+def test_work_folder_keys(tmp_path):
+    """Results of an older release (no input keys) are not trusted; another identity is refused; another
+    computation version drops the results."""
+    work, source = tmp_path / "work", tmp_path / "betas.bin"
+    work.mkdir()
+    source.write_bytes(b"betas")
+    identity = {"subject": "subj01", "n_voxels": 5}
+    (work / "manifest.json").write_text(json.dumps(identity))  # the older manifest held the identity only
+    np.save(work / "session_01.npy", np.zeros((750, 5), np.float32))
+    store = SessionStore(work, identity, [], "v2")
+    assert not store.done(1, [source]) and not (work / "session_01.npy").exists()
+    store.save(1, np.ones((750, 5)), [source], {"nonfinite_betas": 2})
+    assert store.done(1, [source]) and store.info(1) == {"nonfinite_betas": 2}
+    with pytest.raises(ValueError, match=r"made for other inputs .*'subject': \('subj01', 'subj02'\)"):
+        SessionStore(work, {**identity, "subject": "subj02"}, [], "v2")
+    assert store.done(1, [source])  # the refusal changed nothing
+    SessionStore(work, identity, [], "v3")
+    assert not store.done(1, [source])
 
 
 # ---------------------------------------------------------------- NaN trials
