@@ -10,6 +10,7 @@ per-session, per-voxel offset and gain (so z-scoring within sessions matters) an
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import h5py
 import nibabel as nib
 import numpy as np
 import scipy.io
+import scipy.stats
 import torch
 
 from braindive.demo_components import DEMO_TOWER_CONFIG, DEMO_TOWER_NAME, build_demo_tower
@@ -25,6 +27,7 @@ from braindive.encoders import ClipLinearEncoder, EncoderConfig
 SHAPE = (6, 7, 5)
 IMAGE_SIZE = 24
 N_VERTICES = 40
+AFFINE = np.diag([1.8, 1.8, 1.8, 1.0])
 CTABS = {
     "nsdgeneral": ["nsdgeneral"],
     "prf-visualrois": ["V1v", "V1d", "V2v", "V2d", "V3v", "V3d", "hV4"],
@@ -146,8 +149,28 @@ def make_nsd_tree(root, *, subject: int = 1, n_sessions: int = 3, seed: int = 0)
     return fake
 
 
+def betas_folder(root, subject: int = 1, space: str = "func1pt8mm") -> Path:
+    return Path(root) / "nsddata_betas" / "ppdata" / f"subj{subject:02d}" / space / "betas_fithrf_GLMdenoise_RR"
+
+
+def write_volume_session(root, session: int, volume: np.ndarray, subject: int = 1) -> None:
+    """Write one session's ``[X, Y, Z, 750]`` betas as NSD's .nii.gz and .hdf5 (reversed axes)."""
+    betas_dir = betas_folder(root, subject)
+    nib.save(nib.Nifti1Image(volume, AFFINE), str(betas_dir / f"betas_session{session:02d}.nii.gz"))
+    with h5py.File(betas_dir / f"betas_session{session:02d}.hdf5", "w") as f:
+        f["betas"] = volume.transpose(3, 2, 1, 0)
+
+
+def write_surface_session(root, session: int, betas: np.ndarray, subject: int = 1) -> None:
+    """Write one session's ``[2 * n_vertices, 750]`` fsaverage betas as ``{lh,rh}.betas_sessionNN.mgh``."""
+    betas_dir = betas_folder(root, subject, "fsaverage")
+    half = betas.shape[0] // 2
+    for h, hemi in enumerate(("lh", "rh")):
+        _save_mgh(betas_dir / f"{hemi}.betas_session{session:02d}.mgh", betas[h * half:(h + 1) * half])
+
+
 def _write_volume(fake: FakeNSD, rng, subj: str, trial_features: np.ndarray) -> None:
-    affine = np.diag([1.8, 1.8, 1.8, 1.0])
+    affine = AFFINE
     roi_dir = fake.root / "nsddata" / "ppdata" / subj / "func1pt8mm" / "roi"
     betas_dir = fake.root / "nsddata_betas" / "ppdata" / subj / "func1pt8mm" / "betas_fithrf_GLMdenoise_RR"
     roi_dir.mkdir(parents=True)
@@ -170,9 +193,7 @@ def _write_volume(fake: FakeNSD, rng, subj: str, trial_features: np.ndarray) -> 
     for s, pct in enumerate(_responses(rng, trial_features, fake.n_sessions, n_units), 1):
         vol = np.round(pct * 300).astype(np.int16).reshape(SHAPE + (750,))
         fake.volume_betas.append(vol)
-        save(vol, betas_dir / f"betas_session{s:02d}.nii.gz")
-        with h5py.File(betas_dir / f"betas_session{s:02d}.hdf5", "w") as f:
-            f["betas"] = vol.transpose(3, 2, 1, 0)
+        write_volume_session(fake.root, s, vol, fake.subject)
 
 
 def _write_surface(fake: FakeNSD, rng, subj: str, trial_features: np.ndarray) -> None:
@@ -189,5 +210,15 @@ def _write_surface(fake: FakeNSD, rng, subj: str, trial_features: np.ndarray) ->
         _save_mgh(betas_dir / f"{hemi}.ncsnr.mgh", rng.uniform(0.1, 1.5, N_VERTICES))
     for s, pct in enumerate(_responses(rng, trial_features, fake.n_sessions, 2 * N_VERTICES), 1):
         fake.surface_betas.append(pct.astype(np.float32))
-        for h, hemi in enumerate(("lh", "rh")):
-            _save_mgh(betas_dir / f"{hemi}.betas_session{s:02d}.mgh", pct[h * N_VERTICES:(h + 1) * N_VERTICES])
+        write_surface_session(fake.root, s, pct, fake.subject)
+
+
+def zscore_average(trials_by_session, trial_images):
+    """Independent reference: per session and voxel, z-score over the finite trials (scipy), then per image
+    the mean of its finite trials (NaN if none)."""
+    z = np.concatenate([scipy.stats.zscore(np.where(np.isfinite(t), t, np.nan).astype(np.float64), axis=0,
+                                           nan_policy="omit") for t in trials_by_session])
+    ids = np.unique(trial_images)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice": no finite trial -> NaN
+        return ids, np.stack([np.nanmean(z[trial_images == image], axis=0) for image in ids])

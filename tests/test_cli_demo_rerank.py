@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import braindive as bd
 from braindive.cli import main
@@ -22,13 +23,26 @@ def test_demo_bundle_is_offline_labelled_and_on_s1(demo):
     assert type(demo.pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
 
 
-def test_demo_guidance_raises_ffa_over_unguided(demo):
-    obj = bd.Objective.maximize(demo.subject.roi("FFA"))
-    kw = dict(objective=obj, num_inference_steps=6, height=128, width=128, generator=[torch.Generator().manual_seed(0)],
-              output_type="np")
-    base = demo.pipe(brain_guidance_scale=0.0, **kw).objective_values
-    guided = demo.pipe(brain_guidance_scale=demo.defaults["brain_guidance_scale"], **kw).objective_values
-    assert guided[0] > base[0]
+def _ffa_of_pngs(demo, folder):
+    """Independent score of the written files: the demo encoder on the PNG pixels, mean over FFA's voxels."""
+    pngs = sorted(folder.glob("*.png"))
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in pngs]).astype(np.float32) / 255
+    with torch.no_grad():
+        acts = demo.encoder(torch.from_numpy(pixels).permute(0, 3, 1, 2)).numpy()
+    recorded = [json.loads(p.with_suffix(".json").read_text())["predicted_objective"] for p in pngs]
+    return acts[:, demo.subject.roi("FFA")].mean(1), np.array(recorded)
+
+
+def test_cli_guided_images_raise_ffa_over_unguided(demo, tmp_path):
+    common = ["generate", "--preset", "demo", "--roi", "FFA", "--n", "2", "--steps", "6", "--seed", "0"]
+    assert main([*common, "--scale", "0", "--out", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--out", str(tmp_path / "guided")]) == 0  # the demo's default brain scale
+    plain, plain_recorded = _ffa_of_pngs(demo, tmp_path / "plain")
+    guided, guided_recorded = _ffa_of_pngs(demo, tmp_path / "guided")
+    assert (guided > plain).all(), (guided, plain)  # same seeds: only the guidance differs
+    # the recorded objective is the encoder's score of the saved image (up to 8-bit rounding)
+    np.testing.assert_allclose(np.concatenate([plain_recorded, guided_recorded]), np.concatenate([plain, guided]),
+                               atol=0.05)
 
 
 def test_cli_generate_writes_png_and_provenance_json(tmp_path, capsys):
@@ -52,15 +66,23 @@ def test_cli_bad_roi_and_missing_encoder(tmp_path, capsys):
         main(["generate", "--preset", "sd21", "--out", str(tmp_path)])
 
 
-def test_rerank_keeps_top_fraction_sorted():
+def test_rerank_keeps_the_best_fraction_of_an_independent_ordering():
     encoder = tiny_encoder()
-    images = torch.rand(10, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    obj = bd.Objective.maximize(np.arange(8))
-    ranked = bd.rerank(list(images), encoder, obj, keep=0.2)
-    with torch.no_grad():
-        scores = obj(encoder(images))
-    assert ranked.indices == torch.argsort(scores, descending=True)[:2].tolist()
-    np.testing.assert_allclose(ranked.scores, scores[ranked.indices].numpy(), atol=1e-6)
-    assert bd.rerank(images, encoder, obj, keep=0.01).indices == ranked.indices[:1]
+    arrays = np.random.default_rng(0).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    target = np.arange(8)
+    scores = []  # each image scored alone from its own pixels, mean over the target voxels
+    for a in arrays:
+        with torch.no_grad():
+            acts = encoder(torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255)
+        scores.append(float(acts[0, target].mean()))
+    best_first = sorted(range(10), key=lambda i: -scores[i])
+    images = [Image.fromarray(a) for a in arrays]
+    for keep, n_kept in [(0.2, 2), (0.25, 3), (0.01, 1), (1.0, 10)]:  # at least one, rounding up
+        ranked = bd.rerank(images, encoder, bd.Objective.maximize(target), keep=keep, batch_size=3)
+        assert ranked.indices == best_first[:n_kept]
+        np.testing.assert_allclose(ranked.scores, [scores[i] for i in best_first[:n_kept]], atol=1e-5)
+        np.testing.assert_array_equal(np.stack([np.asarray(im) for im in ranked.images]), arrays[best_first[:n_kept]])
+    lowest = bd.rerank(images, encoder, bd.Objective.minimize(target), keep=0.2)
+    assert lowest.indices == best_first[::-1][:2]
     with pytest.raises(ValueError, match="`keep` must be in"):
-        bd.rerank(images, encoder, obj, keep=0)
+        bd.rerank(images, encoder, bd.Objective.maximize(target), keep=0)

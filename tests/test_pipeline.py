@@ -21,7 +21,7 @@ def pipe():
 def run(pipe, scale, seeds=(0,), steps=4, **kwargs):
     return pipe(objective=bd.Objective.maximize(TARGET), num_inference_steps=steps, height=SIZE, width=SIZE,
                 brain_guidance_scale=float(scale), generator=generators(seeds), num_images_per_prompt=len(seeds),
-                output_type="np", **kwargs)
+                **{"output_type": "np", **kwargs})
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
@@ -94,15 +94,25 @@ def _blur(x):
     return F.conv2d(F.pad(x, [4] * 4, mode="reflect"), k2, groups=x.shape[1])
 
 
-def _independent_latents(pipe, seed, scale, sag, steps, run_steps):
-    """The published BrainDiVE loop written out from its formulas (DPM/DDIM-type and LMS-type)."""
+def _independent_latents(pipe, seed, scale, sag, steps, run_steps, prompt="", cfg=0.0):
+    """The published BrainDiVE loop written out from its formulas (DPM/DDIM-type and LMS-type).
+
+    With classifier-free guidance (``cfg`` > 1, as diffusers' SAG pipeline): eps = eps_u + cfg (eps_c - eps_u);
+    SAG works on the unconditional pass (its attention, x0 and re-noising from eps_u, degraded pass with the
+    empty prompt); the brain gradient's extra UNet pass uses the prompt.
+    """
     unet, vae, enc = pipe.unet, pipe.vae, pipe.encoder
     sched = copy.deepcopy(pipe.scheduler)
     sched.set_timesteps(steps)
     sigma_type = isinstance(sched, (bd.pipeline.LMSDiscreteScheduler, bd.pipeline.EulerDiscreteScheduler))
-    ids = pipe.tokenizer([""], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    with torch.no_grad():
-        emb = pipe.text_encoder(ids)[0]
+
+    def embed(text):
+        ids = pipe.tokenizer([text], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            return pipe.text_encoder(ids)[0]
+
+    emb = embed(prompt)  # the prompt: the only embedding without CFG, the conditional one with it
+    base_emb = embed("") if cfg > 1 else emb  # what SAG's passes see
     lat = torch.randn((1, 4, SIZE // 8, SIZE // 8), generator=torch.Generator().manual_seed(seed)) * sched.init_noise_sigma
     attn1 = unet.mid_block.attentions[0].transformer_blocks[0].attn1
     captured = []
@@ -114,7 +124,11 @@ def _independent_latents(pipe, seed, scale, sag, steps, run_steps):
             a = sched.alphas_cumprod[int(t)]
             captured.clear()
             with torch.no_grad():
-                eps = unet(sched.scale_model_input(lat, t), t, encoder_hidden_states=emb).sample
+                model_input = sched.scale_model_input(lat, t)
+                base = unet(model_input, t, encoder_hidden_states=base_emb).sample  # captured[0] is this pass
+                eps = base
+                if cfg > 1:
+                    eps = base + cfg * (unet(model_input, t, encoder_hidden_states=emb).sample - base)
                 if sag > 0:
                     probs = _mid_attn_probs(attn1, captured[0])
                     n = probs.shape[1]
@@ -122,10 +136,10 @@ def _independent_latents(pipe, seed, scale, sag, steps, run_steps):
                     mask = probs.reshape(1, attn1.heads, n, n).mean(1).sum(1) > 1.0
                     mask = mask.reshape(1, 1, side, side).repeat(1, 4, 1, 1).float()
                     mask = F.interpolate(mask, lat.shape[-2:])
-                    x0 = (lat - (1 - a).sqrt() * eps) / a.sqrt()
+                    x0 = (lat - (1 - a).sqrt() * base) / a.sqrt()
                     degraded = _blur(x0) * mask + x0 * (1 - mask)
-                    degraded = sched.add_noise(degraded, eps, t[None])
-                    eps = eps + sag * (eps - unet(degraded, t, encoder_hidden_states=emb).sample)
+                    degraded = sched.add_noise(degraded, base, t[None])
+                    eps = eps + sag * (base - unet(degraded, t, encoder_hidden_states=base_emb).sample)
             x = lat.detach().clone().requires_grad_()
             with torch.enable_grad():
                 e2 = unet(sched.scale_model_input(x, t), t, encoder_hidden_states=emb).sample
@@ -150,8 +164,10 @@ def _independent_latents(pipe, seed, scale, sag, steps, run_steps):
     return lat
 
 
-@pytest.mark.parametrize("scheduler,sag", [("dpm", 0.75), ("ddim", 0.75), ("lms", 0.0)])
-def test_reference_mode_matches_independent_published_computation(scheduler, sag):
+@pytest.mark.parametrize("scheduler,sag,prompt,cfg", [("dpm", 0.75, "", 0.0), ("ddim", 0.75, "", 0.0),
+                                                     ("lms", 0.0, "", 0.0), ("dpm", 0.75, "a face", 5.0),
+                                                     ("ddim", 0.0, "a house", 3.0)])
+def test_reference_mode_matches_independent_published_computation(scheduler, sag, prompt, cfg):
     pipe = tiny_pipe(scheduler)
     seen = {}
 
@@ -163,11 +179,14 @@ def test_reference_mode_matches_independent_published_computation(scheduler, sag
 
     out = pipe(objective=bd.Objective.maximize(TARGET), num_inference_steps=6, height=SIZE, width=SIZE,
                brain_guidance_scale=300.0, sag_scale=sag, generator=torch.Generator().manual_seed(11),
-               guidance_mode="reference", callback_on_step_end=grab, output_type="latent")
-    expected = _independent_latents(pipe, seed=11, scale=300.0, sag=sag, steps=6, run_steps=3)
+               guidance_mode="reference", callback_on_step_end=grab, output_type="latent", prompt=prompt,
+               guidance_scale=cfg)
+    expected = _independent_latents(pipe, seed=11, scale=300.0, sag=sag, steps=6, run_steps=3, prompt=prompt, cfg=cfg)
     assert out.interrupted and out.steps_completed == 3
     torch.testing.assert_close(seen["latents"], expected, atol=1e-4, rtol=0)
-    assert (expected - _independent_latents(pipe, 11, 0.0, sag, 6, 3)).abs().max() > 1e-3  # guidance mattered
+    assert (expected - _independent_latents(pipe, 11, 0.0, sag, 6, 3, prompt, cfg)).abs().max() > 1e-3  # guidance mattered
+    if cfg:  # and so did classifier-free guidance
+        assert (expected - _independent_latents(pipe, 11, 300.0, sag, 6, 3, prompt, 0.0)).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("name", ["ddim", "lms", "euler"])
@@ -235,10 +254,31 @@ def test_callback_receives_every_step_and_preview(pipe):
     assert out.steps_completed == 5 and not out.interrupted
 
 
-def test_callback_can_replace_latents(pipe):
-    out = run(pipe, 0, steps=3, callback_on_step_end=lambda p, i, t, d: {"latents": torch.zeros_like(d["latents"])})
-    ref = run(pipe, 0, steps=3)
-    assert not np.allclose(out.images, ref.images)
+def test_latents_returned_by_the_callback_are_the_ones_used():
+    """Replacing the latents mid-run continues from them (DDIM keeps no state between steps: the run then
+    ends exactly where the run they came from ends), and at the last step they are what gets decoded."""
+    pipe = tiny_pipe("ddim")
+    recorded = {}
+
+    def record(p, i, t, tensors):
+        if i == 1:
+            recorded["latents"] = tensors["latents"].clone()
+        return {}
+
+    source = run(pipe, 100, seeds=(0,), steps=4, output_type="pt", callback_on_step_end=record)
+    swapped = run(pipe, 100, seeds=(1,), steps=4, output_type="pt",
+                  callback_on_step_end=lambda p, i, t, d: {"latents": recorded["latents"]} if i == 1 else {})
+    other = run(pipe, 100, seeds=(1,), steps=4, output_type="pt")
+    torch.testing.assert_close(swapped.images, source.images, atol=1e-5, rtol=0)
+    assert (other.images - source.images).abs().max() > 1e-2  # the seeds alone give different images
+
+    final = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(9))
+    out = run(pipe, 100, steps=3, output_type="pt", callback_on_step_end=lambda p, i, t, d: {"latents": final} if i == 2 else {})
+    with torch.no_grad():
+        decoded = (pipe.vae.decode(final / pipe.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+        expected_values = pipe.encoder(decoded)[:, TARGET].mean(1)
+    torch.testing.assert_close(out.images, decoded, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.objective_values, expected_values, atol=1e-5, rtol=1e-5)
 
 
 def test_interrupt_stops_after_current_step_and_returns_partial_result(pipe):

@@ -6,8 +6,7 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
-import scipy.stats
-from nsd_fixture import CTABS, N_VERTICES, SHARED_PLAN, make_nsd_tree
+from nsd_fixture import CTABS, N_VERTICES, SHARED_PLAN, make_nsd_tree, zscore_average
 
 from training_support import one_torch_thread  # noqa: F401  (autouse)
 
@@ -28,13 +27,6 @@ def prepared(nsd, tmp_path_factory):
     return prepare_nsd.prepare_nsd(nsd.root, "subj01", out, sessions=3, image_size=0, betas_format="nifti")
 
 
-def _zscore_average(trials_by_session, trial_images):
-    """Independent reference: scipy z-score per session and voxel, then mean over each image's trials."""
-    z = np.concatenate([scipy.stats.zscore(t.astype(np.float64), axis=0) for t in trials_by_session])
-    ids = np.unique(trial_images)
-    return ids, np.stack([z[trial_images == i].mean(0) for i in ids])
-
-
 def _assert_betas(ds, ids, expected):
     for split in ("train", "test"):
         image_ids = ds.image_ids[ds.image_index(split)]
@@ -46,14 +38,14 @@ def _read(path):
     return np.asarray(nib.load(str(path)).dataobj)
 
 
-def test_volume_betas_equal_independent_zscore_average(nsd, prepared):
+def test_volume_betas_equal_independentzscore_average(nsd, prepared):
     with open_dataset(prepared.dataset) as ds:
         ijk = ds.file["voxels/ijk"][()]
         assert sorted(map(tuple, ijk)) == sorted(map(tuple, np.argwhere(nsd.mask > 0)))
         n_left = int((ijk[:, 0] < 3).sum())
         assert ds.subject.kind == "volume" and (~ds.subject.is_right).sum() == n_left and np.all(ijk[:n_left, 0] < 3) and np.all(ijk[n_left:, 0] >= 3)
         trials = [vol[ijk[:, 0], ijk[:, 1], ijk[:, 2]].T / 300.0 for vol in nsd.volume_betas]
-        ids, expected = _zscore_average(trials, nsd.trial_images)
+        ids, expected = zscore_average(trials, nsd.trial_images)
         _assert_betas(ds, ids, expected)
         counts = dict(zip(*np.unique(nsd.trial_images, return_counts=True)))
         test_ids = ds.image_ids[ds.image_index("test")]
@@ -115,7 +107,7 @@ def test_fsaverage_route(nsd, tmp_path):
     np.testing.assert_array_equal(subject.vertices, np.flatnonzero(mask))
     faces = np.concatenate([np.squeeze(_read(labels / f"{h}.floc-faces.mgz")) for h in ("lh", "rh")])[mask]
     np.testing.assert_array_equal(subject.roi("OFA"), np.flatnonzero(faces == 1))
-    ids, expected = _zscore_average([b[mask].T for b in nsd.surface_betas], nsd.trial_images)
+    ids, expected = zscore_average([b[mask].T for b in nsd.surface_betas], nsd.trial_images)
     with open_dataset(out.dataset) as ds:
         _assert_betas(ds, ids, expected)
 

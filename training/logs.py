@@ -15,8 +15,9 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 @contextmanager
 def cli_errors():
-    """Turn input errors (bad value, missing file, weights that cannot be fetched) into ``error: ...``."""
+    """Turn input errors (bad value, missing or unreadable file, weights that cannot be fetched) into one
+    line ``error: ...``."""
     try:
         yield
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        raise SystemExit(f"error: {exc}") from exc
+    except (ValueError, OSError, RuntimeError) as exc:  # OSError: missing or unreadable files and folders
+        raise SystemExit("error: " + " ".join(str(exc).split())) from exc

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import scipy.io
+from scipy.io.matlab import MatReadError
+
+from .nsd_io import FILE_ERRORS, reading
 
 __all__ = [
     "NSD_SESSIONS",
@@ -89,27 +92,53 @@ class Design:
     trial_shared: np.ndarray
 
 
-def _mat_array(mat: dict, key: str, shape: tuple, path: Path) -> np.ndarray:
+_N_IMAGES = 10000  # images per subject (columns of subjectim)
+_N_STIMULI = 73000  # images in the NSD stimulus set
+
+
+def _mat_array(mat: dict, key: str, shape: tuple, high: int, path: Path) -> np.ndarray:
+    """``mat[key]`` checked over the WHOLE array: ``shape``, integer values in 1..``high`` (1-based)."""
     if key not in mat:
         found = sorted(k for k in mat if not k.startswith("__"))
         raise ValueError(f"{path} has no variable {key!r} (found {found}).")
     arr = np.asarray(mat[key])
+    if len(shape) == 1 and arr.size == shape[0]:  # a vector stored as a row or a column
+        arr = arr.reshape(shape)
     if arr.shape != shape:
         raise ValueError(f"{path}: `{key}` must have shape {shape}, got {arr.shape}.")
-    return arr.astype(np.int64)
+    if not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+        raise ValueError(f"{path}: `{key}` must hold integers (1-based indices), got dtype {arr.dtype} "
+                         "with non-integer values.")
+    arr = arr.astype(np.int64)
+    low_found, high_found = int(arr.min()), int(arr.max())
+    if low_found < 1 or high_found > high:
+        hint = " (0-based indices? NSD's are 1-based)" if low_found == 0 else ""
+        raise ValueError(f"{path}: `{key}` values must be in 1..{high} (1-based), got {low_found}..{high_found}{hint}.")
+    return arr
 
 
 def read_design(path: Path, subject: int, n_sessions: int) -> Design:
-    """Trials of ``subject``'s first ``n_sessions`` sessions from ``nsd_expdesign.mat`` (1-based indices)."""
-    mat = scipy.io.loadmat(str(require(path, "experiment design")))
-    masterordering = _mat_array(mat, "masterordering", (1, 30000), path)[0]
-    subjectim = _mat_array(mat, "subjectim", (8, 10000), path)
-    n_trials = n_sessions * TRIALS_PER_SESSION
-    order = masterordering[:n_trials]  # 1-based index into the subject's 10k images
-    if order.min() < 1 or order.max() > subjectim.shape[1]:
-        raise ValueError(f"{path}: `masterordering` values must be in 1..10000 (1-based), "
-                         f"got {order.min()}..{order.max()}.")
-    return Design(trial_images=subjectim[subject - 1, order - 1] - 1, trial_shared=order <= N_SHARED)
+    """Trials of ``subject``'s first ``n_sessions`` sessions from ``nsd_expdesign.mat`` (1-based indices).
+
+    ``masterordering``, ``subjectim`` and (when present) ``sharedix`` are range-checked as whole
+    arrays, and the subject's first 1000 images must be exactly ``sharedix``: a 0-based or shifted
+    array is refused instead of silently selecting wrong images and a wrong test split.
+    """
+    require(path, "experiment design")
+    errors = FILE_ERRORS + (ValueError, TypeError, NotImplementedError, MatReadError)
+    with reading(path, "experiment design", errors):
+        mat = scipy.io.loadmat(str(path))
+    masterordering = _mat_array(mat, "masterordering", (30000,), _N_IMAGES, path)
+    subjectim = _mat_array(mat, "subjectim", (8, _N_IMAGES), _N_STIMULI, path)
+    images = subjectim[subject - 1]
+    if "sharedix" in mat:
+        sharedix = _mat_array(mat, "sharedix", (N_SHARED,), _N_STIMULI, path)
+        if not np.array_equal(np.sort(images[:N_SHARED]), np.sort(sharedix)):
+            n_diff = len(np.setdiff1d(images[:N_SHARED], sharedix))
+            raise ValueError(f"{path}: the first {N_SHARED} columns of `subjectim` row {subject} (the shared images) "
+                             f"must be the 73k ids in `sharedix`; {n_diff} are not (arrays with different index bases?).")
+    order = masterordering[: n_sessions * TRIALS_PER_SESSION]  # 1-based index into the subject's 10k images
+    return Design(trial_images=images[order - 1] - 1, trial_shared=order <= N_SHARED)
 
 
 def read_ctab(path: Path, family: str) -> dict[int, str]:
@@ -121,8 +150,10 @@ def read_ctab(path: Path, family: str) -> dict[int, str]:
         log.warning("ROI label table %s not found (looked in %s); naming %s labels by number.",
                     path.name, path.parent, family)
         return {}
+    with reading(path, "ROI label table", FILE_ERRORS + (UnicodeDecodeError,)):
+        text = path.read_text()
     names = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         parts = line.split()
         if len(parts) >= 2 and parts[0].lstrip("-").isdigit() and int(parts[0]) > 0:
             names[int(parts[0])] = parts[1]

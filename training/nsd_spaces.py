@@ -16,11 +16,11 @@ import logging
 from pathlib import Path
 
 import h5py
-import nibabel as nib
 import numpy as np
 
 from braindive.subjects import Subject
 
+from .nsd_io import read_header, read_volume, reading
 from .nsd_layout import TRIALS_PER_SESSION, NSDLayout, read_ctab, require
 
 __all__ = ["SPACES", "VolumeSpace", "SurfaceSpace", "MERGED_ROIS", "BETAS_FORMATS", "subject_rois", "space_label"]
@@ -81,10 +81,11 @@ class VolumeSpace:
         self.layout, self.space, self.mask_name, self.betas_format = layout, space, mask, betas_format
         self.betas_dir = layout.betas_dir(space)
         self.roi_dir = Path(roi_dir) if roi_dir else layout.roi_dir(space)
-        img = nib.load(require(self.roi_dir / f"{mask}.nii.gz", f"mask ROI --mask {mask!r}"))
+        path, what = self.roi_dir / f"{mask}.nii.gz", f"mask ROI --mask {mask!r}"
+        img = read_header(require(path, what), what)
         self.volume_shape = tuple(int(s) for s in img.shape[:3])
         self.affine = img.affine
-        mask_vol = np.rint(np.asarray(img.dataobj)).reshape(self.volume_shape) > 0
+        mask_vol = np.rint(read_volume(path, what)).reshape(self.volume_shape) > 0
         left, self.hemispheres_known = self._left_hemisphere(mask_vol)
         ijk = [np.argwhere(mask_vol & left), np.argwhere(mask_vol & ~left)]
         self.n_left = len(ijk[0])
@@ -107,7 +108,7 @@ class VolumeSpace:
         return len(self.ijk)
 
     def _volume(self, path: Path, what: str) -> np.ndarray:
-        data = np.asarray(nib.load(require(path, what)).dataobj)
+        data = read_volume(require(path, what), what)
         if data.shape[:3] != self.volume_shape:
             raise ValueError(f"{path} has shape {data.shape}, expected {self.volume_shape} like the mask.")
         return data.reshape(self.volume_shape)
@@ -125,6 +126,15 @@ class VolumeSpace:
     def roi_files(self, family: str) -> list[Path]:
         return [require(self.roi_dir / f"{family}.nii.gz", f"ROI file --rois {family!r}")]
 
+    def session_files(self, session: int) -> list[Path]:
+        """The files ``read_session(session)`` reads."""
+        return [self.betas_file(session)]
+
+    def mask_files(self) -> list[Path]:
+        """The files that select and order the voxels."""
+        lh = self.roi_dir / f"lh.{self.mask_name}.nii.gz"
+        return [self.roi_dir / f"{self.mask_name}.nii.gz"] + ([lh] if lh.is_file() else [])
+
     def check_files(self, n_sessions: int, families: list[str]) -> None:
         """Raise for the first missing input before any work starts."""
         for s in range(1, n_sessions + 1):
@@ -136,8 +146,11 @@ class VolumeSpace:
     def read_session(self, session: int) -> np.ndarray:
         """Betas of one session in percent signal change, ``[750, n_voxels]`` float32."""
         path = self.betas_file(session)
+        what = f"betas of session {session}"
         if path.suffix == ".hdf5":
-            with h5py.File(path, "r") as f:
+            with reading(path, what), h5py.File(path, "r") as f:
+                if "betas" not in f:
+                    raise ValueError(f"{path} has no dataset `betas` (found {list(f)}).")
                 ds = f["betas"]
                 expected = (TRIALS_PER_SESSION,) + self.volume_shape[::-1]
                 if ds.shape != expected:
@@ -148,7 +161,7 @@ class VolumeSpace:
                 for t0 in range(0, TRIALS_PER_SESSION, 50):
                     out[t0:t0 + 50] = _to_percent(ds[t0:t0 + 50][:, k, j, i])
                 return out
-        data = np.asarray(nib.load(path).dataobj)
+        data = read_volume(path, what)
         expected = self.volume_shape + (TRIALS_PER_SESSION,)
         if data.shape != expected:
             raise ValueError(f"{path} has shape {data.shape}, expected {expected} (X, Y, Z, trials).")
@@ -189,9 +202,9 @@ class SurfaceSpace:
         self.layout, self.space, self.mask_name = layout, space, mask
         self.betas_dir = layout.betas_dir(space)
         self.roi_dirs = [Path(roi_dir)] if roi_dir else [layout.label_dir(), layout.label_dir("fsaverage")]
-        first = nib.load(require(self.betas_dir / "lh.betas_session01.mgh", "betas of session 1"))
+        first = read_header(require(self.betas_dir / "lh.betas_session01.mgh", "betas of session 1"), "betas of session 1")
         self.n_lh = int(first.shape[0])
-        rh = nib.load(require(self.betas_dir / "rh.betas_session01.mgh", "betas of session 1"))
+        rh = read_header(require(self.betas_dir / "rh.betas_session01.mgh", "betas of session 1"), "betas of session 1")
         self.n_hemi = {"lh": self.n_lh, "rh": int(rh.shape[0])}
         masks = [self._surface(p, f"mask ROI --mask {mask!r}") > 0 for p in self.roi_files(mask)]
         self.hemi_vertices = [np.flatnonzero(m) for m in masks]
@@ -204,7 +217,7 @@ class SurfaceSpace:
         return len(self.vertices)
 
     def _surface(self, path: Path, what: str) -> np.ndarray:
-        return np.squeeze(np.asarray(nib.load(require(path, what)).dataobj))
+        return np.squeeze(read_volume(require(path, what), what))
 
     def roi_files(self, family: str) -> list[Path]:
         """``[lh, rh]`` ROI files with one value per fsaverage vertex, from the first folder that has them."""
@@ -214,7 +227,7 @@ class SurfaceSpace:
             for folder in self.roi_dirs:
                 path = folder / name
                 if path.is_file():
-                    n = int(nib.load(path).shape[0])
+                    n = int(read_header(path, f"ROI file --rois {family!r}").shape[0])
                     if n == self.n_hemi[hemi]:
                         paths.append(path)
                         break
@@ -235,6 +248,14 @@ class SurfaceSpace:
         return [require(self.betas_dir / f"{h}.betas_session{session:02d}.mgh", f"betas of session {session}")
                 for h in self.HEMIS]
 
+    def session_files(self, session: int) -> list[Path]:
+        """The files ``read_session(session)`` reads."""
+        return self.betas_files(session)
+
+    def mask_files(self) -> list[Path]:
+        """The files that select and order the voxels."""
+        return self.roi_files(self.mask_name)
+
     def check_files(self, n_sessions: int, families: list[str]) -> None:
         for s in range(1, n_sessions + 1):
             self.betas_files(s)
@@ -249,6 +270,8 @@ class SurfaceSpace:
             data = self._surface(path, what)
             if data.shape[0] != self.n_hemi[hemi]:
                 raise ValueError(f"{path} has {data.shape[0]} vertices, expected {self.n_hemi[hemi]}.")
+            if parts and data.shape[1:] != parts[0].shape[1:]:
+                raise ValueError(f"{path} has shape {data.shape}, unlike {paths[0].name} ({parts[0].shape[1:]} per vertex).")
             parts.append(data[verts])
         return np.concatenate(parts)
 
