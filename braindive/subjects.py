@@ -138,11 +138,20 @@ class Subject:
     @classmethod
     def from_volume(cls, name, ijk, affine, volume_shape, rois, *, is_right=None, surface="", transform="",
                     space="", description="", extra=None) -> "Subject":
-        """A volume subject. ``is_right`` defaults to the voxel centre lying at scanner x > 0 (RAS+)."""
+        """A volume subject. Without ``is_right``, hemispheres come from the display (the hemisphere of the
+        vertices that show each voxel; the transform is checked first) or, with no display, from the
+        voxel centre lying at scanner x > 0 (RAS+)."""
         ijk = np.asarray(ijk)
-        if is_right is None and ijk.ndim == 2 and ijk.shape[-1] == 3:
-            xyz = np.c_[ijk, np.ones(len(ijk))] @ np.asarray(affine, np.float64).T
-            is_right = xyz[:, 0] > 0
+        if is_right is None and ijk.ndim == 2 and ijk.shape[-1] == 3 and np.issubdtype(ijk.dtype, np.integer):
+            if surface and transform:
+                from .pycortex_subjects import display_hemispheres
+
+                bare = cls.from_volume(name, ijk, affine, volume_shape, rois, is_right=np.zeros(len(ijk), bool))
+                bare.with_display(surface, transform)  # checks the transform against the grid
+                is_right = display_hemispheres(ijk, volume_shape, surface, transform)
+            else:
+                xyz = np.c_[ijk, np.ones(len(ijk))] @ np.asarray(affine, np.float64).T
+                is_right = xyz[:, 0] > 0
         return cls(name=name, surface=surface, rois=rois, space=space or "volume", description=description,
                    extra=dict(extra or {}), kind="volume", transform=transform, ijk=ijk, volume_shape=volume_shape,
                    affine=affine, right=is_right)

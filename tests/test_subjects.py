@@ -323,3 +323,21 @@ def test_hub_snapshot_brings_the_subject_file(tmp_path, monkeypatch, fullhead):
     subject = bd.load_subject(str(folder / "subject.npz"))
     loaded.check_subject(subject)
     assert subject.fingerprint == fullhead.fingerprint
+
+
+def test_volume_hemispheres_come_from_the_display(fullhead):
+    """Without ``is_right``, a displayed volume takes each voxel's hemisphere from the surface: it agrees
+    with the hemisphere of the vertex nearest to the voxel centre (inverse transform)."""
+    import cortex
+    from scipy.spatial import cKDTree
+
+    again = bd.Subject.from_volume("v", fullhead.ijk, fullhead.affine, fullhead.volume_shape, {},
+                                   surface="S1", transform="fullhead")
+    np.testing.assert_array_equal(again.is_right, fullhead.is_right)
+    fid, _ = cortex.db.get_surf("S1", "fiducial", merge=True)
+    n_lh = len(cortex.db.get_surf("S1", "fiducial", "lh")[0])
+    _, nearest = cKDTree(fid).query(cortex.db.get_xfm("S1", "fullhead").inv(fullhead.ijk.astype(float)))
+    assert ((nearest >= n_lh) == fullhead.is_right).mean() > 0.97
+    with pytest.raises(ValueError, match="has no transform 'nope'"):
+        bd.Subject.from_volume("v", fullhead.ijk, fullhead.affine, fullhead.volume_shape, {}, surface="S1",
+                               transform="nope")
