@@ -64,7 +64,7 @@ def expected_voxel_of_vertex(subject):
     ni, nj, _ = subject.volume_shape
     voxel_cells = (subject.ijk[:, 2] * nj + subject.ijk[:, 1]) * ni + subject.ijk[:, 0]
     order = np.argsort(voxel_cells)
-    for v in np.flatnonzero((cells >= 0).any(1)):
+    for v in np.flatnonzero(np.isin(cells, voxel_cells).any(1)):  # the others cannot show a subject voxel
         values, counts = np.unique(cells[v][cells[v] >= 0], return_counts=True)
         cell = values[np.argmax(counts)]
         at = np.searchsorted(voxel_cells[order], cell)
