@@ -6,7 +6,8 @@
 * ``S1-fullhead``: a volume space on the grid of S1's functional transform ``fullhead`` (reference
   volume 100 x 100 x 31, 2.24 x 2.24 x 4.13 mm): the grid cells that are the dominant cell
   (``braindive.flatmap.mapping.MAPPER``) of one of S1's voxels (vertices) above, in C order of
-  (i, j, k). An ROI is the dominant cells of that ROI's vertices; hemispheres: ``display_hemispheres``. Displayed on S1 through ``fullhead``: the offline stand-in for an NSD
+  (i, j, k). An ROI is the dominant cells of that ROI's vertices; hemispheres: ``display_hemispheres``.
+  Displayed on S1 through ``fullhead``: the offline stand-in for an NSD
   func1pt8mm subject.
 
 Extracting ROI vertices from the SVG takes seconds, so each built-in subject is cached on disk

@@ -97,7 +97,9 @@ class Subject:
         rois = {str(k): np.asarray(v, np.int64) for k, v in self.rois.items()}
         for roi, idx in rois.items():
             if len(idx) and (idx.min() < 0 or idx.max() >= self.n_voxels):
-                raise ValueError(f"ROI {roi!r} of subject {self.name!r} has voxel indices outside [0, {self.n_voxels}).")
+                raise ValueError(
+                    f"ROI {roi!r} of subject {self.name!r} has voxel indices outside [0, {self.n_voxels})."
+                )
         object.__setattr__(self, "rois", rois)
 
     def _check_surface(self) -> None:
@@ -132,7 +134,8 @@ class Subject:
         right = np.zeros(len(ijk), bool) if self.right is None else np.asarray(self.right, bool).ravel()
         if right.shape != (len(ijk),):
             raise ValueError(f"`is_right` must have shape ({len(ijk)},), got {right.shape}.")
-        for key, value in (("ijk", ijk.astype(np.int64)), ("volume_shape", shape), ("affine", affine), ("right", right)):
+        fields = {"ijk": ijk.astype(np.int64), "volume_shape": shape, "affine": affine, "right": right}
+        for key, value in fields.items():
             object.__setattr__(self, key, value)
 
     @classmethod

@@ -314,7 +314,8 @@ def test_one_hot_roi_colour_lies_inside_its_outline(subject, view, regions, vert
 def test_highlight_tints_and_outlines_the_roi_only(subject, view, regions):
     base = bd.render_flatmap(None, subject, rois=False, view=view)
     by_name = bd.render_flatmap(None, subject, rois=False, highlight="FFA", view=view)
-    assert np.array_equal(by_name, bd.render_flatmap(None, subject, rois=False, highlight=subject.roi("FFA"), view=view))
+    by_index = bd.render_flatmap(None, subject, rois=False, highlight=subject.roi("FFA"), view=view)
+    assert np.array_equal(by_name, by_index)
     changed = np.abs(by_name.astype(int) - base).sum(-1) > 0
     ffa = regions["FFA.lh"] | regions["FFA.rh"]
     assert (changed & ffa).sum() > 0.9 * ffa.sum()

@@ -191,7 +191,8 @@ def test_with_display_checks_pycortex_transform_and_grid():
     reference = cortex.db.get_xfm("S1", "fullhead").reference
     s = bd.Subject.from_volume("S1", [[50, 50, 15]], reference.affine, reference.shape[:3], {}, space="fullhead")
     shown = s.with_display("S1", "fullhead")
-    assert shown.drawable and shown.fingerprint == s.fingerprint and (shown.surface, shown.transform) == ("S1", "fullhead")
+    assert shown.drawable and shown.fingerprint == s.fingerprint
+    assert (shown.surface, shown.transform) == ("S1", "fullhead")
     with pytest.raises(ValueError, match=r"has no transform 'nope'.*transforms there: \['fullhead', 'retinotopy'\]"):
         s.with_display("S1", "nope")
     with pytest.raises(ValueError, match=r"has no subject 'NoSuchSubject'"):
@@ -213,8 +214,8 @@ def test_encoder_matches_subjects_by_fingerprint(caplog):
     encoder = tiny_encoder(n_voxels=4, subject="subj01")
     encoder.config = bd.EncoderConfig.for_subject(a, backbone=encoder.config.backbone)
     encoder.check_subject(_volume(name="renamed"))  # same space, other name: fine
-    with pytest.raises(ValueError, match=r"fit on voxel space 'subj01 · func1pt8mm' .*subject 'subj01 · fsaverage' is a "
-                                         "different voxel space"):
+    with pytest.raises(ValueError, match=r"fit on voxel space 'subj01 · func1pt8mm' .*subject 'subj01 · fsaverage' "
+                                         "is a different voxel space"):
         encoder.check_subject(b)
     old = tiny_encoder(n_voxels=4, subject="subj01")  # no fingerprint recorded: name + voxel count, with a warning
     with caplog.at_level("WARNING"):
