@@ -6,8 +6,8 @@
 * ``S1-fullhead``: a volume space on the grid of S1's functional transform ``fullhead`` (reference
   volume 100 x 100 x 31, 2.24 x 2.24 x 4.13 mm): the grid cells that are the dominant cell
   (``braindive.flatmap.mapping.MAPPER``) of one of S1's voxels (vertices) above, in C order of
-  (i, j, k). An ROI is the dominant cells of that ROI's vertices; a voxel's hemisphere is that of most
-  of the vertices it dominates. Displayed on S1 through ``fullhead``: the offline stand-in for an NSD
+  (i, j, k). An ROI is the dominant cells of that ROI's vertices; hemispheres: ``display_hemispheres``.
+  Displayed on S1 through ``fullhead``: the offline stand-in for an NSD
   func1pt8mm subject.
 
 Extracting ROI vertices from the SVG takes seconds, so each built-in subject is cached on disk
@@ -24,7 +24,7 @@ import numpy as np
 from .cache import cache_dir
 from .subjects import S1_MARGIN_MM, VISUAL_ROIS, Subject
 
-__all__ = ["BUILT_IN", "check_transform", "has_display", "pycortex_dir"]
+__all__ = ["BUILT_IN", "check_transform", "has_display", "pycortex_dir", "display_hemispheres"]
 
 _BUILD_VERSION = 2  # part of the cache key: bump when a build changes
 
@@ -144,32 +144,50 @@ def load_surface_subject(surface: str) -> Subject:
     return _cached(surface, _cache_key(surface), lambda: _build_surface_subject(surface))
 
 
+def display_hemispheres(ijk: np.ndarray, volume_shape, surface: str, transform: str) -> np.ndarray:
+    """``[n_voxels]`` is_right of grid voxels shown on ``surface`` through ``transform``: the hemisphere of
+    most of the vertices whose dominant cell (pycortex's mapper) the voxel is; a voxel no vertex shows
+    takes the hemisphere of the nearest voxel (in grid steps) that one does."""
+    from scipy.spatial import cKDTree
+
+    from .flatmap.mapping import dominant_cells, grid_cells, pycortex_mapper, voxel_of_cell
+    from .flatmap.surfaces import flat_surface
+
+    full = pycortex_mapper(surface, transform)
+    voxels = voxel_of_cell(grid_cells(ijk, volume_shape), full.shape[1])[dominant_cells(full)]
+    shown = voxels >= 0
+    side = np.where(np.arange(len(voxels)) >= flat_surface(surface).n_vertices_lh, 1.0, -1.0)
+    votes = np.bincount(voxels[shown], weights=side[shown], minlength=len(ijk))
+    counted = np.bincount(voxels[shown], minlength=len(ijk)) > 0
+    if not counted.any():
+        raise ValueError(f"No voxel of this grid is shown on pycortex {surface!r} through {transform!r}.")
+    if not counted.all():
+        _, nearest = cKDTree(ijk[counted]).query(ijk[~counted])
+        votes[~counted] = votes[counted][nearest]
+    return votes > 0
+
+
 def _build_volume_subject(surface: str, transform: str) -> Subject:
     """The grid cells of ``transform`` that S1-style surface voxels of ``surface`` map onto (see above)."""
     import cortex
 
-    from .flatmap.mapping import dominant_cells, pycortex_mapper
+    from .flatmap.mapping import dominant_cells, grid_cells, pycortex_mapper, voxel_of_cell
 
     base = load_surface_subject(surface)
     reference = cortex.db.get_xfm(surface, transform).reference
     shape = tuple(int(n) for n in reference.shape[:3])
-    cell_of_vertex = dominant_cells(pycortex_mapper(surface, transform))
-    cells = cell_of_vertex[base.vertices]
+    full = pycortex_mapper(surface, transform)
+    cells = dominant_cells(full)[base.vertices]
     k, j, i = np.unravel_index(np.unique(cells[cells >= 0]), shape[::-1])
     ijk = np.stack([i, j, k], axis=1)[np.lexsort((k, j, i))]
-    lookup = np.full(int(np.prod(shape)) + 1, -1, np.int64)  # last entry: "no cell" (-1)
-    lookup[np.ravel_multi_index((ijk[:, 2], ijk[:, 1], ijk[:, 0]), shape[::-1])] = np.arange(len(ijk))
-    voxel_of_base = lookup[cells]  # [base voxels] volume voxel each surface voxel maps onto, -1 if none
-    mapped = voxel_of_base >= 0
-    right_votes = np.bincount(voxel_of_base[mapped], weights=np.where(base.is_right[mapped], 1.0, -1.0),
-                              minlength=len(ijk))
+    voxel_of_base = voxel_of_cell(grid_cells(ijk, shape), full.shape[1])[cells]  # -1: maps onto no voxel
     rois = {}
     for name, idx in base.rois.items():
         found = voxel_of_base[idx]
         rois[name] = np.unique(found[found >= 0])
     return Subject.from_volume(
-        f"{surface}-{transform}", ijk, reference.affine, shape, rois, is_right=right_votes > 0, surface=surface,
-        transform=transform, space=transform,
+        f"{surface}-{transform}", ijk, reference.affine, shape, rois, surface=surface, transform=transform,
+        space=transform,
         description=(f"pycortex {surface}, transform {transform}: grid voxels under the visual ROIs "
                      f"{', '.join(rois)} plus a {S1_MARGIN_MM:g} mm margin (a volume subject for offline tests)"),
     )
@@ -178,7 +196,7 @@ def _build_volume_subject(surface: str, transform: str) -> Subject:
 def load_volume_subject(surface: str, transform: str) -> Subject:
     from .flatmap.mapping import MAPPER, transform_digest
 
-    key = _cache_key(surface, transform, transform_digest(surface, transform), MAPPER)
+    key = _cache_key(surface, transform, transform_digest(surface, transform), MAPPER, "display-hemispheres")
     return _cached(f"{surface}-{transform}", key, lambda: _build_volume_subject(surface, transform))
 
 

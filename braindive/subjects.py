@@ -97,7 +97,9 @@ class Subject:
         rois = {str(k): np.asarray(v, np.int64) for k, v in self.rois.items()}
         for roi, idx in rois.items():
             if len(idx) and (idx.min() < 0 or idx.max() >= self.n_voxels):
-                raise ValueError(f"ROI {roi!r} of subject {self.name!r} has voxel indices outside [0, {self.n_voxels}).")
+                raise ValueError(
+                    f"ROI {roi!r} of subject {self.name!r} has voxel indices outside [0, {self.n_voxels})."
+                )
         object.__setattr__(self, "rois", rois)
 
     def _check_surface(self) -> None:
@@ -132,17 +134,27 @@ class Subject:
         right = np.zeros(len(ijk), bool) if self.right is None else np.asarray(self.right, bool).ravel()
         if right.shape != (len(ijk),):
             raise ValueError(f"`is_right` must have shape ({len(ijk)},), got {right.shape}.")
-        for key, value in (("ijk", ijk.astype(np.int64)), ("volume_shape", shape), ("affine", affine), ("right", right)):
+        fields = {"ijk": ijk.astype(np.int64), "volume_shape": shape, "affine": affine, "right": right}
+        for key, value in fields.items():
             object.__setattr__(self, key, value)
 
     @classmethod
     def from_volume(cls, name, ijk, affine, volume_shape, rois, *, is_right=None, surface="", transform="",
                     space="", description="", extra=None) -> "Subject":
-        """A volume subject. ``is_right`` defaults to the voxel centre lying at scanner x > 0 (RAS+)."""
+        """A volume subject. Without ``is_right``, hemispheres come from the display (the hemisphere of the
+        vertices that show each voxel; the transform is checked first) or, with no display, from the
+        voxel centre lying at scanner x > 0 (RAS+)."""
         ijk = np.asarray(ijk)
-        if is_right is None and ijk.ndim == 2 and ijk.shape[-1] == 3:
-            xyz = np.c_[ijk, np.ones(len(ijk))] @ np.asarray(affine, np.float64).T
-            is_right = xyz[:, 0] > 0
+        if is_right is None and ijk.ndim == 2 and ijk.shape[-1] == 3 and np.issubdtype(ijk.dtype, np.integer):
+            if surface and transform:
+                from .pycortex_subjects import display_hemispheres
+
+                bare = cls.from_volume(name, ijk, affine, volume_shape, rois, is_right=np.zeros(len(ijk), bool))
+                bare.with_display(surface, transform)  # checks the transform against the grid
+                is_right = display_hemispheres(ijk, volume_shape, surface, transform)
+            else:
+                xyz = np.c_[ijk, np.ones(len(ijk))] @ np.asarray(affine, np.float64).T
+                is_right = xyz[:, 0] > 0
         return cls(name=name, surface=surface, rois=rois, space=space or "volume", description=description,
                    extra=dict(extra or {}), kind="volume", transform=transform, ijk=ijk, volume_shape=volume_shape,
                    affine=affine, right=is_right)

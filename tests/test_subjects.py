@@ -191,7 +191,8 @@ def test_with_display_checks_pycortex_transform_and_grid():
     reference = cortex.db.get_xfm("S1", "fullhead").reference
     s = bd.Subject.from_volume("S1", [[50, 50, 15]], reference.affine, reference.shape[:3], {}, space="fullhead")
     shown = s.with_display("S1", "fullhead")
-    assert shown.drawable and shown.fingerprint == s.fingerprint and (shown.surface, shown.transform) == ("S1", "fullhead")
+    assert shown.drawable and shown.fingerprint == s.fingerprint
+    assert (shown.surface, shown.transform) == ("S1", "fullhead")
     with pytest.raises(ValueError, match=r"has no transform 'nope'.*transforms there: \['fullhead', 'retinotopy'\]"):
         s.with_display("S1", "nope")
     with pytest.raises(ValueError, match=r"has no subject 'NoSuchSubject'"):
@@ -213,8 +214,8 @@ def test_encoder_matches_subjects_by_fingerprint(caplog):
     encoder = tiny_encoder(n_voxels=4, subject="subj01")
     encoder.config = bd.EncoderConfig.for_subject(a, backbone=encoder.config.backbone)
     encoder.check_subject(_volume(name="renamed"))  # same space, other name: fine
-    with pytest.raises(ValueError, match=r"fit on voxel space 'subj01 · func1pt8mm' .*subject 'subj01 · fsaverage' is a "
-                                         "different voxel space"):
+    with pytest.raises(ValueError, match=r"fit on voxel space 'subj01 · func1pt8mm' .*subject 'subj01 · fsaverage' "
+                                         "is a different voxel space"):
         encoder.check_subject(b)
     old = tiny_encoder(n_voxels=4, subject="subj01")  # no fingerprint recorded: name + voxel count, with a warning
     with caplog.at_level("WARNING"):
@@ -323,3 +324,21 @@ def test_hub_snapshot_brings_the_subject_file(tmp_path, monkeypatch, fullhead):
     subject = bd.load_subject(str(folder / "subject.npz"))
     loaded.check_subject(subject)
     assert subject.fingerprint == fullhead.fingerprint
+
+
+def test_volume_hemispheres_come_from_the_display(fullhead):
+    """Without ``is_right``, a displayed volume takes each voxel's hemisphere from the surface: it agrees
+    with the hemisphere of the vertex nearest to the voxel centre (inverse transform)."""
+    import cortex
+    from scipy.spatial import cKDTree
+
+    again = bd.Subject.from_volume("v", fullhead.ijk, fullhead.affine, fullhead.volume_shape, {},
+                                   surface="S1", transform="fullhead")
+    np.testing.assert_array_equal(again.is_right, fullhead.is_right)
+    fid, _ = cortex.db.get_surf("S1", "fiducial", merge=True)
+    n_lh = len(cortex.db.get_surf("S1", "fiducial", "lh")[0])
+    _, nearest = cKDTree(fid).query(cortex.db.get_xfm("S1", "fullhead").inv(fullhead.ijk.astype(float)))
+    assert ((nearest >= n_lh) == fullhead.is_right).mean() > 0.97
+    with pytest.raises(ValueError, match="has no transform 'nope'"):
+        bd.Subject.from_volume("v", fullhead.ijk, fullhead.affine, fullhead.volume_shape, {}, surface="S1",
+                               transform="nope")

@@ -27,7 +27,8 @@ from ..cache import cache_dir
 from ..subjects import HEMISPHERES, Subject
 from .surfaces import FORMAT_VERSION, cached_arrays, flat_surface, per_subject
 
-__all__ = ["VoxelMapping", "voxel_mapping", "MAPPER", "pycortex_mapper", "dominant_cells", "transform_digest"]
+__all__ = ["VoxelMapping", "voxel_mapping", "MAPPER", "pycortex_mapper", "dominant_cells", "transform_digest",
+           "grid_cells", "voxel_of_cell"]
 
 MAPPER = "line_nearest"
 
@@ -119,10 +120,8 @@ def _build_volume_mapping(subject: Subject) -> dict[str, np.ndarray]:
     from scipy import sparse
 
     full = pycortex_mapper(subject.surface, subject.transform)
-    cells = _cells(subject.ijk, subject.volume_shape)
-    voxel_of_cell = np.full(full.shape[1] + 1, -1, np.int64)  # last entry: "no cell" (-1)
-    voxel_of_cell[cells] = np.arange(subject.n_voxels)
-    voxel_of_vertex = voxel_of_cell[dominant_cells(full)]
+    cells = grid_cells(subject.ijk, subject.volume_shape)
+    voxel_of_vertex = voxel_of_cell(cells, full.shape[1])[dominant_cells(full)]
     sub = full[:, cells].tocsr()
     sub = sparse.diags((voxel_of_vertex >= 0).astype(np.float64)) @ sub
     totals = np.asarray(sub.sum(axis=1)).ravel()
@@ -131,9 +130,16 @@ def _build_volume_mapping(subject: Subject) -> dict[str, np.ndarray]:
     return {"data": sub.data, "indices": sub.indices, "indptr": sub.indptr, "voxel_of_vertex": voxel_of_vertex}
 
 
-def _cells(ijk: np.ndarray, volume_shape) -> np.ndarray:
+def grid_cells(ijk: np.ndarray, volume_shape) -> np.ndarray:
     """Column of each voxel in pycortex's mapper: C order of the (k, j, i) volume pycortex uses."""
     return np.ravel_multi_index((ijk[:, 2], ijk[:, 1], ijk[:, 0]), tuple(volume_shape)[::-1])
+
+
+def voxel_of_cell(cells: np.ndarray, n_cells: int) -> np.ndarray:
+    """``[n_cells + 1]`` voxel index of each grid cell (-1: none); index -1 (no cell) maps to -1 too."""
+    lookup = np.full(n_cells + 1, -1, np.int64)
+    lookup[cells] = np.arange(len(cells))
+    return lookup
 
 
 @lru_cache(maxsize=2)

@@ -85,12 +85,12 @@ def voxels_in_mask(subject: Subject, mask, image_shape=None, *, view: str = "ful
 
 
 def grow(subject: Subject, voxel: int, radius_mm: float) -> np.ndarray:
-    """Sorted indices of the voxels within ``radius_mm`` of ``voxel``, in its hemisphere; always
-    contains ``voxel``.
+    """Sorted indices of the voxels within ``radius_mm`` of ``voxel``; always contains ``voxel``.
 
     Surface subjects: distance along the cortical surface (shortest paths along the edges of the
-    fiducial mesh, slightly longer than true geodesics). Volume subjects: straight-line distance in
-    millimetres between voxel centres (through the subject's affine); no display is needed.
+    fiducial mesh, slightly longer than true geodesics), in the voxel's hemisphere. Volume subjects:
+    straight-line distance in millimetres between voxel centres (through the subject's affine), a
+    ball that may reach across a sulcus or the midline; no display is needed.
     """
     if not is_int(voxel) or not 0 <= voxel < subject.n_voxels:
         raise ValueError(f"`voxel` must be an integer in [0, {subject.n_voxels}), got {voxel!r}.")
@@ -100,17 +100,14 @@ def grow(subject: Subject, voxel: int, radius_mm: float) -> np.ndarray:
         radius = float("nan")
     if not (np.isfinite(radius) and radius >= 0):
         raise ValueError(f"`radius_mm` must be a finite number >= 0, got {radius_mm!r}.")
-    same_side = subject.is_right == subject.is_right[voxel]
     if subject.kind == "volume":
         xyz = subject.ijk @ subject.affine[:3, :3].T
-        near = np.linalg.norm(xyz - xyz[voxel], axis=1) <= radius + 1e-9
-        return np.flatnonzero(near & same_side).astype(np.int64)
+        return np.flatnonzero(np.linalg.norm(xyz - xyz[voxel], axis=1) <= radius + 1e-9).astype(np.int64)
     from scipy.sparse.csgraph import dijkstra
 
     dist = dijkstra(surface_info(subject.surface).graph, directed=False, indices=int(subject.vertices[voxel]),
                     limit=radius)
-    found = voxel_mapping(subject).voxels_at(np.flatnonzero(dist <= radius))
-    return found[same_side[found]]
+    return voxel_mapping(subject).voxels_at(np.flatnonzero(dist <= radius))
 
 
 def roi_centroids(
