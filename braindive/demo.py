@@ -136,9 +136,8 @@ def diffusion_bundle_path() -> Path:
 
 def seeded_demo_encoder(subject: Subject, seed: int = 0) -> ClipLinearEncoder:
     """An encoder on ``subject`` whose ROIs prefer different directions of the tiny tower's features."""
-    config = EncoderConfig(
-        n_voxels=subject.n_voxels, subject=subject.name, voxel_space=subject.space, backbone=DEMO_TOWER_NAME,
-        pretrained=None, backbone_config=DEMO_TOWER_CONFIG, training={"kind": "seeded demo tuning, not fit to data"},
+    config = EncoderConfig.for_subject(
+        subject, backbone=DEMO_TOWER_NAME, pretrained=None, backbone_config=DEMO_TOWER_CONFIG, training={"kind": "seeded demo tuning, not fit to data"},
     )
     encoder = ClipLinearEncoder(config, tower=build_demo_tower(seed))
     rng = np.random.default_rng(seed)

@@ -6,16 +6,22 @@ image embedding, then a linear voxelwise head with bias.
 
 A checkpoint is a folder (or a Hugging Face Hub repo with the same files)::
 
-    config.json          EncoderConfig as JSON (backbone, pretrained tag, subject, voxel space, training)
+    config.json          EncoderConfig as JSON (backbone, pretrained tag, subject name, label and
+                         fingerprint of its voxel space, training)
     head.safetensors     weight [n_voxels, embed_dim], bias [n_voxels]
     backbone.safetensors image-tower weights; only when ``pretrained`` is None (e.g. the demo's tiny
                          tower), otherwise OpenCLIP fetches the ``pretrained`` weights itself
+    subject.npz          the subject file, when the subject is not built in
+
+An encoder belongs to the voxel space whose ``Subject.fingerprint`` it records; ``check_subject``
+compares fingerprints (checkpoints from before fingerprints: name and voxel count, with a warning).
 
 Weights are read only from safetensors; nothing is unpickled.
 """
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +42,8 @@ BACKBONE_NAME = "backbone.safetensors"
 SUBJECT_NAME = "subject.npz"  # beside the weights when the subject is not built in
 _FORMAT_VERSION = 1
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class EncoderConfig:
@@ -50,7 +58,15 @@ class EncoderConfig:
     embed_dim: int | None = None
     encoder_type: str = "clip_linear"
     training: dict = field(default_factory=dict)
+    subject_fingerprint: str = ""  # Subject.fingerprint of the voxel space ("" in older checkpoints)
+    subject_label: str = ""  # Subject.label, for messages
     format_version: int = _FORMAT_VERSION
+
+    @classmethod
+    def for_subject(cls, subject, **kwargs) -> "EncoderConfig":
+        """A config whose voxels are ``subject``'s (name, space, label, fingerprint and voxel count)."""
+        return cls(n_voxels=subject.n_voxels, subject=subject.name, voxel_space=subject.space,
+                   subject_fingerprint=subject.fingerprint, subject_label=subject.label, **kwargs)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -74,10 +90,21 @@ class BrainEncoder(nn.Module):
         return self.config.n_voxels
 
     def check_subject(self, subject) -> None:
-        """Raise if this encoder's voxels are not ``subject``'s voxels."""
-        if self.config.subject != subject.name or self.config.n_voxels != subject.n_voxels:
+        """Raise if this encoder's voxels are not ``subject``'s voxels (same fingerprint)."""
+        config = self.config
+        if config.subject_fingerprint:
+            if config.subject_fingerprint != subject.fingerprint:
+                mine = config.subject_label or f"{config.subject} · {config.voxel_space}"
+                raise ValueError(
+                    f"Encoder was fit on voxel space {mine!r} (fingerprint {config.subject_fingerprint[:12]}), but "
+                    f"subject {subject.label!r} is a different voxel space (fingerprint {subject.fingerprint[:12]})."
+                )
+            return
+        log.warning("Encoder for %r records no subject fingerprint (older checkpoint): matched by name and "
+                    "voxel count only.", config.subject)
+        if config.subject != subject.name or config.n_voxels != subject.n_voxels:
             raise ValueError(
-                f"Encoder was fit for subject {self.config.subject!r} with {self.config.n_voxels} voxels, "
+                f"Encoder was fit for subject {config.subject!r} with {config.n_voxels} voxels, "
                 f"but subject {subject.name!r} has {subject.n_voxels} voxels."
             )
 
@@ -216,7 +243,7 @@ def _resolve(path_or_hub_id) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(name, allow_patterns=[CONFIG_NAME, "*.safetensors"]))
+        return Path(snapshot_download(name, allow_patterns=[CONFIG_NAME, "*.safetensors", SUBJECT_NAME]))
     except Exception as exc:  # offline, unknown repo, auth: all mean "not available"
         raise FileNotFoundError(
             f"Encoder {name!r} is neither a local folder nor a reachable Hugging Face Hub repo: {exc}"

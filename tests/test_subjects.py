@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import braindive as bd
-from braindive import subjects as subj
+from braindive import pycortex_subjects as pcs
 
 
 def test_s1_voxels_are_visual_rois_plus_margin(s1):
@@ -74,27 +74,148 @@ def test_subject_file_round_trip_and_corrupt_file(tmp_path, s1):
 
 
 def test_roi_cache_key_follows_overlays_svg(tmp_path, monkeypatch):
-    src = subj._pycortex_subject_dir("S1")
+    src = pcs.pycortex_dir("S1")
     (tmp_path / "S1").mkdir()
     shutil.copy(src / "overlays.svg", tmp_path / "S1" / "overlays.svg")
-    monkeypatch.setattr(subj, "_pycortex_subject_dir", lambda surface: tmp_path / surface)
-    key = subj._s1_cache_key("S1")
-    assert key == subj._s1_cache_key("S1")
+    monkeypatch.setattr(pcs, "pycortex_dir", lambda surface: tmp_path / surface)
+    key = pcs._cache_key("S1")
+    assert key == pcs._cache_key("S1")
     with open(tmp_path / "S1" / "overlays.svg", "a") as f:
         f.write("<!-- edited -->")
-    assert subj._s1_cache_key("S1") != key
+    assert pcs._cache_key("S1") != key
 
 
 def test_corrupt_cache_is_rebuilt(tmp_path, monkeypatch, s1):
     bd.set_cache_dir(tmp_path)
     try:
-        cached = bd.cache_dir("subjects") / f"S1-{subj._s1_cache_key('S1')}.npz"
+        cached = bd.cache_dir("subjects") / f"S1-{pcs._cache_key('S1')}.npz"
         s1.save(cached)
-        np.testing.assert_array_equal(subj._load_pycortex_subject("S1").vertices, s1.vertices)
+        np.testing.assert_array_equal(pcs.load_surface_subject("S1").vertices, s1.vertices)
         cached.write_bytes(b"corrupt")
-        monkeypatch.setattr(subj, "_build_pycortex_subject", lambda surface: s1)
-        assert subj._load_pycortex_subject("S1") is s1 and cached.stat().st_size > 1000
+        monkeypatch.setattr(pcs, "_build_surface_subject", lambda surface: s1)
+        assert pcs.load_surface_subject("S1") is s1 and cached.stat().st_size > 1000
     finally:
         from conftest import REPO
 
         bd.set_cache_dir(REPO / ".cache" / "braindive")
+
+
+# --------------------------------------------------------------------------- volume subjects and identity
+
+AFFINE = np.array([[-2.0, 0, 0, 10.0], [0, 2.0, 0, -20.0], [0, 0, 3.0, 5.0], [0, 0, 0, 1]])
+
+
+def _volume(name="subj01", space="func1pt8mm", affine=AFFINE, shape=(6, 5, 4), **kwargs):
+    ijk = np.array([[0, 0, 0], [1, 2, 3], [5, 4, 3], [2, 2, 2]])
+    return bd.Subject.from_volume(name, ijk, affine, shape, {"A": [0, 3], "B": [1]}, space=space, **kwargs)
+
+
+def test_volume_subject_fields_and_scatter():
+    s = _volume()
+    assert s.kind == "volume" and s.vertices is None and s.n_voxels == 4 and s.label == "subj01 · func1pt8mm"
+    # default hemisphere: scanner x > 0 (RAS+); x = -2 i + 10 -> voxels with i < 5 are right
+    np.testing.assert_array_equal(s.is_right, [True, True, False, True])
+    vol = s.to_volume(np.array([1.0, 2.0, 3.0, 4.0]))
+    assert vol.shape == (6, 5, 4) and vol[1, 2, 3] == 2.0 and vol[5, 4, 3] == 3.0 and np.isfinite(vol).sum() == 4
+    assert not s.drawable
+    with pytest.raises(ValueError, match="is a volume"):
+        s.to_surface(np.zeros(4))
+
+
+def _sha(header: dict, voxels) -> str:
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+    digest.update(np.asarray(voxels, "<i8").tobytes())
+    return digest.hexdigest()
+
+
+def test_fingerprint_is_the_documented_hash_of_kind_grid_and_voxels(s1):
+    s = _volume()
+    header = {"kind": "volume", "volume_shape": [6, 5, 4],
+              "affine_1e-4": [-20000, 0, 0, 100000, 0, 20000, 0, -200000, 0, 0, 30000, 50000, 0, 0, 0, 10000]}
+    assert s.fingerprint == _sha(header, s.ijk)
+    surface_header = {"kind": "surface", "surface": "S1", "n_vertices": 304380}
+    assert s1.fingerprint == _sha(surface_header, s1.vertices)
+
+
+def test_fingerprint_ignores_names_rois_and_display_but_not_the_grid():
+    s = _volume()
+    assert _volume(name="someone", space="other", is_right=np.zeros(4, bool)).fingerprint == s.fingerprint
+    assert _volume(affine=AFFINE + 1e-6).fingerprint == s.fingerprint  # below the 1e-4 rounding
+    assert _volume(affine=AFFINE + np.diag([0.01, 0, 0, 0])).fingerprint != s.fingerprint
+    assert _volume(shape=(6, 5, 5)).fingerprint != s.fingerprint
+    reordered = bd.Subject.from_volume("subj01", s.ijk[::-1], AFFINE, (6, 5, 4), {}, space="func1pt8mm")
+    assert reordered.fingerprint != s.fingerprint  # voxel order is part of the space (encoder columns)
+
+
+def test_volume_subject_file_round_trip(tmp_path):
+    s = _volume(description="d", extra={"k": 1})
+    again = bd.load_subject(str(s.save(tmp_path / "v.npz")))
+    assert again.kind == "volume" and again.fingerprint == s.fingerprint and again.label == s.label
+    np.testing.assert_array_equal(again.ijk, s.ijk)
+    np.testing.assert_array_equal(again.is_right, s.is_right)
+    np.testing.assert_array_equal(again.roi("A"), [0, 3])
+    assert again.volume_shape == (6, 5, 4) and again.extra == {"k": 1}
+
+
+def test_format_2_file_still_loads(tmp_path):
+    """A file as written before volume subjects: surface-only meta, ``vertices`` array."""
+    import json
+
+    meta = {"format_version": 2, "name": "old", "surface": "", "n_vertices_lh": 2, "n_vertices": 5, "space": "nsd:x",
+            "description": "", "roi_names": ["A"], "extra": {"volume_shape": [2, 2, 2]}}
+    np.savez(tmp_path / "old.npz", meta=np.array(json.dumps(meta)), vertices=np.arange(5), roi__A=np.array([1, 4]))
+    old = bd.Subject.load(tmp_path / "old.npz")
+    assert old.kind == "surface" and old.n_voxels == 5 and old.label == "old · nsd:x" and not old.drawable
+    np.testing.assert_array_equal(old.is_right, [False, False, True, True, True])
+    np.testing.assert_array_equal(old.roi("A.rh"), [4])
+
+
+def test_bad_volume_input_is_a_one_line_error():
+    with pytest.raises(ValueError, match=r"2 voxels lie outside the grid \(6, 5, 4\), e.g. voxel 1 at ijk \[6, 0, 0\]"):
+        bd.Subject.from_volume("x", [[0, 0, 0], [6, 0, 0], [0, -1, 0]], AFFINE, (6, 5, 4), {})
+    with pytest.raises(ValueError, match="`ijk` must be an integer"):
+        bd.Subject.from_volume("x", [[0.5, 0, 0]], AFFINE, (6, 5, 4), {})
+    with pytest.raises(ValueError, match="lists a grid cell twice"):
+        bd.Subject.from_volume("x", [[1, 1, 1], [1, 1, 1]], AFFINE, (6, 5, 4), {})
+    with pytest.raises(ValueError, match=r"ROI 'A' of subject 'x' has voxel indices outside \[0, 1\)"):
+        bd.Subject.from_volume("x", [[1, 1, 1]], AFFINE, (6, 5, 4), {"A": [1]})
+
+
+def test_with_display_checks_pycortex_transform_and_grid():
+    import cortex
+
+    reference = cortex.db.get_xfm("S1", "fullhead").reference
+    s = bd.Subject.from_volume("S1", [[50, 50, 15]], reference.affine, reference.shape[:3], {}, space="fullhead")
+    shown = s.with_display("S1", "fullhead")
+    assert shown.drawable and shown.fingerprint == s.fingerprint and (shown.surface, shown.transform) == ("S1", "fullhead")
+    with pytest.raises(ValueError, match=r"has no transform 'nope'.*transforms there: \['fullhead', 'retinotopy'\]"):
+        s.with_display("S1", "nope")
+    with pytest.raises(ValueError, match=r"has no subject 'NoSuchSubject'"):
+        s.with_display("NoSuchSubject", "fullhead")
+    with pytest.raises(ValueError, match=r"reference.nii.gz\) has grid shape \(100, 100, 31\), but subject "
+                                         r"'subj01 · func1pt8mm' has volume_shape \(6, 5, 4\)"):
+        _volume().with_display("S1", "fullhead")
+    shifted = bd.Subject.from_volume("S1", [[50, 50, 15]], reference.affine + np.diag([0.5, 0, 0, 0]),
+                                     reference.shape[:3], {}, space="fullhead")
+    with pytest.raises(ValueError, match="has a different affine than subject"):
+        shifted.with_display("S1", "fullhead")
+
+
+def test_encoder_matches_subjects_by_fingerprint(caplog):
+    from tiny import tiny_encoder
+
+    a, b = _volume(), _volume(name="subj01", space="fsaverage", shape=(6, 5, 5))
+    assert a.label != b.label and a.name == b.name
+    encoder = tiny_encoder(n_voxels=4, subject="subj01")
+    encoder.config = bd.EncoderConfig.for_subject(a, backbone=encoder.config.backbone)
+    encoder.check_subject(_volume(name="renamed"))  # same space, other name: fine
+    with pytest.raises(ValueError, match=r"fit on voxel space 'subj01 · func1pt8mm' .*subject 'subj01 · fsaverage' is a "
+                                         "different voxel space"):
+        encoder.check_subject(b)
+    old = tiny_encoder(n_voxels=4, subject="subj01")  # no fingerprint recorded: name + voxel count, with a warning
+    with caplog.at_level("WARNING"):
+        old.check_subject(b)
+    assert "records no subject fingerprint" in caplog.text

@@ -51,7 +51,7 @@ def test_volume_betas_equal_independent_zscore_average(nsd, prepared):
         ijk = ds.file["voxels/ijk"][()]
         assert sorted(map(tuple, ijk)) == sorted(map(tuple, np.argwhere(nsd.mask > 0)))
         n_left = int((ijk[:, 0] < 3).sum())
-        assert ds.subject.n_vertices_lh == n_left and np.all(ijk[:n_left, 0] < 3) and np.all(ijk[n_left:, 0] >= 3)
+        assert ds.subject.kind == "volume" and (~ds.subject.is_right).sum() == n_left and np.all(ijk[:n_left, 0] < 3) and np.all(ijk[n_left:, 0] >= 3)
         trials = [vol[ijk[:, 0], ijk[:, 1], ijk[:, 2]].T / 300.0 for vol in nsd.volume_betas]
         ids, expected = _zscore_average(trials, nsd.trial_images)
         _assert_betas(ds, ids, expected)

@@ -43,8 +43,9 @@ def _summary(values: np.ndarray) -> dict:
 
 def save_r2_flatmap(r2: np.ndarray, subject, path: Path) -> tuple[str | None, str | None]:
     """Draw ``r2`` on the subject's flatmap; returns (file name, None) or (None, why it was skipped)."""
-    if not subject.surface:
-        return None, f"subject {subject.name!r} has no pycortex surface (volume space): no flatmap"
+    if not subject.drawable:
+        hint = f"; {FSAVERAGE_HINT}" if subject.surface == "fsaverage" else ""
+        return None, f"subject {subject.label!r} has no pycortex surface/transform to draw on: no flatmap{hint}"
     try:
         from braindive.flatmap import save_flatmap
     except ImportError as exc:

@@ -54,8 +54,8 @@ def build_encoder(subject, backbone: str, pretrained: str | None) -> ClipLinearE
         with torch.random.fork_rng():
             torch.manual_seed(0)
             tower = build_clip_tower(backbone, pretrained)
-    config = EncoderConfig(n_voxels=subject.n_voxels, subject=subject.name, voxel_space=subject.space,
-                           backbone=backbone, pretrained=pretrained, backbone_config=backbone_config)
+    config = EncoderConfig.for_subject(subject, backbone=backbone, pretrained=pretrained,
+                                       backbone_config=backbone_config)
     encoder = ClipLinearEncoder(config, tower=tower)
     torch.nn.init.zeros_(encoder.head.weight)
     torch.nn.init.zeros_(encoder.head.bias)

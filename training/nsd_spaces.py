@@ -1,9 +1,9 @@
 """NSD voxel spaces: which voxels are kept and how their betas, ROIs and ncsnr are read.
 
 * ``VolumeSpace`` (``func1pt8mm``, ``func1mm``): voxels of the mask volume, ordered left hemisphere
-  first (from ``lh.<mask>.nii.gz`` when present), C order of (i, j, k) within a hemisphere. The
-  Subject it makes has no pycortex surface (``surface=""``): NSD ships no pycortex database, so
-  these voxels cannot be drawn on a flatmap offline; their ijk coordinates and affine are stored.
+  first (from ``lh.<mask>.nii.gz`` when present), C order of (i, j, k) within a hemisphere. It makes
+  a volume Subject (ijk, affine and shape of the grid) without a display: NSD ships no pycortex
+  database, so a surface and transform are attached later (``Subject.with_display``).
 * ``SurfaceSpace`` (``fsaverage``): voxels are fsaverage vertices inside the mask (left then right),
   so the Subject lives on pycortex's ``fsaverage`` and maps straight onto its flatmap.
 
@@ -23,11 +23,12 @@ from braindive.subjects import Subject
 
 from .nsd_layout import TRIALS_PER_SESSION, NSDLayout, read_ctab, require
 
-__all__ = ["SPACES", "VolumeSpace", "SurfaceSpace", "MERGED_ROIS", "BETAS_FORMATS", "subject_rois"]
+__all__ = ["SPACES", "VolumeSpace", "SurfaceSpace", "MERGED_ROIS", "BETAS_FORMATS", "subject_rois", "space_label"]
 
 log = logging.getLogger(__name__)
 
 BETAS_SCALE = 300.0
+DEFAULT_MASK = "nsdgeneral"
 BETAS_FORMATS = ("auto", "nifti", "hdf5")
 # Whole-region ROIs added to the subject next to NSD's labels (all parts that exist are merged).
 MERGED_ROIS = {
@@ -38,6 +39,11 @@ MERGED_ROIS = {
     "FBA": ("FBA-1", "FBA-2"),
     "VWFA": ("VWFA-1", "VWFA-2"),
 }
+
+
+def space_label(space: str, mask: str) -> str:
+    """``"func1pt8mm"`` for the default nsdgeneral mask, else ``"func1pt8mm/<mask>"``."""
+    return space if mask == DEFAULT_MASK else f"{space}/{mask}"
 
 
 def _to_percent(data: np.ndarray) -> np.ndarray:
@@ -160,18 +166,11 @@ class VolumeSpace:
         return self._volume(self.betas_dir / "ncsnr.nii.gz", "noise-ceiling SNR")[self._index].astype(np.float64)
 
     def subject(self, rois: dict[str, np.ndarray]) -> Subject:
-        n = self.n_voxels
         note = "" if self.hemispheres_known else " (hemispheres unknown: all recorded as left)"
-        return Subject(
-            name=self.layout.subj,
-            surface="",
-            vertices=np.arange(n),
-            n_vertices_lh=self.n_left,
-            n_vertices=n,
-            rois=rois,
-            space=f"nsd:{self.layout.subj}:{self.space}:{self.mask_name}",
-            description=f"NSD {self.layout.subj} {self.space} voxels in {self.mask_name}{note}; no pycortex surface",
-            extra={"volume_shape": list(self.volume_shape)},
+        return Subject.from_volume(
+            self.layout.subj, self.ijk, self.affine, self.volume_shape, rois,
+            is_right=np.arange(self.n_voxels) >= self.n_left, space=space_label(self.space, self.mask_name),
+            description=f"NSD {self.layout.subj} {self.space} voxels in {self.mask_name}{note}",
         )
 
     def voxel_info(self) -> dict:
@@ -280,7 +279,7 @@ class SurfaceSpace:
             n_vertices_lh=self.n_lh,
             n_vertices=self.n_lh + self.n_hemi["rh"],
             rois=rois,
-            space=f"nsd:{self.layout.subj}:fsaverage:{self.mask_name}",
+            space=space_label("fsaverage", self.mask_name),
             description=f"NSD {self.layout.subj} fsaverage vertices in {self.mask_name}",
         )
 
