@@ -73,7 +73,7 @@ def test_custom_voxel_set_and_contrast(service):
     (dict(objective="contrast", contrast_target=""), "`roi` must be one of"),
     (dict(objective="contrast", contrast_target="FFA"), "`contrast_target` must differ from the target 'FFA'"),
     (dict(encoder="missing-encoder"), "Unknown encoder 'missing-encoder'"),
-    (dict(subject="subj01"), "is for subject 'S1', not 'subj01'"),
+    (dict(subject="subj01"), "is for subject 'S1 · pycortex:S1:visual+4mm', not 'subj01'"),
 ])
 def test_bad_requests_are_clear_errors(service, kwargs, message):
     before = len(service.catalog.query(limit=10**6))
@@ -96,7 +96,7 @@ def test_corrupt_trained_encoder_is_reported_not_fatal(service):
     try:
         with pytest.raises(ServiceError, match="Could not load encoder 'broken'.*corrupt"):
             collect(service, encoder="broken")
-        assert service.subject_names() == ["S1"]  # the broken encoder is skipped, the app goes on
+        assert service.subject_names() == ["S1 · pycortex:S1:visual+4mm"]  # the broken encoder is skipped
     finally:
         (broken / "config.json").unlink()
         broken.rmdir()

@@ -18,6 +18,7 @@ from training.dataset import DatasetWriter, SplitSpec
 from training.train_encoder import train_encoder
 from ui import build_app, explore, history
 from ui.jobs import TrainingJob
+from ui.registry import ModelRegistry
 from ui.service import GenerationRequest, ImageResult, Service, ServiceError
 from ui.settings import Settings
 
@@ -64,7 +65,7 @@ def _encoder_of_unknown_subject(folder: Path, subject_name: str) -> Path:
 @pytest.fixture
 def sd21_settings(service, tmp_path, monkeypatch):
     """sd21 settings with one NSD-style encoder whose subject file is unknown (the demo model stands in for SD)."""
-    monkeypatch.setattr(Service, "_load_backend", lambda self: service.backend())
+    monkeypatch.setattr(ModelRegistry, "_load_backend", lambda self: service.backend())
     encoder = _encoder_of_unknown_subject(tmp_path / "subj01-encoder", "subj01")
     return Settings(preset="sd21", encoder=str(encoder), data_dir=str(tmp_path / "app"))
 
@@ -89,7 +90,7 @@ def test_explore_builds_once_the_subject_file_is_given(sd21_settings, s1, tmp_pa
     settings = dataclasses.replace(sd21_settings, subject=str(subject_file))
     with gr.Blocks():
         parts = explore.build(Service(settings), settings)
-    assert parts["subject"].value == "subj01" and parts["encoder"].value == settings.encoder
+    assert parts["subject"].value == "subj01 · pycortex:S1:visual+4mm" and parts["encoder"].value == settings.encoder
 
 
 def _toy_dataset(path: Path, s1) -> bd.Subject:
@@ -121,7 +122,8 @@ def test_trained_encoder_records_its_subject_file_and_the_app_finds_it(s1, tmp_p
     moved = tmp_path / "elsewhere"
     shutil.move(tmp_path / "app", moved)  # nor on where it was written
     svc = Service(Settings(data_dir=str(moved)))
-    assert svc.subject_names() == ["S1", "toy"] and svc.encoders_for("toy") == ["toy-encoder"]
+    assert svc.subject_names() == ["S1 · pycortex:S1:visual+4mm", "toy · surface"]
+    assert svc.encoders_for("toy · surface") == ["toy-encoder"]
     assert svc.subject_of("toy-encoder").roi_names == ["A", "B"]
 
 
