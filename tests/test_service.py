@@ -243,3 +243,56 @@ def test_sd21_preset_loads_a_model_folder_and_an_encoder_checkpoint(tmp_path):
     assert result.image.size == (64, 64) and items[-1].message == "Done: 1 image(s)."
     record = svc.catalog.record(result.entry.id)
     assert record["model"] == str(ASSET_DIFFUSION) and record["parameters"]["brain_guidance_scale"] == 130.0
+
+
+def test_gradio_server_variables_are_honoured_below_braindive_ones_and_flags():
+    gradio = {"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "8080"}
+    s = parse_settings([], environ=gradio)
+    assert (s.host, s.port) == ("0.0.0.0", 8080)
+    s = parse_settings([], environ={**gradio, "BRAINDIVE_PORT": "9001"})
+    assert (s.host, s.port) == ("0.0.0.0", 9001)
+    assert parse_settings(["--port", "9002", "--host", "127.0.0.1"], environ=gradio).port == 9002
+
+
+def test_history_is_per_session_on_a_space_and_shared_on_a_lab_server():
+    assert parse_settings([], environ={}).history == "shared"
+    assert parse_settings([], environ={"SPACE_ID": "me/braindive"}).history == "session"
+    assert parse_settings(["--history", "account"], environ={"SPACE_ID": "me/braindive"}).history == "account"
+    with pytest.raises(SystemExit):
+        parse_settings(["--history", "everyone"], environ={})
+
+
+def test_the_catalog_index_and_job_files_are_not_served(tmp_path):
+    """A real server with the app's launch paths: images and exports are served, the index and job folders are not."""
+    import urllib.error
+    import urllib.request
+
+    import gradio as gr
+    import PIL.Image
+
+    import app as app_module
+    from braindive.catalog import Catalog
+
+    settings = Settings(data_dir=str(tmp_path / "data"))
+    entry = Catalog(settings.catalog_dir).add(PIL.Image.new("RGB", (4, 4)), {"created": "2026-01-01T00:00:00",
+                                              "subject": "S1", "target": "FFA", "seed": 1})
+    settings.jobs_dir.mkdir()
+    (settings.jobs_dir / "log.txt").write_text("secret")
+    with gr.Blocks() as blocks:
+        gr.Markdown("paths")
+    blocks.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+                  **app_module.served_paths(settings))
+
+    def status(path) -> int:
+        try:
+            with urllib.request.urlopen(f"{blocks.local_url}gradio_api/file={path.resolve()}", timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    try:
+        assert status(entry.image_path) == 200
+        assert status(settings.catalog_dir / "index.sqlite") == 403
+        assert status(settings.jobs_dir / "log.txt") == 403
+    finally:
+        blocks.close()
