@@ -76,7 +76,10 @@ def _one_run(client, subject, encoder, seed, steps, stop) -> dict:
                         api_name="/run")
     first_preview = waited = None
     texts = []
-    for preview, text, _gallery in job:
+    for output in job:
+        if not isinstance(output, (list, tuple)) or len(output) != 3:
+            raise RuntimeError(f"unexpected streamed output {output!r:.200}")
+        preview, text, _gallery = output
         texts.append(text or "")
         if (text or "").startswith("Waiting"):
             waited = True
@@ -107,6 +110,29 @@ def _user(url, index, args, subject, encoders, runs, deadline) -> None:
             runs.append({"seed": 1000 + n, "ok": False, "final": f"{type(exc).__name__}: {exc}", "stop": False})
 
 
+def service_memory(args, n: int = 200, every: int = 50) -> dict:
+    """RSS of the service alone over ``n`` requests cycling through the demo encoder and its copies."""
+    from ui.service import GenerationRequest, Service
+    from ui.settings import Settings
+
+    data = Path(tempfile.mkdtemp(prefix="braindive-service-"))
+    try:
+        for k in range(args.encoders):
+            shutil.copytree(REPO / "assets" / "demo-encoder", data / "encoders" / f"demo-copy-{k}")
+        service = Service(Settings(data_dir=str(data), image_size=args.image_size, max_encoders=args.max_encoders))
+        names = ["demo", *(f"demo-copy-{k}" for k in range(args.encoders))]
+        rss = []
+        for i in range(n):
+            for _ in service.generate(GenerationRequest(steps=args.steps, encoder=names[i % len(names)], seed=i)):
+                pass
+            if (i + 1) % every == 0:
+                rss.append(psutil.Process().memory_info().rss / 2**20)
+        return {"requests": n, "every": every, "rss_mb": rss, "towers": service.models.live_towers(),
+                "loaded": len(service.models.loaded_encoders())}
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
 def run(args) -> dict:
     from gradio_client import Client
 
@@ -124,7 +150,9 @@ def run(args) -> dict:
         deadline = time.monotonic() + args.timeout
         memory = {"start": _rss_mb(app.pid)}
         t0 = time.perf_counter()
-        for phase, rounds in (("warm", 1), ("load", args.rounds)):
+        quarter = max(1, args.rounds // 4)
+        phases = [("warm", 1)] + [(f"load{k}", quarter) for k in range(1, 4)] + [("load", args.rounds - 3 * quarter)]
+        for phase, rounds in phases:
             args_phase = argparse.Namespace(**{**vars(args), "rounds": rounds})
             threads = [threading.Thread(target=_user, args=(url, u, args_phase, subject, encoders, runs, deadline))
                        for u in range(users)]
@@ -153,7 +181,7 @@ def run(args) -> dict:
             "waited": sum(bool(r.get("waited")) for r in runs), "isolation_violations": len(leaked),
             "first_preview_p50": pct("first_preview", 50), "first_preview_p95": pct("first_preview", 95),
             "finish_p50": pct("finish", 50), "finish_p95": pct("finish", 95), "wall_s": wall,
-            "rss_mb": memory, "encoders": len(encoders), "config": vars(args)}
+            "rss_mb": memory, "encoders": len(encoders), "config": vars(args), "service": service_memory(args)}
 
 
 def _markdown(r: dict, command: str) -> str:
@@ -173,8 +201,13 @@ def _markdown(r: dict, command: str) -> str:
         f"| to first preview | {r['first_preview_p50']:.2f} | {r['first_preview_p95']:.2f} |",
         f"| to the end | {r['finish_p50']:.2f} | {r['finish_p95']:.2f} |", "",
         f"App memory (RSS, MB): {m['start']:.0f} at start, {m['warm']:.0f} after the first round "
-        f"({r['users']} requests), {m['load']:.0f} after all {r['requests']} requests "
-        f"({m['load'] - m['warm']:+.0f} MB). Wall time {r['wall_s']:.0f} s.", "",
+        f"({r['users']} requests), then {', '.join(f'{m[k]:.0f}' for k in ('load1', 'load2', 'load3'))} after each "
+        f"further quarter, {m['load']:.0f} after all {r['requests']} requests ({m['load'] - m['warm']:+.0f} MB). "
+        f"Wall time {r['wall_s']:.0f} s.",
+        f"The service alone (in one process, no Gradio; {r['service']['requests']} requests cycling through the same "
+        f"encoders): {r['service']['rss_mb'][0]:.0f} MB after the first {r['service']['every']} requests, then "
+        f"{', '.join(f'{v:.0f}' for v in r['service']['rss_mb'][1:])} MB every {r['service']['every']} more; "
+        f"image towers alive at the end: {r['service']['towers']}, encoders loaded: {r['service']['loaded']}.", "",
     ])
 
 
