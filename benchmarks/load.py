@@ -167,6 +167,10 @@ def run(args) -> dict:
     finally:
         app.terminate()
         app.wait(60)
+    failed = [r for r in runs if not r["ok"]]
+    if failed:
+        print(f"kept the app's data folder and log for the failed runs: {data}")
+    else:
         shutil.rmtree(data, ignore_errors=True)
     done = [r for r in runs if r["ok"] and not r["stop"]]
     leaked = [r["seed"] for r in runs if r.get("stopped_waiting") and r["seed"] in stored]

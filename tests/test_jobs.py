@@ -138,8 +138,10 @@ def test_every_refused_path_gets_the_same_message(launcher, tmp_path):
     for path in refused:
         with pytest.raises(ServiceError) as err:
             launcher.start("generic", path, "x")
-        messages.add(str(err.value).replace(repr(path), "PATH"))
-    assert len(messages) == 1 and "is not available to the app" in messages.pop()
+        head, tail = str(err.value).split("' is not available to the app", 1)
+        assert head.startswith("Dataset '")
+        messages.add(tail)  # all but the path as typed: the same whether the file exists or not
+    assert len(messages) == 1
     for backbone, pretrained in (("local-dir:/etc", "none"), (f"local-dir:{tmp_path}", "none"),
                                  ("ViT-B-16", "/etc/passwd"), ("../../etc", "none")):
         with pytest.raises(ServiceError, match="is not available to the app"):
