@@ -2,30 +2,45 @@
 
     python app.py [--preset auto|demo|sd21] [--encoder CKPT] [--port 7860] ...
 
-Every flag can also be set as an environment variable BRAINDIVE_<FLAG> (see ui/settings.py).
+Every flag can also be set as an environment variable BRAINDIVE_<FLAG> (see ui/settings.py); Gradio's
+GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are honoured too.
 """
 import logging
 import os
+import signal
 import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from ui import CSS, build_app  # noqa: E402
 from ui.service import Service, ServiceError  # noqa: E402
-from ui.settings import parse_settings  # noqa: E402
+from ui.settings import Settings, parse_settings  # noqa: E402
+
+
+def served_paths(settings: Settings) -> dict:
+    """What Gradio may serve from the data folder: generated images, ZIP exports, training reports.
+
+    Never the catalog index or its records of other users, training logs or datasets (``allowed_paths`` is
+    a prefix list, so it names those folders only; the index is blocked explicitly as well).
+    """
+    allowed = [settings.catalog_dir / "images", settings.exports_dir, settings.reports_dir]
+    index = settings.catalog_dir / "index.sqlite"
+    blocked = [index, index.with_name("index.sqlite-wal"), index.with_name("index.sqlite-shm"), settings.jobs_dir]
+    return {"allowed_paths": [str(p.resolve()) for p in allowed], "blocked_paths": [str(p.resolve()) for p in blocked]}
 
 
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = parse_settings(argv)
+    # SIGTERM (how Spaces, systemd and docker stop the app) exits normally, so training jobs are cancelled at exit
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         service = Service(settings)
         app = build_app(service, settings)
     except ServiceError as exc:  # a set-up the app cannot serve (no encoder, no loadable subject): say why, no traceback
         raise SystemExit(f"BrainDiVE Studio cannot start: {exc}") from None
-    allowed = [settings.catalog_dir, settings.jobs_dir, settings.exports_dir]
     app.launch(server_name=settings.host, server_port=settings.port, share=settings.share, ssr_mode=False,
-               css=CSS, allowed_paths=[str(path.resolve()) for path in allowed], footer_links=["api"])
+               css=CSS, footer_links=["api"], **served_paths(settings))
 
 
 if __name__ == "__main__":

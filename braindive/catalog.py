@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS images (
     steps INTEGER,
     model TEXT,
     encoder TEXT,
-    run_id TEXT
+    run_id TEXT,
+    owner TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS images_subject_target ON images (subject, target, created);
 """
@@ -61,6 +62,7 @@ class Entry:
     run_id: str
     image_path: Path
     record_path: Path
+    owner: str = ""  # who made it ("" = shared); History filters by it on a public Space
 
 
 class Catalog:
@@ -73,6 +75,8 @@ class Catalog:
         with closing(self._connect()) as db, db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            if "owner" not in {row["name"] for row in db.execute("PRAGMA table_info(images)")}:  # an older index
+                db.execute("ALTER TABLE images ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.db_path, timeout=30.0)
@@ -92,16 +96,17 @@ class Catalog:
         params = record.get("parameters", {})
         row = (entry_id, record["created"], record["subject"], record["target"], int(record["seed"]),
                record.get("predicted_objective"), params.get("brain_guidance_scale"), params.get("num_inference_steps"),
-               record.get("model", ""), record.get("encoder", ""), run_id)
+               record.get("model", ""), record.get("encoder", ""), run_id, str(record.get("owner", "")))
+        columns = ("id", "created", "subject", "target", "seed", "objective", "guidance_scale", "steps", "model",
+                   "encoder", "run_id", "owner")
         with closing(self._connect()) as db, db:
-            db.execute("INSERT INTO images VALUES (?,?,?,?,?,?,?,?,?,?,?)", row)
-        return self._entry(dict(zip(("id", "created", "subject", "target", "seed", "objective", "guidance_scale",
-                                     "steps", "model", "encoder", "run_id"), row)))
+            db.execute(f"INSERT INTO images ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", row)
+        return self._entry(dict(zip(columns, row)))
 
     def query(self, subject: str | None = None, target: str | None = None, since: str | None = None,
-              until: str | None = None, limit: int = 200) -> list[Entry]:
-        """Newest first; ``since``/``until`` are ISO dates or timestamps (inclusive)."""
-        clauses, args = [], []
+              until: str | None = None, limit: int = 200, owner: str | None = None) -> list[Entry]:
+        """Newest first; ``since``/``until`` are ISO dates or timestamps (inclusive); ``owner`` (if not None): only theirs."""
+        clauses, args = (["owner = ?"], [owner]) if owner is not None else ([], [])
         for column, op, value in (("subject", "=", subject), ("target", "=", target), ("created", ">=", since),
                                   ("created", "<=", _end_of_day(until))):
             if value:
@@ -127,11 +132,12 @@ class Catalog:
             raise KeyError(f"No catalog entry with id {entry_id!r}.")
         return self._entry(dict(row))
 
-    def distinct(self, column: str) -> list[str]:
+    def distinct(self, column: str, owner: str | None = None) -> list[str]:
         if column not in ("subject", "target"):
             raise ValueError(f"`column` must be 'subject' or 'target', got {column!r}.")
+        where, args = ("WHERE owner = ?", (owner,)) if owner is not None else ("", ())
         with closing(self._connect()) as db:
-            return [r[0] for r in db.execute(f"SELECT DISTINCT {column} FROM images ORDER BY {column}")]
+            return [r[0] for r in db.execute(f"SELECT DISTINCT {column} FROM images {where} ORDER BY {column}", args)]
 
     def export_zip(self, entry_ids, path) -> Path:
         """ZIP of the chosen images + JSON records + ``manifest.csv``."""

@@ -33,13 +33,24 @@ def test_round_trip_gives_identical_predictions(saved):
     assert loaded.config.training == {"dataset": "unit-test", "r2_median": 0.25}
 
 
-def test_forward_is_l2_normalised_embedding_times_head(saved):
-    encoder, _ = saved
-    images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+def test_forward_matches_openclip_encode_image_with_its_own_preprocessing(saved):
+    """Oracle: OpenCLIP's full model (its ``encode_image``) and its PIL preprocessing, fed the checkpoint's tower weights."""
+    import open_clip
+    import PIL.Image
+
+    encoder, folder = saved
+    loaded = bd.load_encoder(folder)  # the tower rebuilt from config + safetensors, not the object above
+    clip, _, preprocess = open_clip.create_model_and_transforms(encoder.config.backbone, pretrained=None)
+    clip.visual.load_state_dict(encoder.tower.state_dict())
+    clip.eval()
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    theirs = torch.stack([preprocess(PIL.Image.fromarray(p)) for p in pixels])  # resize/crop are no-ops at 224
+    ours = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
-        emb = encoder.embed(images)
-        np.testing.assert_allclose(emb.norm(dim=-1).numpy(), 1.0, atol=1e-5)
-        torch.testing.assert_close(encoder(images), emb @ encoder.head.weight.T + encoder.head.bias)
+        expected = clip.encode_image(theirs, normalize=True) @ loaded.head.weight.T + loaded.head.bias
+        torch.testing.assert_close(loaded(ours), expected, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(loaded(ours.flip(-1)), expected, atol=1e-2)  # the comparison can fail
 
 
 def test_preprocessing_is_differentiable(saved):

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ui.jobs import TrainingJob
-from ui.service import CUSTOM, Finished, GenerationRequest, ImageResult, Progress, Service, ServiceError
+from ui.service import CUSTOM, Finished, GenerationRequest, ImageResult, Progress, Service, ServiceError, Waiting
 from ui.settings import Settings, parse_settings
 
 
@@ -52,11 +51,19 @@ def test_custom_voxel_set_and_contrast(service):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(steps=0), "`steps` must be 1..50, got 0"),
-    (dict(steps=51), "`steps` must be 1..50, got 51"),
-    (dict(n_images=5), "`n_images` must be 1..4, got 5"),
-    (dict(seed=-1), "`seed` must be 0..2^31-1"),
-    (dict(scale=float("nan")), "`scale` must be a finite number"),
+    (dict(steps=0), "`steps` must be a whole number from 1 to 50, got 0."),
+    (dict(steps=-5), "`steps` must be a whole number from 1 to 50, got -5."),
+    (dict(steps=100000), "`steps` must be a whole number from 1 to 50, got 100000."),
+    (dict(steps=2.5), "`steps` must be a whole number from 1 to 50, got 2.5."),
+    (dict(n_images=-3), "`n_images` must be a whole number from 1 to 4, got -3."),
+    (dict(n_images=50), "`n_images` must be a whole number from 1 to 4, got 50."),
+    (dict(n_images=1.5), "`n_images` must be a whole number from 1 to 4, got 1.5."),
+    (dict(seed="abc"), "`seed` must be a whole number from 0 to 2147483647, got 'abc'."),
+    (dict(seed=-1), "`seed` must be a whole number from 0 to 2147483647, got -1."),
+    (dict(prompt="x" * 10_000), "`prompt` must be text of at most 300 characters, got 10000 characters."),
+    (dict(encoder="e" * 300), "`encoder` must be an encoder name of 1 to 100 characters"),
+    (dict(scale=float("nan")), "`scale` must be a number from -1e+06 to 1e+06, got nan."),
+    (dict(weight=-1.0), "`weight` must be a number from 0 to 10, got -1.0."),
     (dict(scheduler="heun"), "`scheduler` must be one of"),
     (dict(objective="maximise"), "`objective` must be one of"),
     (dict(mode="turbo"), "`mode` must be one of ('exact', 'fast', 'reference'), got 'turbo'"),
@@ -64,13 +71,22 @@ def test_custom_voxel_set_and_contrast(service):
     (dict(target=CUSTOM, voxels=()), "The custom voxel set is empty"),
     (dict(target=CUSTOM, voxels=(1, 10**7)), "out of range"),
     (dict(objective="contrast", contrast_target=""), "`roi` must be one of"),
+    (dict(objective="contrast", contrast_target="FFA"), "`contrast_target` must differ from the target 'FFA'"),
     (dict(encoder="missing-encoder"), "Unknown encoder 'missing-encoder'"),
-    (dict(subject="subj01"), "is for subject 'S1', not 'subj01'"),
+    (dict(subject="subj01"), "is for subject 'S1 · pycortex:S1:visual+4mm', not 'subj01'"),
 ])
 def test_bad_requests_are_clear_errors(service, kwargs, message):
+    before = len(service.catalog.query(limit=10**6))
     with pytest.raises(ServiceError) as err:
         collect(service, **kwargs)
     assert message in str(err.value)
+    assert len(service.catalog.query(limit=10**6)) == before  # rejected, not run with a changed value
+
+
+def test_whole_numbers_typed_as_text_or_float_are_accepted_unchanged(service):
+    items = collect(service, steps=2.0, seed="7", n_images="1")
+    assert [i.step for i in items if isinstance(i, Progress)] == [1, 2]
+    assert [i.seed for i in items if isinstance(i, ImageResult)] == [7]
 
 
 def test_corrupt_trained_encoder_is_reported_not_fatal(service):
@@ -80,7 +96,7 @@ def test_corrupt_trained_encoder_is_reported_not_fatal(service):
     try:
         with pytest.raises(ServiceError, match="Could not load encoder 'broken'.*corrupt"):
             collect(service, encoder="broken")
-        assert service.subject_names() == ["S1"]  # the broken encoder is skipped, the app goes on
+        assert service.subject_names() == ["S1 · pycortex:S1:visual+4mm"]  # the broken encoder is skipped
     finally:
         (broken / "config.json").unlink()
         broken.rmdir()
@@ -119,26 +135,79 @@ def test_cancel_keeps_finished_images(service):
     assert not service.cancel("alice")  # nothing left running for that session
 
 
-def test_two_users_at_once_each_get_their_own_run(service):
-    out = {}
+def _hold_pipeline_calls(monkeypatch, pipe_type, before_guided):
+    """Run ``before_guided(pipe, seed)`` at the start of every guided pipeline call; returns the (pipe, seed) calls."""
+    calls, original = [], pipe_type.__call__
 
-    def user(name, seed, cancel_at):
-        items = []
-        for item in service.generate(GenerationRequest(steps=4, n_images=1, seed=seed), session=name):
+    def call(pipe, *args, **kwargs):
+        seed = kwargs["generator"].initial_seed()
+        calls.append((pipe, seed))
+        if kwargs.get("brain_guidance_scale"):
+            before_guided(pipe, seed)
+        return original(pipe, *args, **kwargs)
+
+    monkeypatch.setattr(pipe_type, "__call__", call)
+    return calls
+
+
+def _consume(service, out, name, seed, on_item=None):
+    items = out.setdefault(name, [])
+    try:
+        for item in service.generate(GenerationRequest(steps=3, n_images=1, seed=seed), session=name):
             items.append(item)
-            if cancel_at and isinstance(item, Progress) and item.step == cancel_at:
-                service.cancel(name)
-        out[name] = items
+            if on_item:
+                on_item(item)
+    except Exception as exc:  # the test thread reports it to the test
+        items.append(exc)
 
-    threads = [threading.Thread(target=user, args=("bob", 11, None)), threading.Thread(target=user, args=("eve", 22, 2))]
+
+def test_a_queued_run_can_be_stopped_before_it_starts(service, monkeypatch):
+    """B generates while A runs (one pipeline): B waits, is told so, and Stop takes it out of the queue."""
+    a_running, release, b_waiting = threading.Event(), threading.Event(), threading.Event()
+
+    def hold_a(pipe, seed):
+        if seed == 11:
+            a_running.set()
+            assert release.wait(60)
+
+    calls = _hold_pipeline_calls(monkeypatch, type(service.backend().pipe), hold_a)
+    out = {}
+    a = threading.Thread(target=_consume, args=(service, out, "A", 11))
+    a.start()
+    assert a_running.wait(60)
+    b = threading.Thread(target=_consume, args=(service, out, "B", 22,
+                                               lambda item: isinstance(item, Waiting) and b_waiting.set()))
+    b.start()
+    assert b_waiting.wait(60)
+    assert service.cancel("B")
+    b.join(60)
+    release.set()
+    a.join(120)
+    waiting, finished = out["B"]
+    assert waiting == Waiting(1) and waiting.message == "Waiting for 1 other generation…"
+    assert finished.interrupted and finished.results == [] and "nothing was generated" in finished.message
+    assert isinstance(out["A"][-1], Finished) and [r.seed for r in out["A"][-1].results] == [11]
+    assert {seed for _, seed in calls} == {11}  # B's run never reached the pipeline, not even after A ended
+    assert 22 not in [e.seed for e in service.catalog.query(limit=10**6)]
+    assert service.slots.running == 0 and service.slots.waiting == 0
+
+
+def test_concurrency_two_runs_two_generations_at_once(tmp_path, monkeypatch):
+    """With --concurrency 2 two requests are inside the pipeline together: each waits for the other to arrive."""
+    svc = Service(Settings(data_dir=str(tmp_path), image_size=64, concurrency=2))
+    both_inside = threading.Barrier(2, timeout=60)  # broken (-> error) if the runs were serialised
+    calls = _hold_pipeline_calls(monkeypatch, type(svc.backend().pipe), lambda pipe, seed: both_inside.wait())
+    out = {}
+    threads = [threading.Thread(target=_consume, args=(svc, out, name, seed)) for name, seed in (("ann", 1), ("ben", 2))]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(120)
-    bob = [i for i in out["bob"] if isinstance(i, ImageResult)]
-    assert [r.seed for r in bob] == [11] and not out["bob"][-1].interrupted
-    assert out["eve"][-1].interrupted and out["eve"][-1].results == []
-    assert all(isinstance(i, (Progress, Finished)) for i in out["eve"])
+        t.join(180)
+    for name, seed in (("ann", 1), ("ben", 2)):
+        finished = out[name][-1]
+        assert isinstance(finished, Finished), finished
+        assert [r.seed for r in finished.results] == [seed]  # each user got their own image
+    assert len({id(pipe) for pipe, _ in calls}) == 2 and not both_inside.broken
 
 
 def test_painted_mask_errors(service):
@@ -147,42 +216,6 @@ def test_painted_mask_errors(service):
         service.painted_voxels("S1", np.zeros(shape, bool))
     with pytest.raises(ServiceError, match="mask"):
         service.painted_voxels("S1", np.zeros(30, bool))
-
-
-def test_training_job_crash_is_reported_with_log(tmp_path):
-    job = TrainingJob(tmp_path, "crash", [("boom", ["-c", "import sys; print('about to fail'); sys.exit(3)"])]).start()
-    state = job.wait(60)
-    assert state.status == "failed" and state.returncode == 3
-    assert "about to fail" in job.log_tail()
-
-
-def test_training_log_tail_keeps_the_latest_progress_line(tmp_path):
-    script = ("import sys\nprint('Inkscape not found. Some tests will be skipped. If you are on a Mac ...')\n"
-              "for i in (10, 50, 100): sys.stdout.write(f'fit: {i:3d}%|##| {i}/100\\r')\nprint()\nprint('done')")
-    job = TrainingJob(tmp_path, "bars", [("bars", ["-c", script])]).start()
-    assert job.wait(60).status == "done"
-    assert job.log_tail().splitlines()[-2:] == ["fit: 100%|##| 100/100", "done"]
-    assert not [line for line in job.log_tail().splitlines() if line.startswith("Inkscape")]  # pycortex's notice
-
-
-def test_training_job_cancel(tmp_path):
-    job = TrainingJob(tmp_path, "slow", [("sleep", ["-c", "import time; time.sleep(60)"]),
-                                         ("never", ["-c", "print('ran')"])]).start()
-    import time
-
-    time.sleep(1.0)
-    job.cancel()
-    state = job.wait(30)
-    assert state.status == "cancelled" and "ran" not in job.log_tail()
-
-
-def test_start_training_rejects_bad_input(service):
-    with pytest.raises(ServiceError, match="Dataset file not found: 'nope.h5'"):
-        service.start_training("nsd", "nope.h5", "x")
-    with pytest.raises(ServiceError, match="Encoder name may use letters"):
-        service.start_training("synthetic", name="bad name!")
-    with pytest.raises(ServiceError, match="`dataset` must be synthetic, nsd or generic"):
-        service.start_training("mri", name="x")
 
 
 def test_settings_flags_override_environment():
@@ -210,3 +243,56 @@ def test_sd21_preset_loads_a_model_folder_and_an_encoder_checkpoint(tmp_path):
     assert result.image.size == (64, 64) and items[-1].message == "Done: 1 image(s)."
     record = svc.catalog.record(result.entry.id)
     assert record["model"] == str(ASSET_DIFFUSION) and record["parameters"]["brain_guidance_scale"] == 130.0
+
+
+def test_gradio_server_variables_are_honoured_below_braindive_ones_and_flags():
+    gradio = {"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "8080"}
+    s = parse_settings([], environ=gradio)
+    assert (s.host, s.port) == ("0.0.0.0", 8080)
+    s = parse_settings([], environ={**gradio, "BRAINDIVE_PORT": "9001"})
+    assert (s.host, s.port) == ("0.0.0.0", 9001)
+    assert parse_settings(["--port", "9002", "--host", "127.0.0.1"], environ=gradio).port == 9002
+
+
+def test_history_is_per_session_on_a_space_and_shared_on_a_lab_server():
+    assert parse_settings([], environ={}).history == "shared"
+    assert parse_settings([], environ={"SPACE_ID": "me/braindive"}).history == "session"
+    assert parse_settings(["--history", "account"], environ={"SPACE_ID": "me/braindive"}).history == "account"
+    with pytest.raises(SystemExit):
+        parse_settings(["--history", "everyone"], environ={})
+
+
+def test_the_catalog_index_and_job_files_are_not_served(tmp_path):
+    """A real server with the app's launch paths: images and exports are served, the index and job folders are not."""
+    import urllib.error
+    import urllib.request
+
+    import gradio as gr
+    import PIL.Image
+
+    import app as app_module
+    from braindive.catalog import Catalog
+
+    settings = Settings(data_dir=str(tmp_path / "data"))
+    entry = Catalog(settings.catalog_dir).add(PIL.Image.new("RGB", (4, 4)), {"created": "2026-01-01T00:00:00",
+                                              "subject": "S1", "target": "FFA", "seed": 1})
+    settings.jobs_dir.mkdir()
+    (settings.jobs_dir / "log.txt").write_text("secret")
+    with gr.Blocks() as blocks:
+        gr.Markdown("paths")
+    blocks.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+                  **app_module.served_paths(settings))
+
+    def status(path) -> int:
+        try:
+            with urllib.request.urlopen(f"{blocks.local_url}gradio_api/file={path.resolve()}", timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    try:
+        assert status(entry.image_path) == 200
+        assert status(settings.catalog_dir / "index.sqlite") == 403
+        assert status(settings.jobs_dir / "log.txt") == 403
+    finally:
+        blocks.close()

@@ -4,6 +4,7 @@ import json
 import shutil
 import threading
 import zipfile
+from types import SimpleNamespace
 from pathlib import Path
 
 import gradio as gr
@@ -18,6 +19,7 @@ from training.dataset import DatasetWriter, SplitSpec
 from training.train_encoder import train_encoder
 from ui import build_app, explore, history
 from ui.jobs import TrainingJob
+from ui.registry import ModelRegistry
 from ui.service import GenerationRequest, ImageResult, Service, ServiceError
 from ui.settings import Settings
 
@@ -64,7 +66,7 @@ def _encoder_of_unknown_subject(folder: Path, subject_name: str) -> Path:
 @pytest.fixture
 def sd21_settings(service, tmp_path, monkeypatch):
     """sd21 settings with one NSD-style encoder whose subject file is unknown (the demo model stands in for SD)."""
-    monkeypatch.setattr(Service, "_load_backend", lambda self: service.backend())
+    monkeypatch.setattr(ModelRegistry, "_load_backend", lambda self: service.backend())
     encoder = _encoder_of_unknown_subject(tmp_path / "subj01-encoder", "subj01")
     return Settings(preset="sd21", encoder=str(encoder), data_dir=str(tmp_path / "app"))
 
@@ -89,7 +91,7 @@ def test_explore_builds_once_the_subject_file_is_given(sd21_settings, s1, tmp_pa
     settings = dataclasses.replace(sd21_settings, subject=str(subject_file))
     with gr.Blocks():
         parts = explore.build(Service(settings), settings)
-    assert parts["subject"].value == "subj01" and parts["encoder"].value == settings.encoder
+    assert parts["subject"].value == "subj01 · pycortex:S1:visual+4mm" and parts["encoder"].value == settings.encoder
 
 
 def _toy_dataset(path: Path, s1) -> bd.Subject:
@@ -121,7 +123,8 @@ def test_trained_encoder_records_its_subject_file_and_the_app_finds_it(s1, tmp_p
     moved = tmp_path / "elsewhere"
     shutil.move(tmp_path / "app", moved)  # nor on where it was written
     svc = Service(Settings(data_dir=str(moved)))
-    assert svc.subject_names() == ["S1", "toy"] and svc.encoders_for("toy") == ["toy-encoder"]
+    assert svc.subject_names() == ["S1 · pycortex:S1:visual+4mm", "toy · surface"]
+    assert svc.encoders_for("toy · surface") == ["toy-encoder"]
     assert svc.subject_of("toy-encoder").roi_names == ["A", "B"]
 
 
@@ -257,3 +260,47 @@ def test_exports_go_to_the_data_dir_and_only_the_latest_are_kept(app, service, e
     assert kept == [p.parent for p in paths[-history.KEEP_EXPORTS:]]
     with zipfile.ZipFile(paths[-1]) as zf:
         assert "manifest.csv" in zf.namelist()
+
+
+# ---------------------------------------------------------------- issue 14: bad numbers in the UI, per-user History
+
+@pytest.mark.parametrize("position,value,message", [
+    (7, 2.5, "`steps` must be a whole number from 1 to 50, got 2.5."),
+    (7, 100000, "`steps` must be a whole number from 1 to 50, got 100000."),
+    (10, 50, "`n_images` must be a whole number from 1 to 4, got 50."),
+    (9, "abc", "`seed` must be a whole number from 0 to 2147483647, got 'abc'."),
+    (11, "x" * 10_000, "`prompt` must be text of at most 300 characters, got 10000 characters."),
+    (4, "FFA", "`contrast_target` must differ from the target 'FFA'"),
+])
+def test_the_generate_button_rejects_what_the_api_rejects(app, position, value, message):
+    run, _ = handler(app, "run")
+    args = ["S1", "demo", {"target": "FFA", "voxels": [], "results": []}, "contrast", "EBA", 1.0, 20.0, 3, "dpm",
+            0, 1, "", "exact"]
+    args[position] = value
+    with pytest.raises(gr.Error) as err:
+        next(run(*args, request=SimpleNamespace(session_hash="ui", username=None)))
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("event", [None, gr.SelectData(None, {"index": None, "value": None}),
+                                   gr.SelectData(None, {"index": 3, "value": None})])
+def test_a_flatmap_click_without_click_data_is_named(app, event):
+    select_on_map, _ = handler(app, "select_on_map")
+    with pytest.raises(gr.Error, match=r"A flatmap click needs the click position \[x, y\] in pixels"):
+        select_on_map("S1", "Select ROI", 6, {"target": "FFA", "voxels": [], "results": []}, event)
+
+
+def test_history_shows_each_session_only_its_own_results(app, service, entry_id, monkeypatch):
+    load = next(dep.fn for dep in app.fns.values() if getattr(dep.fn, "__name__", "") == "load")  # Refresh and tab
+    export, _ = handler(app, "export_zip")
+    alice, bob = SimpleNamespace(session_hash="alice", username=None), SimpleNamespace(session_hash="bob", username=None)
+    monkeypatch.setattr(service.settings, "history", "session")
+    items = list(service.generate(GenerationRequest(steps=1, seed=77), session="alice", owner=service.owner_of(alice)))
+    mine = [i for i in items if isinstance(i, ImageResult)][0].entry.id
+    assert service.catalog.record(mine)["owner"] == "session:alice"
+    assert [row[0] for row in load("", "", "", "", request=alice)[1]] == [mine]
+    assert load("", "", "", "", request=bob)[1] == []
+    with pytest.raises(gr.Error, match="Nothing to export"):
+        export("", "", "", "", [mine], request=bob)  # another session's id is not exported
+    monkeypatch.setattr(service.settings, "history", "shared")  # a lab server: everyone's results
+    assert {mine, entry_id} <= {row[0] for row in load("", "", "", "", request=bob)[1]}

@@ -9,7 +9,6 @@ import pickle
 import queue
 import sys
 import threading
-import time
 import types
 
 import pytest
@@ -19,8 +18,11 @@ from ui.settings import Settings
 
 
 def zerogpu_standin():
-    """A ``spaces`` module whose ``GPU`` pickles arguments and items and stops by flag, like ZeroGPU's."""
-    durations = []
+    """A ``spaces`` module whose ``GPU`` pickles arguments and items and stops by flag, like ZeroGPU's.
+
+    ``duration`` may be a number or a function of the task's arguments (ZeroGPU's dynamic duration).
+    """
+    durations, gpu_threads = [], []
 
     def GPU(duration=60):
         def decorate(task):
@@ -28,7 +30,7 @@ def zerogpu_standin():
 
             def handler(*args, **kwargs):
                 args, kwargs = pickle.loads(pickle.dumps((args, kwargs)))
-                durations.append(duration)
+                durations.append(duration(*args, **kwargs) if callable(duration) else duration)
                 results, stop = queue.Queue(), threading.Event()
 
                 def gpu_process():
@@ -43,7 +45,8 @@ def zerogpu_standin():
                         results.put(RuntimeError(f"ZeroGPU worker error: {type(exc).__name__}"))
                     results.put(None)
 
-                threading.Thread(target=gpu_process, daemon=True).start()
+                gpu_threads.append(threading.Thread(target=gpu_process, daemon=True))
+                gpu_threads[-1].start()
                 while (item := results.get(timeout=60)) is not None:
                     if isinstance(item, Exception):
                         raise item
@@ -55,7 +58,7 @@ def zerogpu_standin():
             return handler
         return decorate
 
-    return types.SimpleNamespace(GPU=GPU, durations=durations)
+    return types.SimpleNamespace(GPU=GPU, durations=durations, gpu_threads=gpu_threads)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,8 @@ def zero(tmp_path_factory):
     spaces = zerogpu_standin()
     sys.modules["spaces"] = spaces
     try:
-        service = Service(Settings(data_dir=str(tmp_path_factory.mktemp("zero")), image_size=64, max_images=4))
+        service = Service(Settings(data_dir=str(tmp_path_factory.mktemp("zero")), image_size=64, max_images=4,
+                                   gpu_step_seconds=2.0))
     finally:
         del sys.modules["spaces"]
     service.backend()
@@ -75,7 +79,7 @@ def test_generation_streams_through_the_gpu_process_and_is_cataloged(zero):
     items = list(service.generate(GenerationRequest(steps=3, n_images=2, seed=7)))
     kinds = [type(i).__name__ for i in items]
     assert kinds == ["Progress"] * 3 + ["ImageResult"] + ["Progress"] * 3 + ["ImageResult", "Finished"]
-    assert spaces.durations[-1] == 120
+    assert spaces.durations[-1] == 10 + 3 * 2 * 2 * 2.0  # overhead + steps x images x (guided + unguided) x 2 s
     results = [i for i in items if isinstance(i, ImageResult)]
     assert [r.seed for r in results] == [7, 8]
     assert [e.seed for e in service.catalog.query()][:2] == [8, 7]  # stored by the app process, newest first
@@ -83,7 +87,7 @@ def test_generation_streams_through_the_gpu_process_and_is_cataloged(zero):
 
 
 def test_stop_reaches_the_gpu_process_and_frees_the_model(zero):
-    service, _ = zero
+    service, spaces = zero
     seen = []
     for item in service.generate(GenerationRequest(steps=8, n_images=3), session="zoe"):
         seen.append(item)
@@ -91,11 +95,10 @@ def test_stop_reaches_the_gpu_process_and_frees_the_model(zero):
             assert service.cancel("zoe")
     assert isinstance(seen[-1], Finished) and seen[-1].interrupted and seen[-1].results == []
     assert max(i.step for i in seen if isinstance(i, Progress)) <= 3
-    lock = service.backend().lock
-    deadline = time.monotonic() + 30
-    while not lock.acquire(timeout=0.1):  # the GPU process lets go of the model after its current step
-        assert time.monotonic() < deadline, "the GPU task kept running after Stop"
-    lock.release()
+    spaces.gpu_threads[-1].join(30)  # the GPU process ends after its current step
+    assert not spaces.gpu_threads[-1].is_alive(), "the GPU task kept running after Stop"
+    assert service.slots.running == 0  # the pipeline is free for the next request
+    assert isinstance(list(service.generate(GenerationRequest(steps=2)))[-1], Finished)
 
 
 def test_errors_in_the_gpu_process_keep_their_message(zero, monkeypatch):
@@ -107,3 +110,12 @@ def test_errors_in_the_gpu_process_keep_their_message(zero, monkeypatch):
     monkeypatch.setattr(type(service.backend().pipe), "__call__", fails)
     with pytest.raises(ServiceError, match=r"`latents` must have shape \(1, 4, 8, 8\)"):
         list(service.generate(GenerationRequest(steps=2)))
+
+
+def test_the_gpu_budget_follows_the_request(zero):
+    service, spaces = zero
+    list(service.generate(GenerationRequest(steps=4, n_images=1)))
+    list(service.generate(GenerationRequest(steps=2, n_images=3)))
+    assert spaces.durations[-2:] == [10 + 4 * 1 * 2 * 2.0, 10 + 2 * 3 * 2 * 2.0]
+    assert service.gpu_seconds(GenerationRequest(steps=1, n_images=1)) == 20  # at least 20 s
+    assert service.gpu_seconds(GenerationRequest(steps=100, n_images=4)) == 300  # at most 300 s

@@ -29,5 +29,6 @@ def build_app(service: Service, settings: Settings) -> gr.Blocks:
         with gr.Tab("History", id="history") as history_tab:
             load, inputs, outputs = history.build(service)["refresh"]
         history_tab.select(load, inputs, outputs)
-    app.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
+    # generations wait in the service's own queue (cancellable, with their place shown); see explore.build
+    app.queue(max_size=settings.queue_size + settings.concurrency, default_concurrency_limit=settings.concurrency)
     return app

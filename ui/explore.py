@@ -7,7 +7,7 @@ import gradio as gr
 import numpy as np
 
 from .charts import roi_chart
-from .service import CUSTOM, OBJECTIVES, Finished, GenerationRequest, ImageResult, Progress, Service, ServiceError
+from .service import CUSTOM, OBJECTIVES, Finished, GenerationRequest, ImageResult, Progress, Service, ServiceError, Waiting
 
 CLICK_MODES = ("Select ROI", "Grow voxel set")
 
@@ -104,7 +104,10 @@ def build(service: Service, settings) -> dict:
 
     # ------------------------------------------------------------ selection
     def select_on_map(subj, mode, rad, st, evt: gr.SelectData):
-        x, y = evt.index
+        index = getattr(evt, "index", None)
+        if not isinstance(index, (list, tuple)) or len(index) != 2:
+            raise gr.Error(f"A flatmap click needs the click position [x, y] in pixels, got {index!r}.")
+        x, y = index
         hit = service.pick(subj, x, y, service.flatmap_shape(subj))
         if hit is None:
             gr.Info("That point is outside the cortex.")
@@ -168,16 +171,19 @@ def build(service: Service, settings) -> dict:
 
     # ------------------------------------------------------------ generation
     def run(subj, enc, st, obj, con, w, sc, n_steps, sched, sd, n, text, guidance, request: gr.Request):
+        # numbers go to the service as typed: it rejects, never rounds or clamps (the same checks as the API)
         req = GenerationRequest(subject=subj, encoder=enc, target=st["target"], voxels=tuple(st["voxels"]),
                                 objective=obj, contrast_target=con, weight=_number(w, "Weight of B"),
-                                scale=None if sc is None else float(sc), steps=_number(n_steps, "Steps", int),
-                                scheduler=sched, seed=int(sd or 0), n_images=_number(n, "Images", int), prompt=text or "",
+                                scale=sc, steps=_number(n_steps, "Steps"),
+                                scheduler=sched, seed=_number(sd, "Seed"), n_images=_number(n, "Images"), prompt=text or "",
                                 mode=guidance)
         results = []
         gallery_items = []
         try:
-            for item in service.generate(req, session=request.session_hash):
-                if isinstance(item, Progress):
+            for item in service.generate(req, session=request.session_hash, owner=service.owner_of(request)):
+                if isinstance(item, Waiting):
+                    yield gr.skip(), item.message, gr.skip(), st
+                elif isinstance(item, Progress):
                     yield (item.preview, f"Image {item.image_index + 1}/{item.n_images} · step {item.step}/{item.total_steps}",
                            gr.skip(), st)
                 elif isinstance(item, ImageResult):
@@ -191,8 +197,10 @@ def build(service: Service, settings) -> dict:
             raise gr.Error(str(exc))
 
     inputs = [subject, encoder, state, objective, contrast, weight, scale, steps, scheduler, seed, n_images, prompt, mode]
-    generate.click(run, inputs, [preview, step_counter, gallery, state], concurrency_limit=settings.concurrency,
-                   concurrency_id="gpu")
+    # every request enters the service's queue at once (it shows its place there and can be stopped while waiting);
+    # the service runs ``settings.concurrency`` of them at a time
+    generate.click(run, inputs, [preview, step_counter, gallery, state],
+                   concurrency_limit=settings.concurrency + settings.queue_size, concurrency_id="gpu")
 
     def stop_run(request: gr.Request):
         gr.Info("Stopping after the current step…" if service.cancel(request.session_hash) else "Nothing is running.")
@@ -238,8 +246,8 @@ def _painted_mask(edited: dict) -> np.ndarray:
     return np.logical_or.reduce(alphas)
 
 
-def _number(value, label: str, cast=float):
-    """A number field's value; an emptied field is a message naming it, not a TypeError."""
+def _number(value, label: str):
+    """A number field's value as typed (the service checks it); an emptied field is a message naming it."""
     if value is None or value == "":
         raise gr.Error(f"'{label}' is empty: enter a number.")
-    return cast(value)
+    return value

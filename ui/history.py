@@ -53,25 +53,30 @@ def build(service: Service) -> None:
         export = gr.Button("Export ZIP (images + metadata + manifest.csv)", elem_id="history-export")
         zip_file = gr.File(label="Stimulus set", elem_id="history-zip")
 
-    def load(subj, tgt, start, end):
-        entries = service.catalog.query(subject=subj or None, target=tgt or None, since=start or None, until=end or None)
+    def load(subj, tgt, start, end, request: gr.Request = None):
+        owner = service.history_owner(request)
+        entries = service.catalog.query(subject=subj or None, target=tgt or None, since=start or None, until=end or None,
+                                        owner=owner)
         rows = [[e.id, e.created, e.subject, e.target, e.seed, None if e.objective is None else round(e.objective, 4),
                  e.guidance_scale, e.steps, e.encoder]
                 for e in entries]
         images = [(str(e.image_path), f"{e.target} · seed {e.seed}") for e in entries]
         ids = [e.id for e in entries]
         return (images, rows, gr.update(choices=ids, value=[]),
-                gr.update(choices=[""] + service.catalog.distinct("subject")),
-                gr.update(choices=[""] + service.catalog.distinct("target")))
+                gr.update(choices=[""] + service.catalog.distinct("subject", owner=owner)),
+                gr.update(choices=[""] + service.catalog.distinct("target", owner=owner)))
 
     filters = [subject, target, since, until]
     outputs = [gallery, table, chosen, subject, target]
     refresh.click(load, filters, outputs)
 
-    def export_zip(subj, tgt, start, end, ids):
+    def export_zip(subj, tgt, start, end, ids, request: gr.Request = None):
+        owner = service.history_owner(request)
         if not ids:
             ids = [e.id for e in service.catalog.query(subject=subj or None, target=tgt or None, since=start or None,
-                                                       until=end or None)]
+                                                       until=end or None, owner=owner)]
+        elif owner is not None:  # only one's own results, whatever ids a caller sends
+            ids = [i for i in ids if i in {e.id for e in service.catalog.query(owner=owner, limit=10**9)}]
         if not ids:
             raise gr.Error("Nothing to export: no entries match the filters.")
         try:

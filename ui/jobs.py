@@ -5,9 +5,15 @@ state). A crashed command ends the job as ``failed`` with the log kept; so does 
 runner itself (a command that cannot be started, an unwritable job folder), with the error in
 ``JobState.error`` and the log. ``cancel`` terminates the running command's process group; a cancel
 that lands while a command is being started still stops it. The app keeps running either way.
+
+Jobs end with the app: on Linux each command gets ``PR_SET_PDEATHSIG`` (SIGTERM when the app dies, even
+by ``kill -9``), and ``shutdown_jobs`` (registered with ``atexit``) terminates every running job on a
+normal exit. A command killed by a signal it was not sent by ``cancel`` ends the job as ``killed``.
 """
 from __future__ import annotations
 
+import atexit
+import ctypes
 import json
 import logging
 import os
@@ -18,16 +24,39 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["TrainingJob", "JobState"]
+__all__ = ["TrainingJob", "JobState", "shutdown_jobs"]
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # pycortex prints this on import; braindive draws ROI outlines itself, so it only confuses a training log
 _NOTICES = ("Inkscape not found. Some tests will be skipped.",)
 _PERCENT = re.compile(r"(\d{1,3})%\|")
+_LIVE: "weakref.WeakSet[TrainingJob]" = weakref.WeakSet()  # started jobs, for shutdown_jobs
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: have the kernel SIGTERM this process when the app (its parent) dies, however it dies."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the app died before prctl took effect
+        os._exit(1)
+
+
+def shutdown_jobs() -> None:
+    """Cancel every running job (called at exit: training processes never outlive the app)."""
+    for job in list(_LIVE):
+        if job.running:
+            job.cancel()
+
+
+atexit.register(shutdown_jobs)
 
 
 def _collapse_progress(lines: list[str]) -> list[str]:
@@ -46,7 +75,7 @@ def _collapse_progress(lines: list[str]) -> list[str]:
 class JobState:
     id: str
     title: str
-    status: str = "queued"  # queued | running | done | failed | cancelled
+    status: str = "queued"  # queued | running | done | failed | cancelled | killed
     step: int = 0
     n_steps: int = 0
     step_name: str = ""
@@ -54,6 +83,7 @@ class JobState:
     started: float = field(default_factory=time.time)
     finished: float | None = None
     returncode: int | None = None
+    pid: int | None = None  # of the running command
     outputs: dict = field(default_factory=dict)
     error: str = ""  # why the job runner itself failed (not a command's non-zero exit)
 
@@ -78,6 +108,7 @@ class TrainingJob:
         except Exception as exc:  # e.g. an unwritable jobs folder: the job ends at once, as failed
             self._fail(exc)
             return self
+        _LIVE.add(self)
         self._thread.start()
         return self
 
@@ -119,6 +150,10 @@ class TrainingJob:
             self.state.status = "running"
             self._run_commands()
             self.state.status = self._final_status()
+            if self.state.status == "killed":
+                self.state.error = f"killed by signal {signal.Signals(-self.state.returncode).name}"
+                with open(self.log_path, "a") as out:
+                    out.write(f"\njob {self.state.error} (not by Cancel)\n")
         except Exception as exc:  # the runner itself failed: the job must still end, as failed
             with self._lock:
                 self._kill()  # leave no command running unwatched
@@ -156,8 +191,11 @@ class TrainingJob:
                     if self._cancelled.is_set():
                         break
                     self._process = subprocess.Popen([sys.executable, *argv], stdout=out, stderr=subprocess.STDOUT,
-                                                     cwd=REPO_ROOT, env=env, start_new_session=True)
+                                                     cwd=REPO_ROOT, env=env, start_new_session=True,
+                                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
                 process = self._process
+                self.state.pid = process.pid
+                self._save()
                 while process.poll() is None:
                     self._update_percent()
                     time.sleep(0.5)
@@ -168,7 +206,8 @@ class TrainingJob:
     def _final_status(self) -> str:
         if self._cancelled.is_set():
             return "cancelled"
-        return "done" if self.state.returncode == 0 else "failed"
+        code = self.state.returncode
+        return "done" if code == 0 else "killed" if code is not None and code < 0 else "failed"
 
     def _update_percent(self) -> None:
         try:  # the percentage is cosmetic: a log that cannot be read now must not end the job

@@ -6,9 +6,12 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-__all__ = ["Settings", "parse_settings", "ENV_PREFIX"]
+__all__ = ["Settings", "parse_settings", "ENV_PREFIX", "HISTORY_MODES"]
 
 ENV_PREFIX = "BRAINDIVE_"
+HISTORY_MODES = ("shared", "session", "account")
+# Gradio's own variables (what Spaces and Gradio users set): used when the BRAINDIVE_ one is absent
+_GRADIO_ENV = {"host": "GRADIO_SERVER_NAME", "port": "GRADIO_SERVER_PORT"}
 
 
 @dataclass
@@ -25,9 +28,23 @@ class Settings:
     image_size: int = 0           # generated image side in pixels; 0 = the model's default
     max_steps: int = 100
     max_images: int = 8
-    concurrency: int = 1          # generations running at once on the one model (GPU queue)
-    queue_size: int = 16
+    max_prompt: int = 300         # prompt characters
+    concurrency: int = 1          # generations running at once (one pipeline each); the rest wait in a queue
+    queue_size: int = 16          # requests waiting for a pipeline
+    max_encoders: int = 4         # encoders kept loaded (least recently used evicted)
+    history: str = "shared"       # shared (lab server) | session | account ; "session" on a Space
+    train_roots: str = ""         # extra folders (os.pathsep-separated) the Train tab may read datasets/backbones from
+    gpu_step_seconds: float = 0.5  # ZeroGPU budget per denoising step (guided or unguided) of one image
     share: bool = False
+
+    def __post_init__(self):
+        checks = [(self.history in HISTORY_MODES, f"`history` must be one of {HISTORY_MODES}, got {self.history!r}."),
+                  (self.concurrency >= 1, f"`concurrency` must be at least 1, got {self.concurrency}."),
+                  (self.queue_size >= 0, f"`queue_size` must be at least 0, got {self.queue_size}."),
+                  (self.max_encoders >= 1, f"`max_encoders` must be at least 1, got {self.max_encoders}.")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
 
     @property
     def catalog_dir(self) -> Path:
@@ -42,20 +59,43 @@ class Settings:
         return Path(self.data_dir) / "jobs"
 
     @property
+    def reports_dir(self) -> Path:
+        """Evaluation reports of training jobs (R² flatmap PNG + JSON): served to the Train tab."""
+        return Path(self.data_dir) / "reports"
+
+    @property
     def exports_dir(self) -> Path:
         """ZIP exports of the History tab (only the latest few are kept)."""
         return Path(self.data_dir) / "exports"
 
+    @property
+    def allowed_roots(self) -> list[Path]:
+        """Folders the Train tab may read datasets and backbones from: the data folder and ``train_roots``."""
+        extra = [Path(p) for p in self.train_roots.split(os.pathsep) if p.strip()]
+        return [Path(self.data_dir).resolve(), *(p.resolve() for p in extra)]
+
+
+_CASTS = {"bool": lambda raw: raw.strip().lower() in ("1", "true", "yes", "on"), "int": int, "float": float}
+
+
+def _type_name(field) -> str:
+    return field.type if isinstance(field.type, str) else field.type.__name__
+
 
 def _env_default(field, environ) -> object:
     raw = environ.get(ENV_PREFIX + field.name.upper())
+    if raw is None and field.name in _GRADIO_ENV:
+        raw = environ.get(_GRADIO_ENV[field.name])
     if raw is None:
+        if field.name == "host" and "SPACE_ID" in environ:
+            return "0.0.0.0"  # a Hugging Face Space serves on all interfaces
+        if field.name == "history" and "SPACE_ID" in environ:
+            return "session"  # a public Space: each visitor sees only their own results
         return field.default
-    if field.type in ("bool", bool):
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    if field.type in ("int", int):
-        return int(raw)
-    return raw
+    try:
+        return _CASTS.get(_type_name(field), str)(raw)
+    except ValueError:
+        raise SystemExit(f"Environment variable for `{field.name}` must be a {_type_name(field)}, got {raw!r}.") from None
 
 
 def parse_settings(argv=None, environ=None) -> Settings:
@@ -63,13 +103,14 @@ def parse_settings(argv=None, environ=None) -> Settings:
     parser = argparse.ArgumentParser(description="BrainDiVE Studio web app")
     for field in fields(Settings):
         default = _env_default(field, environ)
-        if field.name == "host" and "SPACE_ID" in environ and ENV_PREFIX + "HOST" not in environ:
-            default = "0.0.0.0"  # a Hugging Face Space serves on all interfaces
         flag = "--" + field.name.replace("_", "-")
-        if field.type in ("bool", bool):
+        kind = _type_name(field)
+        if kind == "bool":
             parser.add_argument(flag, action="store_true", default=default)
         else:
-            kind = int if field.type in ("int", int) else str
-            parser.add_argument(flag, type=kind, default=default,
+            parser.add_argument(flag, type=_CASTS.get(kind, str), default=default,
                                 help=f"(env {ENV_PREFIX}{field.name.upper()}, default {field.default!r})")
-    return Settings(**vars(parser.parse_args(argv)))
+    try:
+        return Settings(**vars(parser.parse_args(argv)))
+    except ValueError as exc:
+        parser.error(str(exc))

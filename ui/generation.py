@@ -1,0 +1,238 @@
+"""Generation streaming: pipeline slots with a cancellable FIFO queue, the worker, and its item stream.
+
+``Slots`` hands out the backend's pipelines (``Settings.concurrency`` of them) in arrival order; a
+request waits on a condition variable (no polling), learns how many generations are before it, and
+leaves the queue at once when cancelled. ``Runner.stream`` runs one request on one pipeline in a
+worker thread and yields its ``Progress`` / ``GeneratedImage`` items as they arrive.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import PIL.Image
+import torch
+
+import braindive as bd
+
+from .registry import ServiceError
+
+__all__ = ["Slots", "Runner", "Waiting", "Progress", "GeneratedImage", "GenerationRequest", "PREVIEW_SIZE"]
+
+log = logging.getLogger(__name__)
+PREVIEW_SIZE = 256
+_END = object()  # the worker's last item; never leaves ``Runner.stream``
+
+
+@dataclass
+class GenerationRequest:
+    subject: str = "S1"
+    encoder: str = "demo"
+    target: str = "FFA"                 # ROI name, or CUSTOM with ``voxels``
+    voxels: tuple = ()
+    objective: str = "maximize"
+    contrast_target: str = ""
+    weight: float = 1.0
+    scale: float | None = None          # None: the model's default
+    steps: int = 25
+    scheduler: str = "dpm"
+    seed: int = 0
+    n_images: int = 1
+    prompt: str = ""
+    sag_scale: float = 0.75
+    mode: str = "exact"               # the published computation, executed well (benchmarks/RESULTS.md)
+
+
+@dataclass
+class Waiting:
+    """The request is queued: ``ahead`` generations run or wait before it."""
+
+    ahead: int
+
+    @property
+    def message(self) -> str:
+        return f"Waiting for {self.ahead} other generation{'s' if self.ahead != 1 else ''}…"
+
+
+@dataclass
+class Progress:
+    image_index: int
+    n_images: int
+    step: int
+    total_steps: int
+    preview: PIL.Image.Image
+
+
+@dataclass
+class GeneratedImage:
+    """A finished image as the GPU worker hands it over (plain data: it may cross a process boundary)."""
+
+    index: int
+    seed: int
+    image: PIL.Image.Image
+    objective: float
+    baseline_objective: float
+    activations: np.ndarray
+    baseline_activations: np.ndarray
+
+
+class Slots:
+    """``n`` pipeline slots shared first come, first served; waiting requests can leave before they start."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self._free = list(range(n))
+        self._queue: list[object] = []
+        self._cond = threading.Condition()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        return self.n - len(self._free)
+
+    def join(self) -> object:
+        """A ticket at the end of the queue."""
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+        return ticket
+
+    def wait(self, ticket, cancel: threading.Event, seen: int | None) -> tuple[int | None, int]:
+        """Block until the ticket gets a slot (returns it), ``cancel`` is set, or the number ahead is not ``seen``.
+
+        Returns ``(slot or None, generations ahead)``; the ticket leaves the queue when it gets a slot.
+        """
+        with self._cond:
+            while True:
+                position = self._queue.index(ticket)
+                if cancel.is_set():
+                    return None, self.running + position
+                if position < len(self._free):
+                    self._queue.remove(ticket)
+                    self._cond.notify_all()
+                    return self._free.pop(0), 0
+                ahead = self.running + position
+                if ahead != seen:
+                    return None, ahead
+                self._cond.wait()
+
+    def leave(self, ticket) -> None:
+        with self._cond:
+            if ticket in self._queue:
+                self._queue.remove(ticket)
+                self._cond.notify_all()
+
+    def release(self, slot: int) -> None:
+        with self._cond:
+            self._free.append(slot)
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Let waiting requests re-check their cancel flags."""
+        with self._cond:
+            self._cond.notify_all()
+
+
+class Runner:
+    """Runs requests on the registry's pipelines; ``stream`` is the GPU task (plain-data arguments and items)."""
+
+    def __init__(self, registry, settings):
+        self.registry = registry
+        self.settings = settings
+
+    def call_params(self, request: GenerationRequest) -> dict:
+        defaults = self.registry.backend().defaults
+        size = self.settings.image_size
+        return dict(num_inference_steps=request.steps, brain_guidance_scale=float(request.scale),
+                    sag_scale=float(request.sag_scale), prompt=request.prompt, guidance_mode=request.mode,
+                    height=size or defaults["height"], width=size or defaults["width"])
+
+    def stream(self, request: GenerationRequest, objective: bd.Objective, slot: int) -> Iterator:
+        """Run the request on pipeline ``slot`` in a worker thread; yield its items as they arrive.
+
+        Ends after the last image, or with one ``ServiceError`` item. Closing it stops the worker after
+        the pipeline's current step and returns once the worker has let go of the pipeline.
+        """
+        stop = threading.Event()
+        events: queue.Queue = queue.Queue()
+        worker = threading.Thread(target=self._work, args=(request, objective, slot, stop, events), daemon=True)
+        worker.start()
+        try:
+            while (item := events.get()) is not _END:  # the worker always ends with _END
+                yield item
+                if isinstance(item, ServiceError):
+                    return
+        finally:
+            stop.set()
+            worker.join()
+
+    def _work(self, request, objective, slot, stop, events) -> None:
+        """The worker: every image of the request, then ``_END`` (always), errors as ``ServiceError`` items."""
+        try:
+            pipe = self.registry.backend().pipes[slot]
+            pipe.set_encoder(self.registry.encoder(request.encoder))
+            pipe.set_scheduler(request.scheduler)
+            for k in range(request.n_images):
+                generated = None if stop.is_set() else self._one_image(pipe, request, objective, k, stop, events)
+                if generated is None:
+                    break
+                events.put(generated)
+        except Exception as exc:  # every failure reaches the user as a message
+            events.put(user_error(exc, request))
+        finally:
+            events.put(_END)
+
+    def _one_image(self, pipe, request, objective, k, stop, events) -> GeneratedImage | None:
+        """The guided image of seed ``seed + k`` and its unguided baseline; None if stopped."""
+        seed = request.seed + k
+        params = self.call_params(request)
+
+        def stop_if_asked(pipe, i, t, tensors):
+            if stop.is_set():
+                pipe.interrupt()
+            return {}
+
+        def on_step(pipe, i, t, tensors):
+            stop_if_asked(pipe, i, t, tensors)
+            total = len(pipe.scheduler.timesteps)  # PNDM runs one step more than asked
+            events.put(Progress(k, request.n_images, i + 1, total, _preview(tensors["x0_preview"])))
+            return {}
+
+        out = pipe(objective=objective, generator=torch.Generator().manual_seed(seed), callback_on_step_end=on_step,
+                   callback_on_step_end_tensor_inputs=["x0_preview"], **params)
+        if out.interrupted:
+            return None
+        baseline = pipe(objective=objective, generator=torch.Generator().manual_seed(seed),
+                        callback_on_step_end=stop_if_asked, **{**params, "brain_guidance_scale": 0.0})
+        if baseline.interrupted:
+            return None
+        return GeneratedImage(k, seed, out.images[0], float(out.objective_values[0]), float(baseline.objective_values[0]),
+                              out.activations[0].numpy(), baseline.activations[0].numpy())
+
+
+def user_error(exc: Exception, request: GenerationRequest) -> ServiceError:
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+        return ServiceError(f"The GPU ran out of memory generating {request.n_images} image(s) with {request.steps} "
+                            "steps. Try fewer images; the model is still loaded and ready.")
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, (ValueError, FileNotFoundError, FloatingPointError, KeyError)):
+        return ServiceError(str(exc))
+    log.exception("generation failed")
+    return ServiceError(f"Generation failed ({type(exc).__name__}: {exc}). The app is still running.")
+
+
+def _preview(pixels: torch.Tensor) -> PIL.Image.Image:
+    array = (pixels[0].permute(1, 2, 0).float().cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)
+    image = PIL.Image.fromarray(array)
+    if max(image.size) > PREVIEW_SIZE:
+        image.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
+    return image

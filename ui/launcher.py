@@ -1,0 +1,100 @@
+"""Starting training jobs from the app: checked names, allowed data roots, one job at a time.
+
+The Train tab may read datasets and backbones only under the data folder and the folders named at
+start-up (``Settings.train_roots``). Every refusal of a path is the same message, whether or not the
+path exists, so the form cannot be used to probe the server's files.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+from pathlib import Path
+
+from .jobs import REPO_ROOT, TrainingJob
+from .registry import ServiceError
+from .validation import whole
+
+__all__ = ["TrainingLauncher", "DATASET_KINDS"]
+
+DATASET_KINDS = ("synthetic", "nsd", "generic")
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")  # an OpenCLIP pretrained tag, not a path
+_MODEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")  # an OpenCLIP model name
+_HUB = re.compile(r"hf-hub:[A-Za-z0-9_.-]{1,96}/[A-Za-z0-9_.-]{1,96}")
+
+
+class TrainingLauncher:
+    def __init__(self, settings):
+        self.settings = settings
+        self.jobs: dict[str, TrainingJob] = {}
+        self._lock = threading.Lock()  # the "already running" check, the name check and the start are one step
+
+    def _refused(self, what: str, value: str) -> ServiceError:
+        roots = ", ".join(str(r) for r in self.settings.allowed_roots)
+        shown = value if len(value) <= 80 else value[:80] + "…"
+        return ServiceError(f"{what} {shown!r} is not available to the app: use a {what.lower()} under {roots} "
+                            "(more folders can be allowed at start-up with --train-roots).")
+
+    def _inside_roots(self, raw: str, what: str, want_dir: bool) -> Path:
+        """``raw`` resolved (symlinks too) when it is an existing file/folder under an allowed root; else one refusal."""
+        try:
+            path = Path(raw).expanduser()
+            path = (path if path.is_absolute() else Path.cwd() / path).resolve()
+            ok = path.is_dir() if want_dir else path.is_file()
+        except (OSError, RuntimeError, ValueError):
+            ok = False
+        if not ok or not any(path.is_relative_to(root) for root in self.settings.allowed_roots):
+            raise self._refused(what, raw)
+        return path
+
+    def _backbone(self, backbone: str, pretrained: str) -> tuple[str, str]:
+        """The backbone and pretrained arguments, with any local path checked against the allowed roots."""
+        backbone, pretrained = backbone.strip(), (pretrained.strip() or "none")
+        if backbone.startswith("local-dir:"):
+            backbone = "local-dir:" + str(self._inside_roots(backbone[len("local-dir:"):], "Backbone", want_dir=True))
+        elif not (_MODEL.fullmatch(backbone) or _HUB.fullmatch(backbone)):
+            raise self._refused("Backbone", backbone)
+        if not _TAG.fullmatch(pretrained) or (REPO_ROOT / pretrained).exists():
+            pretrained = str(self._inside_roots(pretrained, "Pretrained file", want_dir=False))
+        return backbone, pretrained
+
+    def start(self, dataset_kind: str, dataset_path: str = "", name: str = "", n_train: int = 600, n_test: int = 150,
+              backbone: str = "braindive-tiny-vit", pretrained: str = "none", cv: int = 5) -> TrainingJob:
+        """Launch dataset preparation (synthetic) + ``train_encoder`` + ``eval_encoder`` in the background."""
+        if dataset_kind not in DATASET_KINDS:
+            raise ServiceError(f"`dataset` must be synthetic, nsd or generic, got {str(dataset_kind)[:40]!r}.")
+        name = (name or "").strip() or f"encoder-{uuid.uuid4().hex[:6]}"
+        if not _NAME.fullmatch(name):
+            shown = name if len(name) <= 40 else name[:40] + "…"
+            raise ServiceError(f"`name` must be 1 to 64 letters, digits, '-' or '_', got {shown!r} ({len(name)} characters).")
+        n_train, n_test = whole(n_train, "n_train", 10, 100_000), whole(n_test, "n_test", 10, 100_000)
+        cv = whole(cv, "cv", 2, 20)
+        backbone, pretrained = self._backbone(backbone, pretrained)
+        data = None
+        if dataset_kind != "synthetic":
+            data = self._inside_roots(dataset_path or "", "Dataset", want_dir=False)
+        with self._lock:
+            if any(job.running for job in self.jobs.values()):
+                raise ServiceError("A training job is already running; wait for it or cancel it.")
+            checkpoint = self.settings.models_dir / name
+            if checkpoint.exists():
+                raise ServiceError(f"An encoder named {name!r} already exists; choose another name.")
+            job = self._job(dataset_kind, data, name, n_train, n_test, backbone, pretrained, cv)
+            self.jobs[job.state.id] = job
+            return job.start()
+
+    def _job(self, dataset_kind, data, name, n_train, n_test, backbone, pretrained, cv) -> TrainingJob:
+        s = self.settings
+        checkpoint, report = s.models_dir / name, s.reports_dir / name
+        commands = []
+        if data is None:
+            data = s.jobs_dir / f"data-{name}" / "synthetic.h5"
+            commands.append(("synthetic dataset", ["-m", "training.synthetic", "--out", str(data), "--n-train",
+                                                   str(n_train), "--n-test", str(n_test)]))
+        commands.append(("train encoder", ["-m", "training.train_encoder", "--data", str(data), "--out", str(checkpoint),
+                                           "--backbone", backbone, "--pretrained", pretrained, "--cv", str(cv)]))
+        commands.append(("evaluate", ["-m", "training.eval_encoder", "--encoder", str(checkpoint), "--data", str(data),
+                                      "--out", str(report)]))
+        return TrainingJob(s.jobs_dir, f"{name} on {dataset_kind}", commands,
+                           outputs={"encoder": name, "checkpoint": str(checkpoint), "report": str(report)})

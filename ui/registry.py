@@ -1,0 +1,275 @@
+"""Model registry: the diffusion backend, the encoders and the subjects they belong to.
+
+Encoders are *discovered* from their ``config.json`` only (listing never loads weights), loaded on
+first use, and kept in a least-recently-used set of ``Settings.max_encoders``. Encoders of one
+backbone share one frozen image tower (only the linear heads differ). An encoder is matched to its
+subject by the voxel-space fingerprint its config records (``subject_fingerprint``); configs written
+before fingerprints existed fall back to the subject's name. Subjects are listed by label
+(``"subj01 · func1pt8mm"``), so two spaces of one person appear side by side.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import braindive as bd
+from braindive.encoders import BACKBONE_NAME, CONFIG_NAME, HEAD_NAME, SUBJECT_NAME, build_clip_tower
+
+__all__ = ["ModelRegistry", "Backend", "ServiceError", "DEMO_ENCODER", "subject_label", "MAX_NAME"]
+
+log = logging.getLogger(__name__)
+DEMO_ENCODER = "demo"
+MAX_NAME = 100  # characters of an encoder name or path a request may carry
+SD21_DEFAULTS = {"height": 512, "width": 512, "num_inference_steps": 50, "brain_guidance_scale": 130.0, "sag_scale": 0.75}
+
+
+class ServiceError(Exception):
+    """A problem to show to the user; the app keeps running."""
+
+
+@dataclass
+class Backend:
+    """The diffusion pipelines (one per concurrent generation, same weights) and how to call them."""
+
+    pipes: list
+    name: str
+    label: str
+    defaults: dict
+
+    @property
+    def pipe(self) -> bd.BrainDiVEPipeline:
+        return self.pipes[0]
+
+
+def subject_label(subject: bd.Subject) -> str:
+    """How a subject is listed: its label (name · space) where the library provides one, else its name."""
+    return getattr(subject, "label", "") or subject.name
+
+
+class ModelRegistry:
+    def __init__(self, settings):
+        self.settings = settings
+        self._backend: Backend | None = None
+        self._demo_encoder: bd.BrainEncoder | None = None
+        self._encoders: OrderedDict[str, bd.BrainEncoder] = OrderedDict()  # least recently used first
+        self._towers: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # backbone key -> shared tower
+        self._subjects: dict[str, bd.Subject] = {}  # by name, label and file path
+        self._configs: dict[Path, tuple[float, dict]] = {}  # config.json -> (mtime, contents)
+        self._hashes: dict[tuple, str] = {}
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ backend
+
+    @property
+    def preset(self) -> str:
+        if self.settings.preset != "auto":
+            return self.settings.preset
+        return "sd21" if torch.cuda.is_available() and self.settings.encoder else "demo"
+
+    def backend(self) -> Backend:
+        with self._lock:
+            if self._backend is None:
+                self._backend = self._load_backend()
+            return self._backend
+
+    def _load_backend(self) -> Backend:
+        n = self.settings.concurrency
+        if self.preset == "demo":
+            bundle = bd.demo.load()
+            self._demo_encoder = bundle.encoder
+            self._remember_subject(bundle.subject)
+            extra = [self._pipeline(str(bd.demo.diffusion_bundle_path()), torch.float32, "cpu") for _ in range(n - 1)]
+            return Backend([bundle.pipe, *extra], "demo:tiny-sd", bundle.label, bundle.defaults)
+        if not self.settings.encoder:
+            raise ServiceError("The sd21 preset needs an encoder: start the app with --encoder PATH_OR_HUB_ID "
+                               "(train one in the Train tab or with `python -m training.train_encoder`).")
+        cuda = torch.cuda.is_available()
+        pipes = [self._pipeline(self.settings.model, torch.float16 if cuda else torch.float32, "cuda" if cuda else "cpu")
+                 for _ in range(n)]
+        return Backend(pipes, self.settings.model, f"{self.settings.model} + your encoder", dict(SD21_DEFAULTS))
+
+    @staticmethod
+    def _pipeline(model: str, dtype, device) -> bd.BrainDiVEPipeline:
+        pipe = bd.BrainDiVEPipeline.from_pretrained(model, torch_dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(device)
+
+    # ------------------------------------------------------------------ encoders: discovery (config.json only)
+
+    def encoder_names(self) -> list[str]:
+        names = [DEMO_ENCODER] if self.preset == "demo" else []
+        if self.settings.encoder:
+            names.append(self.settings.encoder)
+        models = self.settings.models_dir
+        if models.is_dir():
+            names += sorted(p.name for p in models.iterdir() if (p / CONFIG_NAME).is_file())
+        return names
+
+    def folder(self, name: str) -> Path:
+        """The checkpoint folder of a listed encoder (a Hub id is fetched: config and head only)."""
+        if not isinstance(name, str) or len(name) > MAX_NAME or name not in self.encoder_names():
+            shown = name if not isinstance(name, str) or len(name) <= 60 else name[:60] + "…"
+            raise ServiceError(f"Unknown encoder {shown!r}; available: {self.encoder_names()}.")
+        if name == DEMO_ENCODER:
+            return bd.demo.ASSET_ENCODER
+        if name != self.settings.encoder:
+            return self.settings.models_dir / name
+        try:
+            return bd.encoders._resolve(name)
+        except FileNotFoundError as exc:
+            raise ServiceError(f"Could not load encoder {name!r}: {exc}") from exc
+
+    def config(self, name: str) -> dict:
+        """The encoder's ``config.json`` as a dict (re-read when the file changes)."""
+        path = self.folder(name) / CONFIG_NAME
+        if name == DEMO_ENCODER and not path.is_file():  # the seeded demo encoder has no folder
+            self.backend()
+            return json.loads(self._demo_encoder.config.to_json())
+        try:
+            mtime = path.stat().st_mtime
+            cached = self._configs.get(path)
+            if cached is None or cached[0] != mtime:
+                data = json.loads(path.read_text())
+                if not isinstance(data, dict) or "subject" not in data:
+                    raise ValueError("it has no `subject`")
+                self._configs[path] = cached = (mtime, data)
+        except (OSError, ValueError) as exc:
+            raise ServiceError(f"Could not load encoder {name!r}: config {path} is corrupt or unreadable ({exc}).") from exc
+        return cached[1]
+
+    def subject_of(self, encoder_name: str) -> bd.Subject:
+        """The encoder's subject: built in by name, else ``--subject``, else the file in its checkpoint.
+
+        With a recorded ``subject_fingerprint`` the subject must have that fingerprint, whatever its name.
+        """
+        config = self.config(encoder_name)
+        fingerprint = config.get("subject_fingerprint")
+        wanted = config.get("subject_label") or config["subject"]
+        candidates = []
+        if config["subject"] in bd.available_subjects():
+            candidates.append(config["subject"])
+        recorded = None
+        if encoder_name != DEMO_ENCODER:
+            recorded = self.folder(encoder_name) / config.get("training", {}).get("subject_file", SUBJECT_NAME)
+        candidates += [str(s) for s in (self.settings.subject, recorded) if s and Path(s).is_file()]
+        mismatched = []
+        for source in candidates:
+            subject = self.subject(source)
+            if fingerprint and getattr(subject, "fingerprint", None):
+                if subject.fingerprint == fingerprint:
+                    return subject
+                mismatched.append(subject_label(subject))
+            elif subject.name == config["subject"]:
+                return subject
+            else:
+                mismatched.append(subject_label(subject))
+        if mismatched:
+            raise ServiceError(f"Encoder {encoder_name!r} was fit on {wanted!r}, a different voxel space from "
+                               f"{', '.join(map(repr, mismatched))}: pass the subject file it was trained on with --subject.")
+        raise ServiceError(f"Encoder {encoder_name!r} is for subject {config['subject']!r}, which is not built in and "
+                           f"has no subject file ({recorded} is missing): start the app with --subject SUBJECT.npz "
+                           "(written by training.prepare_nsd).")
+
+    def subject(self, key: str) -> bd.Subject:
+        """A subject by label, built-in name, or file path."""
+        with self._lock:
+            if key not in self._subjects:
+                try:
+                    subject = bd.load_subject(key)
+                except (ValueError, FileNotFoundError, OSError) as exc:
+                    raise ServiceError(str(exc)) from exc
+                self._subjects[key] = subject
+                self._remember_subject(subject)
+            return self._subjects[key]
+
+    def _remember_subject(self, subject: bd.Subject) -> None:
+        for key in (subject.name, subject_label(subject)):
+            self._subjects.setdefault(key, subject)
+
+    def subject_names(self) -> list[str]:
+        """Labels of the subjects some encoder can be used with."""
+        labels = set()
+        for name in self.encoder_names():
+            try:
+                labels.add(subject_label(self.subject_of(name)))
+            except ServiceError as exc:
+                log.warning("skipping encoder %s: %s", name, exc)
+        return sorted(labels)
+
+    def encoders_for(self, label: str) -> list[str]:
+        found = []
+        for name in self.encoder_names():
+            try:
+                subject = self.subject_of(name)
+            except ServiceError:
+                continue
+            if label in (subject_label(subject), subject.name):
+                found.append(name)
+        return found
+
+    # ------------------------------------------------------------------ encoders: loading (LRU, shared towers)
+
+    def encoder(self, name: str) -> bd.BrainEncoder:
+        with self._lock:
+            if name == DEMO_ENCODER and self.preset == "demo":
+                self.backend()
+                return self._demo_encoder  # always needed: never evicted
+            if name in self._encoders:
+                self._encoders.move_to_end(name)
+                return self._encoders[name]
+            folder = self.folder(name)
+            try:
+                encoder = self._load(folder)
+            except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
+                raise ServiceError(f"Could not load encoder {name!r}: {exc}") from exc
+            self._encoders[name] = encoder
+            while len(self._encoders) > self.settings.max_encoders:
+                evicted, _ = self._encoders.popitem(last=False)
+                log.info("unloaded encoder %s (least recently used)", evicted)
+            return encoder
+
+    def loaded_encoders(self) -> list[str]:
+        return list(self._encoders)
+
+    def live_towers(self) -> int:
+        """Image towers currently alive (shared by every loaded encoder of one backbone)."""
+        return len(self._towers)
+
+    def _load(self, folder: Path) -> bd.BrainEncoder:
+        config = bd.encoders._read_config(folder)
+        if config.encoder_type != "clip_linear":
+            return bd.load_encoder(folder)
+        key = self._tower_key(config, folder)
+        tower = self._towers.get(key)
+        if tower is None:
+            tower = build_clip_tower(config.backbone, config.pretrained, config.backbone_config)
+            if config.pretrained is None:
+                bd.encoders._load_weights(tower, folder / BACKBONE_NAME, "backbone")
+            self._towers[key] = tower
+        encoder = bd.ClipLinearEncoder(config, tower=tower)
+        bd.encoders._load_weights(encoder.head, folder / HEAD_NAME, "head")
+        return encoder.eval()
+
+    def _tower_key(self, config, folder: Path) -> tuple:
+        """Identity of a frozen tower: backbone + weights (the tag, or the hash of the checkpoint's own tower file)."""
+        weights = config.pretrained
+        if weights is None:
+            path = folder / BACKBONE_NAME
+            stat = path.stat()
+            cache_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+            if cache_key not in self._hashes:
+                digest = hashlib.sha256()
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
+                self._hashes[cache_key] = digest.hexdigest()
+            weights = "sha256:" + self._hashes[cache_key]
+        return config.backbone, weights, json.dumps(config.backbone_config, sort_keys=True)
