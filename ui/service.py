@@ -22,6 +22,7 @@ from braindive.catalog import Catalog, Entry
 from braindive.pipeline import SCHEDULERS
 from braindive.records import generation_record
 
+from .activation import save_unguided
 from .jobs import TrainingJob
 from .settings import Settings
 from .zerogpu import gpu_task
@@ -66,7 +67,8 @@ class Progress:
     n_images: int
     step: int
     total_steps: int
-    preview: PIL.Image.Image
+    preview: PIL.Image.Image | None
+    stage: str = "brain-guided"  # or "unguided comparison": the same seed without guidance, for the baseline
 
 
 @dataclass
@@ -76,6 +78,7 @@ class GeneratedImage:
     index: int
     seed: int
     image: PIL.Image.Image
+    baseline_image: PIL.Image.Image
     objective: float
     baseline_objective: float
     activations: np.ndarray
@@ -409,12 +412,19 @@ class Service:
                            callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["x0_preview"], **params)
         if out.interrupted:
             return None
+
+        def on_baseline_step(pipe, i, t, tensors):
+            stop_if_asked(pipe, i, t, tensors)
+            events.put(Progress(k, request.n_images, i + 1, len(pipe.scheduler.timesteps), None, "unguided comparison"))
+            return {}
+
         baseline = backend.pipe(objective=objective, generator=torch.Generator().manual_seed(seed),
-                                callback_on_step_end=stop_if_asked, **{**params, "brain_guidance_scale": 0.0})
+                                callback_on_step_end=on_baseline_step, **{**params, "brain_guidance_scale": 0.0})
         if baseline.interrupted:
             return None
-        return GeneratedImage(k, seed, out.images[0], float(out.objective_values[0]), float(baseline.objective_values[0]),
-                          out.activations[0].numpy(), baseline.activations[0].numpy())
+        return GeneratedImage(k, seed, out.images[0], baseline.images[0], float(out.objective_values[0]),
+                              float(baseline.objective_values[0]), out.activations[0].numpy(),
+                              baseline.activations[0].numpy())
 
     def _store(self, generated: GeneratedImage, request, objective, subject, run_id) -> ImageResult:
         """Catalog a finished image with its record; the ``ImageResult`` the UI shows."""
@@ -428,6 +438,7 @@ class Service:
         record["roi_means"] = _roi_means(subject, generated.activations)
         record["baseline_roi_means"] = _roi_means(subject, generated.baseline_activations)
         entry = self.catalog.add(generated.image, record, run_id=run_id, activations=generated.activations)
+        save_unguided(entry, generated.baseline_image, generated.baseline_activations)
         return ImageResult(**vars(generated), roi_means=record["roi_means"],
                            baseline_roi_means=record["baseline_roi_means"], entry=entry, target=objective.label)
 
