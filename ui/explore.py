@@ -128,7 +128,7 @@ def build(service: Service, settings) -> dict:
             unit = "z-scored betas"
         image, note = sel.safe_map(service, subj, lambda: act.render(service, subj, maps, kind, lim, unit))
         label_a, _, label_b = str(maps.record.get("target", "")).partition("-vs-")
-        out_dir = service.settings.exports_dir / "maps" / entry_id
+        out_dir = service.settings.catalog_dir / "maps" / entry_id  # served: the catalog is an allowed path
         downloads = [str(maps.image_path), str(maps.image_path.with_suffix(".json"))]
         downloads += act.export_maps(maps, service.subject(subj), out_dir)
         return {activation_map: image, guided_image: str(maps.image_path),
