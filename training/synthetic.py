@@ -22,10 +22,9 @@ noise ceiling.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -37,7 +36,7 @@ from .dataset import DatasetWriter, SplitSpec
 from .features import build_encoder, embed_images, encoder_key
 from .logs import cli_errors, configure_logging
 
-__all__ = ["ROI_TUNING", "SyntheticTruth", "procedural_images", "simulated_brain", "make_synthetic", "main"]
+__all__ = ["ROI_TUNING", "SyntheticTruth", "procedural_images", "simulated_brain", "reference_statistics", "make_synthetic", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +51,7 @@ OUTSIDE_CEILING = (0.05, 0.3)  # voxels outside every ROI
 _BATCH = 128
 REFERENCE_SEED = 0
 REFERENCE_IMAGES = 2300  # the demo encoder's 2000 training + 300 test images
+REFERENCE_ASSET = Path(__file__).resolve().parents[1] / "assets" / "demo-encoder" / "reference.npz"
 
 
 @dataclass
@@ -113,23 +113,52 @@ def procedural_images(n: int, seed: int, size: int = IMAGE_SIZE, start: int = 0)
     return out
 
 
-def _tuning(features: np.ndarray, subject, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Unit-variance voxel weights ``[n_features, n_voxels]`` and target ceilings ``[n_voxels]``."""
-    centred = features - features.mean(0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    n_feat, n_vox = features.shape[1], subject.n_voxels
+def _tuning(reference: dict, subject, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-variance voxel weights ``[n_features, n_voxels]`` and target ceilings ``[n_voxels]``.
+
+    ``reference``: the reference features' principal directions (rows) and covariance."""
+    directions, cov = reference["directions"], reference["covariance"]
+    n_feat, n_vox = cov.shape[0], subject.n_voxels
     weights = rng.normal(0, 0.15 / np.sqrt(n_feat), (n_feat, n_vox))
     in_roi = np.zeros(n_vox, bool)
     for roi, combo in ROI_TUNING.items():
         if roi not in subject.rois:
             continue
         idx = subject.rois[roi]
-        direction = sum(w * vt[k] for k, w in combo.items())
+        direction = sum(w * directions[k] for k, w in combo.items())
         weights[:, idx] += direction[:, None] / np.linalg.norm(direction)
         in_roi[idx] = True
-    weights /= (centred @ weights).std(0)
+    weights /= np.sqrt(np.einsum("fv,fg,gv->v", weights, cov, weights))  # std of features @ w over the reference
     ceiling = np.where(in_roi, rng.uniform(*ROI_CEILING, n_vox), rng.uniform(*OUTSIDE_CEILING, n_vox))
     return weights, ceiling
+
+
+def reference_statistics(encoder) -> dict:
+    """Principal directions and covariance of the tower's features of the reference images.
+
+    Shipped for the demo tower beside the demo encoder (``assets/demo-encoder/reference.npz``, written by
+    ``build_demo_encoder``); for any other tower computed once (2,300 images) and cached on disk."""
+    key = encoder_key(encoder)
+    cached = cache_dir("synthetic") / f"reference-{key[:20]}.npz"
+    for path in (REFERENCE_ASSET, cached):
+        if path.is_file():
+            with np.load(path) as stored:
+                if str(stored["tower"]) == key and int(stored["n_images"]) == REFERENCE_IMAGES:
+                    return {"directions": stored["directions"], "covariance": stored["covariance"]}
+    log.info("reference statistics: features of %d reference images (once; cached)", REFERENCE_IMAGES)
+    features = _embed_procedural(encoder, REFERENCE_IMAGES, REFERENCE_SEED, IMAGE_SIZE).astype(np.float64)
+    centred = features - features.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    stats = {"directions": vt, "covariance": centred.T @ centred / len(centred)}
+    save_reference_statistics(stats, key, cached)
+    return stats
+
+
+def save_reference_statistics(stats: dict, tower_key: str, path) -> None:
+    path = Path(path)
+    tmp = private_tmp(path, ".npz")
+    np.savez(tmp, tower=tower_key, n_images=REFERENCE_IMAGES, **stats)
+    tmp.replace(path)
 
 
 def _embed_procedural(encoder, n: int, seed: int, image_size: int, writer=None) -> np.ndarray:
@@ -144,30 +173,11 @@ def _embed_procedural(encoder, n: int, seed: int, image_size: int, writer=None) 
 
 
 def simulated_brain(subject, encoder) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The subject's fixed simulated brain: weights ``[n_features, n_voxels]``, target ceilings and biases.
-
-    Computed from the reference images (see the module docstring) and cached on disk, keyed by the
-    tower's weights, the subject's voxel count and its ROIs.
-    """
-    digest = hashlib.sha256(encoder_key(encoder).encode())
-    digest.update(json.dumps([REFERENCE_SEED, REFERENCE_IMAGES, ROI_TUNING, ROI_CEILING, OUTSIDE_CEILING]).encode())
-    digest.update(str(subject.n_voxels).encode())  # the tuning depends on the voxel count and the ROIs only
-    for name in sorted(subject.rois):
-        digest.update(name.encode() + np.ascontiguousarray(subject.rois[name], np.int64).tobytes())
-    path = cache_dir("synthetic") / f"brain-{digest.hexdigest()[:20]}.npz"
-    if path.is_file():
-        with np.load(path) as cached:
-            return cached["weights"], cached["ceiling"], cached["bias"]
-    log.info("simulated brain: features of %d reference images (once; cached in %s)", REFERENCE_IMAGES, path.parent)
-    features = _embed_procedural(encoder, REFERENCE_IMAGES, REFERENCE_SEED, IMAGE_SIZE)
+    """The subject's fixed simulated brain: weights ``[n_features, n_voxels]``, target ceilings and biases."""
     rng = np.random.default_rng([REFERENCE_SEED, 1])
-    weights, ceiling = _tuning(features.astype(np.float64), subject, rng)
-    weights = weights.astype(np.float32)
+    weights, ceiling = _tuning(reference_statistics(encoder), subject, rng)
     bias = rng.normal(0, 0.5, subject.n_voxels).astype(np.float32)
-    tmp = private_tmp(path, ".npz")
-    np.savez(tmp, weights=weights, ceiling=ceiling, bias=bias)
-    tmp.replace(path)
-    return weights, ceiling, bias
+    return weights.astype(np.float32), ceiling, bias
 
 
 def make_synthetic(path, subject=None, *, n_train: int = 2000, n_test: int = 300, seed: int = 0,
