@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib.colors import ListedColormap
 from PIL import Image, ImageDraw
 
 import braindive as bd
@@ -160,16 +161,8 @@ def draw_outlines(service, subject_name: str, image: np.ndarray, regions) -> np.
 
 
 _MAGENTA = np.array([255, 0, 255], np.uint8)
+_SOLID = ListedColormap([_MAGENTA / 255.0])  # a region drawn in one colour that no flatmap pixel has otherwise
 _BOTTOMS: dict = {}
-
-
-def _solid_cmap():
-    from matplotlib.colors import ListedColormap
-
-    return ListedColormap([_MAGENTA / 255.0])
-
-
-_SOLID = _solid_cmap()
 
 
 def _cortex_bottom(service, subject_name: str) -> int:
@@ -226,7 +219,9 @@ def _triple(maps: ResultMaps, reduce) -> str:
 
 
 def export_maps(maps: ResultMaps, subject, folder) -> list[str]:
-    """Write the maps as ``.npy`` per voxel (and per-hemisphere GIfTI for surface subjects); returns the paths."""
+    """Write the maps as ``.npy`` per voxel (and per-hemisphere GIfTI for surface subjects); returns the paths.
+
+    A result never changes, so files already written are reused."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{maps.record.get('subject', subject.name)}_seed{maps.record.get('seed')}_{maps.entry_id}"
@@ -236,9 +231,11 @@ def export_maps(maps: ResultMaps, subject, folder) -> list[str]:
     paths = []
     for name, values in arrays.items():
         path = folder / f"{stem}_{name}.npy"
-        tmp = private_tmp(path, ".npy")
-        np.save(tmp, np.asarray(values, np.float32))
-        paths.append(str(tmp.replace(path)))
+        if not path.is_file():
+            tmp = private_tmp(path, ".npy")
+            np.save(tmp, np.asarray(values, np.float32))
+            tmp.replace(path)
+        paths.append(str(path))
     if getattr(subject, "kind", "surface") == "surface" and subject.vertices is not None:
         paths += _gifti(arrays, subject, folder, stem)
     return paths
@@ -251,14 +248,17 @@ def _gifti(arrays: dict, subject, folder: Path, stem: str) -> list[str]:
     paths = []
     for hemi, structure, part in (("lh", "CortexLeft", slice(0, subject.n_vertices_lh)),
                                   ("rh", "CortexRight", slice(subject.n_vertices_lh, subject.n_vertices))):
+        path = folder / f"{stem}.{hemi}.func.gii"
+        paths.append(str(path))
+        if path.is_file():
+            continue
         image = nib.gifti.GiftiImage(meta=nib.gifti.GiftiMetaData({"AnatomicalStructurePrimary": structure}))
         for name, values in arrays.items():
             data = subject.to_surface(np.asarray(values, np.float64))[part].astype(np.float32)
             image.add_gifti_data_array(nib.gifti.GiftiDataArray(
                 data, intent="NIFTI_INTENT_ESTIMATE", datatype="NIFTI_TYPE_FLOAT32",
                 meta=nib.gifti.GiftiMetaData({"Name": name})))
-        path = folder / f"{stem}.{hemi}.func.gii"
         tmp = private_tmp(path, ".gii")
         nib.save(image, tmp)
-        paths.append(str(tmp.replace(path)))
+        tmp.replace(path)
     return paths
