@@ -116,22 +116,22 @@ def test_paint_then_bin_keeps_the_map(page):
     canvas = page.locator("#painter canvas").first
     canvas.wait_for(timeout=30_000)
 
-    def shot(path=None) -> bytes:  # a page screenshot clipped to the editor (an element screenshot waits long)
+    def shares(path=None) -> tuple[float, float]:  # parts of the editor showing curvature greys, and paint
+        # a page screenshot clipped to the editor; each takes up to ~15 s (software GL): take few
         page.locator("#painter").scroll_into_view_if_needed()
-        return page.screenshot(clip=page.locator("#painter").bounding_box(), path=path)
+        a = _pixels(page.screenshot(clip=page.locator("#painter").bounding_box(), path=path))
+        grey = (a[..., 0] < 200) & (a[..., 0] > 60) & (np.abs(a[..., 0] - a[..., 2]) < 8)
+        paint = np.abs(a - np.array([255, 212, 0])).max(-1) < 40  # the brush colour #ffd400
+        return float(grey.mean()), float(paint.mean())
 
-    def greys() -> float:  # share of the editor showing the flatmap's curvature greys
-        a = _pixels(shot())
-        return float(((a[..., 0] < 200) & (a[..., 0] > 60) & (np.abs(a[..., 0] - a[..., 2]) < 8)).mean())
-
-    def wait_for_map(share: float, timeout: float) -> float:  # the canvas draws its background late (software GL)
-        deadline, seen = time.time() + timeout, greys()
-        while seen < share and time.time() < deadline:
+    def wait_for_map(share: float, timeout: float, path=None) -> tuple[float, float]:  # drawn late
+        deadline, seen = time.time() + timeout, shares(path)
+        while seen[0] < share and time.time() < deadline:
             time.sleep(1)
-            seen = greys()
+            seen = shares(path)
         return seen
 
-    before = wait_for_map(0.2, 60)
+    before, _ = wait_for_map(0.2, 60)
     assert before > 0.2, "the paint canvas does not show the flatmap"
     box = canvas.bounding_box()
     x, y = box["x"] + 0.78 * box["width"], box["y"] + 0.66 * box["height"]
@@ -139,12 +139,12 @@ def test_paint_then_bin_keeps_the_map(page):
     page.mouse.down()
     page.mouse.move(x + 25, y + 15, steps=6)
     page.mouse.up()
-    shot(ARTIFACTS / "explore-paint.png")
+    assert shares(ARTIFACTS / "explore-paint.png")[1] > 0.001, "the brush stroke is not on the canvas"
     page.get_by_role("button", name="Clear canvas").click()
     time.sleep(2)
-    after = wait_for_map(0.9 * before, 30)
-    shot(ARTIFACTS / "explore-paint-cleared.png")
+    after, paint = wait_for_map(0.9 * before, 30, ARTIFACTS / "explore-paint-cleared.png")
     assert after > 0.9 * before, f"the map is gone after the bin ({before:.2f} -> {after:.2f})"
+    assert paint < 0.0002, "the bin left the paint"
     page.get_by_text("Paint a voxel set").click()  # close it again
 
 
