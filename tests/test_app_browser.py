@@ -209,8 +209,9 @@ def test_train_tab_fits_an_encoder_that_becomes_selectable(page):
     page.get_by_role("tab", name="Train").click()
     page.locator("#train-name input, #train-name textarea").first.fill("browser-enc")
     page.locator("#train-start").click()
+    # a few minutes on 2 idle cores; allow for a loaded machine
     page.wait_for_function("document.querySelector('#train-status').innerText.includes('now selectable')",
-                           timeout=300_000)
+                           timeout=600_000)
     page.wait_for_selector("#train-r2 img", timeout=30_000)
     assert "FFA" in page.locator("#train-table").inner_text()
     page.screenshot(path=ARTIFACTS / "train.png", full_page=True)

@@ -27,7 +27,7 @@ __all__ = ["MAPS", "LIMITS", "ResultMaps", "save_unguided", "load_maps", "units"
 MAPS = ("guided − unguided", "guided", "unguided")
 LIMITS = ("robust: 2nd–98th percentile of the map", "fit the target region")
 COLOUR_A = (255, 214, 0)   # the target
-COLOUR_B = (57, 255, 20)   # region B of a contrast
+COLOUR_B = (0, 200, 255)   # region B of a contrast (cyan, as braindive.flatmap draws highlight_b)
 UNITS = {"synthetic": "simulated response units (demo)", "nsd": "z-scored betas", "generic": "the dataset's response units"}
 # braindive.flatmap draws outlines itself from this version on (helper "voxel"); before, this module draws them
 NATIVE_OUTLINE = "highlight_style" in inspect.signature(bd.render_flatmap).parameters

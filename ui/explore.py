@@ -75,7 +75,7 @@ def build(service: Service, settings) -> dict:
         with gr.Column(scale=2):
             objective = gr.Radio(list(OBJECTIVES), value="maximize", label="Objective", elem_id="objective")
             with gr.Row(visible=False) as contrast_box:
-                contrast = gr.Dropdown(roi_names, value=roi_names[0], label="Contrast against (B, outlined green)",
+                contrast = gr.Dropdown(roi_names, value=roi_names[0], label="Contrast against (B, outlined cyan)",
                                        elem_id="contrast")
                 weight = gr.Slider(0, 3, value=1.0, step=0.1, label="Weight of B")
             scale = gr.Number(value=defaults["brain_guidance_scale"], label="Brain guidance scale", elem_id="scale")
