@@ -77,10 +77,12 @@ def test_render_outlines_the_target_and_region_b(service, s1):
     for colour, roi in ((act.COLOUR_A, "FFA"), (act.COLOUR_B, "PPA")):
         ys, xs = np.nonzero(np.all(image[: shape[0]] == colour, axis=-1))
         assert len(xs) > 100, roi
-        # every outline pixel lies on the region: picking it (or a neighbour) finds a voxel of that ROI
-        hits = [bd.pick(s1, x, y, shape, view="voxels") for x, y in zip(xs[::40], ys[::40])]
-        near = [h for h in hits if h is not None and h.voxel is not None]
-        assert np.mean([roi in h.rois for h in near]) > 0.6, roi
+        # the outline runs along the region's border: within 4 px of each outline pixel lies a voxel of that ROI
+        def near_roi(x, y):
+            hits = [bd.pick(s1, x + dx, y + dy, shape, view="voxels") for dx in (-4, 0, 4) for dy in (-4, 0, 4)]
+            return any(h is not None and roi in h.rois for h in hits)
+
+        assert np.mean([near_roi(x, y) for x, y in zip(xs[::40], ys[::40])]) > 0.9, roi
     # no target colour where nothing is targeted
     plain = act.render(service, "S1", _maps(s1, maps.guided, maps.unguided, target="custom(0 voxels)"),
                        act.MAPS[1], act.LIMITS[0], "z-scored betas")
@@ -139,6 +141,7 @@ def test_a_subject_without_a_map_still_lists_rois_and_generates(service, s1, tmp
     shutil.copy(subject_file, folder / "subject.npz")
     config = json.loads((folder / "config.json").read_text())
     config["subject"] = "nomap"
+    config.pop("subject_fingerprint", None)  # the demo's voxels on another (missing) surface: matched by name
     config["training"]["subject_file"] = "subject.npz"
     (folder / "config.json").write_text(json.dumps(config))
     monkeypatch.setattr(Service, "_load_backend", lambda self: service.backend())
