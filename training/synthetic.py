@@ -8,16 +8,16 @@ linear function of the demo tower's L2-normalised features ``f`` plus Gaussian n
 Each ROI prefers its own signed combination of the top principal directions of the features
 (``ROI_TUNING``), so different regions prefer different visual content; voxels outside the ROIs get
 weak random tuning. ``w_v`` is scaled so the signal has unit variance and
-``sigma_v^2 = (1 - c_v) / c_v`` for a target ceiling ``c_v``.
+``sigma_v^2 = (1 - c_v) / c_v`` for a target ceiling ``c_v``. The best possible test R^2 of voxel v
+is then known: ``var_test(f @ w_v) / (var_test(f @ w_v) + sigma_v^2)``, stored as the dataset's
+noise ceiling.
 
 The simulated brain (``w``, ``b``, ``c``) is one fixed brain per subject, whatever dataset is drawn
 from it: the principal directions and the unit-variance scaling come from a fixed reference set
 (``REFERENCE_IMAGES`` procedural images of seed ``REFERENCE_SEED``, the images the shipped demo
 encoder ``assets/demo-encoder`` was fit on), never from the dataset's own images, whose principal
 directions (and their signs) change with its size and seed. So an encoder trained in the app's Train
-tab on any synthetic dataset agrees with the demo encoder. ``seed`` picks the images and the noise. The best possible test R^2 of voxel v
-is then known: ``var_test(f @ w_v) / (var_test(f @ w_v) + sigma_v^2)``, stored as the dataset's
-noise ceiling.
+tab on any synthetic dataset agrees with the demo encoder. ``seed`` picks the images and the noise.
 """
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ from .dataset import DatasetWriter, SplitSpec
 from .features import build_encoder, embed_images, encoder_key
 from .logs import cli_errors, configure_logging
 
-__all__ = ["ROI_TUNING", "SyntheticTruth", "procedural_images", "simulated_brain", "reference_statistics", "make_synthetic", "main"]
+__all__ = ["ROI_TUNING", "SyntheticTruth", "procedural_images", "simulated_brain", "reference_statistics",
+           "make_synthetic", "main"]
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,8 @@ MAPS = ("guided − unguided", "guided", "unguided")
 LIMITS = ("robust: 2nd–98th percentile of the map", "fit the target region")
 COLOUR_A = (255, 214, 0)   # the target
 COLOUR_B = (0, 200, 255)   # region B of a contrast (cyan, as braindive.flatmap draws highlight_b)
-UNITS = {"synthetic": "simulated response units (demo)", "nsd": "z-scored betas", "generic": "the dataset's response units"}
+UNITS = {"synthetic": "simulated response units (demo)", "nsd": "z-scored betas",
+         "generic": "the dataset's response units"}
 # braindive.flatmap draws outlines itself from this version on (helper "voxel"); before, this module draws them
 NATIVE_OUTLINE = "highlight_style" in inspect.signature(bd.render_flatmap).parameters
 
@@ -206,7 +207,8 @@ def values_at(service, subject_name: str, maps: ResultMaps, x: float, y: float) 
              + _triple(maps, lambda v: float(v[hit.voxel]))]
     for roi in hit.rois:
         region = subject.roi(f"{roi}.{hit.hemisphere}")
-        lines.append(f"**{roi}.{hit.hemisphere} mean** ({len(region)} voxels): " + _triple(maps, lambda v: float(v[region].mean())))
+        lines.append(f"**{roi}.{hit.hemisphere} mean** ({len(region)} voxels): "
+                     + _triple(maps, lambda v: float(v[region].mean())))
     return "  \n".join(lines)
 
 

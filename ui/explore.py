@@ -140,7 +140,8 @@ def build(service: Service, settings) -> dict:
     def redraw(subj, st, obj, con) -> dict:
         image, note = sel.safe_map(service, subj, lambda: sel.selection_map(service, subj, st,
                                                                             con if obj == "contrast" else None))
-        return {flatmap: gr.update(value=image, visible=image is not None), map_note: gr.update(value=note, visible=bool(note)),
+        return {flatmap: gr.update(value=image, visible=image is not None),
+                map_note: gr.update(value=note, visible=bool(note)),
                 selection: sel.selection_text(service, subj, st), state: st}
 
     select_outputs = [flatmap, map_note, selection, state, roi, hemi]
@@ -185,7 +186,8 @@ def build(service: Service, settings) -> dict:
             voxels = service.painted_voxels(subj, _painted_mask(edited))
         except ServiceError as exc:
             raise gr.Error(str(exc))
-        return redraw(subj, {**st, "target": CUSTOM, "voxels": sorted(set(st["voxels"]) | set(voxels.tolist()))}, obj, con)
+        voxels = sorted(set(st["voxels"]) | set(voxels.tolist()))
+        return redraw(subj, {**st, "target": CUSTOM, "voxels": voxels}, obj, con)
 
     use_paint.click(use_painted, [subject, painter, state, objective, contrast], select_outputs)
     # the editor's bin empties the whole canvas: put the flatmap back, so only the paint is cleared
@@ -249,7 +251,8 @@ def build(service: Service, settings) -> dict:
                 elif isinstance(item, Finished):
                     ranked = _rank(service, req, results, _number(k, "Keep the best", int)) if results else []
                     st = {**st, "results": [r.entry.id for r, _ in ranked]}
-                    kept = f" Kept the best {len(ranked)} of {len(results)}, ranked by the encoder." if len(ranked) < len(results) else ""
+                    kept = (f" Kept the best {len(ranked)} of {len(results)}, ranked by the encoder."
+                            if len(ranked) < len(results) else "")
                     update = {step_counter: item.message + kept, state: st,
                               gallery: [(r.image, _caption(r, rank)) for rank, (r, _) in enumerate(ranked, 1)]}
                     if ranked and ranked[0][0].entry.id != st.get("shown"):  # show the best one
@@ -305,7 +308,8 @@ def _guarded(compute):
 
 def _caption(result: ImageResult, rank: int | None = None) -> str:
     head = f"#{rank} · " if rank else ""
-    return f"{head}seed {result.seed} · {result.target} {result.objective:+.2f} (unguided {result.baseline_objective:+.2f})"
+    return (f"{head}seed {result.seed} · {result.target} {result.objective:+.2f} "
+            f"(unguided {result.baseline_objective:+.2f})")
 
 
 def _rank(service: Service, request: GenerationRequest, results: list, keep: int) -> list[tuple[ImageResult, float]]:

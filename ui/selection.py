@@ -12,8 +12,8 @@ import numpy as np
 from .activation import COLOUR_B, NATIVE_OUTLINE, draw_outlines
 from .service import CUSTOM
 
-__all__ = ["HEMISPHERES", "HEMISPHERE_CHOICE", "PAINT_WIDTH", "target_name", "highlight", "selection_text", "selection_map",
-           "safe_map", "painter_value", "subject_label", "subject_choices"]
+__all__ = ["HEMISPHERES", "HEMISPHERE_CHOICE", "PAINT_WIDTH", "target_name", "highlight", "selection_text",
+           "selection_map", "safe_map", "painter_value", "subject_label", "subject_choices"]
 
 log = logging.getLogger(__name__)
 HEMISPHERES = {"both": "", "left (.lh)": ".lh", "right (.rh)": ".rh"}

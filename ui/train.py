@@ -96,7 +96,8 @@ def build(service: Service, explore: dict) -> None:
             gr.Warning(message)  # once: the timer stops here
             return {**update, status: f"{text}\n\n{message}"}
         subjects, encoders = refresh_lists(subj, enc)
-        return {**update, status: f"{text}\n\n{summary} Encoder **{s.outputs['encoder']}** is now selectable in Explore.",
+        done = f"{text}\n\n{summary} Encoder **{s.outputs['encoder']}** is now selectable in Explore."
+        return {**update, status: done,
                 r2_map: png, table: rows, explore["subject"]: subjects, explore["encoder"]: encoders}
 
     timer.tick(poll, [job_id, explore["subject"], explore["encoder"], shown_percent],
