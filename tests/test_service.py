@@ -23,8 +23,10 @@ def collect(service, **kwargs):
 def test_stream_has_progress_then_results_then_finished(service):
     items = collect(service, n_images=2, seed=4)
     kinds = [type(i).__name__ for i in items]
-    assert kinds == ["Progress"] * 3 + ["ImageResult"] + ["Progress"] * 3 + ["ImageResult", "Finished"]
-    assert [i.step for i in items if isinstance(i, Progress)] == [1, 2, 3, 1, 2, 3]
+    # per image: the guided steps, then the unguided comparison's steps, then the result
+    assert kinds == ["Progress"] * 6 + ["ImageResult"] + ["Progress"] * 6 + ["ImageResult", "Finished"]
+    assert [i.step for i in items if isinstance(i, Progress)] == [1, 2, 3] * 4
+    assert [i.stage for i in items if isinstance(i, Progress)][:6] == ["brain-guided"] * 3 + ["unguided comparison"] * 3
     results = [i for i in items if isinstance(i, ImageResult)]
     assert [r.seed for r in results] == [4, 5]
     assert all(r.objective > r.baseline_objective for r in results)  # guided beats unguided, same seed

@@ -131,8 +131,8 @@ def test_trained_encoder_records_its_subject_file_and_the_app_finds_it(s1, tmp_p
 # ---------------------------------------------------------------- 10: stale gallery after a subject change
 
 def test_changing_subject_clears_the_gallery(app):
-    change_subject, dep = handler(app, "change_subject")
-    outputs = dict(zip([o.elem_id for o in dep.outputs], change_subject("S1")))
+    change_subject, _ = handler(app, "change_subject")
+    outputs = {component.elem_id: value for component, value in change_subject("S1", "maximize").items()}
     assert outputs["gallery"] == [] and outputs["activation-map"] is None and outputs["roi-chart"] is None
     assert outputs["downloads"] is None
 
@@ -140,18 +140,21 @@ def test_changing_subject_clears_the_gallery(app):
 def test_stale_gallery_click_is_a_warning_not_an_error(app, service, entry_id):
     inspect, _ = handler(app, "inspect")
     click = gr.SelectData(None, {"index": 0, "value": None})
+    view = (explore.act.MAPS[0], explore.act.LIMITS[0])
     with pytest.warns(UserWarning, match="no longer among the results"):
-        out = inspect("S1", {"target": "FFA", "voxels": [], "results": []}, click)
-    assert out == (gr.skip(), gr.skip(), gr.skip())
-    image, _chart, files = inspect("S1", {"target": "FFA", "voxels": [], "results": [entry_id]}, click)
-    assert image.ndim == 3 and [Path(f).suffix for f in files] == [".png", ".json"]
+        out = inspect("S1", {"target": "FFA", "voxels": [], "results": []}, *view, click)
+    assert out == {}
+    out = {c.elem_id: v for c, v in inspect("S1", {"target": "FFA", "voxels": [], "results": [entry_id]}, *view, click).items()}
+    files = out["downloads"]
+    assert out["activation-map"].ndim == 3 and [Path(f).suffix for f in files[:2]] == [".png", ".json"]
+    assert {Path(f).name.rsplit("_", 1)[-1] for f in files[2:]} >= {"guided.npy", "unguided.npy"}
 
 
 @pytest.mark.parametrize("position,label", [(7, "Steps"), (10, "Images"), (5, "Weight of B")])
 def test_an_emptied_number_field_is_named(app, position, label):
     run, _ = handler(app, "run")
     args = ["S1", "demo", {"target": "FFA", "voxels": [], "results": []}, "maximize", "EBA", 1.0, 20.0, 3, "dpm",
-            0, 1, "", "exact"]
+            0, 1, 1, "", "exact", explore.act.MAPS[0], explore.act.LIMITS[0]]
     args[position] = None
     with pytest.raises(gr.Error, match=f"'{label}' is empty"):
         next(run(*args, request=None))
@@ -159,7 +162,9 @@ def test_an_emptied_number_field_is_named(app, position, label):
 
 def test_step_counter_counts_the_steps_the_scheduler_runs(service):
     progress = [i for i in service.generate(GenerationRequest(steps=3, scheduler="pndm")) if hasattr(i, "total_steps")]
-    assert [(p.step, p.total_steps) for p in progress] == [(1, 4), (2, 4), (3, 4), (4, 4)]  # PLMS: one warm-up step
+    steps = [(1, 4), (2, 4), (3, 4), (4, 4)]  # PLMS: one warm-up step
+    assert [(p.step, p.total_steps) for p in progress] == steps + steps  # guided, then the unguided comparison
+    assert [p.stage for p in progress] == ["brain-guided"] * 4 + ["unguided comparison"] * 4
 
 
 # ---------------------------------------------------------------- 11: training jobs always end
@@ -241,7 +246,9 @@ def test_poll_of_a_done_job_without_a_readable_report_stops_the_timer(app, servi
     service.jobs[job.state.id] = job
     poll, _ = handler(app, "poll")
     with pytest.warns(UserWarning, match="report could not be read"):
-        status, _log, _png, _rows, timer, _encoders = poll(job.state.id, "S1")
+        out = poll(job.state.id, "S1", "demo", 0)
+    timer = next(v for c, v in out.items() if isinstance(c, gr.Timer))
+    status = next(v for c, v in out.items() if c.elem_id == "train-status")
     assert timer.active is False and "report could not be read" in status
 
 

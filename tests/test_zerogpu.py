@@ -78,7 +78,8 @@ def test_generation_streams_through_the_gpu_process_and_is_cataloged(zero):
     service, spaces = zero
     items = list(service.generate(GenerationRequest(steps=3, n_images=2, seed=7)))
     kinds = [type(i).__name__ for i in items]
-    assert kinds == ["Progress"] * 3 + ["ImageResult"] + ["Progress"] * 3 + ["ImageResult", "Finished"]
+    # per image: guided steps, the unguided comparison's steps, then the result
+    assert kinds == ["Progress"] * 6 + ["ImageResult"] + ["Progress"] * 6 + ["ImageResult", "Finished"]
     assert spaces.durations[-1] == 10 + 3 * 2 * 2 * 2.0  # overhead + steps x images x (guided + unguided) x 2 s
     results = [i for i in items if isinstance(i, ImageResult)]
     assert [r.seed for r in results] == [7, 8]

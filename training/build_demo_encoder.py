@@ -1,7 +1,10 @@
 """Build the demo encoder shipped in ``assets/demo-encoder`` (``python -m training.build_demo_encoder``).
 
 Synthetic subject on S1 (``training.synthetic``) -> ``train_encoder`` with the demo's tiny tower ->
-checkpoint folder, with the test R^2 against the known ceiling recorded in ``config.training``.
+checkpoint folder, with the test R^2 against the known ceiling recorded in ``config.training``, and
+``reference.npz``: the statistics of the reference images that define the simulated brain
+(``training.synthetic.reference_statistics``), so the Train tab's synthetic subject needs no
+2,300-image feature pass.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ from braindive.encoders import load_encoder
 
 from .eval_encoder import evaluate
 from .logs import cli_errors, configure_logging
-from .synthetic import make_synthetic
+from .features import encoder_key
+from .synthetic import make_synthetic, reference_statistics, save_reference_statistics
 from .train_encoder import train_encoder
 
 __all__ = ["build_demo_encoder", "main"]
@@ -31,6 +35,7 @@ def build_demo_encoder(out, *, n_train: int = 2000, n_test: int = 300, seed: int
         train_encoder(data, out, backbone=DEMO_TOWER_NAME, pretrained="none", device="cpu")
         report = evaluate(out, data, Path(tmp) / "report", device="cpu")
     encoder = load_encoder(out)
+    save_reference_statistics(reference_statistics(encoder), encoder_key(encoder), Path(out) / "reference.npz")
     encoder.config.training.update(
         dataset=f"synthetic S1 subject (training.synthetic, seed {seed}, {n_train} train + {n_test} test images)",
         synthetic_test={"r2_mean": report["r2"]["mean"], "ceiling_mean": report["noise_ceiling"]["mean"],

@@ -50,6 +50,9 @@ def build_encoder(subject, backbone: str, pretrained: str | None) -> ClipLinearE
         if pretrained is not None:
             raise ValueError(f"`--pretrained` must be 'none' for {DEMO_TOWER_NAME!r}, got {pretrained!r}.")
         tower, backbone_config = build_demo_tower(), DEMO_TOWER_CONFIG
+        log.info("%s is the offline demo's tiny stand-in for OpenCLIP ViT-B/16: its weights are random by design "
+                 "(seed 0, identical on every machine), so open_clip's 'Model initialized randomly' is expected. "
+                 "Real encoders use --backbone ViT-B-16 --pretrained laion2b_s34b_b88k.", DEMO_TOWER_NAME)
     else:
         with torch.random.fork_rng():
             torch.manual_seed(0)

@@ -7,27 +7,37 @@ linear function of the demo tower's L2-normalised features ``f`` plus Gaussian n
 
 Each ROI prefers its own signed combination of the top principal directions of the features
 (``ROI_TUNING``), so different regions prefer different visual content; voxels outside the ROIs get
-weak random tuning. ``w_v`` is scaled so the signal has unit variance over all images and
+weak random tuning. ``w_v`` is scaled so the signal has unit variance and
 ``sigma_v^2 = (1 - c_v) / c_v`` for a target ceiling ``c_v``. The best possible test R^2 of voxel v
 is then known: ``var_test(f @ w_v) / (var_test(f @ w_v) + sigma_v^2)``, stored as the dataset's
 noise ceiling.
+
+The simulated brain (``w``, ``b``, ``c``) is one fixed brain per subject, whatever dataset is drawn
+from it: the principal directions and the unit-variance scaling come from a fixed reference set
+(``REFERENCE_IMAGES`` procedural images of seed ``REFERENCE_SEED``, the images the shipped demo
+encoder ``assets/demo-encoder`` was fit on), never from the dataset's own images, whose principal
+directions (and their signs) change with its size and seed. So an encoder trained in the app's Train
+tab on any synthetic dataset agrees with the demo encoder. ``seed`` picks the images and the noise.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from braindive.cache import cache_dir, private_tmp
 from braindive.demo_components import DEMO_TOWER_NAME
 from braindive.subjects import load_subject
 
 from .dataset import DatasetWriter, SplitSpec
-from .features import build_encoder, embed_images
+from .features import build_encoder, embed_images, encoder_key
 from .logs import cli_errors, configure_logging
 
-__all__ = ["ROI_TUNING", "SyntheticTruth", "procedural_images", "make_synthetic", "main"]
+__all__ = ["ROI_TUNING", "SyntheticTruth", "procedural_images", "simulated_brain", "reference_statistics",
+           "make_synthetic", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,9 @@ ROI_TUNING = {
 ROI_CEILING = (0.4, 0.85)      # target ceilings drawn uniformly, voxels in an ROI
 OUTSIDE_CEILING = (0.05, 0.3)  # voxels outside every ROI
 _BATCH = 128
+REFERENCE_SEED = 0
+REFERENCE_IMAGES = 2300  # the demo encoder's 2000 training + 300 test images
+REFERENCE_ASSET = Path(__file__).resolve().parents[1] / "assets" / "demo-encoder" / "reference.npz"
 
 
 @dataclass
@@ -101,23 +114,71 @@ def procedural_images(n: int, seed: int, size: int = IMAGE_SIZE, start: int = 0)
     return out
 
 
-def _tuning(features: np.ndarray, subject, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Unit-variance voxel weights ``[n_features, n_voxels]`` and target ceilings ``[n_voxels]``."""
-    centred = features - features.mean(0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    n_feat, n_vox = features.shape[1], subject.n_voxels
+def _tuning(reference: dict, subject, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-variance voxel weights ``[n_features, n_voxels]`` and target ceilings ``[n_voxels]``.
+
+    ``reference``: the reference features' principal directions (rows) and covariance."""
+    directions, cov = reference["directions"], reference["covariance"]
+    n_feat, n_vox = cov.shape[0], subject.n_voxels
     weights = rng.normal(0, 0.15 / np.sqrt(n_feat), (n_feat, n_vox))
     in_roi = np.zeros(n_vox, bool)
     for roi, combo in ROI_TUNING.items():
         if roi not in subject.rois:
             continue
         idx = subject.rois[roi]
-        direction = sum(w * vt[k] for k, w in combo.items())
+        direction = sum(w * directions[k] for k, w in combo.items())
         weights[:, idx] += direction[:, None] / np.linalg.norm(direction)
         in_roi[idx] = True
-    weights /= (centred @ weights).std(0)
+    weights /= np.sqrt(np.einsum("fv,fg,gv->v", weights, cov, weights))  # std of features @ w over the reference
     ceiling = np.where(in_roi, rng.uniform(*ROI_CEILING, n_vox), rng.uniform(*OUTSIDE_CEILING, n_vox))
     return weights, ceiling
+
+
+def reference_statistics(encoder) -> dict:
+    """Principal directions and covariance of the tower's features of the reference images.
+
+    Shipped for the demo tower beside the demo encoder (``assets/demo-encoder/reference.npz``, written by
+    ``build_demo_encoder``); for any other tower computed once (2,300 images) and cached on disk."""
+    key = encoder_key(encoder)
+    cached = cache_dir("synthetic") / f"reference-{key[:20]}.npz"
+    for path in (REFERENCE_ASSET, cached):
+        if path.is_file():
+            with np.load(path) as stored:
+                if str(stored["tower"]) == key and int(stored["n_images"]) == REFERENCE_IMAGES:
+                    return {"directions": stored["directions"], "covariance": stored["covariance"]}
+    log.info("reference statistics: features of %d reference images (once; cached)", REFERENCE_IMAGES)
+    features = _embed_procedural(encoder, REFERENCE_IMAGES, REFERENCE_SEED, IMAGE_SIZE).astype(np.float64)
+    centred = features - features.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    stats = {"directions": vt, "covariance": centred.T @ centred / len(centred)}
+    save_reference_statistics(stats, key, cached)
+    return stats
+
+
+def save_reference_statistics(stats: dict, tower_key: str, path) -> None:
+    path = Path(path)
+    tmp = private_tmp(path, ".npz")
+    np.savez(tmp, tower=tower_key, n_images=REFERENCE_IMAGES, **stats)
+    tmp.replace(path)
+
+
+def _embed_procedural(encoder, n: int, seed: int, image_size: int, writer=None) -> np.ndarray:
+    """Features of procedural images ``0..n-1`` of ``seed`` (written to ``writer`` too, if given)."""
+    features = np.empty((n, encoder.config.embed_dim), np.float32)
+    for start in range(0, n, _BATCH):
+        images = procedural_images(min(_BATCH, n - start), seed, image_size, start=start)
+        if writer is not None:
+            writer.write_images(start, images)
+        features[start:start + len(images)] = embed_images(encoder, images, device="cpu")
+    return features
+
+
+def simulated_brain(subject, encoder) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The subject's fixed simulated brain: weights ``[n_features, n_voxels]``, target ceilings and biases."""
+    rng = np.random.default_rng([REFERENCE_SEED, 1])
+    weights, ceiling = _tuning(reference_statistics(encoder), subject, rng)
+    bias = rng.normal(0, 0.5, subject.n_voxels).astype(np.float32)
+    return weights.astype(np.float32), ceiling, bias
 
 
 def make_synthetic(path, subject=None, *, n_train: int = 2000, n_test: int = 300, seed: int = 0,
@@ -134,22 +195,17 @@ def make_synthetic(path, subject=None, *, n_train: int = 2000, n_test: int = 300
     splits = {"train": SplitSpec(np.arange(n_train), np.ones(n_train)),
               "test": SplitSpec(np.arange(n_train, n), np.ones(n_test))}
     metadata = {"route": "synthetic", "seed": seed, "image_size": image_size, "tower": DEMO_TOWER_NAME,
-                "roi_tuning": ROI_TUNING, "model": "y = f @ w + b + N(0, sigma^2); noise_ceiling = best test R^2"}
+                "roi_tuning": ROI_TUNING, "reference": {"seed": REFERENCE_SEED, "n_images": REFERENCE_IMAGES},
+                "model": "y = f @ w + b + N(0, sigma^2); noise_ceiling = best test R^2"}
     names = [f"synthetic-{i:05d}" for i in range(n)]
     with DatasetWriter(path, subject=subject, image_ids=np.arange(n), image_names=names,
                        image_shape=(image_size, image_size), splits=splits, source="synthetic",
                        metadata=metadata) as writer:
-        features = np.empty((n, encoder.config.embed_dim), np.float32)
-        for start in range(0, n, _BATCH):
-            images = procedural_images(min(_BATCH, n - start), seed, image_size, start=start)
-            writer.write_images(start, images)
-            features[start:start + len(images)] = embed_images(encoder, images, device="cpu")
-        rng = np.random.default_rng([seed, 1])
-        weights, target = _tuning(features.astype(np.float64), subject, rng)
-        weights = weights.astype(np.float32)
+        features = _embed_procedural(encoder, n, seed, image_size, writer)
+        weights, target, bias = simulated_brain(subject, encoder)
         signal = features @ weights
         noise_var = ((1 - target) / target).astype(np.float32)
-        bias = rng.normal(0, 0.5, subject.n_voxels).astype(np.float32)
+        rng = np.random.default_rng([seed, 2])
         responses = signal + bias + rng.standard_normal(signal.shape, dtype=np.float32) * np.sqrt(noise_var)
         test_var = signal[n_train:].var(0)
         ceiling = test_var / (test_var + noise_var)

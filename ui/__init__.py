@@ -13,6 +13,7 @@ CSS = """
 #demo-banner {background:#fff4d6;border:1px solid #e0b84c;border-radius:6px;padding:4px 12px;}
 #flatmap img {cursor: crosshair;}
 #preview img {width: 100%; height: 100%; object-fit: contain;}
+#gallery .caption-label {white-space: normal; overflow: visible; text-overflow: clip;}
 """
 
 
@@ -29,6 +30,7 @@ def build_app(service: Service, settings: Settings) -> gr.Blocks:
         with gr.Tab("History", id="history") as history_tab:
             load, inputs, outputs = history.build(service)["refresh"]
         history_tab.select(load, inputs, outputs)
+        app.load(*explore_parts["refresh"])  # lists as they are now: encoders trained since the app started
     # generations wait in the service's own queue (cancellable, with their place shown); see explore.build
     app.queue(max_size=settings.queue_size + settings.concurrency, default_concurrency_limit=settings.concurrency)
     return app

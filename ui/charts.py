@@ -5,17 +5,22 @@ import plotly.graph_objects as go
 
 __all__ = ["roi_chart"]
 
+TARGET, REGION_B, OTHER = "#d1495b", "#00c8ff", "#1f4e79"  # region B as on the flatmap (cyan)
 
-def roi_chart(roi_means: dict, baseline: dict, target: str = "") -> go.Figure:
-    """Predicted mean activation per ROI: brain-guided image vs the unguided image of the same seed."""
+
+def roi_chart(roi_means: dict, baseline: dict, target: str = "", region_b: str | None = None) -> go.Figure:
+    """Predicted mean activation per ROI: brain-guided image vs the unguided image of the same seed.
+
+    The target's bar is red; region B of a contrast is cyan, as outlined on the flatmap, and named in the title.
+    """
     names = list(roi_means)
-    base_target = target.split("-vs-")[0].split(".")[0]
+    base_a, base_b = target.split(".")[0], (region_b or "").split(".")[0]
+    colours = [TARGET if n == base_a else REGION_B if n == base_b else OTHER for n in names]
     fig = go.Figure([
         go.Bar(name="unguided (same seed)", x=names, y=[baseline[n] for n in names], marker_color="#9aa5b1"),
-        go.Bar(name="brain-guided", x=names, y=[roi_means[n] for n in names],
-               marker_color=["#d1495b" if n == base_target else "#00798c" for n in names]),
+        go.Bar(name="brain-guided", x=names, y=[roi_means[n] for n in names], marker_color=colours),
     ])
-    fig.update_layout(barmode="group", height=320, margin=dict(l=40, r=10, t=40, b=40),
-                      title=f"Predicted mean activation per ROI (target: {target})",
+    title = f"Predicted mean per ROI · target {target}" + (f" (red) vs B {region_b} (cyan)" if region_b else " (red)")
+    fig.update_layout(barmode="group", height=320, margin=dict(l=40, r=10, t=40, b=40), title=title,
                       yaxis_title="predicted response", legend=dict(orientation="h", y=-0.2))
     return fig

@@ -6,20 +6,14 @@ import random
 import gradio as gr
 import numpy as np
 
+from braindive.rerank import rank_scores
+
+from . import activation as act
+from . import selection as sel
 from .charts import roi_chart
 from .service import CUSTOM, OBJECTIVES, Finished, GenerationRequest, ImageResult, Progress, Service, ServiceError, Waiting
 
 CLICK_MODES = ("Select ROI", "Grow voxel set")
-
-
-def _selection_text(state: dict) -> str:
-    if state["target"] == CUSTOM:
-        return f"**Selected:** custom voxel set ({len(state['voxels'])} voxels)"
-    return f"**Selected:** {state['target']}"
-
-
-def _highlight(state: dict):
-    return np.asarray(state["voxels"], dtype=np.int64) if state["target"] == CUSTOM else state["target"]
 
 
 def _no_subject_error(service: Service) -> ServiceError:
@@ -38,7 +32,7 @@ def _no_subject_error(service: Service) -> ServiceError:
 
 
 def build(service: Service, settings) -> dict:
-    """Build the tab inside the current Blocks; returns components other tabs refresh.
+    """Build the tab inside the current Blocks; returns components other tabs refresh and the page-load refresh.
 
     Raises ``ServiceError`` when no encoder's subject can be loaded (nothing to explore).
     """
@@ -49,31 +43,40 @@ def build(service: Service, settings) -> dict:
     subject0 = subjects[0]
     roi_names = service.subject(subject0).roi_names
     defaults = service.backend().defaults
-    first = {"target": "FFA" if "FFA" in roi_names else roi_names[0], "voxels": [], "results": []}
+    first = {"target": "FFA" if "FFA" in roi_names else roi_names[0], "hemi": "both", "voxels": [], "results": [],
+             "shown": None}
+    map0, note0 = sel.safe_map(service, subject0, lambda: sel.selection_map(service, subject0, first))
 
     with gr.Row():
         with gr.Column(scale=3):
             with gr.Row():
-                subject = gr.Dropdown(subjects, value=subject0, label="Subject", elem_id="subject")
+                subject = gr.Dropdown(sel.subject_choices(service, subjects), value=subject0, label="Subject",
+                                      elem_id="subject")
                 encoder = gr.Dropdown(encoders0, value=encoders0[0], label="Encoder", elem_id="encoder")
-            flatmap = gr.Image(service.flatmap(subject0, highlight=first["target"]), label="Cortical flatmap — click a region",
-                               interactive=False, elem_id="flatmap", buttons=["fullscreen"])
+            map_note = gr.Markdown(note0, visible=bool(note0), elem_id="map-note")
+            # no label or buttons over the image: they would hide the hemisphere names in its top corners
+            flatmap = gr.Image(map0, label="Cortical flatmap — click a region", show_label=False, buttons=[],
+                               interactive=False, elem_id="flatmap", visible=map0 is not None)
             with gr.Row():
                 click_mode = gr.Radio(CLICK_MODES, value=CLICK_MODES[0], label="Clicking", elem_id="click-mode")
                 radius = gr.Slider(1, 20, value=6, step=1, label="Grow radius (mm)")
             with gr.Row():
-                selection = gr.Markdown(_selection_text(first), elem_id="selection")
+                selection = gr.Markdown(sel.selection_text(service, subject0, first), elem_id="selection")
                 roi = gr.Dropdown(roi_names, value=first["target"], label="…or choose an ROI", elem_id="roi-list")
+                hemi = gr.Radio(list(sel.HEMISPHERES), value="both", label="Hemisphere", elem_id="hemisphere")
                 clear = gr.Button("Clear voxel set", size="sm")
-            with gr.Accordion("Paint a voxel set", open=False):
-                painter = gr.ImageEditor(value=service.flatmap(subject0, rois=True), type="numpy", label="Paint on cortex",
+            with gr.Accordion("Paint a voxel set", open=False, visible=map0 is not None) as paint_box:
+                painter = gr.ImageEditor(value=sel.painter_value(service, subject0), type="numpy",
+                                         label="Paint on cortex (the bin clears the paint only)",
                                          brush=gr.Brush(colors=["#ffd400"], default_size=14), layers=False,
-                                         transforms=(), sources=(), elem_id="painter")
+                                         transforms=(), sources=(), canvas_size=(sel.PAINT_WIDTH, sel.PAINT_WIDTH),
+                                         height=sel.PAINT_WIDTH + 60, elem_id="painter")
                 use_paint = gr.Button("Use painted area", size="sm")
         with gr.Column(scale=2):
             objective = gr.Radio(list(OBJECTIVES), value="maximize", label="Objective", elem_id="objective")
-            with gr.Row():
-                contrast = gr.Dropdown(roi_names, value=roi_names[0], label="Contrast against (B)")
+            with gr.Row(visible=False) as contrast_box:
+                contrast = gr.Dropdown(roi_names, value=roi_names[0], label="Contrast against (B, outlined cyan)",
+                                       elem_id="contrast")
                 weight = gr.Slider(0, 3, value=1.0, step=0.1, label="Weight of B")
             scale = gr.Number(value=defaults["brain_guidance_scale"], label="Brain guidance scale", elem_id="scale")
             steps = gr.Slider(1, settings.max_steps, value=defaults["num_inference_steps"], step=1, label="Steps", elem_id="steps")
@@ -81,7 +84,10 @@ def build(service: Service, settings) -> dict:
                 scheduler = gr.Dropdown(["dpm", "ddim", "pndm", "lms", "euler"], value="dpm", label="Scheduler")
                 seed = gr.Number(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="Seed", elem_id="seed")
                 dice = gr.Button("Random seed", size="sm", min_width=80)
-            n_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Images", elem_id="n-images")
+            with gr.Row():
+                n_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Generate N images", elem_id="n-images")
+                keep = gr.Slider(1, settings.max_images, value=settings.max_images, step=1, elem_id="keep",
+                                 label="…keep the best k (re-ranked by the encoder)")
             mode = gr.Radio(["exact", "fast"], value="exact", label="Guidance computation", elem_id="mode",
                             info="exact: the published computation (same numbers, batched); fast: no UNet backprop, "
                                  "gradient every 2nd step (kept 92% of the gain on the demo model, ~2x faster)")
@@ -92,18 +98,55 @@ def build(service: Service, settings) -> dict:
             step_counter = gr.Markdown("Idle.", elem_id="step-counter")
             preview = gr.Image(label="Denoising preview (predicted clean image)", interactive=False, elem_id="preview",
                                format="png", height=280)
-    gallery = gr.Gallery(label="Results — click an image to inspect it", columns=8, height=240, elem_id="gallery",
-                         format="png", fit_columns=False, object_fit="contain", allow_preview=False)
+    gallery = gr.Gallery(label="Results, best first — click an image to inspect it", columns=6, height=260,
+                         elem_id="gallery", format="png", fit_columns=False, object_fit="contain", allow_preview=False)
     with gr.Row():
-        activation_map = gr.Image(label="Predicted activation (selected image)", show_label=False, interactive=False,
-                                  elem_id="activation-map")
-        with gr.Column():
+        with gr.Column(scale=3):
+            activation_map = gr.Image(label="Predicted activation — click for values", show_label=False, buttons=[],
+                                      interactive=False, elem_id="activation-map", format="png")
+            with gr.Row():
+                map_kind = gr.Radio(list(act.MAPS), value=act.MAPS[0], label="Map", elem_id="map-kind")
+                limits = gr.Radio(list(act.LIMITS), value=act.LIMITS[0], label="Colour limits", elem_id="map-limits")
+            values = gr.Markdown("", elem_id="map-values")
+        with gr.Column(scale=2):
+            with gr.Row():
+                guided_image = gr.Image(label="Brain-guided", interactive=False, elem_id="result-guided", format="png")
+                unguided_image = gr.Image(label="Unguided (same seed)", interactive=False, elem_id="result-unguided",
+                                          format="png")
             chart = gr.Plot(label="Per-ROI prediction vs unguided baseline", elem_id="roi-chart")
-            files = gr.File(label="Download PNG + metadata JSON", file_count="multiple", elem_id="downloads")
+            files = gr.File(label="Download: PNG, metadata JSON, maps (.npy, GIfTI)", file_count="multiple",
+                            elem_id="downloads")
     state = gr.State(first)
+    view = [activation_map, guided_image, unguided_image, chart, files, values]
+
+    def show(subj, entry_id, kind, lim) -> dict:
+        """The activation view of one result."""
+        maps = act.load_maps(service.catalog, entry_id)
+        try:
+            unit = act.units(service.encoder(maps.record.get("encoder", "")).config)
+        except ServiceError:  # the encoder is gone: say what is usual
+            unit = "z-scored betas"
+        image, note = sel.safe_map(service, subj, lambda: act.render(service, subj, maps, kind, lim, unit))
+        label_a, _, label_b = str(maps.record.get("target", "")).partition("-vs-")
+        out_dir = service.settings.catalog_dir / "images" / "maps" / entry_id  # served: catalog images are allowed
+        downloads = [str(maps.image_path), str(maps.image_path.with_suffix(".json"))]
+        downloads += act.export_maps(maps, service.subject(subj), out_dir)
+        return {activation_map: image, guided_image: str(maps.image_path),
+                unguided_image: None if maps.unguided_image is None else str(maps.unguided_image),
+                chart: roi_chart(maps.record["roi_means"], maps.record["baseline_roi_means"], label_a, label_b or None),
+                files: downloads, values: note or "Click the map to read the values under the pointer."}
 
     # ------------------------------------------------------------ selection
-    def select_on_map(subj, mode, rad, st, evt: gr.SelectData):
+    def redraw(subj, st, obj, con) -> dict:
+        image, note = sel.safe_map(service, subj, lambda: sel.selection_map(service, subj, st,
+                                                                            con if obj == "contrast" else None))
+        return {flatmap: gr.update(value=image, visible=image is not None),
+                map_note: gr.update(value=note, visible=bool(note)),
+                selection: sel.selection_text(service, subj, st), state: st}
+
+    select_outputs = [flatmap, map_note, selection, state, roi, hemi]
+
+    def select_on_map(subj, mode, rad, st, obj, con, evt: gr.SelectData):
         index = getattr(evt, "index", None)
         if not isinstance(index, (list, tuple)) or len(index) != 2:
             raise gr.Error(f"A flatmap click needs the click position [x, y] in pixels, got {index!r}.")
@@ -111,95 +154,125 @@ def build(service: Service, settings) -> dict:
         hit = service.pick(subj, x, y, service.flatmap_shape(subj))
         if hit is None:
             gr.Info("That point is outside the cortex.")
-            return gr.skip(), gr.skip(), gr.skip(), st
+            return {}
         if mode == CLICK_MODES[0]:
             if not hit.rois:
                 gr.Info(f"No ROI at that point ({hit.hemisphere}); switch to 'Grow voxel set' to build a custom set.")
-                return gr.skip(), gr.skip(), gr.skip(), st
-            st = {**st, "target": hit.rois[0], "voxels": []}
-            roi_value = hit.rois[0]
-        else:
-            if hit.voxel is None:
-                gr.Info("That point has no voxel of this subject; click inside the coloured region.")
-                return gr.skip(), gr.skip(), gr.skip(), st
-            grown = service.grow(subj, hit.voxel, rad)
-            st = {**st, "target": CUSTOM, "voxels": sorted(set(st["voxels"]) | set(grown.tolist()))}
-            roi_value = gr.skip()
-        return service.flatmap(subj, highlight=_highlight(st)), _selection_text(st), roi_value, st
+                return {}
+            # "both" stays; a one-hemisphere choice follows the hemisphere clicked
+            hemi_choice = "both" if st.get("hemi", "both") == "both" else sel.HEMISPHERE_CHOICE[hit.hemisphere]
+            st = {**st, "target": hit.rois[0], "hemi": hemi_choice, "voxels": []}
+            return {**redraw(subj, st, obj, con), roi: hit.rois[0], hemi: hemi_choice}
+        if hit.voxel is None:
+            gr.Info("No voxel of this subject at that point (this subject's voxels cover the outlined regions and a "
+                    "margin around them); click closer to an outlined region.")
+            return {}
+        grown = service.grow(subj, hit.voxel, rad)
+        st = {**st, "target": CUSTOM, "voxels": sorted(set(st["voxels"]) | set(grown.tolist()))}
+        return redraw(subj, st, obj, con)
 
-    flatmap.select(select_on_map, [subject, click_mode, radius, state], [flatmap, selection, roi, state])
+    flatmap.select(select_on_map, [subject, click_mode, radius, state, objective, contrast], select_outputs)
 
-    def choose_roi(subj, name, st):
-        if not name or (st["target"] == name):
-            return gr.skip(), gr.skip(), st
-        st = {**st, "target": name, "voxels": []}
-        return service.flatmap(subj, highlight=name), _selection_text(st), st
+    def choose_roi(subj, name, hemisphere, st, obj, con):
+        if not name:
+            return {}
+        return redraw(subj, {**st, "target": name, "hemi": hemisphere, "voxels": []}, obj, con)
 
-    roi.input(choose_roi, [subject, roi, state], [flatmap, selection, state])
+    roi.input(choose_roi, [subject, roi, hemi, state, objective, contrast], select_outputs)
+    hemi.input(choose_roi, [subject, roi, hemi, state, objective, contrast], select_outputs)
+    clear.click(choose_roi, [subject, roi, hemi, state, objective, contrast], select_outputs)
 
-    def clear_set(subj, name, st):
-        st = {**st, "target": name, "voxels": []}
-        return service.flatmap(subj, highlight=name), _selection_text(st), st
-
-    clear.click(clear_set, [subject, roi, state], [flatmap, selection, state])
-
-    def use_painted(subj, edited, st):
-        if edited is None or edited.get("layers") is None and edited.get("composite") is None:
+    def use_painted(subj, edited, st, obj, con):
+        if not edited or (edited.get("layers") is None and edited.get("composite") is None):
             raise gr.Error("Paint on the flatmap first.")
-        mask = _painted_mask(edited)
         try:
-            voxels = service.painted_voxels(subj, mask)
+            voxels = service.painted_voxels(subj, _painted_mask(edited))
         except ServiceError as exc:
             raise gr.Error(str(exc))
-        st = {**st, "target": CUSTOM, "voxels": sorted(set(st["voxels"]) | set(voxels.tolist()))}
-        return service.flatmap(subj, highlight=_highlight(st)), _selection_text(st), st
+        voxels = sorted(set(st["voxels"]) | set(voxels.tolist()))
+        return redraw(subj, {**st, "target": CUSTOM, "voxels": voxels}, obj, con)
 
-    use_paint.click(use_painted, [subject, painter, state], [flatmap, selection, state])
+    use_paint.click(use_painted, [subject, painter, state, objective, contrast], select_outputs)
+    # the editor's bin empties the whole canvas: put the flatmap back, so only the paint is cleared
+    painter.clear(lambda subj: sel.painter_value(service, subj), subject, painter)
 
-    def change_subject(subj):
+    def change_objective(subj, st, obj, con):
+        return {**redraw(subj, st, obj, con), contrast_box: gr.update(visible=obj == "contrast")}
+
+    objective.change(change_objective, [subject, state, objective, contrast], [*select_outputs, contrast_box])
+    contrast.input(redraw, [subject, state, objective, contrast], select_outputs)
+
+    def change_subject(subj, obj):
         names = service.subject(subj).roi_names
         encs = service.encoders_for(subj)
-        st = {"target": names[0], "voxels": [], "results": []}
+        st = {"target": names[0], "hemi": "both", "voxels": [], "results": [], "shown": None}
+        painted = sel.painter_value(service, subj)
         # the results belong to the previous subject: clear them and everything shown about them
-        return (service.flatmap(subj, highlight=names[0]), gr.update(choices=names, value=names[0]),
-                gr.update(choices=names, value=names[0]), gr.update(choices=encs, value=encs[0] if encs else None),
-                _selection_text(st), service.flatmap(subj), st, [], None, None, None)
+        return {**redraw(subj, st, obj, names[0]), roi: gr.update(choices=names, value=names[0]), hemi: "both",
+                contrast: gr.update(choices=names, value=names[0]),
+                encoder: gr.update(choices=encs, value=encs[0] if encs else None),
+                painter: painted, paint_box: gr.update(visible=painted is not None), gallery: [],
+                **{component: None for component in view[:5]}, values: ""}
 
-    subject.input(change_subject, [subject], [flatmap, roi, contrast, encoder, selection, painter, state,
-                                             gallery, activation_map, chart, files])
+    subject.input(change_subject, [subject, objective],
+                  [*select_outputs, contrast, encoder, painter, paint_box, gallery, *view])
+
+    def refresh_lists(subj, enc):
+        """Subjects and encoders as they are now (an encoder trained in another tab, or before a reload)."""
+        names = service.subject_names()
+        subj = subj if subj in names else (names[0] if names else None)
+        encs = service.encoders_for(subj) if subj else []
+        return (gr.update(choices=sel.subject_choices(service, names), value=subj),
+                gr.update(choices=encs, value=enc if enc in encs else (encs[0] if encs else None)))
+
+    encoder.focus(refresh_lists, [subject, encoder], [subject, encoder], queue=False)
     dice.click(lambda: random.randint(0, 2**31 - 1), None, seed)
 
     # ------------------------------------------------------------ generation
-    def run(subj, enc, st, obj, con, w, sc, n_steps, sched, sd, n, text, guidance, request: gr.Request):
+    def run(subj, enc, st, obj, con, w, sc, n_steps, sched, sd, n, k, text, guidance, kind, lim, request: gr.Request):
         # numbers go to the service as typed: it rejects, never rounds or clamps (the same checks as the API)
-        req = GenerationRequest(subject=subj, encoder=enc, target=st["target"], voxels=tuple(st["voxels"]),
+        req = GenerationRequest(subject=subj, encoder=enc, target=sel.target_name(st), voxels=tuple(st["voxels"]),
                                 objective=obj, contrast_target=con, weight=_number(w, "Weight of B"),
                                 scale=sc, steps=_number(n_steps, "Steps"),
                                 scheduler=sched, seed=_number(sd, "Seed"), n_images=_number(n, "Images"), prompt=text or "",
                                 mode=guidance)
-        results = []
-        gallery_items = []
+        results: list[ImageResult] = []
         try:
             for item in service.generate(req, session=request.session_hash, owner=service.owner_of(request)):
                 if isinstance(item, Waiting):
-                    yield gr.skip(), item.message, gr.skip(), st
+                    yield {step_counter: item.message}
                 elif isinstance(item, Progress):
-                    yield (item.preview, f"Image {item.image_index + 1}/{item.n_images} · step {item.step}/{item.total_steps}",
-                           gr.skip(), st)
+                    counter = (f"Image {item.image_index + 1}/{item.n_images} · {item.stage} · "
+                               f"step {item.step}/{item.total_steps}")
+                    yield {step_counter: counter, **({} if item.preview is None else {preview: item.preview})}
                 elif isinstance(item, ImageResult):
-                    results.append(item.entry.id)
-                    gallery_items.append((item.image, f"seed {item.seed} · objective {item.objective:+.3f}"))
-                    st = {**st, "results": results}
-                    yield gr.skip(), f"Finished image {item.index + 1}/{n}", list(gallery_items), st
+                    results.append(item)
+                    st = {**st, "results": [r.entry.id for r in results]}
+                    update = {step_counter: f"Finished image {item.index + 1}/{req.n_images}",
+                              gallery: [(r.image, _caption(r)) for r in results], state: st}
+                    if len(results) == 1:  # the first result is shown at once, not only when its thumbnail is clicked
+                        update.update(show(subj, item.entry.id, kind, lim))
+                        st = update[state] = {**st, "shown": item.entry.id}
+                    yield update
                 elif isinstance(item, Finished):
-                    yield gr.skip(), item.message, list(gallery_items), st
+                    ranked = _rank(results, _keep_best(k)) if results else []
+                    st = {**st, "results": [r.entry.id for r, _ in ranked]}
+                    kept = (f" Kept the best {len(ranked)} of {len(results)}, ranked by the encoder."
+                            if len(ranked) < len(results) else "")
+                    update = {step_counter: item.message + kept, state: st,
+                              gallery: [(r.image, _caption(r, rank)) for rank, (r, _) in enumerate(ranked, 1)]}
+                    if ranked and ranked[0][0].entry.id != st.get("shown"):  # show the best one
+                        update.update(show(subj, ranked[0][0].entry.id, kind, lim))
+                        update[state] = {**st, "shown": ranked[0][0].entry.id}
+                    yield update
         except ServiceError as exc:
             raise gr.Error(str(exc))
 
-    inputs = [subject, encoder, state, objective, contrast, weight, scale, steps, scheduler, seed, n_images, prompt, mode]
+    inputs = [subject, encoder, state, objective, contrast, weight, scale, steps, scheduler, seed, n_images, keep, prompt,
+              mode, map_kind, limits]
     # every request enters the service's queue at once (it shows its place there and can be stopped while waiting);
     # the service runs ``settings.concurrency`` of them at a time
-    generate.click(run, inputs, [preview, step_counter, gallery, state],
+    generate.click(run, inputs, [preview, step_counter, gallery, state, *view],
                    concurrency_limit=settings.concurrency + settings.queue_size, concurrency_id="gpu")
 
     def stop_run(request: gr.Request):
@@ -207,34 +280,58 @@ def build(service: Service, settings) -> dict:
 
     stop.click(stop_run, None, None, queue=False)
 
-    def inspect(subj, st, evt: gr.SelectData):
+    def inspect(subj, st, kind, lim, evt: gr.SelectData):
         results = st.get("results") or []
         index = evt.index
         if not isinstance(index, int) or not 0 <= index < len(results):  # a click on a gallery that changed since
             gr.Warning("That image is no longer among the results; generate again to inspect it.")
-            return gr.skip(), gr.skip(), gr.skip()
-        try:
-            return _inspect(service, subj, results[index])
-        except (KeyError, OSError, ValueError, ServiceError) as exc:  # entry gone from the catalog, unreadable files
-            gr.Warning(f"Cannot show that result: {exc}")
-            return gr.skip(), gr.skip(), gr.skip()
+            return {}
+        return _guarded(lambda: {**show(subj, results[index], kind, lim), state: {**st, "shown": results[index]}})
 
-    gallery.select(inspect, [subject, state], [activation_map, chart, files])
-    return {"encoder": encoder, "subject": subject}
+    gallery.select(inspect, [subject, state, map_kind, limits], [*view, state])
+
+    def rerender(subj, st, kind, lim):
+        return _guarded(lambda: show(subj, st["shown"], kind, lim)) if st.get("shown") else {}
+
+    map_kind.input(rerender, [subject, state, map_kind, limits], view)
+    limits.input(rerender, [subject, state, map_kind, limits], view)
+
+    def read_values(subj, st, evt: gr.SelectData):
+        if not st.get("shown"):
+            return gr.skip()
+        return _guarded(lambda: act.values_at(service, subj, act.load_maps(service.catalog, st["shown"]), *evt.index))
+
+    activation_map.select(read_values, [subject, state], values)
+    return {"encoder": encoder, "subject": subject, "refresh": (refresh_lists, [subject, encoder], [subject, encoder])}
 
 
-def _inspect(service: Service, subject_name: str, entry_id: str):
-    """Activation flatmap, ROI chart and download files for one catalog entry."""
-    record = service.catalog.record(entry_id)
-    acts = service.catalog.activations(entry_id)
-    entry = service.catalog.get(entry_id)
-    limit = float(np.nanmax(np.abs(acts))) or 1.0
-    target = record["target"]
-    highlight = target.split("-vs-")[0] if not target.startswith("custom") else None
-    image = service.flatmap(subject_name, acts, highlight=highlight if highlight in service.subject(subject_name).roi_names else None,
-                            vmin=-limit, vmax=limit, title=f"Predicted activation · seed {record['seed']} · {target}")
-    chart = roi_chart(record["roi_means"], record["baseline_roi_means"], target)
-    return image, chart, [str(entry.image_path), str(entry.record_path)]
+def _guarded(compute):
+    """``compute()``, or a warning and no change when the result is gone or unreadable."""
+    try:
+        return compute()
+    except (KeyError, OSError, ValueError, ServiceError) as exc:  # entry gone from the catalog, unreadable files
+        gr.Warning(f"Cannot show that result: {exc}")
+        return {}
+
+
+def _caption(result: ImageResult, rank: int | None = None) -> str:
+    head = f"#{rank} · " if rank else ""
+    return (f"{head}seed {result.seed} · {result.target} {result.objective:+.2f} "
+            f"(unguided {result.baseline_objective:+.2f})")
+
+
+def _rank(results: list, keep: int) -> list[tuple[ImageResult, float]]:
+    """The results best first by the objective the pipeline's own encoder call gave them, the best ``keep``."""
+    ranking = rank_scores([r.objective for r in results], keep=None, top_k=min(keep, len(results)))
+    return [(results[i], ranking.all_scores[i]) for i in ranking.indices]
+
+
+def _keep_best(value) -> int:
+    """The 'keep the best' field as a positive whole number, or a message naming it."""
+    number = _number(value, "Keep the best")
+    if isinstance(number, bool) or float(number) != int(float(number)) or int(float(number)) < 1:
+        raise gr.Error(f"'Keep the best' must be a whole number >= 1, got {number!r}.")
+    return int(float(number))
 
 
 def _painted_mask(edited: dict) -> np.ndarray:

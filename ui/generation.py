@@ -64,7 +64,8 @@ class Progress:
     n_images: int
     step: int
     total_steps: int
-    preview: PIL.Image.Image
+    preview: PIL.Image.Image | None
+    stage: str = "brain-guided"  # or "unguided comparison": the same seed without guidance, for the baseline
 
 
 @dataclass
@@ -74,6 +75,7 @@ class GeneratedImage:
     index: int
     seed: int
     image: PIL.Image.Image
+    baseline_image: PIL.Image.Image
     objective: float
     baseline_objective: float
     activations: np.ndarray
@@ -209,12 +211,19 @@ class Runner:
                    callback_on_step_end_tensor_inputs=["x0_preview"], **params)
         if out.interrupted:
             return None
+
+        def on_baseline_step(pipe, i, t, tensors):
+            stop_if_asked(pipe, i, t, tensors)
+            events.put(Progress(k, request.n_images, i + 1, len(pipe.scheduler.timesteps), None, "unguided comparison"))
+            return {}
+
         baseline = pipe(objective=objective, generator=torch.Generator().manual_seed(seed),
-                        callback_on_step_end=stop_if_asked, **{**params, "brain_guidance_scale": 0.0})
+                        callback_on_step_end=on_baseline_step, **{**params, "brain_guidance_scale": 0.0})
         if baseline.interrupted:
             return None
-        return GeneratedImage(k, seed, out.images[0], float(out.objective_values[0]), float(baseline.objective_values[0]),
-                              out.activations[0].numpy(), baseline.activations[0].numpy())
+        return GeneratedImage(k, seed, out.images[0], baseline.images[0], float(out.objective_values[0]),
+                              float(baseline.objective_values[0]), out.activations[0].numpy(),
+                              baseline.activations[0].numpy())
 
 
 def user_error(exc: Exception, request: GenerationRequest) -> ServiceError:

@@ -18,6 +18,7 @@ import braindive as bd
 from braindive.catalog import Catalog, Entry
 from braindive.records import generation_record
 
+from .activation import save_unguided
 from .generation import GeneratedImage, GenerationRequest, Progress, Runner, Slots, Waiting
 from .launcher import TrainingLauncher
 from .registry import DEMO_ENCODER, ModelRegistry, ServiceError, subject_label
@@ -230,6 +231,7 @@ class Service:
         record["roi_means"] = _roi_means(subject, generated.activations)
         record["baseline_roi_means"] = _roi_means(subject, generated.baseline_activations)
         entry = self.catalog.add(generated.image, record, run_id=run_id, activations=generated.activations)
+        save_unguided(entry, generated.baseline_image, generated.baseline_activations)
         return ImageResult(**vars(generated), roi_means=record["roi_means"],
                            baseline_roi_means=record["baseline_roi_means"], entry=entry, target=objective.label)
 

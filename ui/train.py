@@ -25,9 +25,18 @@ def _report_outputs(job):
     return (str(png) if png.is_file() else None), rows, summary
 
 
+def overall_percent(step: int, n_steps: int, step_percent: int) -> int:
+    """Progress of the whole job from the running command's index (1-based) and its own percentage."""
+    if n_steps < 1 or step < 1:
+        return 0
+    return int((step - 1 + min(max(step_percent, 0), 100) / 100) / n_steps * 100)
+
+
 def build(service: Service, explore: dict) -> None:
     gr.Markdown("Fit a CLIP + linear encoder with voxelwise ridge regression (himalaya), then evaluate it on the "
-                "held-out test images. Runs as a background process; the app stays usable.")
+                "held-out test images. Runs as a background process; the app stays usable. The synthetic demo subject "
+                "is the simulated brain the demo encoder was fit on (S1, the demo's tiny tower with fixed random "
+                "weights), so an encoder trained on it agrees with `demo`.")
     with gr.Row():
         with gr.Column():
             dataset = gr.Radio(list(DATASETS), value=list(DATASETS)[0], label="Dataset", elem_id="train-dataset")
@@ -51,6 +60,7 @@ def build(service: Service, explore: dict) -> None:
         table = gr.Dataframe(headers=["ROI", "voxels", "median R²", "median r", "median R²/ceiling"],
                              label="Per-ROI medians", elem_id="train-table")
     job_id = gr.State(None)
+    shown_percent = gr.State(0)  # overall progress shown so far: it only moves forward
     timer = gr.Timer(1.0, active=False)
 
     def launch(kind, file, enc_name, n, folds, bb, tag):
@@ -61,30 +71,37 @@ def build(service: Service, explore: dict) -> None:
             raise gr.Error(str(exc))
         return job.state.id, f"Started **{job.state.title}**…", gr.Timer(active=True)
 
-    start.click(launch, [dataset, path, name, n_train, cv, backbone, pretrained], [job_id, status, timer])
+    start.click(lambda *a: (*launch(*a), 0), [dataset, path, name, n_train, cv, backbone, pretrained],
+                [job_id, status, timer, shown_percent])
+    refresh_lists = explore["refresh"][0]
 
-    def poll(jid, subj):
+    def poll(jid, subj, enc, shown):
         job = service.jobs.get(jid)
         if job is None:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
+            return {timer: gr.Timer(active=False)}
         s = job.state
-        text = f"**{s.title}** — {s.status} · step {s.step}/{s.n_steps} ({s.step_name}) · {s.percent}%"
+        shown = max(shown, 100 if s.status == "done" else overall_percent(s.step, s.n_steps, s.percent))
+        text = f"**{s.title}** — {s.status} · step {s.step}/{s.n_steps} ({s.step_name}) · {shown}% overall"
+        update = {status: text, log_box: job.log_tail(), shown_percent: shown}
         if job.running:
-            return text, job.log_tail(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return update
+        update[timer] = gr.Timer(active=False)
         if s.status != "done":
             gr.Warning(f"Training job {s.status}{f' ({s.error})' if s.error else ''}; see the log.")
-            return text, job.log_tail(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
+            return update
         try:
             png, rows, summary = _report_outputs(job)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # report missing or malformed
             message = f"The job finished but its evaluation report could not be read ({type(exc).__name__}: {exc})."
             gr.Warning(message)  # once: the timer stops here
-            return f"{text}\n\n{message}", job.log_tail(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
-        encoders = service.encoders_for(subj)
-        return (f"{text}\n\n{summary} Encoder **{s.outputs['encoder']}** is now selectable in Explore.", job.log_tail(),
-                png, rows, gr.Timer(active=False), gr.update(choices=encoders))
+            return {**update, status: f"{text}\n\n{message}"}
+        subjects, encoders = refresh_lists(subj, enc)
+        done = f"{text}\n\n{summary} Encoder **{s.outputs['encoder']}** is now selectable in Explore."
+        return {**update, status: done,
+                r2_map: png, table: rows, explore["subject"]: subjects, explore["encoder"]: encoders}
 
-    timer.tick(poll, [job_id, explore["subject"]], [status, log_box, r2_map, table, timer, explore["encoder"]])
+    timer.tick(poll, [job_id, explore["subject"], explore["encoder"], shown_percent],
+               [status, log_box, r2_map, table, timer, shown_percent, explore["subject"], explore["encoder"]])
 
     def stop(jid):
         job = service.jobs.get(jid)
