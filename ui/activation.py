@@ -9,29 +9,27 @@ GIfTI for surface subjects). The unguided image and activations are stored besid
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from matplotlib.colors import ListedColormap
 from PIL import Image, ImageDraw
 
 import braindive as bd
 from braindive.cache import private_tmp
+from braindive.flatmap.render import _HIGHLIGHT, _HIGHLIGHT_B
 
 __all__ = ["MAPS", "LIMITS", "ResultMaps", "save_unguided", "load_maps", "units", "target_sets", "color_limits",
-           "render", "values_at", "export_maps", "outline_kwargs", "draw_outlines", "NATIVE_OUTLINE",
+           "render", "values_at", "export_maps", "outline_kwargs",
            "COLOUR_B"]
 
 MAPS = ("guided − unguided", "guided", "unguided")
 LIMITS = ("robust: 2nd–98th percentile of the map", "fit the target region")
-COLOUR_A = (255, 214, 0)   # the target
-COLOUR_B = (0, 200, 255)   # region B of a contrast (cyan, as braindive.flatmap draws highlight_b)
+COLOUR_A = tuple(int(c) for c in _HIGHLIGHT)    # the target, as braindive.flatmap outlines it
+COLOUR_B = tuple(int(c) for c in _HIGHLIGHT_B)  # region B of a contrast
 UNITS = {"synthetic": "simulated response units (demo)", "nsd": "z-scored betas",
          "generic": "the dataset's response units"}
 # braindive.flatmap draws outlines itself from this version on (helper "voxel"); before, this module draws them
-NATIVE_OUTLINE = "highlight_style" in inspect.signature(bd.render_flatmap).parameters
 
 
 @dataclass
@@ -120,9 +118,7 @@ def color_limits(values: np.ndarray, choice: str, subject=None, target=None) -> 
 
 
 def outline_kwargs(target, region_b) -> dict:
-    """``render_flatmap`` keywords that outline A (and B) when the library can; else none (``render`` draws)."""
-    if not NATIVE_OUTLINE:
-        return {}
+    """``render_flatmap`` keywords that outline A (and B)."""
     return {"highlight": target, "highlight_style": "outline", "highlight_b": region_b}
 
 
@@ -134,45 +130,7 @@ def render(service, subject_name: str, maps: ResultMaps, kind: str, limits: str,
     vmin, vmax = color_limits(values, limits, subject, target)
     title = f"{kind} · seed {maps.record.get('seed')} · {maps.record.get('target')}"
     image = service.flatmap(subject_name, values, vmin=vmin, vmax=vmax, title=title, **outline_kwargs(target, region_b))
-    if not NATIVE_OUTLINE:
-        image = draw_outlines(service, subject_name, image, [(target, COLOUR_A), (region_b, COLOUR_B)])
     return _with_units(image, f"colour: {kind} predicted response · {unit}")
-
-
-def draw_outlines(service, subject_name: str, image: np.ndarray, regions) -> np.ndarray:
-    """``image`` with each ``(region, colour)`` outlined (regions that are None are skipped)."""
-    from scipy import ndimage
-
-    image = image.copy()
-    subject = service.subject(subject_name)
-    bottom = _cortex_bottom(service, subject_name)
-    for region, colour in regions:
-        if region is None:
-            continue
-        values = np.full(subject.n_voxels, np.nan)
-        values[_voxels(subject, region)] = 1.0
-        mask_image = service.flatmap(subject_name, values, rois=False, cmap=_SOLID, vmin=0.0, vmax=1.0)
-        inside = np.all(mask_image == _MAGENTA, axis=-1)
-        inside[bottom + 1:] = False  # the colour bar below the map
-        line = inside & ~ndimage.binary_erosion(inside, iterations=3)
-        halo = ndimage.binary_dilation(line, iterations=1) & ~line
-        image[halo] = (30, 30, 30)
-        image[line] = colour
-    return image
-
-
-_MAGENTA = np.array([255, 0, 255], np.uint8)
-_SOLID = ListedColormap([_MAGENTA / 255.0])  # a region drawn in one colour that no flatmap pixel has otherwise
-_BOTTOMS: dict = {}
-
-
-def _cortex_bottom(service, subject_name: str) -> int:
-    """Lowest image row that shows cortex in the subject's flatmap (the colour bar is below it)."""
-    if subject_name not in _BOTTOMS:
-        bare = service.flatmap(subject_name, None, rois=False)
-        rows = np.nonzero((bare < 250).any(axis=(1, 2)))[0]
-        _BOTTOMS[subject_name] = int(rows.max()) if len(rows) else bare.shape[0]
-    return _BOTTOMS[subject_name]
 
 
 def _font(size: int):

@@ -9,7 +9,6 @@ import logging
 
 import numpy as np
 
-from .activation import COLOUR_B, NATIVE_OUTLINE, draw_outlines
 from .service import CUSTOM
 
 __all__ = ["HEMISPHERES", "HEMISPHERE_CHOICE", "PAINT_WIDTH", "target_name", "highlight", "selection_text",
@@ -67,10 +66,7 @@ def _no_map_note(service, subject_name: str, why: str) -> str:
 
 def selection_map(service, subject_name: str, st: dict, contrast: str | None = None) -> np.ndarray:
     """The selection flatmap: the target highlighted, region B of a contrast outlined in a second colour."""
-    if NATIVE_OUTLINE:
-        return service.flatmap(subject_name, highlight=highlight(st), highlight_b=contrast or None)
-    image = service.flatmap(subject_name, highlight=highlight(st))
-    return draw_outlines(service, subject_name, image, [(contrast, COLOUR_B)]) if contrast else image
+    return service.flatmap(subject_name, highlight=highlight(st), highlight_b=contrast or None)
 
 
 def painter_value(service, subject_name: str) -> dict | None:
