@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .batch import cli as batch_cli
 from .objectives import Objective
 from .records import generation_record
 
@@ -118,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--mode", default="exact", help="guidance mode: exact (default), reference or fast")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", required=True)
+    batch_cli.add_parser(sub)
     return parser
 
 
@@ -134,6 +136,8 @@ def _apply_preset_defaults(args) -> None:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "batch":
+        return batch_cli.run(args)
     _apply_preset_defaults(args)
     try:
         written = generate(args)

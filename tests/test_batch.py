@@ -1,0 +1,222 @@
+"""Batch sweeps on a local Ray instance (num_cpus=2) with the demo: exactly once, resumable, same pixels as generate."""
+import errno
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from braindive.batch import SweepError, load_sweep, parse_sweep
+from braindive.batch.worker import BatchWorker, Faults, Unit
+from braindive.catalog import Catalog
+from braindive.cli import main
+
+ray = pytest.importorskip("ray")
+
+SWEEP = """\
+name = "test-sweep"
+model = "demo"
+seeds = { start = 0, count = 6 }
+
+[[encoders]]
+subject = "S1"
+path = "demo"
+
+[targets]
+rois = ["FFA", "PPA"]
+
+[settings]
+steps = 4
+height = 64
+width = 64
+
+[execution]
+batch_size = 3
+cpus_per_worker = 1
+
+[rerank]
+keep = 0.5
+"""
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    from braindive.batch.runner import connect
+
+    connect(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sweep_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sweep") / "sweep.toml"
+    path.write_text(SWEEP)
+    return path
+
+
+def catalog_ids(root):
+    import sqlite3
+
+    with sqlite3.connect(root / "index.sqlite") as db:
+        return [r[0] for r in db.execute("SELECT id FROM images")]
+
+
+@pytest.fixture(scope="module")
+def first_run(local_ray, sweep_file, tmp_path_factory):
+    from braindive.batch.runner import run_sweep
+
+    root = tmp_path_factory.mktemp("catalog")
+    sweep = load_sweep(sweep_file)
+    return sweep, root, run_sweep(sweep, catalog_dir=root, log=lambda m: None)
+
+
+def test_sweep_makes_exactly_one_entry_per_target_and_seed(first_run):
+    sweep, root, report = first_run
+    ids = catalog_ids(root)
+    assert len(ids) == 12 and len(set(ids)) == 12 and report.added == 12 and report.workers == 2
+    expected = {i for job in sweep.jobs for i in sweep.image_ids(job)}
+    assert set(ids) == expected
+    cat = Catalog(root)
+    pairs = sorted((e.target, e.seed) for e in cat.query(limit=100))
+    assert pairs == sorted((t, s) for t in ("FFA", "PPA") for s in range(6))
+    entry = cat.query(target="FFA", limit=1)[0]
+    record = cat.record(entry.id)
+    assert entry.run_id == sweep.run_id and record["parameters"]["num_inference_steps"] == 4
+    # the recorded objective is the mean predicted activity over the target's voxels
+    acts = cat.activations(entry.id)
+    assert acts.shape == (37926,)
+    assert np.isclose(record["predicted_objective"], acts[record["objective"]["positive"]].mean(), atol=1e-5)
+    assert "baseline_objective" in record
+
+
+def test_summary_compares_with_unguided_and_reranks(first_run):
+    sweep, root, report = first_run
+    summary = json.loads((root / "runs" / sweep.run_id / "summary.json").read_text())
+    cat = Catalog(root)
+    for label, job in summary["jobs"].items():
+        values = sorted((cat.get(i).objective for i in (e for j in sweep.jobs if j.label == label
+                                                         for e in sweep.image_ids(j))), reverse=True)
+        assert job["objective"]["n"] == 6 and np.isclose(job["objective"]["mean"], np.mean(values))
+        assert [cat.get(i).objective for i in job["kept"]] == values[:3]  # keep = 0.5
+        assert job["objective"]["mean"] > job["unguided"]["mean"]  # guidance raises the target
+    with Image.open(root / "runs" / sweep.run_id / "contact_sheet.png") as sheet:
+        assert sheet.size[1] == 2 * 96
+
+
+def test_rerun_adds_nothing_and_starts_no_worker(first_run):
+    from braindive.batch.runner import run_sweep
+
+    sweep, root, _ = first_run
+    report = run_sweep(sweep, catalog_dir=root, log=lambda m: None)
+    assert report.added == 0 and report.existing == 12 and report.workers == 0
+    assert len(catalog_ids(root)) == 12
+
+
+def test_batch_image_equals_generate(first_run, tmp_path):
+    sweep, root, _ = first_run
+    entry = [e for e in Catalog(root).query(target="PPA", limit=100) if e.seed == 4][0]
+    assert main(["generate", "--roi", "PPA", "--n", "1", "--seed", "4", "--steps", "4", "--height", "64",
+                 "--width", "64", "--out", str(tmp_path)]) == 0
+    single = np.asarray(Image.open(tmp_path / "S1_PPA_seed000004.png"), dtype=int)
+    batched = np.asarray(Image.open(entry.image_path), dtype=int)
+    assert np.abs(single - batched).max() <= 1
+
+
+def test_worker_killed_mid_run_still_ends_with_exactly_once(local_ray, sweep_file, tmp_path):
+    from braindive.batch.runner import run_sweep
+
+    killed = []
+
+    def kill_once(report, actors):
+        if not killed:  # the other units are queued on this actor: one is running now
+            ray.kill(actors[0], no_restart=False)
+            killed.append(report.added)
+
+    sweep = load_sweep(sweep_file)
+    report = run_sweep(sweep, catalog_dir=tmp_path, on_unit=kill_once, log=lambda m: None)
+    ids = catalog_ids(tmp_path)
+    assert killed and not report.failed and len(ids) == 12 and len(set(ids)) == 12
+
+
+def test_full_disk_stops_cleanly_and_resumes(local_ray, sweep_file, tmp_path, monkeypatch):
+    from braindive.batch.runner import run_sweep
+
+    real_add, calls = Catalog.add, []
+
+    def add_until_full(self, *args, **kwargs):
+        if len(calls) == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        calls.append(1)
+        return real_add(self, *args, **kwargs)
+
+    sweep = load_sweep(sweep_file)
+    monkeypatch.setattr(Catalog, "add", add_until_full)
+    report = run_sweep(sweep, catalog_dir=tmp_path, log=lambda m: None)
+    assert report.stopped.startswith("disk full") and len(catalog_ids(tmp_path)) == 4
+    monkeypatch.setattr(Catalog, "add", real_add)
+    report = run_sweep(sweep, catalog_dir=tmp_path, log=lambda m: None)
+    assert report.existing == 4 and report.added == 8 and len(set(catalog_ids(tmp_path))) == 12
+    assert not list((tmp_path / "images").glob(".*"))  # no temporary files left behind
+
+
+def test_out_of_memory_batch_is_split_and_gives_the_same_images(first_run):
+    sweep, root, _ = first_run
+    job = sweep.jobs[0]
+    seeds, ids = tuple(sweep.seeds[:3]), tuple(sweep.image_ids(job)[:3])
+    worker = BatchWorker("demo", faults=Faults(oom_above_batch=1))
+    out = worker.run(Unit(job, seeds, ids), baseline=False)
+    assert worker.max_batch == 1 and [o.id for o in out] == list(ids)
+    cat = Catalog(root)
+    for o in out:
+        import io
+
+        mine = np.asarray(Image.open(io.BytesIO(o.png)), dtype=int)
+        theirs = np.asarray(Image.open(cat.get(o.id).image_path), dtype=int)
+        assert np.abs(mine - theirs).max() <= 1
+
+
+def test_catalog_add_is_exactly_once_per_entry_id(tmp_path):
+    cat = Catalog(tmp_path)
+    record = {"seed": 1, "subject": "S1", "target": "FFA", "created": "2026-11-29T10:00:00+00:00",
+              "predicted_objective": 1.0, "parameters": {}}
+    first = cat.add(Image.new("RGB", (8, 8), (9, 0, 0)), record, entry_id="abc")
+    again = cat.add(Image.new("RGB", (8, 8), (200, 0, 0)), {**record, "predicted_objective": 5.0}, entry_id="abc")
+    assert first == again and catalog_ids(tmp_path) == ["abc"]
+    assert np.asarray(Image.open(first.image_path))[0, 0, 0] == 9 and cat.get("abc").objective == 1.0
+
+
+# ---------------------------------------------------------------- validation, before anything runs
+
+@pytest.mark.parametrize("change, line, words", [
+    (("steps = 4", "steps = 0"), 13, "`settings.steps` must be an integer in [1, 1000], got 0"),
+    (("rois = [\"FFA\", \"PPA\"]", "rois = [\"FFA\",\n  \"XYZ\"]"), 11, "unknown ROI 'XYZ'"),
+    (("width = 64", "width = 64\nwidht = 64"), 16, "unknown key 'widht' in [settings]"),
+    (("keep = 0.5", "keep = 1.5"), 22, "`rerank.keep` must be a number"),
+    (("seeds = { start = 0, count = 6 }", "seeds = { start = 0, count = 0 }"), 3, "`seeds.count`"),
+    (("[execution]", "[execution]\nbatch = 2"), 18, "unknown key 'batch'"),
+    (("height = 64", "height = 60"), 14, "multiple of 8"),
+])
+def test_bad_sweep_is_rejected_naming_the_line(change, line, words):
+    with pytest.raises(SweepError) as err:
+        parse_sweep(SWEEP.replace(*change), source="s.toml")
+    assert str(err.value).startswith(f"s.toml:{line}:") and words in str(err.value)
+
+
+def test_encoder_of_another_voxel_space_is_rejected(tmp_path):
+    folder = tmp_path / "enc"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"voxel_space": "nsd:subj01:func1pt8mm", "n_voxels": 15724,
+                                                    "subject": "subj01"}))
+    text = SWEEP.replace('model = "demo"', 'model = "some/model"').replace('path = "demo"', 'path = "enc"')
+    with pytest.raises(SweepError, match=r"s.toml:6: encoder .* voxel space 'nsd:subj01:func1pt8mm'"):
+        parse_sweep(text, source="s.toml", base_dir=tmp_path)
+
+
+def test_cli_check_and_bad_file(tmp_path, capsys, sweep_file):
+    assert main(["batch", str(sweep_file), "--check"]) == 0
+    assert "2 jobs x 6 seeds = 12 images" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SWEEP.replace("steps = 4", "steps = 4\nscale = -1"))
+    assert main(["batch", str(bad)]) == 2
+    assert "bad.toml:14: `settings.scale` must be a number in [0, 1000], got -1" in capsys.readouterr().err
