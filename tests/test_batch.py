@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from braindive.batch import SweepError, load_sweep, parse_sweep
-from braindive.batch.worker import BatchWorker, Faults, Unit
+from braindive.batch.worker import Faults
 from braindive.catalog import Catalog
 from braindive.cli import main
 
@@ -63,12 +63,22 @@ def catalog_ids(root):
 
 
 @pytest.fixture(scope="module")
-def first_run(local_ray, sweep_file, tmp_path_factory):
+def pool(local_ray):
+    """Two one-CPU demo workers, shared by this module's runs (a worker's start-up is most of a run here)."""
+    from braindive.batch.runner import WorkerPool
+
+    workers = WorkerPool("demo", 2, cpus_per_worker=1, max_retries=3)
+    yield workers
+    workers.close()
+
+
+@pytest.fixture(scope="module")
+def first_run(pool, sweep_file, tmp_path_factory):
     from braindive.batch.runner import run_sweep
 
     root = tmp_path_factory.mktemp("catalog")
     sweep = load_sweep(sweep_file)
-    return sweep, root, run_sweep(sweep, catalog_dir=root, log=lambda m: None)
+    return sweep, root, run_sweep(sweep, catalog_dir=root, pool=pool, log=lambda m: None)
 
 
 def test_sweep_makes_exactly_one_entry_per_target_and_seed(first_run):
@@ -123,25 +133,13 @@ def test_batch_image_equals_generate(first_run, tmp_path):
     assert np.abs(single - batched).max() <= 1
 
 
-def test_worker_killed_mid_run_still_ends_with_exactly_once(local_ray, sweep_file, tmp_path):
+def test_full_disk_then_killed_worker_and_oom_still_end_exactly_once(first_run, pool, sweep_file, tmp_path,
+                                                                       monkeypatch):
+    """A full disk stops the run cleanly; the resumed run loses a worker (killed through Ray mid-unit) and has
+    its batches fail out of memory, and still ends with each image once, equal to the undisturbed run's."""
     from braindive.batch.runner import run_sweep
 
-    killed = []
-
-    def kill_once(report, actors):
-        if not killed:  # the other units are queued on this actor: one is running now
-            ray.kill(actors[0], no_restart=False)
-            killed.append(report.added)
-
-    sweep = load_sweep(sweep_file)
-    report = run_sweep(sweep, catalog_dir=tmp_path, on_unit=kill_once, log=lambda m: None)
-    ids = catalog_ids(tmp_path)
-    assert killed and not report.failed and len(ids) == 12 and len(set(ids)) == 12
-
-
-def test_full_disk_stops_cleanly_and_resumes(local_ray, sweep_file, tmp_path, monkeypatch):
-    from braindive.batch.runner import run_sweep
-
+    sweep, clean_root, _ = first_run
     real_add, calls = Catalog.add, []
 
     def add_until_full(self, *args, **kwargs):
@@ -150,30 +148,31 @@ def test_full_disk_stops_cleanly_and_resumes(local_ray, sweep_file, tmp_path, mo
         calls.append(1)
         return real_add(self, *args, **kwargs)
 
-    sweep = load_sweep(sweep_file)
     monkeypatch.setattr(Catalog, "add", add_until_full)
-    report = run_sweep(sweep, catalog_dir=tmp_path, log=lambda m: None)
+    report = run_sweep(sweep, catalog_dir=tmp_path, pool=pool, log=lambda m: None)
     assert report.stopped.startswith("disk full") and len(catalog_ids(tmp_path)) == 4
+    assert not list((tmp_path / "images").glob(".*"))  # no half-written file left behind
     monkeypatch.setattr(Catalog, "add", real_add)
-    report = run_sweep(sweep, catalog_dir=tmp_path, log=lambda m: None)
-    assert report.existing == 4 and report.added == 8 and len(set(catalog_ids(tmp_path))) == 12
-    assert not list((tmp_path / "images").glob(".*"))  # no temporary files left behind
 
+    killed = []
 
-def test_out_of_memory_batch_is_split_and_gives_the_same_images(first_run):
-    sweep, root, _ = first_run
-    job = sweep.jobs[0]
-    seeds, ids = tuple(sweep.seeds[:3]), tuple(sweep.image_ids(job)[:3])
-    worker = BatchWorker("demo", faults=Faults(oom_above_batch=1))
-    out = worker.run(Unit(job, seeds, ids), baseline=False)
-    assert worker.max_batch == 1 and [o.id for o in out] == list(ids)
-    cat = Catalog(root)
-    for o in out:
-        import io
+    def kill_once(report, actors):
+        if not killed:  # this actor has the next unit queued or running: Ray restarts it and retries the unit
+            ray.kill(actors[0], no_restart=False)
+            killed.append(report.added)
 
-        mine = np.asarray(Image.open(io.BytesIO(o.png)), dtype=int)
-        theirs = np.asarray(Image.open(cat.get(o.id).image_path), dtype=int)
+    report = run_sweep(sweep, catalog_dir=tmp_path, pool=pool, faults=Faults(oom_above_batch=1), on_unit=kill_once,
+                       log=lambda m: None)
+    ids = catalog_ids(tmp_path)
+    assert killed and not report.failed and report.existing == 4 and report.added == 8
+    assert len(ids) == 12 and set(ids) == set(catalog_ids(clean_root))
+    resumed, clean = Catalog(tmp_path), Catalog(clean_root)
+    for entry_id in ids:
+        mine = np.asarray(Image.open(resumed.get(entry_id).image_path), dtype=int)
+        theirs = np.asarray(Image.open(clean.get(entry_id).image_path), dtype=int)
         assert np.abs(mine - theirs).max() <= 1
+    batches = [resumed.record(i)["batch"]["pipeline_batch"] for i in ids]
+    assert sorted(batches) == [1] * 8 + [3] * 4  # out-of-memory batches of 3 were rerun one seed at a time
 
 
 def test_catalog_add_is_exactly_once_per_entry_id(tmp_path):

@@ -24,7 +24,7 @@ from ..catalog import Catalog
 from .sweep import Sweep
 from .worker import BatchWorker, Faults, ImageOut, Unit
 
-__all__ = ["run_sweep", "RunReport", "plan_units", "connect"]
+__all__ = ["run_sweep", "RunReport", "WorkerPool", "plan_units", "connect"]
 
 _IN_FLIGHT = 2  # units queued per actor, so it never waits for the driver
 
@@ -70,22 +70,53 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     return True
 
 
-def _pool_size(sweep: Sweep, n_units: int, workers: int | None) -> tuple[int, dict]:
-    """Number of actors and the resources of each."""
-    import ray
+class WorkerPool:
+    """Ray actors that each load the pipeline once; one per GPU, or per ``cpus_per_worker`` CPUs without GPUs.
 
-    resources = ray.cluster_resources()
-    gpus = resources.get("GPU", 0)
-    per_gpu = sweep.gpus_per_worker if sweep.gpus_per_worker is not None else (1 if gpus else 0)
-    options = {"num_cpus": sweep.cpus_per_worker, "num_gpus": per_gpu}
-    fit = int(gpus // per_gpu) if per_gpu else int(resources.get("CPU", 1) // sweep.cpus_per_worker)
-    wanted = workers or sweep.workers or fit
-    return max(1, min(wanted, fit, n_units)), options
+    Reusable across sweeps of the same model (``run_sweep(..., pool=)``); ``close()`` ends the actors.
+    An actor that dies is restarted by Ray up to ``max_retries`` times, and its queued units rerun.
+    """
+
+    def __init__(self, model: str, workers: int = 0, *, cpus_per_worker: int = 1, gpus_per_worker: float | None = None,
+                 max_retries: int = 3):
+        import ray
+
+        from ..cache import cache_dir
+
+        resources = ray.cluster_resources()
+        gpus = resources.get("GPU", 0)
+        per_gpu = gpus_per_worker if gpus_per_worker is not None else (1 if gpus else 0)
+        fit = int(gpus // per_gpu) if per_gpu else int(resources.get("CPU", 1) // cpus_per_worker)
+        if fit < 1:
+            raise ValueError(f"The Ray cluster has {resources.get('CPU', 0):g} CPUs and {gpus:g} GPUs: not enough for "
+                             f"one worker of {cpus_per_worker} CPU(s) and {per_gpu:g} GPU(s).")
+        self.model, self.num_cpus, self.num_gpus = model, cpus_per_worker, per_gpu
+        actor_class = ray.remote(_Actor).options(num_cpus=cpus_per_worker, num_gpus=per_gpu, max_restarts=max_retries,
+                                                 max_task_retries=max_retries)
+        self.actors = [actor_class.remote(model, str(cache_dir()), "auto", cpus_per_worker)
+                       for _ in range(min(workers, fit) if workers else fit)]
+
+    @classmethod
+    def for_sweep(cls, sweep: Sweep, n_units: int, workers: int | None = None) -> "WorkerPool":
+        wanted = workers or sweep.workers or n_units
+        return cls(sweep.model, min(wanted, n_units), cpus_per_worker=sweep.cpus_per_worker,
+                   gpus_per_worker=sweep.gpus_per_worker, max_retries=sweep.max_retries)
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
 
 
 def run_sweep(sweep: Sweep, *, catalog_dir=None, address: str | None = None, workers: int | None = None,
-              faults: Faults = Faults(), on_unit=None, log=None) -> RunReport:
-    """Generate every image of ``sweep`` missing from the catalog; ``on_unit(report, actors)`` after each unit."""
+              pool: WorkerPool | None = None, faults: Faults = Faults(), on_unit=None, log=None) -> RunReport:
+    """Generate every image of ``sweep`` missing from the catalog, then write the summary.
+
+    Without ``pool`` a pool sized to the resources (at most ``workers``) is made and closed at the end.
+    ``on_unit(report, actors)`` is called after each finished unit.
+    """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     catalog = Catalog(catalog_dir or sweep.catalog)
     units, existing = plan_units(sweep, catalog)
@@ -93,39 +124,44 @@ def run_sweep(sweep: Sweep, *, catalog_dir=None, address: str | None = None, wor
     log(f"run {sweep.run_id}: {sweep.n_images} images ({len(sweep.jobs)} jobs x {len(sweep.seeds)} seeds), "
         f"{existing} already in {catalog.root}, {sum(len(u.seeds) for u in units)} to make in {len(units)} units")
     if units:
-        _execute(sweep, units, catalog, report, address, workers, faults, on_unit, log)
+        started = connect(address)
+        own = pool is None
+        try:
+            pool = pool or WorkerPool.for_sweep(sweep, len(units), workers)
+            _execute(sweep, units, catalog, report, pool, faults, on_unit, log)
+        finally:
+            if own and pool is not None:
+                pool.close()
+            if started:
+                import ray
+
+                ray.shutdown()
+        if report.stopped:
+            log(f"stopped: {report.stopped}. {report.existing + report.added} of {report.total} images are in the "
+                "catalog, each complete; run the same command again to resume.")
     from .summary import write_summary
 
     report.summary = write_summary(sweep, catalog, log=log)
     return report
 
 
-def _execute(sweep, units, catalog, report, address, workers, faults, on_unit, log) -> None:
+def _execute(sweep, units, catalog, report, pool, faults, on_unit, log) -> None:
     import ray
     from ray.exceptions import RayError
 
-    started = connect(address)
     t0 = time.perf_counter()
-    actors = []
+    actors = list(pool.actors)
+    report.workers = len(actors)
+    log(f"{len(actors)} worker(s), each {pool.num_gpus:g} GPU + {pool.num_cpus} CPU")
+    done = _existing_per_job(sweep, units)
+    queue, pending = list(reversed(units)), {}
+
+    def feed(actor):
+        while queue and sum(a is actor for a, _ in pending.values()) < _IN_FLIGHT:
+            unit = queue.pop()
+            pending[actor.run.remote(unit, sweep.save_activations, sweep.baseline, faults)] = (actor, unit)
+
     try:
-        n, options = _pool_size(sweep, len(units), workers)
-        from ..cache import cache_dir
-
-        actor_class = ray.remote(_Actor).options(**options, max_restarts=sweep.max_retries,
-                                                 max_task_retries=sweep.max_retries)
-        actors = [actor_class.remote(sweep.model, str(cache_dir()), "auto", sweep.cpus_per_worker, faults)
-                  for _ in range(n)]
-        report.workers = n
-        log(f"{n} worker(s), each {options['num_gpus']:g} GPU + {options['num_cpus']} CPU")
-        done = _existing_per_job(sweep, units)
-        queue, pending = list(reversed(units)), {}
-
-        def feed(actor):
-            while queue and sum(a is actor for a, _ in pending.values()) < _IN_FLIGHT:
-                unit = queue.pop()
-                ref = actor.run.remote(unit, sweep.save_activations, sweep.baseline)
-                pending[ref] = (actor, unit)
-
         for actor in actors:
             feed(actor)
         while pending:
@@ -158,20 +194,15 @@ def _execute(sweep, units, catalog, report, address, workers, faults, on_unit, l
         report.stopped = f"disk full ({exc.strerror})"
     finally:
         report.seconds = time.perf_counter() - t0
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
-        if started:
-            ray.shutdown()
-    if report.stopped:
-        log(f"stopped: {report.stopped}. {report.existing + report.added} of {report.total} images are in the "
-            "catalog, each complete; run the same command again to resume.")
+        for ref in pending:  # queued units of a stopped run: dropped, a re-run makes them
+            ray.cancel(ref)
 
 
 class _Actor(BatchWorker):
     """The Ray actor: a ``BatchWorker`` that loads its pipeline when it starts."""
 
-    def __init__(self, model, cache_root, device, threads, faults):
-        super().__init__(model, cache_root, device, threads, faults)
+    def __init__(self, model, cache_root, device, threads):
+        super().__init__(model, cache_root, device, threads)
         self.warm_up()
 
 

@@ -8,7 +8,7 @@ retried, down to one seed; the smaller size is kept for the worker's next units.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -57,7 +57,6 @@ class BatchWorker:
     cache_root: str | None = None  # braindive's cache folder, so workers reuse the driver's ROI caches
     device: str = "auto"
     threads: int | None = None
-    faults: Faults = field(default_factory=Faults)
     max_batch: int | None = None  # lowered after an out-of-memory error
     units_done: int = 0
 
@@ -70,7 +69,7 @@ class BatchWorker:
             torch.set_num_threads(self.threads)
         if self.device == "auto":
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._pipe, self._encoders, self._model_name = None, {}, self.model
+        self._pipe, self._encoders, self._model_name, self._faults = None, {}, self.model, Faults()
 
     # ------------------------------------------------------------------ loading, once
 
@@ -109,12 +108,14 @@ class BatchWorker:
         self._pipeline()
         return self.device
 
-    def run(self, unit: Unit, save_activations: bool = True, baseline: bool = True) -> list[ImageOut]:
+    def run(self, unit: Unit, save_activations: bool = True, baseline: bool = True,
+            faults: Faults = Faults()) -> list[ImageOut]:
         """All images of ``unit``, with their records (and the unguided objective of each seed if ``baseline``)."""
-        if self.faults.exit_after_units and self.units_done >= self.faults.exit_after_units and self._first_life():
+        if faults.exit_after_units and self.units_done >= faults.exit_after_units and self._first_life():
             import os
 
             os._exit(1)
+        self._faults = faults
         encoder, subject, encoder_name = self._encoder(unit.job.encoder)
         pipe = self._pipeline()
         pipe.set_encoder(encoder)
@@ -131,6 +132,7 @@ class BatchWorker:
                 parameters={**params, "scheduler": unit.job.settings.scheduler}, objective_value=value,
                 model=self._model_name, encoder=encoder_name)
             record["roi_means"] = roi_means(subject, acts)
+            record["batch"] = {"unit_seeds": len(unit.seeds), "pipeline_batch": min(len(unit.seeds), self.max_batch or 10**9)}
             if unguided is not None:
                 record["baseline_objective"] = float(unguided[2][k])
             png = io.BytesIO()
@@ -146,7 +148,7 @@ class BatchWorker:
             parts = [self._call(objective, seeds[i:i + size], params) for i in range(0, len(seeds), size)]
             return [im for p in parts for im in p[0]], np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
         try:
-            if self.faults.oom_above_batch and len(seeds) > self.faults.oom_above_batch:
+            if self._faults.oom_above_batch and len(seeds) > self._faults.oom_above_batch:
                 raise torch.OutOfMemoryError(f"simulated out-of-memory error at batch {len(seeds)}")
             out = self._pipeline()(objective=objective, num_images_per_prompt=len(seeds),
                                    generator=[torch.Generator().manual_seed(int(s)) for s in seeds], **params)
