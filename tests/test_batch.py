@@ -39,15 +39,6 @@ keep = 0.5
 """
 
 
-@pytest.fixture(scope="session")
-def local_ray():
-    from braindive.batch.runner import connect
-
-    connect(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture(scope="module")
 def sweep_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("sweep") / "sweep.toml"
