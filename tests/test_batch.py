@@ -126,8 +126,9 @@ def test_batch_image_equals_generate(first_run, tmp_path):
 
 def test_full_disk_then_killed_worker_and_oom_still_end_exactly_once(first_run, pool, sweep_file, tmp_path,
                                                                        monkeypatch):
-    """A full disk stops the run cleanly; the resumed run loses a worker (killed through Ray mid-unit) and has
-    its batches fail out of memory, and still ends with each image once, equal to the undisturbed run's."""
+    """A full disk, then Ctrl-C, stop runs cleanly; the last resumed run loses a worker (killed through Ray
+    mid-unit) and has its batches fail out of memory, and still ends with each image once, equal to the
+    undisturbed run's."""
     from braindive.batch.runner import run_sweep
 
     sweep, clean_root, _ = first_run
@@ -145,7 +146,14 @@ def test_full_disk_then_killed_worker_and_oom_still_end_exactly_once(first_run, 
     assert not list((tmp_path / "images").glob(".*"))  # no half-written file left behind
     monkeypatch.setattr(Catalog, "add", real_add)
 
-    killed = []
+    def ctrl_c(report, actors):
+        raise KeyboardInterrupt
+
+    report = run_sweep(sweep, catalog_dir=tmp_path, pool=pool, on_unit=ctrl_c, log=lambda m: None)
+    saved = len(catalog_ids(tmp_path))
+    assert report.stopped == "Ctrl-C" and 4 < saved < 12 and report.added == saved - 4
+
+    before, killed = set(catalog_ids(tmp_path)), []
 
     def kill_once(report, actors):
         if not killed:  # this actor has the next unit queued or running: Ray restarts it and retries the unit
@@ -155,15 +163,16 @@ def test_full_disk_then_killed_worker_and_oom_still_end_exactly_once(first_run, 
     report = run_sweep(sweep, catalog_dir=tmp_path, pool=pool, faults=Faults(oom_above_batch=1), on_unit=kill_once,
                        log=lambda m: None)
     ids = catalog_ids(tmp_path)
-    assert killed and not report.failed and report.existing == 4 and report.added == 8
+    assert killed and not report.failed and report.existing == saved and report.added == 12 - saved
     assert len(ids) == 12 and set(ids) == set(catalog_ids(clean_root))
     resumed, clean = Catalog(tmp_path), Catalog(clean_root)
     for entry_id in ids:
         mine = np.asarray(Image.open(resumed.get(entry_id).image_path), dtype=int)
         theirs = np.asarray(Image.open(clean.get(entry_id).image_path), dtype=int)
         assert np.abs(mine - theirs).max() <= 1
-    batches = [resumed.record(i)["batch"]["pipeline_batch"] for i in ids]
-    assert sorted(batches) == [1] * 8 + [3] * 4  # out-of-memory batches of 3 were rerun one seed at a time
+    batches = [resumed.record(i)["batch"] for i in set(ids) - before]
+    assert max(b["unit_seeds"] for b in batches) == 3  # units of 3 seeds failed out of memory ...
+    assert all(b["pipeline_batch"] == 1 for b in batches)  # ... and were rerun one seed at a time
 
 
 def test_catalog_add_is_exactly_once_per_entry_id(tmp_path):
@@ -210,3 +219,24 @@ def test_cli_check_and_bad_file(tmp_path, capsys, sweep_file):
     bad.write_text(SWEEP.replace("steps = 4", "steps = 4\nscale = -1"))
     assert main(["batch", str(bad)]) == 2
     assert "bad.toml:14: `settings.scale` must be a number in [0, 1000], got -1" in capsys.readouterr().err
+
+
+def test_evaluation_stage_is_pluggable_and_skipped_with_a_message(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from braindive.batch import summary
+
+    sweep = parse_sweep(SWEEP + "\n[evaluation]\nenabled = true\noptions = { classes = 5 }\n", source="s.toml")
+    messages = []
+    monkeypatch.setattr(summary, "EVALUATION_HOOK", ("braindive.no_such_stage", "evaluate_batch"))
+    summary.write_summary(sweep, Catalog(tmp_path), log=messages.append)
+    assert "evaluation skipped: braindive.no_such_stage is not part of this installation." in messages
+    fake = types.ModuleType("fake_evaluation")
+    fake.evaluate_batch = lambda catalog, groups, classes: {label: {"classes": classes, "n": len(rows)}
+                                                            for label, rows in groups.items()}
+    monkeypatch.setitem(sys.modules, "fake_evaluation", fake)
+    monkeypatch.setattr(summary, "EVALUATION_HOOK", ("fake_evaluation", "evaluate_batch"))
+    summary.write_summary(sweep, Catalog(tmp_path), log=messages.append)
+    written = json.loads((tmp_path / "runs" / sweep.run_id / "summary.json").read_text())
+    assert written["evaluation"] == {"demo/FFA": {"classes": 5, "n": 0}, "demo/PPA": {"classes": 5, "n": 0}}

@@ -30,7 +30,14 @@ def run(args) -> int:
         return 0
     from .runner import run_sweep
 
-    report = run_sweep(sweep, catalog_dir=args.catalog, address=args.address, workers=args.workers)
+    try:
+        report = run_sweep(sweep, catalog_dir=args.catalog, address=args.address, workers=args.workers)
+    except KeyboardInterrupt:  # before the workers ran (during start-up): nothing was written
+        print("stopped by Ctrl-C; run the same command again to resume.", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if report.stopped:
         return 130 if report.stopped == "Ctrl-C" else 1
     if report.failed:

@@ -39,15 +39,12 @@ class ImageOut:
 
 @dataclass(frozen=True)
 class Faults:
-    """Fault injection for tests and drills: each 0 is off.
+    """Fault injection for tests and drills (0 = off).
 
     Attributes:
-        exit_after_units: the worker process exits abruptly before its next unit after this many (first life only:
-            a restarted Ray actor runs normally).
         oom_above_batch: pipeline calls with more seeds than this raise an out-of-memory error.
     """
 
-    exit_after_units: int = 0
     oom_above_batch: int = 0
 
 
@@ -58,7 +55,6 @@ class BatchWorker:
     device: str = "auto"
     threads: int | None = None
     max_batch: int | None = None  # lowered after an out-of-memory error
-    units_done: int = 0
 
     def __post_init__(self):
         from ..cache import set_cache_dir
@@ -111,10 +107,6 @@ class BatchWorker:
     def run(self, unit: Unit, save_activations: bool = True, baseline: bool = True,
             faults: Faults = Faults()) -> list[ImageOut]:
         """All images of ``unit``, with their records (and the unguided objective of each seed if ``baseline``)."""
-        if faults.exit_after_units and self.units_done >= faults.exit_after_units and self._first_life():
-            import os
-
-            os._exit(1)
         self._faults = faults
         encoder, subject, encoder_name = self._encoder(unit.job.encoder)
         pipe = self._pipeline()
@@ -138,7 +130,6 @@ class BatchWorker:
             png = io.BytesIO()
             image.save(png, format="PNG")
             out.append(ImageOut(entry_id, seed, png.getvalue(), record, acts if save_activations else None))
-        self.units_done += 1
         return out
 
     def _call(self, objective, seeds, params) -> tuple[list, np.ndarray, np.ndarray]:
@@ -160,14 +151,6 @@ class BatchWorker:
             self.max_batch = max(1, len(seeds) // 2)
             return self._call(objective, seeds, params)
         return out.images, out.activations.numpy().astype(np.float32), out.objective_values.numpy()
-
-    def _first_life(self) -> bool:
-        try:
-            import ray
-
-            return not ray.get_runtime_context().was_current_actor_reconstructed
-        except (ImportError, RuntimeError, AttributeError):
-            return True
 
 
 def roi_means(subject, activations: np.ndarray) -> dict[str, float]:
