@@ -51,6 +51,7 @@ class EncoderSpec:
     name: str
     path: str  # checkpoint folder, Hub id, or "demo"
     subject: str  # built-in subject name or subject .npz
+    identity: str = ""  # what image ids use: a hash of a local checkpoint's files (so moving it keeps the ids)
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class Job:
         """What identifies this job's images, besides the model and the seed."""
         o = self.objective
         voxels = hashlib.sha256(o.positive.tobytes() + (b"" if o.negative is None else b"|" + o.negative.tobytes()))
-        return {"encoder": self.encoder.path, "subject": self.encoder.subject, "objective": o.kind,
+        return {"encoder": self.encoder.identity or self.encoder.path, "objective": o.kind,
                 "weight": o.weight, "voxels": voxels.hexdigest(), "settings": asdict(self.settings)}
 
 
@@ -290,7 +291,7 @@ class _Reader:
                 path = str(local) if local.exists() else path
                 self.check_space(Path(path), subject, i)
             spec = EncoderSpec(name=table.get("name") or (DEMO if path == DEMO else Path(path).name),
-                               path=path, subject=subject_ref)
+                               path=path, subject=subject_ref, identity=_identity(path, subject))
             if spec.name in [s.name for s in specs]:
                 self.fail(f"two encoders are named {spec.name!r}; give each a distinct `name`.", "encoders", "name", i)
             specs.append(spec)
@@ -389,6 +390,21 @@ class _Reader:
             axes[key] = checked
         keys = sorted(axes)
         return [Settings(**dict(zip(keys, combo))) for combo in itertools.product(*(axes[k] for k in keys))]
+
+
+def _identity(path: str, subject) -> str:
+    """The encoder's checkpoint content (a local folder's config and weights) or its name, plus its voxel space."""
+    from ..demo import ASSET_ENCODER
+
+    folder = ASSET_ENCODER if path == DEMO else Path(path)
+    digest = hashlib.sha256(f"{path}|{subject.space}|{subject.n_voxels}".encode())
+    if (folder / "config.json").is_file():
+        digest = hashlib.sha256(f"{subject.space}|{subject.n_voxels}".encode())
+        for file in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
+            with open(file, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
 
 
 def _demo_defaults() -> dict:
