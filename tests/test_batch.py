@@ -240,3 +240,12 @@ def test_evaluation_stage_is_pluggable_and_skipped_with_a_message(tmp_path, monk
     summary.write_summary(sweep, Catalog(tmp_path), log=messages.append)
     written = json.loads((tmp_path / "runs" / sweep.run_id / "summary.json").read_text())
     assert written["evaluation"] == {"demo/FFA": {"classes": 5, "n": 0}, "demo/PPA": {"classes": 5, "n": 0}}
+
+
+def test_settings_lists_multiply_jobs_with_distinct_labels_and_ids():
+    sweep = parse_sweep(SWEEP.replace("steps = 4", 'steps = [4, 6]\nprompt = ["", "a face"]'))
+    assert len(sweep.jobs) == 8 and sweep.n_images == 48
+    assert len({j.label for j in sweep.jobs}) == 8 and "demo/FFA [steps=6,prompt='a face']" in {j.label for j in sweep.jobs}
+    ids = [i for job in sweep.jobs for i in sweep.image_ids(job)]
+    assert len(set(ids)) == 48
+    assert parse_sweep(SWEEP).image_ids(parse_sweep(SWEEP).jobs[0]) == parse_sweep(SWEEP).image_ids(parse_sweep(SWEEP).jobs[0])

@@ -41,10 +41,6 @@ class RunReport:
     workers: int = 0
     summary: Path | None = None
 
-    @property
-    def complete(self) -> bool:
-        return self.existing + self.added == self.total
-
 
 def plan_units(sweep: Sweep, catalog: Catalog) -> tuple[list[Unit], int]:
     """Units of at most ``batch_size`` seeds holding only images not yet in ``catalog``; and how many are."""
@@ -147,7 +143,7 @@ def run_sweep(sweep: Sweep, *, catalog_dir=None, address: str | None = None, wor
 
 def _execute(sweep, units, catalog, report, pool, faults, on_unit, log) -> None:
     import ray
-    from ray.exceptions import RayError
+    from ray.exceptions import RayActorError, RayError
 
     t0 = time.perf_counter()
     actors = list(pool.actors)
@@ -172,7 +168,7 @@ def _execute(sweep, units, catalog, report, pool, faults, on_unit, log) -> None:
             except RayError as exc:  # failed after Ray's retries: the unit stays missing, a re-run makes it
                 report.failed.append(f"{unit.job.label} seeds {unit.seeds[0]}..{unit.seeds[-1]}: {_first_line(exc)}")
                 log(f"unit failed: {report.failed[-1]}")
-                if _dead(actor):
+                if isinstance(exc, RayActorError):  # the actor is gone for good (Ray's restarts used up)
                     actors.remove(actor)
                     _requeue_from(actor, pending, queue)
                     if not actors:
@@ -229,16 +225,6 @@ def _progress(sweep, report, done, unit, seconds, log) -> None:
     eta = (report.total - overall) / rate if rate > 0 else math.nan
     log(f"[{unit.job.label} {done[unit.job.label]}/{n}] overall {overall}/{report.total} "
         f"({100 * overall / report.total:.0f}%), {rate:.2f} images/s, about {eta / 60:.1f} min left")
-
-
-def _dead(actor) -> bool:
-    import ray
-
-    try:
-        ray.get(actor.warm_up.remote(), timeout=30)
-        return False
-    except Exception:  # noqa: BLE001 - any failure to answer means the actor is gone
-        return True
 
 
 def _requeue_from(actor, pending: dict, queue: list) -> None:

@@ -81,10 +81,11 @@ class Job:
     target: str  # short name, as the catalog's target column
     objective: Objective
     settings: Settings
+    variant: str = ""  # the settings that differ between this sweep's jobs, e.g. "scale=10"
 
     @property
     def label(self) -> str:
-        return f"{self.encoder.name}/{self.target}"
+        return f"{self.encoder.name}/{self.target}" + (f" [{self.variant}]" if self.variant else "")
 
     def key(self) -> dict:
         """What identifies this job's images, besides the model and the seed."""
@@ -227,8 +228,10 @@ class _Reader:
         encoders, subjects = self.encoders(data.get("encoders"), model)
         targets = self.targets(data.get("targets"), encoders, subjects)
         settings = self.settings(data.get("settings", {}), model)
-        jobs = [Job(enc, target, objective, s) for enc, s in itertools.product(encoders, settings)
-                for target, objective in targets[enc]]
+        varying = [k for k in Settings.__dataclass_fields__ if len({getattr(s, k) for s in settings}) > 1]
+        jobs = [Job(enc, target, objective, s, ",".join(f"{k}={getattr(s, k)!r}" if k == "prompt" else f"{k}={getattr(s, k)}"
+                                                        for k in varying))
+                for enc, s in itertools.product(encoders, settings) for target, objective in targets[enc]]
         keep = None
         if "rerank" in data:
             self.check_keys(data["rerank"], _TABLE_KEYS["rerank"], "rerank")
