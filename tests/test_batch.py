@@ -248,4 +248,5 @@ def test_settings_lists_multiply_jobs_with_distinct_labels_and_ids():
     assert len({j.label for j in sweep.jobs}) == 8 and "demo/FFA [steps=6,prompt='a face']" in {j.label for j in sweep.jobs}
     ids = [i for job in sweep.jobs for i in sweep.image_ids(job)]
     assert len(set(ids)) == 48
-    assert parse_sweep(SWEEP).image_ids(parse_sweep(SWEEP).jobs[0]) == parse_sweep(SWEEP).image_ids(parse_sweep(SWEEP).jobs[0])
+    again = parse_sweep(SWEEP.replace("steps = 4", 'steps = [4, 6]\nprompt = ["", "a face"]'))
+    assert [i for job in again.jobs for i in again.image_ids(job)] == ids  # the same on every parse
