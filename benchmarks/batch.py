@@ -5,7 +5,7 @@ mode, batches of 8) three ways on one machine and writes the "## Batch generatio
 ``benchmarks/RESULTS.md`` and ``benchmarks/results/batch.json``:
 
 * single process: ``BatchWorker`` in this process (the pipeline ``generate`` uses, seeds in batches),
-  all cores as torch threads: the baseline;
+  all cores as torch threads: the baseline; and the same with one torch thread;
 * Ray, 1 worker with all cores; Ray, one worker per core.
 
 Steady-state images/s counts from the moment the workers have loaded their models to the last image
@@ -66,7 +66,7 @@ def single_process(sweep, threads: int) -> dict:
         units, _ = plan_units(sweep, Catalog(tmp))
         n = sum(len(worker.run(unit, save_activations=False, baseline=False)) for unit in units)
     end = time.perf_counter()
-    return {"workers": "1 process", "cpus_each": threads, "images": n, "startup_s": ready - t0,
+    return {"workers": f"1 process, {threads} thread(s)", "cpus_each": threads, "images": n, "startup_s": ready - t0,
             "steady_s": end - ready, "images_per_s": n / (end - ready)}
 
 
@@ -100,7 +100,7 @@ def machine() -> dict:
 
 
 def markdown(report: dict) -> str:
-    m, base = report["machine"], report["rows"][0]["images_per_s"]
+    m, base = report["machine"], report["rows"][0]["images_per_s"]  # the first row is the baseline
     lines = [
         SECTION, "",
         f"CPU only ({m['cpu']}, {m['cores']} cores shared with other jobs; load average {report['load_start']} at "
@@ -114,6 +114,10 @@ def markdown(report: dict) -> str:
     for r in report["rows"]:
         lines.append(f"| {r['workers']} | {r['cpus_each']} | {r['images']} | {r['startup_s']:.1f} | {r['steady_s']:.1f} | "
                      f"{r['images_per_s']:.3g} | {r['images_per_s'] / base:.2f}x |")
+    if report["load_start"] > m["cores"]:
+        lines += ["", f"The machine was oversubscribed (load {report['load_start']} on {m['cores']} cores): torch's "
+                  "threads of one process then wait on each other, so one-thread workers can beat one multi-thread "
+                  "process by far more than the core count; compare rows with the same CPUs per worker."]
     lines += ["", "Start-up is Ray's and each worker's model loading, paid once per run (the workers load in "
               "parallel). On a GPU machine expect one worker per GPU, each at the single-GPU rate of "
               "`python -m benchmarks.guidance --config sd21 --device cuda` for its batch size; not measured here "
@@ -143,18 +147,22 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--results-md", default=str(HERE / "RESULTS.md"), help="RESULTS.md to update ('' = none)")
     args = parser.parse_args(argv)
+    cores = os.cpu_count() or 1
+    if args.seeds < cores * args.batch:
+        parser.error(f"--seeds must be at least cores x --batch ({cores} x {args.batch}) so that every worker gets a unit.")
 
     import braindive as bd
     from braindive.batch.runner import connect
 
     bd.set_cache_dir(HERE.parent / ".cache" / "braindive")
-    cores = os.cpu_count() or 1
     report = {"command": "python -m benchmarks.batch " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": dt.date.today().isoformat(), "machine": machine(), "seeds": args.seeds, "steps": args.steps,
               "batch": args.batch, "load_start": round(os.getloadavg()[0], 1), "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         report["rows"].append(single_process(_sweep(folder, args.seeds, args.steps, args.batch, cores), cores))
+        if cores > 1:
+            report["rows"].append(single_process(_sweep(folder, args.seeds, args.steps, args.batch, 1), 1))
         connect(num_cpus=cores)
         report["rows"].append(on_ray(_sweep(folder, args.seeds, args.steps, args.batch, cores), 1))
         if cores > 1:
