@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import private_tmp
+
 __all__ = ["Catalog", "Entry"]
 
 _SCHEMA = """
@@ -83,16 +85,25 @@ class Catalog:
         db.row_factory = sqlite3.Row
         return db
 
-    def add(self, image, record: dict, run_id: str = "", activations=None) -> Entry:
-        """Store one image, its record and optionally its predicted activity; files first, then the index row."""
-        entry_id = uuid.uuid4().hex[:16]
+    def add(self, image, record: dict, run_id: str = "", activations=None, entry_id: str | None = None) -> Entry:
+        """Store one image, its record and optionally its predicted activity; files first, then the index row.
+
+        Exactly once per ``entry_id`` (a deterministic id, e.g. from ``braindive.batch``): if that id is already
+        indexed nothing is written and the stored entry is returned. Files are written under private names and
+        renamed into place, and the row comes last, so an indexed entry always has complete files.
+        """
+        if entry_id is not None:
+            existing = self.find(entry_id)
+            if existing is not None:
+                return existing
+        entry_id = entry_id or uuid.uuid4().hex[:16]
         image_path = self.root / "images" / f"{entry_id}.png"
         record_path = image_path.with_suffix(".json")
-        image.save(image_path)
         record = {**record, "id": entry_id, "run_id": run_id}
-        record_path.write_text(json.dumps(record, indent=2))
+        _atomic(image_path, lambda f: image.save(f, format="PNG"))
+        _atomic(record_path, lambda f: f.write(json.dumps(record, indent=2).encode()))
         if activations is not None:
-            np.save(image_path.with_suffix(".npy"), np.asarray(activations, dtype=np.float32))
+            _atomic(image_path.with_suffix(".npy"), lambda f: np.save(f, np.asarray(activations, dtype=np.float32)))
         params = record.get("parameters", {})
         row = (entry_id, record["created"], record["subject"], record["target"], int(record["seed"]),
                record.get("predicted_objective"), params.get("brain_guidance_scale"), params.get("num_inference_steps"),
@@ -100,8 +111,15 @@ class Catalog:
         columns = ("id", "created", "subject", "target", "seed", "objective", "guidance_scale", "steps", "model",
                    "encoder", "run_id", "owner")
         with closing(self._connect()) as db, db:
-            db.execute(f"INSERT INTO images ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", row)
-        return self._entry(dict(zip(columns, row)))
+            db.execute(f"INSERT OR IGNORE INTO images ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", row)
+        return self.get(entry_id)
+
+    def find(self, entry_id: str) -> Entry | None:
+        """The entry with ``entry_id``, or None."""
+        try:
+            return self.get(entry_id)
+        except KeyError:
+            return None
 
     def query(self, subject: str | None = None, target: str | None = None, since: str | None = None,
               until: str | None = None, limit: int = 200, owner: str | None = None) -> list[Entry]:
@@ -165,6 +183,17 @@ class Catalog:
     def _entry(self, row: dict) -> Entry:
         image_path = self.root / "images" / f"{row['id']}.png"
         return Entry(**row, image_path=image_path, record_path=image_path.with_suffix(".json"))
+
+
+def _atomic(path: Path, write) -> None:
+    """``write(file)`` to a private temporary name beside ``path``, then rename it over ``path``."""
+    tmp = private_tmp(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _end_of_day(until: str | None) -> str | None:

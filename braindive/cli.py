@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .evaluation.files import write_atomic, write_csv
+from .batch import cli as batch_cli
 from .objectives import Objective
 from .records import generation_record
 from .rerank import rank_scores
@@ -236,6 +237,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--study", help="the study folder (default: the folder above the responses' folder)")
     a.add_argument("--out", help="output folder (default STUDY/analysis)")
     a.add_argument("--max-failed-checks", type=int, default=0, help="exclude participants failing more checks")
+    batch_cli.add_parser(sub)
     return parser
 
 
@@ -266,6 +268,8 @@ def _apply_preset_defaults(args) -> None:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "batch":
+        return batch_cli.run(args)
     try:
         if args.command == "evaluate":
             print(f"wrote {evaluate(args)} and the plot beside it")

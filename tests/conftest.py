@@ -22,3 +22,14 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def s1():
     return bd.load_subject("S1")
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray instance (2 CPUs, no dashboard) for the whole test session, shut down at its end."""
+    ray = pytest.importorskip("ray")
+    from braindive.batch.runner import connect
+
+    connect(num_cpus=2)
+    yield ray
+    ray.shutdown()

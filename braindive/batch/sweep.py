@@ -1,0 +1,417 @@
+"""Sweep files: subjects x encoders x targets x seeds x settings, read from TOML and checked before anything runs.
+
+A sweep expands into *jobs* (one encoder, one target, one setting) and each job into images, one per
+seed. Every image has a deterministic id, a hash of (model, encoder, target voxels, settings, seed), so
+a re-run finds what is already in the catalog. Errors name the sweep file and the line of the bad key
+(``tomllib`` reports no line numbers for values, so the key is looked up in the text).
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..objectives import Objective
+
+__all__ = ["Sweep", "Job", "Settings", "EncoderSpec", "SweepError", "load_sweep", "parse_sweep", "image_id",
+           "DEMO", "SETTING_RANGES"]
+
+DEMO = "demo"  # model / encoder name of the offline demo bundle
+_TOP_KEYS = {"name", "model", "catalog", "seeds", "encoders", "targets", "settings", "execution", "rerank", "evaluation"}
+_TABLE_KEYS = {
+    "encoders": {"subject", "path", "name"},
+    "targets": {"rois", "minimize", "voxels", "contrasts"},
+    "settings": {"mode", "scale", "steps", "scheduler", "sag", "prompt", "cfg", "height", "width"},
+    "execution": {"batch_size", "cpus_per_worker", "gpus_per_worker", "workers", "max_retries", "baseline",
+                  "save_activations"},
+    "rerank": {"keep"},
+    "evaluation": {"enabled", "options"},
+}
+# numeric settings: (type, low, high), inclusive
+SETTING_RANGES = {"scale": (float, 0.0, 1000.0), "steps": (int, 1, 1000), "sag": (float, 0.0, 10.0),
+                  "cfg": (float, 0.0, 30.0), "height": (int, 32, 2048), "width": (int, 32, 2048)}
+_EXECUTION_RANGES = {"batch_size": (int, 1, 256), "cpus_per_worker": (int, 1, 1024), "gpus_per_worker": (float, 0, 16),
+                     "workers": (int, 0, 100000), "max_retries": (int, 0, 100)}
+_PAPER_DEFAULTS = {"height": 512, "width": 512, "steps": 50, "scale": 130.0}
+
+
+class SweepError(ValueError):
+    """A sweep file that cannot run; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    name: str
+    path: str  # checkpoint folder, Hub id, or "demo"
+    subject: str  # built-in subject name or subject .npz
+    identity: str = ""  # what image ids use: a hash of a local checkpoint's files (so moving it keeps the ids)
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str = "exact"
+    scale: float = 130.0
+    steps: int = 50
+    scheduler: str = "dpm"
+    sag: float = 0.75
+    prompt: str = ""
+    cfg: float = 0.0
+    height: int = 512
+    width: int = 512
+
+    def pipeline_kwargs(self) -> dict:
+        """Keyword arguments of ``BrainDiVEPipeline.__call__`` (the same names ``generate`` records)."""
+        return dict(num_inference_steps=self.steps, brain_guidance_scale=self.scale, sag_scale=self.sag,
+                    guidance_scale=self.cfg, prompt=self.prompt, height=self.height, width=self.width,
+                    guidance_mode=self.mode)
+
+
+@dataclass(frozen=True, eq=False)
+class Job:
+    """One encoder, one target, one setting; its images are one per seed."""
+
+    encoder: EncoderSpec
+    target: str  # short name, as the catalog's target column
+    objective: Objective
+    settings: Settings
+    variant: str = ""  # the settings that differ between this sweep's jobs, e.g. "scale=10"
+
+    @property
+    def label(self) -> str:
+        return f"{self.encoder.name}/{self.target}" + (f" [{self.variant}]" if self.variant else "")
+
+    def key(self) -> dict:
+        """What identifies this job's images, besides the model and the seed."""
+        o = self.objective
+        voxels = hashlib.sha256(o.positive.tobytes() + (b"" if o.negative is None else b"|" + o.negative.tobytes()))
+        return {"encoder": self.encoder.identity or self.encoder.path, "objective": o.kind,
+                "weight": o.weight, "voxels": voxels.hexdigest(), "settings": asdict(self.settings)}
+
+
+@dataclass
+class Sweep:
+    name: str
+    model: str
+    catalog: str
+    seeds: list[int]
+    encoders: list[EncoderSpec]
+    jobs: list[Job]
+    batch_size: int = 8
+    cpus_per_worker: int = 1
+    gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs
+    workers: int = 0  # 0: as many as the resources allow
+    max_retries: int = 3
+    baseline: bool = True  # also score the unguided image of each seed
+    save_activations: bool = True
+    rerank_keep: float | None = None
+    evaluation: dict | None = None
+    source: str = ""
+    fingerprint: str = field(default="", repr=False)
+
+    @property
+    def run_id(self) -> str:
+        """Stable across re-runs of the same sweep, so a resumed run keeps its id."""
+        return f"{self.name}-{self.fingerprint[:8]}"
+
+    def image_ids(self, job: Job) -> list[str]:
+        return [image_id(self.model, job, seed) for seed in self.seeds]
+
+    @property
+    def n_images(self) -> int:
+        return len(self.jobs) * len(self.seeds)
+
+
+def image_id(model: str, job: Job, seed: int) -> str:
+    """Deterministic catalog id of one image: a hash of the model, the job's key and the seed."""
+    text = json.dumps({"model": model, **job.key(), "seed": int(seed)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_sweep(path) -> Sweep:
+    """Read and check a sweep file (see ``examples/sweep_demo.toml``)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SweepError(f"Cannot read sweep file {path}: {exc.strerror or exc}.") from exc
+    return parse_sweep(text, source=str(path), base_dir=path.parent)
+
+
+def parse_sweep(text: str, source: str = "<sweep>", base_dir=".") -> Sweep:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SweepError(f"{source}: not valid TOML: {exc}.") from exc
+    return _Reader(text, source, Path(base_dir)).read(data)
+
+
+class _Reader:
+    """Builds a ``Sweep`` from parsed TOML; every error names ``source:line``."""
+
+    def __init__(self, text: str, source: str, base_dir: Path):
+        self.lines, self.source, self.base_dir = text.splitlines(), source, base_dir
+
+    # -------------------------------------------------------------- errors with line numbers
+
+    def line(self, table: str, key: str | None = None, index: int = 0, needle: str | None = None) -> int:
+        """1-based line of ``key =`` in the ``index``-th ``[table]`` / ``[[table]]`` ("" = top level); with
+        ``needle``, the first line from there on that contains it. Falls back to the table's header, else 1."""
+        current, seen, start, found_key = "", {}, None, key is None
+        for n, raw in enumerate(self.lines, 1):
+            header = re.match(r"\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$", raw)
+            if header:
+                current = header.group(1)
+                seen[current] = seen.get(current, -1) + 1
+                start = n if current == table and seen[current] == index else start
+                continue
+            if current != table or seen.get(table, 0) != index:
+                continue
+            body = raw.split("#", 1)[0]
+            if not found_key and re.match(rf"\s*{re.escape(key)}\s*=", body):
+                if needle is None:
+                    return n
+                found_key = True
+            if found_key and needle is not None and needle in body:
+                return n
+        return start or 1
+
+    def fail(self, message: str, table: str = "", key: str | None = None, index: int = 0, needle: str | None = None):
+        raise SweepError(f"{self.source}:{self.line(table, key, index, needle)}: {message}")
+
+    # -------------------------------------------------------------- values
+
+    def check_keys(self, data: dict, allowed: set, table: str, index: int = 0) -> None:
+        for key in data:
+            if key not in allowed:
+                where = f"[{table}]" if table else "the top level"
+                self.fail(f"unknown key {key!r} in {where}; allowed: {sorted(allowed)}.", table, key, index)
+
+    def number(self, value, kind, low, high, table: str, key: str, index: int = 0, name: str | None = None):
+        ok_type = isinstance(value, int) if kind is int else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok_type or not (math.isfinite(value) and low <= value <= high):
+            what = "an integer" if kind is int else "a number"
+            self.fail(f"`{name or table + '.' + key}` must be {what} in [{low:g}, {high:g}], got {value!r}.", table, key,
+                      index)
+        return kind(value)
+
+    def string(self, value, table: str, key: str, index: int = 0) -> str:
+        if not isinstance(value, str) or not value:
+            self.fail(f"`{table + '.' if table else ''}{key}` must be a non-empty string, got {value!r}.", table, key, index)
+        return value
+
+    def string_list(self, value, table: str, key: str) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.fail(f"`{table}.{key}` must be a list of names, got {value!r}.", table, key)
+        return value
+
+    # -------------------------------------------------------------- sections
+
+    def read(self, data: dict) -> Sweep:
+        self.check_keys(data, _TOP_KEYS, "")
+        name = self.string(data.get("name"), "", "name")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            self.fail(f"`name` may hold letters, digits, '_', '.', '-' only, got {name!r}.", "", "name")
+        model = self.string(data.get("model", DEMO), "", "model")
+        catalog = self.string(data.get("catalog", "outputs/catalog"), "", "catalog")
+        for table in _TABLE_KEYS:
+            if table in data and not isinstance(data[table], list if table == "encoders" else dict):
+                self.fail(f"`{table}` must be a {'[[' + table + ']] array' if table == 'encoders' else '[' + table + '] table'}.",
+                          table)
+        execution = self.execution(data.get("execution", {}))
+        encoders, subjects = self.encoders(data.get("encoders"), model)
+        targets = self.targets(data.get("targets"), encoders, subjects)
+        settings = self.settings(data.get("settings", {}), model)
+        varying = [k for k in Settings.__dataclass_fields__ if len({getattr(s, k) for s in settings}) > 1]
+        jobs = [Job(enc, target, objective, s, ",".join(f"{k}={getattr(s, k)!r}" if k == "prompt" else f"{k}={getattr(s, k)}"
+                                                        for k in varying))
+                for enc, s in itertools.product(encoders, settings) for target, objective in targets[enc]]
+        keep = None
+        if "rerank" in data:
+            self.check_keys(data["rerank"], _TABLE_KEYS["rerank"], "rerank")
+            keep = self.number(data["rerank"].get("keep", 0.2), float, 1e-9, 1.0, "rerank", "keep")
+        evaluation = None
+        if "evaluation" in data:
+            self.check_keys(data["evaluation"], _TABLE_KEYS["evaluation"], "evaluation")
+            if data["evaluation"].get("enabled", True):
+                evaluation = dict(data["evaluation"].get("options", {}))
+        seeds = self.seeds(data.get("seeds"))
+        fingerprint = hashlib.sha256(json.dumps({"model": model, "seeds": seeds, "jobs": [j.key() for j in jobs]},
+                                                sort_keys=True).encode()).hexdigest()
+        return Sweep(name=name, model=model, catalog=catalog, seeds=seeds, encoders=encoders,
+                     jobs=jobs, **execution, rerank_keep=keep, evaluation=evaluation, source=self.source,
+                     fingerprint=fingerprint)
+
+    def seeds(self, value) -> list[int]:
+        if isinstance(value, dict):
+            if set(value) - {"start", "count"}:
+                self.fail(f"`seeds` takes `start` and `count`, got {sorted(value)}.", "", "seeds")
+            start = self.number(value.get("start", 0), int, 0, 2**62, "", "seeds", name="seeds.start")
+            count = self.number(value.get("count", 0), int, 1, 10**7, "", "seeds", name="seeds.count")
+            return list(range(start, start + count))
+        if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                                     for s in value):
+            if len(set(value)) != len(value):
+                self.fail("`seeds` has repeated seeds.", "", "seeds")
+            return list(value)
+        self.fail(f"`seeds` must be {{start = S, count = N}} or a list of seeds >= 0, got {value!r}.", "", "seeds")
+
+    def execution(self, table: dict) -> dict:
+        self.check_keys(table, _TABLE_KEYS["execution"], "execution")
+        out = {k: self.number(v, *_EXECUTION_RANGES[k], "execution", k) for k, v in table.items() if k in _EXECUTION_RANGES}
+        for flag in ("baseline", "save_activations"):
+            if flag in table:
+                if not isinstance(table[flag], bool):
+                    self.fail(f"`execution.{flag}` must be true or false, got {table[flag]!r}.", "execution", flag)
+                out[flag] = table[flag]
+        return out
+
+    def encoders(self, value, model: str):
+        from ..subjects import load_subject
+
+        if not isinstance(value, list) or not value:
+            self.fail("the sweep needs at least one [[encoders]] table with `subject` and `path`.", "encoders")
+        specs, subjects = [], {}
+        for i, table in enumerate(value):
+            self.check_keys(table, _TABLE_KEYS["encoders"], "encoders", i)
+            subject_name = self.string(table.get("subject"), "encoders", "subject", i)
+            path = self.string(table.get("path"), "encoders", "path", i)
+            if path == DEMO and model != DEMO:
+                self.fail(f"encoder path 'demo' works with model = 'demo' only, got model {model!r}.", "encoders", "path", i)
+            subject_ref = subject_name if not subject_name.endswith(".npz") else str(self.base_dir / subject_name)
+            try:
+                subject = load_subject(subject_ref)
+            except (ValueError, FileNotFoundError, KeyError) as exc:
+                self.fail(f"unknown subject {subject_name!r}: {exc}", "encoders", "subject", i)
+            if path != DEMO:
+                local = self.base_dir / path
+                path = str(local) if local.exists() else path
+                self.check_space(Path(path), subject, i)
+            spec = EncoderSpec(name=table.get("name") or (DEMO if path == DEMO else Path(path).name),
+                               path=path, subject=subject_ref, identity=_identity(path, subject))
+            if spec.name in [s.name for s in specs]:
+                self.fail(f"two encoders are named {spec.name!r}; give each a distinct `name`.", "encoders", "name", i)
+            specs.append(spec)
+            subjects[spec] = subject
+        return specs, subjects
+
+    def check_space(self, folder: Path, subject, index: int) -> None:
+        """A local encoder's voxel space must be the subject's (a Hub id is checked when a worker loads it)."""
+        config = folder / "config.json"
+        if not config.is_file():
+            if folder.exists():
+                self.fail(f"encoder folder {folder} has no config.json.", "encoders", "path", index)
+            return
+        cfg = json.loads(config.read_text())
+        theirs = (cfg.get("voxel_space"), cfg.get("n_voxels"))
+        if theirs != (subject.space, subject.n_voxels):
+            self.fail(f"encoder {folder} is in voxel space {theirs[0]!r} with {theirs[1]} voxels, but subject "
+                      f"{subject.name!r} is {subject.space!r} with {subject.n_voxels}; pair each encoder with its "
+                      "own subject.", "encoders", "subject", index)
+
+    def targets(self, table, encoders, subjects) -> dict:
+        if not isinstance(table, dict):
+            self.fail("the sweep needs a [targets] table (rois, minimize, voxels or contrasts).", "targets")
+        self.check_keys(table, _TABLE_KEYS["targets"], "targets")
+        out = {}
+        for enc in encoders:
+            subject, found = subjects[enc], []
+
+            def roi(name, key):
+                try:
+                    return subject.roi(name)
+                except (KeyError, ValueError):
+                    self.fail(f"unknown ROI {name!r} for subject {subject.name!r}; known: {subject.roi_names}.",
+                              "targets", key, needle=f'"{name}"')
+
+            for name in self.string_list(table.get("rois", []), "targets", "rois"):
+                found.append((name, Objective.maximize(roi(name, "rois"), label=name)))
+            for name in self.string_list(table.get("minimize", []), "targets", "minimize"):
+                found.append((f"{name}-min", Objective.minimize(roi(name, "minimize"), label=f"{name}-min")))
+            for file in self.string_list(table.get("voxels", []), "targets", "voxels"):
+                found.append((Path(file).stem, self.voxel_file(file, subject)))
+            contrasts = table.get("contrasts", [])
+            if not isinstance(contrasts, list):
+                self.fail("`targets.contrasts` must be a list of {positive, negative, weight} tables.", "targets", "contrasts")
+            for c in contrasts:
+                if not isinstance(c, dict) or set(c) - {"positive", "negative", "weight"} or not {"positive", "negative"} <= set(c):
+                    self.fail(f"each contrast must be {{positive = ROI, negative = ROI, weight = W}}, got {c!r}.",
+                              "targets", "contrasts")
+                weight = self.number(c.get("weight", 1.0), float, -100.0, 100.0, "targets", "contrasts")
+                label = f"{c['positive']}-vs-{c['negative']}"
+                found.append((label, Objective.contrast(roi(c["positive"], "contrasts"), roi(c["negative"], "contrasts"),
+                                                        weight, label=label)))
+            if not found:
+                self.fail("[targets] lists no target.", "targets")
+            names = [n for n, _ in found]
+            if len(set(names)) != len(names):
+                self.fail(f"[targets] names a target twice: {names}.", "targets")
+            out[enc] = found
+        return out
+
+    def voxel_file(self, file: str, subject) -> Objective:
+        path = self.base_dir / file
+        try:
+            voxels = np.load(path, allow_pickle=False)
+            subject.check_voxels(voxels, f"voxels file {file}")
+            return Objective.maximize(voxels, label=Path(file).stem)
+        except (OSError, ValueError) as exc:
+            self.fail(f"voxel file {file!r}: {exc}", "targets", "voxels", needle=file)
+
+    def settings(self, table: dict, model: str) -> list[Settings]:
+        from ..pipeline import GUIDANCE_MODES, SCHEDULERS
+
+        self.check_keys(table, _TABLE_KEYS["settings"], "settings")
+        defaults = _demo_defaults() if model == DEMO else _PAPER_DEFAULTS
+        axes = {}
+        for key in _TABLE_KEYS["settings"]:
+            values = table.get(key, getattr(Settings, key) if key not in defaults else defaults[key])
+            values = values if isinstance(values, list) else [values]
+            if not values:
+                self.fail(f"`settings.{key}` is an empty list.", "settings", key)
+            checked = []
+            for v in values:
+                if key in SETTING_RANGES:
+                    checked.append(self.number(v, *SETTING_RANGES[key], "settings", key))
+                elif key == "mode" and v not in GUIDANCE_MODES:
+                    self.fail(f"`settings.mode` must be one of {GUIDANCE_MODES}, got {v!r}.", "settings", key)
+                elif key == "scheduler" and v not in SCHEDULERS:
+                    self.fail(f"`settings.scheduler` must be one of {sorted(SCHEDULERS)}, got {v!r}.", "settings", key)
+                elif key == "prompt" and not isinstance(v, str):
+                    self.fail(f"`settings.prompt` must be a string, got {v!r}.", "settings", key)
+                else:
+                    checked.append(v)
+            for side in ("height", "width"):
+                if key == side and any(v % 8 for v in checked):
+                    self.fail(f"`settings.{side}` must be a multiple of 8, got {checked}.", "settings", key)
+            axes[key] = checked
+        keys = sorted(axes)
+        return [Settings(**dict(zip(keys, combo))) for combo in itertools.product(*(axes[k] for k in keys))]
+
+
+def _identity(path: str, subject) -> str:
+    """The encoder's checkpoint content (a local folder's config and weights) or its name, plus its voxel space."""
+    from ..demo import ASSET_ENCODER
+
+    folder = ASSET_ENCODER if path == DEMO else Path(path)
+    digest = hashlib.sha256(f"{path}|{subject.space}|{subject.n_voxels}".encode())
+    if (folder / "config.json").is_file():
+        digest = hashlib.sha256(f"{subject.space}|{subject.n_voxels}".encode())
+        for file in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
+            with open(file, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def _demo_defaults() -> dict:
+    from ..demo import DEMO_DEFAULTS
+
+    return {"height": DEMO_DEFAULTS["height"], "width": DEMO_DEFAULTS["width"],
+            "steps": DEMO_DEFAULTS["num_inference_steps"], "scale": DEMO_DEFAULTS["brain_guidance_scale"]}
