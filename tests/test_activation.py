@@ -14,6 +14,7 @@ from PIL import Image
 import braindive as bd
 from ui import activation as act
 from ui import build_app, explore, selection
+from ui.registry import ModelRegistry
 from ui.service import GenerationRequest, ImageResult, Service
 from ui.settings import Settings
 from ui.train import overall_percent
@@ -144,7 +145,7 @@ def test_a_subject_without_a_map_still_lists_rois_and_generates(service, s1, tmp
     config.pop("subject_fingerprint", None)  # the demo's voxels on another (missing) surface: matched by name
     config["training"]["subject_file"] = "subject.npz"
     (folder / "config.json").write_text(json.dumps(config))
-    monkeypatch.setattr(Service, "_load_backend", lambda self: service.backend())
+    monkeypatch.setattr(ModelRegistry, "_load_backend", lambda self: service.backend())
     settings = Settings(preset="sd21", encoder=str(folder), data_dir=str(tmp_path / "app"), image_size=64)
     svc = Service(settings)
     app = build_app(svc, settings)
@@ -155,4 +156,4 @@ def test_a_subject_without_a_map_still_lists_rois_and_generates(service, s1, tmp
     items = list(svc.generate(GenerationRequest(subject="nomap", encoder=str(folder), steps=2, target="PPA")))
     assert sum(isinstance(i, ImageResult) for i in items) == 1
     with gr.Blocks():
-        assert explore.build(svc, settings)["subject"].value == "nomap"
+        assert explore.build(svc, settings)["subject"].value.startswith("nomap · ")  # listed by its space label

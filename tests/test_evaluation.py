@@ -200,3 +200,25 @@ def test_classifier_from_a_model_object_matches_loading_it(classifier):
     with pytest.raises(ValueError, match="need `weights`"):
         ZeroShotClassifier(ZeroShotConfig(model=classifier.config.model, pretrained=None,
                                           model_config=classifier.config.model_config))
+
+
+def test_batch_evaluation_stage_classifies_each_job(tmp_path, clip_config):
+    """The sweep's ``[evaluation]`` stage: one set per job, accuracy as constructed, stored in the catalog."""
+    from braindive.catalog import Catalog
+    from braindive.evaluation import evaluate_batch
+
+    catalog = Catalog(tmp_path / "catalog")
+    record = {"created": "2026-01-01T00:00:00+00:00", "subject": "S1", "seed": 0, "parameters": {}}
+    jobs = {"demo/FFA": ("FFA", ["faces", "faces", "places"]), "demo/PPA": ("PPA", ["places", "food"])}
+    groups = {label: [{"id": catalog.add(swatch(COLOURS[c]), {**record, "target": roi, "seed": k,
+                                                              "objective": bd.Objective.maximize([1]).describe()}).id}
+                      for k, c in enumerate(colours)]
+              for label, (roi, colours) in jobs.items()}
+    out = evaluate_batch(catalog, groups, **clip_config.to_dict())
+    rows = {row["target"]: row for row in out["table"]}
+    assert rows["FFA"]["demo/FFA accuracy %"] == round(100 * 2 / 3, 1) and rows["FFA"]["demo/FFA n"] == 3
+    assert rows["PPA"]["demo/PPA accuracy %"] == 50.0 and rows["PPA"]["demo/PPA n"] == 2
+    assert [e["id"] for e in stored(catalog.root)] == [out["id"]]
+    assert (catalog.root / "evaluations" / out["id"] / "comparison.csv").is_file()
+    with pytest.raises(ValueError, match="unknown"):
+        evaluate_batch(catalog, groups, classes=5)

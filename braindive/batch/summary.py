@@ -78,7 +78,11 @@ def run_evaluation(sweep: Sweep, catalog: Catalog, groups: dict, log) -> dict | 
     if evaluate is None:
         log(f"evaluation skipped: {module_name} has no {function}(catalog, groups, **options).")
         return None
-    return evaluate(catalog, groups, **sweep.evaluation)
+    try:
+        return evaluate(catalog, groups, **sweep.evaluation)
+    except (ValueError, RuntimeError, OSError) as exc:  # e.g. no CLIP weights offline: the images stay, say why
+        log(f"evaluation failed: {exc}")
+        return None
 
 
 def write_summary(sweep: Sweep, catalog: Catalog, log=print) -> Path:
