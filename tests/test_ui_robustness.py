@@ -276,13 +276,13 @@ def test_exports_go_to_the_data_dir_and_only_the_latest_are_kept(app, service, e
     (7, 100000, "`steps` must be a whole number from 1 to 50, got 100000."),
     (10, 50, "`n_images` must be a whole number from 1 to 4, got 50."),
     (9, "abc", "`seed` must be a whole number from 0 to 2147483647, got 'abc'."),
-    (11, "x" * 10_000, "`prompt` must be text of at most 300 characters, got 10000 characters."),
+    (12, "x" * 10_000, "`prompt` must be text of at most 300 characters, got 10000 characters."),
     (4, "FFA", "`contrast_target` must differ from the target 'FFA'"),
 ])
 def test_the_generate_button_rejects_what_the_api_rejects(app, position, value, message):
     run, _ = handler(app, "run")
     args = ["S1", "demo", {"target": "FFA", "voxels": [], "results": []}, "contrast", "EBA", 1.0, 20.0, 3, "dpm",
-            0, 1, "", "exact"]
+            0, 1, 1, "", "exact", explore.act.MAPS[0], explore.act.LIMITS[0]]
     args[position] = value
     with pytest.raises(gr.Error) as err:
         next(run(*args, request=SimpleNamespace(session_hash="ui", username=None)))
@@ -294,7 +294,7 @@ def test_the_generate_button_rejects_what_the_api_rejects(app, position, value, 
 def test_a_flatmap_click_without_click_data_is_named(app, event):
     select_on_map, _ = handler(app, "select_on_map")
     with pytest.raises(gr.Error, match=r"A flatmap click needs the click position \[x, y\] in pixels"):
-        select_on_map("S1", "Select ROI", 6, {"target": "FFA", "voxels": [], "results": []}, event)
+        select_on_map("S1", "Select ROI", 6, {"target": "FFA", "voxels": [], "results": []}, "maximize", "", event)
 
 
 def test_history_shows_each_session_only_its_own_results(app, service, entry_id, monkeypatch):
