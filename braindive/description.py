@@ -16,10 +16,9 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-__all__ = ["GenerationDescription", "OBJECTIVE_KINDS", "HEMISPHERES", "FIELDS", "describe_record", "measured_value"]
+__all__ = ["GenerationDescription", "OBJECTIVE_KINDS", "FIELDS", "describe_record", "measured_value", "measured_baseline"]
 
-OBJECTIVE_KINDS = ("maximize", "minimize", "contrast")
-HEMISPHERES = ("both", "lh", "rh")
+OBJECTIVE_KINDS = ("maximize", "minimize", "contrast")  # as braindive.objectives (not imported: it loads torch)
 _PREFIX = {"maximize": "max", "minimize": "min"}
 
 
@@ -157,3 +156,12 @@ def measured_value(record: dict) -> float | None:
     if "objective_measure" in record:
         return float(value)
     return describe_record(record).measure_value(value)
+
+
+def measured_baseline(record: dict) -> float | None:
+    """The unguided image's value of the record's ``measure`` (``baseline_objective`` is the raw objective)."""
+    if "baseline_measure" in record:
+        return float(record["baseline_measure"])
+    if record.get("baseline_objective") is None:
+        return None
+    return describe_record(record).measure_value(record["baseline_objective"])

@@ -32,8 +32,9 @@ def generation_record(*, seed: int, subject: str, target: str, objective: dict, 
     ``target`` is region A (an ROI name or a custom set's name); ``target_b`` the contrast's region B
     (when None it is read from a ``"A-vs-B"`` target, the older calling convention). ``objective`` is
     ``Objective.describe()``; ``objective_value`` (and ``baseline_value``, the unguided image's) is the
-    pipeline's objective value. The record stores them as the signed ``objective_measure`` (e.g. FFA's
-    mean after minimising FFA), with the ``description`` and its ``label``.
+    pipeline's objective value. The record stores them as the signed value of ``objective_measure``
+    (``predicted_objective``, ``baseline_measure``; e.g. FFA's mean after minimising FFA), with the
+    ``description`` and its ``label``.
     """
     kind = objective["kind"]
     if kind == "contrast" and target_b is None:
@@ -61,5 +62,5 @@ def generation_record(*, seed: int, subject: str, target: str, objective: dict, 
         "versions": package_versions(),
     }
     if baseline_value is not None:
-        record["baseline_objective"] = description.measure_value(baseline_value)
+        record["baseline_measure"] = description.measure_value(baseline_value)
     return record
