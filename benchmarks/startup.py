@@ -32,7 +32,7 @@ SECTION = "## Start-up and speed"
 _PROBE = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
           "r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True); "
           "dt = time.perf_counter() - t; sys.stderr.write(r.stderr[-2000:] if r.returncode else ''); "
-          "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, r.returncode)")
+          "u = resource.getrusage(resource.RUSAGE_CHILDREN); print(dt, u.ru_maxrss, r.returncode, u.ru_utime + u.ru_stime)")
 EAGER_IMPORT = "import braindive as bd; [getattr(bd, name) for name in bd.__all__]"
 IMAGE = """
 import json, statistics, sys, time
@@ -44,28 +44,30 @@ load = time.perf_counter() - t
 objective = bd.Objective.maximize(bundle.subject.roi("FFA"))
 kwargs = dict(num_inference_steps=25, guidance_mode="exact", **{k: v for k, v in bundle.defaults.items()
               if k not in ("num_inference_steps",)})
-times = []
+times, cpu = [], []
 for seed in range(int(sys.argv[1]) + 1):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     bundle.pipe(objective=objective, generator=torch.Generator().manual_seed(seed), **kwargs)
     times.append(time.perf_counter() - t)
-print(json.dumps({"load_s": load, "image_s": statistics.median(times[1:]), "kwargs": kwargs,
-                  "torch_threads": torch.get_num_threads()}))
+    cpu.append(time.process_time() - c)
+print(json.dumps({"load_s": load, "image_s": statistics.median(times[1:]), "image_cpu_s": statistics.median(cpu[1:]),
+                  "kwargs": kwargs, "torch_threads": torch.get_num_threads()}))
 """
 
 
-def probe(command: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of ``command`` in a fresh child process."""
+def probe(command: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MiB) and CPU seconds (user + system) of ``command`` in a fresh child process."""
     out = subprocess.run([sys.executable, "-c", _PROBE, *command], cwd=REPO, capture_output=True, text=True, check=True)
-    seconds, rss_kib, rc = out.stdout.split()
+    seconds, rss_kib, rc, cpu = out.stdout.split()
     if rc != "0":
         raise RuntimeError(f"{' '.join(command)} failed (exit {rc}): {out.stderr}")
-    return float(seconds), int(rss_kib) / 1024
+    return float(seconds), int(rss_kib) / 1024, float(cpu)
 
 
 def median_probe(command: list[str], repeats: int) -> dict:
     runs = [probe(command) for _ in range(repeats)]
     return {"seconds": round(statistics.median(r[0] for r in runs), 3), "peak_rss_mib": round(max(r[1] for r in runs)),
+            "cpu_seconds": round(statistics.median(r[2] for r in runs), 3),
             "repeats": repeats, "command": " ".join(["python", *command[1:]])}
 
 
@@ -94,17 +96,21 @@ def markdown(r: dict) -> str:
         f"{image['torch_threads']} threads; load average {m['load_average_at_start']} at start, "
         f"{m['load_average_at_end']} at end (other engineers' jobs share the cores). Command: "
         f"`python -m benchmarks.startup`. Date: {r['date']}.", "",
-        "| What | Command | Wall time | Peak memory |",
-        "|---|---|---|---|",
+        "| What | Command | Wall time | CPU time (user + system) | Peak memory |",
+        "|---|---|---|---|---|",
         f"| CLI help (lazy imports) | `{help_['command']}` | {help_['seconds']:.2f} s (median of {help_['repeats']}) | "
-        f"{help_['peak_rss_mib']} MiB |",
+        f"{help_['cpu_seconds']:.2f} s | {help_['peak_rss_mib']} MiB |",
         f"| Importing every `braindive` name (what `--help` cost before lazy imports) | `{eager['command']}` | "
-        f"{eager['seconds']:.2f} s (median of {eager['repeats']}) | {eager['peak_rss_mib']} MiB |",
+        f"{eager['seconds']:.2f} s (median of {eager['repeats']}) | {eager['cpu_seconds']:.2f} s | "
+        f"{eager['peak_rss_mib']} MiB |",
         f"| One guided 25-step demo image in-process (exact mode, {image['kwargs']['height']} px, after loading) | "
         f"`pipe(objective=Objective.maximize(FFA), num_inference_steps=25)` | {image['image_s']:.2f} s "
-        f"(median of {r['image_repeats']}; loading the demo {image['load_s']:.1f} s) | |",
-        f"| CLI, 4 demo images, start-up included | `{cli['command']}` | {cli['seconds']:.1f} s | {cli['peak_rss_mib']} MiB |",
+        f"(median of {r['image_repeats']}; loading the demo {image['load_s']:.1f} s) | {image['image_cpu_s']:.2f} s | |",
+        f"| CLI, 4 demo images, start-up included | `{cli['command']}` | {cli['seconds']:.1f} s | "
+        f"{cli['cpu_seconds']:.1f} s | {cli['peak_rss_mib']} MiB |",
         "",
+        "Wall times on this shared machine grow with the other jobs' load (in the header); CPU time is the work "
+        "itself: with the cores to itself a run takes about CPU time / 2 to CPU time (torch uses both cores).", "",
         f"`--help` is {eager['seconds'] / help_['seconds']:.0f}x faster than the eager import and uses "
         f"{eager['peak_rss_mib'] / max(help_['peak_rss_mib'], 1):.0f}x less memory. The app makes two images per "
         "result (the guided one and the unguided one of the same seed), so a result in Explore takes about twice "
