@@ -117,7 +117,7 @@ def _activation_map(service: Service, entry: Entry):
         base = entry.target.split(".")[0]
         highlight = entry.target if base in subject.roi_names else None
         return service.flatmap(entry.subject, acts, highlight=highlight, vmin=-limit, vmax=limit,
-                               title=f"Predicted activation · {entry.description.label} · seed {entry.seed}")
+                               title=f"{entry.description.label} · seed {entry.seed}")
     except ServiceError as exc:
         gr.Warning(f"No activation map for {entry.id}: {exc}")
         return None
