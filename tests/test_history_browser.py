@@ -74,6 +74,7 @@ def test_minimised_ffa_is_min_ffa_in_history_and_manifest(server, tmp_path):
             assert "max FFA" not in table
             page.locator("#history-gallery img").first.click()  # opens the result
             page.wait_for_selector("#history-map img", timeout=120_000)
+            page.wait_for_selector("#history-chart .js-plotly-plot, #history-chart .plot-container", timeout=120_000)
             assert "min FFA" in page.locator("#history-params").inner_text()
             page.locator("#history-export-all").click()
             link = page.locator("#history-zip a").first
