@@ -109,8 +109,9 @@ def markdown(r: dict) -> str:
         f"| CLI, 4 demo images, start-up included | `{cli['command']}` | {cli['seconds']:.1f} s | "
         f"{cli['cpu_seconds']:.1f} s | {cli['peak_rss_mib']} MiB |",
         "",
-        "Wall times on this shared machine grow with the other jobs' load (in the header); CPU time is the work "
-        "itself: with the cores to itself a run takes about CPU time / 2 to CPU time (torch uses both cores).", "",
+        "Wall times on this shared machine grow with the other jobs' load (in the header). CPU time grows with it "
+        "too (torch's threads spin while they wait for a core), so neither is the idle-machine speed when the load "
+        "is high; compare with the demo rows of the guided-generation section, measured at low load.", "",
         f"`--help` is {eager['seconds'] / help_['seconds']:.0f}x faster than the eager import and uses "
         f"{eager['peak_rss_mib'] / max(help_['peak_rss_mib'], 1):.0f}x less memory. The app makes two images per "
         "result (the guided one and the unguided one of the same seed), so a result in Explore takes about twice "
