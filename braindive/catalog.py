@@ -7,26 +7,39 @@ Layout under the catalog root::
     images/<id>.npy      optional: the encoder's predicted activity per voxel (float32)
     index.sqlite         one row per image (WAL mode: safe with concurrent writers)
 
+Each row holds the generation's ``GenerationDescription`` (objective kind, regions, hemisphere, label,
+encoder, subject space, scheduler, mode, scales, prompt, seed), its owner and the predicted value of
+its measure (e.g. FFA's mean, negative after minimising FFA). Catalogs written before these columns
+existed are migrated on open from their JSON records.
+
 Export writes a ZIP with the PNGs, their JSON, and ``manifest.csv`` — a stimulus list for an fMRI
-experiment (file name, subject, target, seed, predicted objective, parameters).
+experiment (file name, the description's columns, the measure and its predicted value). Rows that
+cannot be read and images whose files are missing are skipped and reported, never fatal.
 """
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
+import logging
+import re
 import sqlite3
 import uuid
 import zipfile
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .cache import private_tmp
 
-__all__ = ["Catalog", "Entry"]
+from .description import GenerationDescription, describe_record, measured_value
+
+__all__ = ["Catalog", "Entry", "Page", "Export", "MANIFEST_COLUMNS", "description_from_manifest"]
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -40,31 +53,71 @@ CREATE TABLE IF NOT EXISTS images (
     steps INTEGER,
     model TEXT,
     encoder TEXT,
-    run_id TEXT,
-    owner TEXT NOT NULL DEFAULT ''
+    run_id TEXT
 );
 CREATE INDEX IF NOT EXISTS images_subject_target ON images (subject, target, created);
 """
-MANIFEST_COLUMNS = ("file", "subject", "target", "seed", "predicted_objective", "brain_guidance_scale",
-                    "num_inference_steps", "model", "encoder", "created", "id")
+# columns added after the first release (migrated with ALTER TABLE; ``kind IS NULL`` marks rows to backfill)
+_NEW_COLUMNS = {"kind": "TEXT", "target_b": "TEXT", "weight": "REAL", "hemisphere": "TEXT", "label": "TEXT",
+                "subject_space": "TEXT", "scheduler": "TEXT", "mode": "TEXT", "sag": "REAL", "prompt": "TEXT",
+                "owner": "TEXT NOT NULL DEFAULT ''"}
+# description field -> catalog column, where the names differ
+_COLUMN_OF = {"scale": "guidance_scale"}
+# manifest column -> description field, where the names differ
+_MANIFEST_FIELD = {"objective_kind": "kind", "guidance_mode": "mode", "brain_guidance_scale": "scale",
+                   "num_inference_steps": "steps", "sag_scale": "sag"}
+MANIFEST_COLUMNS = ("file", "id", "created", "label", "objective_kind", "target", "target_b", "weight", "hemisphere",
+                    "objective", "predicted_objective", "subject", "subject_space", "encoder", "model", "scheduler",
+                    "guidance_mode", "brain_guidance_scale", "num_inference_steps", "sag_scale", "prompt", "seed",
+                    "run_id")
+_FILTERS = ("subject", "target", "label", "kind", "encoder")
 
 
 @dataclass(frozen=True)
 class Entry:
     id: str
     created: str
-    subject: str
-    target: str
-    seed: int
-    objective: float | None
-    guidance_scale: float | None
-    steps: int | None
-    model: str
-    encoder: str
+    description: GenerationDescription
+    objective: float | None            # predicted value of ``description.measure`` (sign as measured)
     run_id: str
+    owner: str
     image_path: Path
     record_path: Path
-    owner: str = ""  # who made it ("" = shared); History filters by it on a public Space
+
+    subject = property(lambda self: self.description.subject)
+    target = property(lambda self: self.description.target)
+    seed = property(lambda self: self.description.seed)
+    kind = property(lambda self: self.description.kind)
+    label = property(lambda self: self.description.label)
+    encoder = property(lambda self: self.description.encoder)
+    model = property(lambda self: self.description.model)
+    guidance_scale = property(lambda self: self.description.scale)
+    steps = property(lambda self: self.description.steps)
+
+    @property
+    def caption(self) -> str:
+        return self.description.caption()
+
+    @property
+    def value_text(self) -> str:
+        return self.description.value_text(self.objective)
+
+
+@dataclass
+class Page:
+    """One page of a query: readable entries, the rows skipped (id, reason) and the number of matching rows."""
+
+    entries: list[Entry]
+    skipped: list[tuple[str, str]]
+    total: int
+    offset: int = 0
+
+
+@dataclass
+class Export:
+    path: Path
+    exported: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Catalog:
@@ -74,20 +127,44 @@ class Catalog:
         self.root = Path(root)
         (self.root / "images").mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "index.sqlite"
-        with closing(self._connect()) as db, db:
+        with closing(self._connect()) as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
-            if "owner" not in {row["name"] for row in db.execute("PRAGMA table_info(images)")}:  # an older index
-                db.execute("ALTER TABLE images ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+            self._migrate(db)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.db_path, timeout=30.0)
         db.row_factory = sqlite3.Row
         return db
 
-    def add(self, image, record: dict, run_id: str = "", activations=None, entry_id: str | None = None) -> Entry:
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Add the description columns to an older index and fill them from each row's JSON record."""
+        db.execute("BEGIN IMMEDIATE")  # one process migrates; the others then find nothing to do
+        try:
+            have = {r["name"] for r in db.execute("PRAGMA table_info(images)")}
+            for name, sql_type in _NEW_COLUMNS.items():
+                if name not in have:
+                    db.execute(f"ALTER TABLE images ADD COLUMN {name} {sql_type}")
+            db.execute("CREATE INDEX IF NOT EXISTS images_owner_label ON images (owner, label, created)")
+            for (entry_id,) in db.execute("SELECT id FROM images WHERE kind IS NULL").fetchall():
+                try:
+                    record = json.loads(self._image_path(entry_id).with_suffix(".json").read_text())
+                    values = _columns(describe_record(record), measured_value(record))
+                except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+                    log.warning("catalog row %s keeps no objective kind: its record cannot be read (%s)", entry_id, exc)
+                    values = {"kind": ""}
+                db.execute(f"UPDATE images SET {', '.join(f'{c} = ?' for c in values)} WHERE id = ?",
+                           (*values.values(), entry_id))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def add(self, image, record: dict, run_id: str = "", activations=None, owner: str = "",
+            entry_id: str | None = None) -> Entry:
         """Store one image, its record and optionally its predicted activity; files first, then the index row.
 
+        ``record`` is a ``generation_record``; ``owner`` scopes History on a shared server ('' = anyone's).
         Exactly once per ``entry_id`` (a deterministic id, e.g. from ``braindive.batch``): if that id is already
         indexed nothing is written and the stored entry is returned. Files are written under private names and
         renamed into place, and the row comes last, so an indexed entry always has complete files.
@@ -97,21 +174,19 @@ class Catalog:
             if existing is not None:
                 return existing
         entry_id = entry_id or uuid.uuid4().hex[:16]
-        image_path = self.root / "images" / f"{entry_id}.png"
+        image_path = self._image_path(entry_id)
         record_path = image_path.with_suffix(".json")
+        description = describe_record(record)
         record = {**record, "id": entry_id, "run_id": run_id}
         _atomic(image_path, lambda f: image.save(f, format="PNG"))
         _atomic(record_path, lambda f: f.write(json.dumps(record, indent=2).encode()))
         if activations is not None:
             _atomic(image_path.with_suffix(".npy"), lambda f: np.save(f, np.asarray(activations, dtype=np.float32)))
-        params = record.get("parameters", {})
-        row = (entry_id, record["created"], record["subject"], record["target"], int(record["seed"]),
-               record.get("predicted_objective"), params.get("brain_guidance_scale"), params.get("num_inference_steps"),
-               record.get("model", ""), record.get("encoder", ""), run_id, str(record.get("owner", "")))
-        columns = ("id", "created", "subject", "target", "seed", "objective", "guidance_scale", "steps", "model",
-                   "encoder", "run_id", "owner")
+        row = {"id": entry_id, "created": record["created"], "run_id": run_id, "owner": owner,
+               **_columns(description, measured_value(record))}
         with closing(self._connect()) as db, db:
-            db.execute(f"INSERT OR IGNORE INTO images ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", row)
+            db.execute(f"INSERT OR IGNORE INTO images ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                       tuple(row.values()))
         return self.get(entry_id)
 
     def find(self, entry_id: str) -> Entry | None:
@@ -121,20 +196,40 @@ class Catalog:
         except KeyError:
             return None
 
-    def query(self, subject: str | None = None, target: str | None = None, since: str | None = None,
-              until: str | None = None, limit: int = 200, owner: str | None = None) -> list[Entry]:
-        """Newest first; ``since``/``until`` are ISO dates or timestamps (inclusive); ``owner`` (if not None): only theirs."""
-        clauses, args = (["owner = ?"], [owner]) if owner is not None else ([], [])
-        for column, op, value in (("subject", "=", subject), ("target", "=", target), ("created", ">=", since),
-                                  ("created", "<=", _end_of_day(until))):
-            if value:
-                clauses.append(f"{column} {op} ?")
-                args.append(value)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    def page(self, subject=None, target=None, since=None, until=None, limit: int | None = None, offset: int = 0, *,
+             label=None, kind=None, encoder=None, owner: str | None = None) -> Page:
+        """Matching entries, newest first, ``limit`` of them from ``offset`` (None: all).
+
+        ``since``/``until`` are dates ``YYYY-MM-DD`` or ISO timestamps (inclusive); ``owner`` None means
+        everyone's. Rows that cannot be read and entries whose image file is missing are in ``skipped``.
+        """
+        where, args = self._where(subject=subject, target=target, label=label, kind=kind, encoder=encoder,
+                                  owner=owner, since=since, until=until)
+        if limit is not None and (int(limit) < 0 or int(offset) < 0):
+            raise ValueError(f"`limit` and `offset` must be >= 0, got {limit!r} and {offset!r}.")
         with closing(self._connect()) as db:
-            rows = db.execute(f"SELECT * FROM images {where} ORDER BY created DESC, rowid DESC LIMIT ?",
-                              (*args, int(limit))).fetchall()
-        return [self._entry(dict(r)) for r in rows]
+            total = db.execute(f"SELECT COUNT(*) FROM images {where}", args).fetchone()[0]
+            rows = db.execute(f"SELECT * FROM images {where} ORDER BY created DESC, rowid DESC LIMIT ? OFFSET ?",
+                              (*args, -1 if limit is None else int(limit), int(offset))).fetchall()
+        entries, skipped = [], []
+        for row in rows:
+            try:
+                entry = self._entry(dict(row))
+            except ValueError as exc:
+                skipped.append((row["id"], f"unreadable catalog row: {exc}"))
+                continue
+            if not entry.image_path.is_file():
+                skipped.append((entry.id, f"image file missing: {entry.image_path}"))
+                continue
+            entries.append(entry)
+        return Page(entries, skipped, total, int(offset))
+
+    def query(self, subject=None, target=None, since=None, until=None, limit: int | None = None, **filters) -> list[Entry]:
+        """``page(...).entries``: readable entries with their images, newest first; skipped rows are logged."""
+        page = self.page(subject, target, since, until, limit, **filters)
+        for entry_id, reason in page.skipped:
+            log.warning("catalog entry %s skipped: %s", entry_id, reason)
+        return page.entries
 
     def activations(self, entry_id: str) -> np.ndarray | None:
         path = self.get(entry_id).image_path.with_suffix(".npy")
@@ -144,6 +239,7 @@ class Catalog:
         return json.loads(self.get(entry_id).record_path.read_text())
 
     def get(self, entry_id: str) -> Entry:
+        """The entry ``entry_id``; ``KeyError`` if absent, ``ValueError`` if its row cannot be read."""
         with closing(self._connect()) as db:
             row = db.execute("SELECT * FROM images WHERE id = ?", (entry_id,)).fetchone()
         if row is None:
@@ -151,38 +247,138 @@ class Catalog:
         return self._entry(dict(row))
 
     def distinct(self, column: str, owner: str | None = None) -> list[str]:
-        if column not in ("subject", "target"):
-            raise ValueError(f"`column` must be 'subject' or 'target', got {column!r}.")
-        where, args = ("WHERE owner = ?", (owner,)) if owner is not None else ("", ())
+        """Distinct non-empty values of a filter column (``subject``, ``target``, ``label``, ``kind``, ``encoder``)."""
+        if column not in _FILTERS:
+            raise ValueError(f"`column` must be one of {sorted(_FILTERS)}, got {column!r}.")
+        where, args = self._where(owner=owner)
+        where = f"{where} AND" if where else "WHERE"
         with closing(self._connect()) as db:
-            return [r[0] for r in db.execute(f"SELECT DISTINCT {column} FROM images {where} ORDER BY {column}", args)]
+            rows = db.execute(f"SELECT DISTINCT {column} FROM images {where} {column} IS NOT NULL AND {column} != '' "
+                              f"ORDER BY {column}", args)
+            return [str(r[0]) for r in rows]
 
-    def export_zip(self, entry_ids, path) -> Path:
-        """ZIP of the chosen images + JSON records + ``manifest.csv``."""
-        entries = [self.get(i) for i in entry_ids]
-        if not entries:
+    def export_zip(self, entry_ids, path) -> Export:
+        """ZIP of the chosen images + JSON records + ``manifest.csv`` (+ ``skipped.csv`` naming what was left out).
+
+        Entries that are gone, unreadable or missing a file are skipped and reported; ``ValueError`` if
+        nothing can be exported. Written to a temporary name, then renamed.
+        """
+        entry_ids = list(dict.fromkeys(entry_ids))
+        if not entry_ids:
             raise ValueError("Nothing to export: select at least one image.")
+        entries, skipped = [], []
+        for entry_id in entry_ids:
+            try:
+                entry = self.get(entry_id)
+            except (KeyError, ValueError) as exc:
+                skipped.append((entry_id, str(exc).strip("'\"")))
+                continue
+            missing = [p.name for p in (entry.image_path, entry.record_path) if not p.is_file()]
+            if missing:
+                skipped.append((entry_id, f"file missing: {', '.join(missing)}"))
+            else:
+                entries.append(entry)
+        if not entries:
+            reasons = "; ".join(f"{i}: {r}" for i, r in skipped[:3])
+            raise ValueError(f"Nothing to export: none of the {len(entry_ids)} selected image(s) is readable ({reasons}).")
         path = Path(path)
-        manifest = io.StringIO()
-        writer = csv.DictWriter(manifest, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        tmp = path.with_name(path.name + ".tmp")
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-            for e in entries:
-                name = f"{e.subject}_{e.target}_seed{e.seed:06d}_{e.id}.png"
-                zf.write(e.image_path, f"stimuli/{name}")
-                zf.write(e.record_path, f"metadata/{Path(name).with_suffix('.json')}")
-                writer.writerow({"file": f"stimuli/{name}", "subject": e.subject, "target": e.target, "seed": e.seed,
-                                 "predicted_objective": e.objective, "brain_guidance_scale": e.guidance_scale,
-                                 "num_inference_steps": e.steps, "model": e.model, "encoder": e.encoder,
-                                 "created": e.created, "id": e.id})
-            zf.writestr("manifest.csv", manifest.getvalue())
-        tmp.replace(path)
-        return path
+        rows = []
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+                for e in entries:
+                    name = f"{_slug(e.subject)}_{_slug(e.label)}_seed{e.seed:06d}_{e.id}.png"
+                    zf.write(e.image_path, f"stimuli/{name}")
+                    zf.write(e.record_path, f"metadata/{Path(name).with_suffix('.json')}")
+                    rows.append(_manifest_row(e, f"stimuli/{name}"))
+                zf.writestr("manifest.csv", _csv(MANIFEST_COLUMNS, rows))
+                if skipped:
+                    zf.writestr("skipped.csv", _csv(("id", "reason"), [dict(id=i, reason=r) for i, r in skipped]))
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return Export(path, [e.id for e in entries], skipped)
+
+    # ------------------------------------------------------------------ internals
+
+    def _where(self, since=None, until=None, owner=None, **filters) -> tuple[str, list]:
+        clauses, args = [], []
+        for name, value in filters.items():
+            if value:
+                clauses.append(f"{name} = ?")
+                args.append(str(value))
+        if owner is not None:
+            clauses.append("owner = ?")
+            args.append(str(owner))
+        start, end = _check_date(since, "since"), _check_date(until, "until")
+        if start and end and start[:10] > end[:10]:
+            raise ValueError(f"`since` ({since}) is after `until` ({until}): no date can match.")
+        for op, value in ((">=", start), ("<=", _end_of_day(end))):
+            if value:
+                clauses.append(f"created {op} ?")
+                args.append(value)
+        return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), args
+
+    def _image_path(self, entry_id: str) -> Path:
+        return self.root / "images" / f"{entry_id}.png"
 
     def _entry(self, row: dict) -> Entry:
-        image_path = self.root / "images" / f"{row['id']}.png"
-        return Entry(**row, image_path=image_path, record_path=image_path.with_suffix(".json"))
+        """An ``Entry`` from an index row; ``ValueError`` naming the bad field."""
+        description = GenerationDescription.from_dict({f: row.get(_COLUMN_OF.get(f, f)) for f in _DESCRIPTION_FIELDS})
+        objective = row.get("objective")
+        if objective is not None and not isinstance(objective, (int, float)):
+            raise ValueError(f"`objective` must be a number, got {objective!r}.")
+        image_path = self._image_path(row["id"])
+        return Entry(row["id"], str(row["created"]), description, None if objective is None else float(objective),
+                     row.get("run_id") or "", row.get("owner") or "", image_path, image_path.with_suffix(".json"))
+
+
+_DESCRIPTION_FIELDS = tuple(f for f in GenerationDescription.__dataclass_fields__)
+
+
+def _columns(description: GenerationDescription, value: float | None) -> dict:
+    """Index columns of a description and its measured value."""
+    values = description.as_dict()
+    return {**{_COLUMN_OF.get(f, f): values[f] for f in (*_DESCRIPTION_FIELDS, "hemisphere", "label")},
+            "objective": value}
+
+
+def _manifest_row(entry: Entry, file: str) -> dict:
+    values = entry.description.as_dict()
+    if entry.kind != "contrast":
+        values["weight"] = ""  # a weight only means something for a contrast
+    fields = {column: values[_MANIFEST_FIELD.get(column, column)] for column in MANIFEST_COLUMNS
+              if _MANIFEST_FIELD.get(column, column) in values}
+    return {**fields, "file": file, "id": entry.id, "created": entry.created, "objective": entry.description.measure,
+            "predicted_objective": entry.objective, "run_id": entry.run_id}
+
+
+def _csv(columns, rows) -> str:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def description_from_manifest(row: dict) -> GenerationDescription:
+    """The description a ``manifest.csv`` row was written from."""
+    return GenerationDescription.from_dict({_MANIFEST_FIELD.get(k, k): v for k, v in row.items()})
+
+
+def _check_date(value, argument: str) -> str | None:
+    """``value`` if it is a date ``YYYY-MM-DD`` or an ISO timestamp; ``ValueError`` naming ``argument`` otherwise."""
+    if value is None or str(value).strip() == "":
+        return None
+    value = str(value).strip()
+    try:
+        if len(value) == 10:
+            dt.date.fromisoformat(value)
+        else:
+            dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"`{argument}` must be a date YYYY-MM-DD (e.g. 2026-11-29), got {value!r}.") from None
+    return value
 
 
 def _atomic(path: Path, write) -> None:
@@ -199,3 +395,9 @@ def _atomic(path: Path, write) -> None:
 def _end_of_day(until: str | None) -> str | None:
     """A bare date ``YYYY-MM-DD`` means the whole day."""
     return f"{until}T23:59:59.999999+99:99" if until and len(until) == 10 else until
+
+
+def _slug(text: str) -> str:
+    """A file-name-safe form of a label: ``min FFA`` -> ``min-FFA``, ``FFA − 1.0×PPA`` -> ``FFA-1.0xPPA``."""
+    text = str(text).replace("×", "x").replace("−", "")
+    return re.sub(r"-{2,}", "-", re.sub(r"[^A-Za-z0-9.]+", "-", text)).strip("-") or "image"

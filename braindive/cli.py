@@ -1,4 +1,7 @@
-"""Command line: ``python -m braindive generate --preset demo --roi FFA --n 4 --out DIR``."""
+"""Command line: ``python -m braindive generate --preset demo --roi FFA --n 4 --out DIR``.
+
+torch, diffusers and the models are imported inside the commands, so ``--help`` answers at once.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,14 +11,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from .evaluation.files import write_atomic, write_csv
 from .batch import cli as batch_cli
-from .objectives import Objective
 from .records import generation_record
-from .rerank import rank_scores
 
 __all__ = ["main", "PRESETS", "SD21_MODEL_ID"]
 
@@ -31,6 +29,8 @@ def _load_demo(args):
 
 
 def _load_sd21(args):
+    import torch
+
     from .encoders import load_encoder
     from .pipeline import BrainDiVEPipeline
     from .subjects import load_subject
@@ -50,8 +50,10 @@ def _load_sd21(args):
 PRESETS = {"demo": _load_demo, "sd21": _load_sd21}
 
 
-def build_objective(subject, args) -> tuple[Objective, str]:
-    """The objective and a short target name from --roi/--voxels, --minimize, --contrast/--weight."""
+def build_objective(subject, args):
+    """The ``Objective`` and a short target name from --roi/--voxels, --minimize, --contrast/--weight."""
+    from .objectives import Objective
+
     if args.voxels:
         positive, target = np.load(args.voxels, allow_pickle=False), Path(args.voxels).stem
     else:
@@ -64,6 +66,12 @@ def build_objective(subject, args) -> tuple[Objective, str]:
 
 
 def generate(args) -> list[Path]:
+    import torch
+
+    from .evaluation.files import write_atomic, write_csv
+    from .rerank import rank_scores
+    from tqdm.auto import tqdm
+
     pipe, subject, model_name, encoder_name = PRESETS[args.preset](args)
     if args.preset == "demo" and args.subject != subject.name:
         raise SystemExit(f"--preset demo uses subject {subject.name!r}, got --subject {args.subject!r}.")

@@ -28,7 +28,7 @@ def build_app(service: Service, settings: Settings) -> gr.Blocks:
         with gr.Tab("Train", id="train"):
             train.build(service, explore_parts)
         with gr.Tab("History", id="history") as history_tab:
-            load, inputs, outputs = history.build(service)["refresh"]
+            load, inputs, outputs = history.build(service, owner=service.history_owner)["refresh"]
         history_tab.select(load, inputs, outputs)
         app.load(*explore_parts["refresh"])  # lists as they are now: encoders trained since the app started
     # generations wait in the service's own queue (cancellable, with their place shown); see explore.build

@@ -49,8 +49,12 @@ def export_study_zip(service: Service, ids: list[str], config: StudyConfig | Non
         raise
 
 
-def build(service: Service, selection: gr.Dropdown, filters: list, query) -> None:
-    """Mount the panel under History's table. ``query(*filters)`` lists the entries shown (empty selection = all)."""
+def build(service: Service, selection, filters: list, chosen_ids) -> None:
+    """Mount the panel under History's table.
+
+    ``filters`` are History's (subject, label, since, until, encoder); ``chosen_ids(request, selection, *filters)``:
+    the ids to use, those of the selection this visitor may see, or (empty selection) every entry the filters show.
+    """
     config = ZeroShotConfig()
     with gr.Accordion("Evaluate selection: CLIP 5-way zero-shot, human study", open=False, elem_id="evaluate-panel"):
         note = WEIGHTS_NOTE.format(model=config.model, pretrained=config.pretrained)
@@ -64,24 +68,26 @@ def build(service: Service, selection: gr.Dropdown, filters: list, query) -> Non
         study_file = gr.File(label="Human study (open index.html; Prolific: ?PROLIFIC_PID=...&completion_url=...)",
                              elem_id="evaluate-study-zip")
 
-    def chosen(ids, *values):
-        ids = list(ids or []) or [e.id for e in query(*values)]
+    def chosen(ids, values, request):
+        ids = chosen_ids(request, ids, *values)
         if not ids:
             raise gr.Error("Nothing selected: no entries match the filters.")
         return ids
 
-    def on_run(ids, *values):
+    def on_run(ids, subj, label, since, until, encoder, request: gr.Request = None):
+        values = (subj, label, since, until, encoder)
         try:
-            rows, columns, plot, _ = evaluate_selection(service, chosen(ids, *values), config)
+            rows, columns, plot, _ = evaluate_selection(service, chosen(ids, values, request), config)
         except RuntimeError as exc:  # the OpenCLIP weights could not be loaded
             raise gr.Error(f"{note} ({exc})")
         except (KeyError, ValueError, OSError) as exc:
             raise gr.Error(f"Evaluation failed: {exc}")
         return gr.update(value=rows, headers=columns), str(plot)
 
-    def on_study(ids, *values):
+    def on_study(ids, subj, label, since, until, encoder, request: gr.Request = None):
+        values = (subj, label, since, until, encoder)
         try:
-            return str(export_study_zip(service, chosen(ids, *values)))
+            return str(export_study_zip(service, chosen(ids, values, request)))
         except (KeyError, ValueError, OSError) as exc:
             raise gr.Error(f"Study export failed: {exc}")
 

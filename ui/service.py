@@ -221,16 +221,17 @@ class Service:
 
     def _store(self, generated: GeneratedImage, request, objective, subject, run_id, owner) -> ImageResult:
         """Catalog a finished image with its record; the ``ImageResult`` the UI shows."""
+        contrast = objective.kind == "contrast"
         record = generation_record(
-            seed=generated.seed, subject=subject.name, target=objective.label, objective=objective.describe(),
+            seed=generated.seed, subject=subject.name, target=objective.label.split("-vs-")[0] if contrast else objective.label,
+            target_b=request.contrast_target if contrast else None, objective=objective.describe(),
             parameters={**self.runner.call_params(request), "scheduler": request.scheduler},
             objective_value=generated.objective, model=self.backend().name, encoder=request.encoder,
+            subject_space=subject.fingerprint, baseline_value=generated.baseline_objective,
         )
-        record["owner"] = owner
-        record["baseline_objective"] = generated.baseline_objective
         record["roi_means"] = _roi_means(subject, generated.activations)
         record["baseline_roi_means"] = _roi_means(subject, generated.baseline_activations)
-        entry = self.catalog.add(generated.image, record, run_id=run_id, activations=generated.activations)
+        entry = self.catalog.add(generated.image, record, run_id=run_id, activations=generated.activations, owner=owner)
         save_unguided(entry, generated.baseline_image, generated.baseline_activations)
         return ImageResult(**vars(generated), roi_means=record["roi_means"],
                            baseline_roi_means=record["baseline_roi_means"], entry=entry, target=objective.label)
