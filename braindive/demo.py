@@ -152,6 +152,37 @@ def seeded_demo_encoder(subject: Subject, seed: int = 0) -> ClipLinearEncoder:
     return encoder
 
 
+def resampled_encoder(encoder: ClipLinearEncoder, source: Subject, target: Subject) -> ClipLinearEncoder:
+    """``encoder`` of surface subject ``source`` moved onto ``target``, a voxel space drawn on the same surface.
+
+    Each target voxel's head row (weights and bias) is the mean of the rows of the source voxels on the
+    surface vertices that show it (``braindive.flatmap``'s voxel mapping); voxels no source vertex shows
+    predict 0. The tower is shared. For the demo: a volume encoder on ``S1-fullhead`` from the S1 demo encoder.
+    """
+    from .flatmap import voxel_mapping
+
+    if source.kind != "surface" or target.surface != source.surface:
+        raise ValueError(f"`source` must be a surface subject on {target.surface!r} (the surface `target` is drawn on), "
+                         f"got {source.label!r} on {source.surface!r}.")
+    encoder.check_subject(source)
+    target_of_vertex = voxel_mapping(target).voxel_of_vertex[source.vertices]
+    shown = np.flatnonzero(target_of_vertex >= 0)
+    sums = np.zeros((target.n_voxels, encoder.head.in_features + 1))
+    rows = np.concatenate([encoder.head.weight.detach().double().numpy(),
+                           encoder.head.bias.detach().double().numpy()[:, None]], axis=1)
+    np.add.at(sums, target_of_vertex[shown], rows[shown])
+    counts = np.bincount(target_of_vertex[shown], minlength=target.n_voxels)[:, None]
+    rows = sums / np.maximum(counts, 1)
+    config = EncoderConfig.for_subject(target, backbone=encoder.config.backbone, pretrained=encoder.config.pretrained,
+                                       backbone_config=encoder.config.backbone_config,
+                                       training={**encoder.config.training, "resampled_from": source.label})
+    moved = ClipLinearEncoder(config, tower=encoder.tower)
+    with torch.no_grad():
+        moved.head.weight.copy_(torch.from_numpy(rows[:, :-1]).float())
+        moved.head.bias.copy_(torch.from_numpy(rows[:, -1]).float())
+    return moved
+
+
 def load(device: str | torch.device = "cpu") -> DemoBundle:
     """The offline demo: tiny pipeline + demo encoder + S1."""
     subject = load_subject("S1")

@@ -78,9 +78,9 @@ def page(server):
         browser.close()
 
 
-def _click_roi(page, name: str, image: str = "#flatmap") -> None:
+def _click_roi(page, name: str, image: str = "#flatmap", subject: str = "S1") -> None:
     """Click a flatmap image at ROI ``name``'s label position, scaled to the displayed image."""
-    subject = bd.load_subject("S1")
+    subject = bd.load_subject(subject)
     x, y = bd.roi_centroids(subject, view="voxels")[name]
     # the flatmap is re-rendered after every selection: wait for the new picture to be decoded
     page.wait_for_function(f"(() => {{ const i = document.querySelector('{image} img');"
@@ -235,3 +235,25 @@ def test_a_reloaded_page_lists_encoders_trained_since_start(page, server):
     for name in ("browser-enc", "copied-enc"):
         page.get_by_role("option", name=name).wait_for(timeout=20_000)
     page.keyboard.press("Escape")
+
+
+def test_volume_subject_click_ffa_and_generate(page, server):
+    """Issue 10: the volume subject S1-fullhead (grid voxels drawn through pycortex's fullhead transform) with an
+    encoder of its own voxel space: listed by its label, FFA clicked on its flatmap, a guided image generated."""
+    demo = bd.demo.load()
+    volume = bd.load_subject("S1-fullhead")
+    bd.demo.resampled_encoder(demo.encoder, demo.subject, volume).save(server[1] / "encoders" / "demo-fullhead")
+    page.reload(wait_until="load")
+    page.wait_for_selector("#flatmap img", timeout=60_000)
+    page.locator("#subject input").click()
+    page.get_by_role("option", name=volume.label).click()
+    page.wait_for_function("document.querySelector('#encoder input').value === 'demo-fullhead'", timeout=60_000)
+    _click_roi(page, "FFA.rh", subject="S1-fullhead")
+    page.wait_for_function("document.querySelector('#selection').innerText.includes('FFA')", timeout=30_000)
+    selection = page.evaluate("document.querySelector('#selection').innerText")
+    assert str(len(volume.roi("FFA.rh"))) in selection or str(len(volume.roi("FFA"))) in selection, selection
+    _start_generation(page, 4)
+    page.wait_for_function("document.querySelector('#step-counter').innerText.includes('Done')", timeout=240_000)
+    page.wait_for_selector("#activation-map img", timeout=60_000)
+    page.wait_for_selector("#roi-chart .plot-container, #roi-chart .js-plotly-plot", timeout=60_000)
+    page.screenshot(path=ARTIFACTS / "explore-volume-subject.png", full_page=True)
