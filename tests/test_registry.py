@@ -96,3 +96,19 @@ def test_unknown_and_overlong_encoder_names(registry):
         registry.encoder("nope")
     with pytest.raises(ServiceError, match="Unknown encoder 'xxxxxxxx"):
         registry.encoder("x" * 300)  # no "file name too long" from the file system
+
+
+def test_a_built_in_subject_with_added_rois_is_listed_with_its_own_rois(tmp_path, s1):
+    """prepare_generic --subject S1 --rois custom.json: the encoder's subject keeps the added ROI in the app."""
+    from training.prepare_generic import with_rois
+
+    custom = with_rois(s1, {"blob": np.arange(10, 30)}, "custom")
+    assert custom.name == "S1+custom" and custom.fingerprint == s1.fingerprint  # same voxel space
+    _checkpoint(tmp_path / "encoders" / "custom", custom, seed=3)
+    _checkpoint(tmp_path / "encoders" / "plain", s1, seed=4)
+    (tmp_path / "encoders" / "plain" / "subject.npz").unlink()  # built in: found by name
+    registry = ModelRegistry(Settings(preset="sd21", data_dir=str(tmp_path)))
+    assert registry.subject_names() == sorted([custom.label, s1.label]) and custom.label != s1.label
+    assert registry.encoders_for(custom.label) == ["custom"] and registry.encoders_for(s1.label) == ["plain"]
+    assert registry.subject(custom.label).roi("blob").tolist() == list(range(10, 30))
+    assert "blob" not in registry.subject(s1.label).roi_names

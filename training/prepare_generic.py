@@ -6,7 +6,9 @@ folder's top level; extensions .png .jpg .jpeg .bmp .gif .webp .tif .tiff). Colu
 of the subject (``--subject S1`` or ``--subject-file x.npz``). Images are centre-cropped to a square
 and resized to ``--image-size`` px. A seeded random ``--test-fraction`` of the images is the test
 split; the noise ceiling is unknown (NaN). ``--rois`` adds or replaces ROIs:
-a JSON object ``{"name": [voxel indices], ...}``.
+a JSON object ``{"name": [voxel indices], ...}``; a built-in subject then becomes ``NAME+<file stem>``
+(e.g. ``S1+custom``: the same voxel space and fingerprint, its own ROIs and label), carried in the
+encoder checkpoint as its subject file.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from braindive.subjects import Subject, load_subject
+from braindive.subjects import Subject, available_subjects, load_subject
 
 from .dataset import DatasetWriter, SplitSpec
 from .images import list_images, load_image
@@ -58,6 +60,13 @@ def _read_responses(path, n_images: int, n_voxels: int, images) -> np.ndarray:
     return responses.astype(np.float32)
 
 
+def with_rois(subject: Subject, rois: dict, tag: str) -> Subject:
+    """``subject`` with ``rois`` added; a built-in subject is renamed ``NAME+tag`` so that its label differs from
+    the built-in one (same voxel space and fingerprint) and apps list it, with its ROIs, beside it."""
+    name = f"{subject.name}+{tag}" if subject.name in available_subjects() else subject.name
+    return dataclasses.replace(subject, name=name, rois={**subject.rois, **rois})
+
+
 def prepare_generic(images, responses, out, subject: Subject, *, rois=None, test_fraction: float = 0.1,
                     seed: int = 0, image_size: int = 224) -> Path:
     """Write the dataset ``out`` from an image folder and a ``.npy`` response matrix."""
@@ -72,7 +81,7 @@ def prepare_generic(images, responses, out, subject: Subject, *, rois=None, test
     if not 1 <= n_test <= n - 1:
         raise ValueError(f"`--test-fraction` {test_fraction} of {n} images leaves an empty train or test split.")
     if rois is not None:
-        subject = dataclasses.replace(subject, rois={**subject.rois, **read_rois(rois, subject)})
+        subject = with_rois(subject, read_rois(rois, subject), Path(rois).stem)
     is_test = np.zeros(n, bool)
     is_test[np.random.default_rng(seed).permutation(n)[:n_test]] = True
     train, test = np.flatnonzero(~is_test), np.flatnonzero(is_test)
