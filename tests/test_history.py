@@ -137,3 +137,29 @@ def test_owner_sees_only_their_results(tmp_path):
     path, _ = handler(app, "export_all")("", "", "", "", "")
     with zipfile.ZipFile(path) as zf:
         assert [r["id"] for r in csv.DictReader(io.StringIO(zf.read("manifest.csv").decode()))] == [mine]
+
+
+def test_run_again_fills_explore_whose_generate_reproduces_the_image(service, runs):
+    """History's "run again" -> Explore's fields -> Explore's own Generate handler -> the same image as stored."""
+    from types import SimpleNamespace
+
+    from ui import explore
+
+    with gr.Blocks() as app:
+        parts = explore.build(service, service.settings)
+    apply, fields = parts["run_again"]
+    original = runs["minimize"].entry
+    out = apply(history.run_again_values(service.catalog.record(original.id)))
+    value = {i: (v.get("value") if isinstance(v, dict) and v.get("__type__") == "update" else v)
+             for i, v in enumerate(out[f] for f in fields)}
+    (state, subj, hemi, objective, contrast, weight, encoder, scale, steps, scheduler, seed, n_images, prompt,
+     mode) = (value[i] for i in (3, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 19))
+    assert (subj, state["target"], hemi, objective, seed, n_images) == ("S1 · pycortex:S1:visual+4mm", "FFA", "both",
+                                                                         "minimize", 5, 1)
+    run = handler(app, "run")
+    before = {e.id for e in service.catalog.query()}
+    list(run(subj, encoder, state, objective, contrast, weight, scale, steps, scheduler, seed, n_images, 1, prompt,
+             mode, explore.act.MAPS[0], explore.act.LIMITS[0], request=SimpleNamespace(session_hash="again", username=None)))
+    (new,) = [e for e in service.catalog.query() if e.id not in before]
+    assert new.description.label == "min FFA" and new.seed == 5
+    np.testing.assert_array_equal(np.asarray(Image.open(new.image_path)), np.asarray(Image.open(original.image_path)))

@@ -23,13 +23,19 @@ def build_app(service: Service, settings: Settings) -> gr.Blocks:
         gr.Markdown("# BrainDiVE Studio\nBrain-guided diffusion: click a region of visual cortex and watch images "
                     "form that an fMRI encoder predicts will drive it (Luo et al., NeurIPS 2023).")
         gr.Markdown(f"**{service.label()}**", elem_id="demo-banner")
-        with gr.Tab("Explore", id="explore"):
-            explore_parts = explore.build(service, settings)
-        with gr.Tab("Train", id="train"):
-            train.build(service, explore_parts)
-        with gr.Tab("History", id="history") as history_tab:
-            load, inputs, outputs = history.build(service, owner=service.history_owner)["refresh"]
+        with gr.Tabs() as tabs:
+            with gr.Tab("Explore", id="explore"):
+                explore_parts = explore.build(service, settings)
+            with gr.Tab("Train", id="train"):
+                train.build(service, explore_parts)
+            with gr.Tab("History", id="history") as history_tab:
+                history_parts = history.build(service, owner=service.history_owner)
+        load, inputs, outputs = history_parts["refresh"]
         history_tab.select(load, inputs, outputs)
+        # History's "run again": Explore's fields take the result's settings, and Explore is shown
+        apply_settings, fields = explore_parts["run_again"]
+        history_parts["run_again"][1].change(lambda values: {**apply_settings(values), tabs: gr.Tabs(selected="explore")},
+                                             history_parts["run_again"][1], [*fields, tabs])
         app.load(*explore_parts["refresh"])  # lists as they are now: encoders trained since the app started
     # generations wait in the service's own queue (cancellable, with their place shown); see explore.build
     app.queue(max_size=settings.queue_size + settings.concurrency, default_concurrency_limit=settings.concurrency)

@@ -225,6 +225,32 @@ def build(service: Service, settings) -> dict:
         return (gr.update(choices=sel.subject_choices(service, names), value=subj),
                 gr.update(choices=encs, value=enc if enc in encs else (encs[0] if encs else None)))
 
+    def run_again(values: dict):
+        """History's "run again": every field set to a stored result's settings (one image, same seed)."""
+        if not values:
+            return {}
+        labels = [label for label in service.subject_names() if service.subject(label).name == values.get("subject")]
+        if not labels:
+            raise gr.Error(f"Subject {values.get('subject')!r} of that result is not available in this app.")
+        subj, obj = labels[0], values.get("objective", "maximize")
+        names = service.subject(subj).roi_names
+        base, _, side = str(values.get("target", "")).partition(".")
+        st = {"target": base, "hemi": sel.HEMISPHERE_CHOICE.get(side, "both"), "voxels": list(values.get("voxels", ())),
+              "results": [], "shown": None}
+        con = values.get("contrast_target") or names[0]
+        encs = service.encoders_for(subj)
+        mode_value = values.get("mode")
+        return {**redraw(subj, st, obj, con), subject: subj, roi: gr.update(choices=names, value=base if base in names
+                                                                             else names[0]),
+                hemi: st["hemi"], objective: obj, contrast: gr.update(choices=names, value=con),
+                contrast_box: gr.update(visible=obj == "contrast"), weight: values.get("weight", 1.0),
+                encoder: gr.update(choices=encs, value=values.get("encoder") if values.get("encoder") in encs else encs[0]),
+                scale: values.get("scale", defaults["brain_guidance_scale"]), steps: values.get("steps", steps.value),
+                scheduler: values.get("scheduler", "dpm"), seed: values.get("seed", 0), n_images: 1,
+                prompt: values.get("prompt", ""), mode: mode_value if mode_value in ("exact", "fast") else "exact"}
+
+    run_again_outputs = [*select_outputs, subject, hemi, objective, contrast, contrast_box, weight, encoder, scale, steps,
+                         scheduler, seed, n_images, prompt, mode]
     encoder.focus(refresh_lists, [subject, encoder], [subject, encoder], queue=False)
     dice.click(lambda: random.randint(0, 2**31 - 1), None, seed)
 
@@ -302,7 +328,8 @@ def build(service: Service, settings) -> dict:
         return _guarded(lambda: act.values_at(service, subj, act.load_maps(service.catalog, st["shown"]), *evt.index))
 
     activation_map.select(read_values, [subject, state], values)
-    return {"encoder": encoder, "subject": subject, "refresh": (refresh_lists, [subject, encoder], [subject, encoder])}
+    return {"encoder": encoder, "subject": subject, "refresh": (refresh_lists, [subject, encoder], [subject, encoder]),
+            "run_again": (run_again, run_again_outputs)}
 
 
 def _guarded(compute):
