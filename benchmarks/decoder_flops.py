@@ -4,8 +4,8 @@
 
 Counts (torch's matmul/convolution/attention formulas) one forward, and one forward plus the backward
 to the input, of each part of a guided step, on SD 2.1-base's real architectures with random weights
-on the ``meta`` device (shapes only, nothing is computed): the UNet, the VAE decoder, TAESD's decoder
-(diffusers ``AutoencoderTiny`` defaults = ``madebyollin/taesd``) and the OpenCLIP ViT-B/16 tower.
+on the ``meta`` device (shapes only, nothing is computed): the UNet, the VAE decoder and TAESD's decoder
+(diffusers ``AutoencoderTiny`` defaults = ``madebyollin/taesd``); the OpenCLIP ViT-B/16 tower runs on CPU.
 Per-image work is then assembled per recipe with ``recipe_gflop``; the same assembly on the demo's
 models is printed beside the demo benchmark's directly counted figures as a check of the formula.
 Writes ``results/decoder_flops.json`` and the "Config `sd21 FLOP projection`" part of RESULTS.md.
@@ -78,14 +78,14 @@ def _sd21_parts() -> dict:
 
     from braindive.encoders import build_clip_tower
 
+    torch.manual_seed(0)
+    tower = build_clip_tower("ViT-B-16", None).eval().requires_grad_(False)  # OpenCLIP cannot build on meta: CPU
     with torch.device("meta"):
-        unet, vae = UNet2DConditionModel(**SD21_UNET), AutoencoderKL(**SD21_VAE)
-        tiny, tower = AutoencoderTiny(), build_clip_tower("ViT-B-16", None)
-        for module in (unet, vae, tiny, tower):
+        unet, vae, tiny = UNet2DConditionModel(**SD21_UNET), AutoencoderKL(**SD21_VAE), AutoencoderTiny()
+        for module in (unet, vae, tiny):
             module.eval().requires_grad_(False)
         latents, embeds = torch.empty(1, 4, 64, 64), torch.empty(1, 77, 1024)
-        image = torch.empty(1, 3, 224, 224)
-        return parts_gflop(unet, vae, tiny, tower, latents, embeds, image)
+    return parts_gflop(unet, vae, tiny, tower, latents, embeds, torch.rand(1, 3, 224, 224))
 
 
 def _demo_parts() -> dict:

@@ -8,7 +8,10 @@ image: torch's matmul/convolution/attention formulas, backward included, on one 
 scores the images: mean target activation per mode and for an unguided baseline, and each mode's
 share of the reference's gain over that baseline. The reference runs one image per call, as
 published; the other modes run ``--batch`` seeds per call. Modes are interleaved chunk by chunk, so
-a busy machine slows them alike. Each fast-mode approximation is also timed on its own.
+a busy machine slows them alike. Each fast-mode approximation is also timed on its own; ``fast`` is the
+pipeline's default recipe, which on the demo includes its distilled tiny decoder (``assets/demo-taesd``),
+also combined with the other switches. ``--roi`` picks the demo's target region (FFA by default; other
+regions write ``guidance_demo_<ROI>.json`` and their own part of RESULTS.md).
 
 Configs: ``tiny`` (the demo bundle's architecture, random weights, < 1 minute on CPU), ``demo``
 (the demo's *trained* toy-scene model and its encoder, FFA of S1, its default scale: the one config
@@ -236,7 +239,7 @@ def modes(config: Config, batch: int, pipe, reference_pipe, with_tiny_decoder: b
                                           note=f"distilled decoder {decoder_name(trained)}")
         for flags in (dict(skip_unet_backprop=True), dict(guide_every=2),
                       dict(skip_unet_backprop=True, guide_every=2, decode_scale=0.5)):
-            name = ", ".join(f"{k}={v}" for k, v in flags.items())
+            name = " + ".join(f"{k}={v}" for k, v in flags.items())
             options = dataclasses.replace(OFF, tiny_decoder=trained, **flags)
             table[f"fast + tiny_decoder: {name}"] = row(dict(guidance_mode="fast", fast_options=options))
     elif with_tiny_decoder:

@@ -1,7 +1,7 @@
 """Distil a tiny decoder (diffusers ``AutoencoderTiny`` layout, like TAESD) from a Stable-Diffusion-family VAE.
 
     python -m training.distill_decoder --model assets/demo-sd --out assets/demo-taesd \\
-        --encoder assets/demo-encoder [--sample 24] [--images DIR] [--steps 500] [--seed 0]
+        --encoder assets/demo-encoder [--sample 24] [--images DIR] [--steps 150] [--seed 0]
 
 Training pairs are latents and the full VAE's decode of them. Latents come from the diffusion model
 itself (``--sample N``: N unguided DPM-Solver trajectories, every step's guidance decoder input, the
@@ -32,6 +32,8 @@ from braindive import guidance as G
 from braindive.cache import cache_dir, private_tmp
 from braindive.tiny_decoder import DISTILL_FILE
 
+from .logs import cli_errors, configure_logging
+
 __all__ = ["Recipe", "sample_decoder_inputs", "encode_images", "build_decoder", "fidelity", "distill", "main"]
 
 
@@ -42,7 +44,7 @@ class Recipe:
     seed: int = 0
     width: int = 16
     blocks: tuple[int, ...] = (2, 2, 2, 0)
-    steps: int = 500
+    steps: int = 150
     batch: int = 8
     crop: int = 6  # latent crop side
     lr: float = 2e-3
@@ -341,7 +343,9 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)}
     values["blocks"] = tuple(int(b) for b in args.blocks.split(","))
-    report = distill(args.model, args.out, Recipe(**values), args.images, args.encoder, args.work, args.save_every)
+    configure_logging()
+    with cli_errors():
+        report = distill(args.model, args.out, Recipe(**values), args.images, args.encoder, args.work, args.save_every)
     print(json.dumps({k: report[k] for k in ("decoder_gflop", "vae_decoder_gflop", "fidelity")}, indent=2))
     return report
 
