@@ -46,7 +46,7 @@ import braindive as bd
 from braindive.demo import _tiny_components, build_offline_tokenizer
 from braindive.encoders import build_clip_tower
 from braindive.pipeline import Acceleration, BrainDiVEPipeline, FastGuidance
-from braindive.tiny_decoder import decoder_name
+from braindive.tiny_decoder import decoder_name, load_tiny_decoder
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Guided generation"
@@ -220,6 +220,8 @@ def modes(config: Config, batch: int, pipe, reference_pipe, with_tiny_decoder: b
 
     default, recipe = FastGuidance(), pipe.default_fast_options()
     trained = recipe.tiny_decoder
+    if trained is None and config.name == "demo" and (bd.demo.ASSET_TINY_DECODER / "config.json").is_file():
+        trained = load_tiny_decoder(bd.demo.ASSET_TINY_DECODER, pipe.vae).to(pipe.device)  # rows, not the default
     table = {
         "unguided": row(dict(guidance_mode="reference", brain_guidance_scale=0.0), on=reference_pipe),
         "reference": row(dict(guidance_mode="reference"), 1, on=reference_pipe),
@@ -228,7 +230,7 @@ def modes(config: Config, batch: int, pipe, reference_pipe, with_tiny_decoder: b
     if batch > 1:
         table["exact (batch 1)"] = row(dict(guidance_mode="exact"), 1)
     table["fast"] = row(dict(guidance_mode="fast", fast_options=recipe))
-    if trained is not None:
+    if recipe.tiny_decoder is not None:
         table["fast without tiny_decoder"] = row(dict(guidance_mode="fast", fast_options=default))
     for flag, on in SINGLE_FLAGS.items():
         value = getattr(default, flag) if getattr(default, flag) != getattr(OFF, flag) else on

@@ -24,7 +24,6 @@ from .demo_components import DEMO_TOWER_CONFIG, DEMO_TOWER_NAME, build_demo_towe
 from .encoders import BrainEncoder, ClipLinearEncoder, EncoderConfig, load_encoder
 from .pipeline import BrainDiVEPipeline
 from .subjects import Subject, load_subject
-from .tiny_decoder import load_tiny_decoder
 
 __all__ = ["DemoBundle", "load", "build_diffusion_bundle", "DEMO_LABEL", "DEMO_DEFAULTS"]
 
@@ -165,7 +164,6 @@ def load(device: str | torch.device = "cpu") -> DemoBundle:
     folder = diffusion_bundle_path()
     pipe = BrainDiVEPipeline.from_pretrained(folder, encoder=encoder)
     pipe.set_progress_bar_config(disable=True)
-    if folder == ASSET_DIFFUSION and (ASSET_TINY_DECODER / "config.json").is_file():
-        pipe.set_tiny_decoder(load_tiny_decoder(ASSET_TINY_DECODER))  # distilled for assets/demo-sd's VAE
+    pipe.set_tiny_decoder(None)  # the distilled assets/demo-taesd kept too little of the gain to be fast's default
     label = DEMO_LABEL if folder == ASSET_DIFFUSION else RANDOM_DEMO_LABEL
     return DemoBundle(pipe=pipe.to(device), encoder=encoder, subject=subject, label=label)
