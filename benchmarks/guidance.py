@@ -8,7 +8,10 @@ image: torch's matmul/convolution/attention formulas, backward included, on one 
 scores the images: mean target activation per mode and for an unguided baseline, and each mode's
 share of the reference's gain over that baseline. The reference runs one image per call, as
 published; the other modes run ``--batch`` seeds per call. Modes are interleaved chunk by chunk, so
-a busy machine slows them alike. Each fast-mode approximation is also timed on its own.
+a busy machine slows them alike. Each fast-mode approximation is also timed on its own; ``fast`` is the
+pipeline's default recipe, which on the demo includes its distilled tiny decoder (``assets/demo-taesd``),
+also combined with the other switches. ``--roi`` picks the demo's target region (FFA by default; other
+regions write ``guidance_demo_<ROI>.json`` and their own part of RESULTS.md).
 
 Configs: ``tiny`` (the demo bundle's architecture, random weights, < 1 minute on CPU), ``demo``
 (the demo's *trained* toy-scene model and its encoder, FFA of S1, its default scale: the one config
@@ -43,6 +46,7 @@ import braindive as bd
 from braindive.demo import _tiny_components, build_offline_tokenizer
 from braindive.encoders import build_clip_tower
 from braindive.pipeline import Acceleration, BrainDiVEPipeline, FastGuidance
+from braindive.tiny_decoder import decoder_name, load_tiny_decoder
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Guided generation"
@@ -183,10 +187,10 @@ def build(config: Config, device: str, model: str | None = None) -> BrainDiVEPip
     return pipe.to(device)
 
 
-def target(config: Config) -> bd.Objective:
-    """Maximise FFA for the demo config, else the mean of the first ``n_target`` voxels."""
+def target(config: Config, roi: str = "FFA") -> bd.Objective:
+    """Maximise ``roi`` of S1 for the demo config, else the mean of the first ``n_target`` voxels."""
     if config.name == "demo":
-        return bd.Objective.maximize(bd.load_subject("S1").roi("FFA"), label="FFA")
+        return bd.Objective.maximize(bd.load_subject("S1").roi(roi), label=roi)
     return bd.Objective.maximize(np.arange(config.n_target), label="bench target")
 
 
@@ -206,12 +210,18 @@ def modes(config: Config, batch: int, pipe, reference_pipe, with_tiny_decoder: b
     """Mode name -> pipeline, call arguments, batch size, note.
 
     Single-flag rows take ``FastGuidance()``'s value of the flag, or ``SINGLE_FLAGS``'s where the default is off.
+    ``fast`` is the pipeline's default recipe (``default_fast_options``: with its tiny decoder when it has one,
+    then ``fast without tiny_decoder`` is timed too). A trained tiny decoder (the demo's distilled one) is
+    also combined with the other switches (``fast + tiny_decoder: ...`` rows).
     The reference and the unguided baseline run on ``reference_pipe`` (plain modules, the pipeline's dtype).
     """
     def row(call, batch_size=batch, on=pipe, note=""):
         return dict(pipe=on, call=call, batch=batch_size, note=note)
 
-    default = FastGuidance()
+    default, recipe = FastGuidance(), pipe.default_fast_options()
+    trained = recipe.tiny_decoder
+    if trained is None and config.name == "demo" and (bd.demo.ASSET_TINY_DECODER / "config.json").is_file():
+        trained = load_tiny_decoder(bd.demo.ASSET_TINY_DECODER, pipe.vae).to(pipe.device)  # rows, not the default
     table = {
         "unguided": row(dict(guidance_mode="reference", brain_guidance_scale=0.0), on=reference_pipe),
         "reference": row(dict(guidance_mode="reference"), 1, on=reference_pipe),
@@ -219,12 +229,22 @@ def modes(config: Config, batch: int, pipe, reference_pipe, with_tiny_decoder: b
     }
     if batch > 1:
         table["exact (batch 1)"] = row(dict(guidance_mode="exact"), 1)
-    table["fast"] = row(dict(guidance_mode="fast", fast_options=default))
+    table["fast"] = row(dict(guidance_mode="fast", fast_options=recipe))
+    if recipe.tiny_decoder is not None:
+        table["fast without tiny_decoder"] = row(dict(guidance_mode="fast", fast_options=default))
     for flag, on in SINGLE_FLAGS.items():
         value = getattr(default, flag) if getattr(default, flag) != getattr(OFF, flag) else on
         options = dataclasses.replace(OFF, **{flag: value})
         table[f"fast: {flag}={value}"] = row(dict(guidance_mode="fast", fast_options=options))
-    if with_tiny_decoder:
+    if trained is not None:
+        table["fast: tiny_decoder"] = row(dict(guidance_mode="fast", fast_options=dataclasses.replace(OFF, tiny_decoder=trained)),
+                                          note=f"distilled decoder {decoder_name(trained)}")
+        for flags in (dict(skip_unet_backprop=True), dict(guide_every=2),
+                      dict(skip_unet_backprop=True, guide_every=2, decode_scale=0.5)):
+            name = " + ".join(f"{k}={v}" for k, v in flags.items())
+            options = dataclasses.replace(OFF, tiny_decoder=trained, **flags)
+            table[f"fast + tiny_decoder: {name}"] = row(dict(guidance_mode="fast", fast_options=options))
+    elif with_tiny_decoder:
         options = dataclasses.replace(OFF, tiny_decoder=tiny_decoder(config, pipe.device))
         table["fast: tiny_decoder"] = row(dict(guidance_mode="fast", fast_options=options),
                                           note="random-weight AutoencoderTiny: speed only, its gain means nothing")
@@ -363,7 +383,7 @@ def _describe(call: dict) -> dict:
     if options is not None:
         out["fast_options"] = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
         if options.tiny_decoder is not None:
-            out["fast_options"]["tiny_decoder"] = type(options.tiny_decoder).__name__
+            out["fast_options"]["tiny_decoder"] = decoder_name(options.tiny_decoder)
     return out
 
 
@@ -383,12 +403,12 @@ def machine(device: str) -> dict:
             "load_average_start": None, "load_average_end": None}
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict, name: str) -> str:
     m, r = report["machine"], report["modes"]
     where = f"GPU {m['gpu']}" if m["gpu"] else f"CPU only ({m['cpu']}, {m['cpu_cores']} cores, {m['torch_threads']} torch threads)"
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
     lines = [
-        f"### Config `{report['config']}`",
+        f"### Config `{name}`",
         "",
         f"{where}; torch {m['torch']}. Model: {report['model']}. Command: `{report['command']}`. "
         f"Date: {report['date']}. "
@@ -444,6 +464,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-warm-up", dest="warm_up", action="store_false",
                         help="skip the FLOP-counted warm-up image per mode (CPU smoke runs of sd21)")
     parser.add_argument("--no-tiny-decoder", dest="tiny_decoder", action="store_false")
+    parser.add_argument("--roi", default="FFA", help="demo config: the S1 region to maximise (FFA, PPA, EBA, ...)")
     parser.add_argument("--out", default=str(HERE / "results"), help="folder for guidance_<config>.json/.md")
     parser.add_argument("--results-md", default=str(HERE / "RESULTS.md"), help="RESULTS.md to update ('' = none)")
     args = parser.parse_args(argv)
@@ -460,7 +481,7 @@ def main(argv=None) -> dict:
     acceleration = pipe.acceleration.resolve(pipe.device)
     changes_modules = acceleration.channels_last or acceleration.compile
     reference_pipe = build(config, args.device, args.model) if changes_modules else pipe
-    objective = target(config)
+    objective = target(config, args.roi)
     table = modes(config, batch, pipe, reference_pipe, args.tiny_decoder)
     if args.modes:
         keep = {"unguided", "reference", *args.modes.split(",")}
@@ -478,11 +499,12 @@ def main(argv=None) -> dict:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"guidance_{config.name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    text = markdown(report)
-    (out / f"guidance_{config.name}.md").write_text(text)
+    name = config.name if args.roi == "FFA" or config.name != "demo" else f"{config.name}_{args.roi}"
+    (out / f"guidance_{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(report, name)
+    (out / f"guidance_{name}.md").write_text(text)
     if args.results_md:
-        write_section(Path(args.results_md), text, config.name)
+        write_section(Path(args.results_md), text, name)
     print(text)
     return report
 

@@ -34,6 +34,7 @@ DEMO_DEFAULTS = {"height": 128, "width": 128, "num_inference_steps": 25, "brain_
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 ASSET_ENCODER = ASSETS / "demo-encoder"
 ASSET_DIFFUSION = ASSETS / "demo-sd"
+ASSET_TINY_DECODER = ASSETS / "demo-taesd"  # training.distill_decoder of its VAE, for fast guidance
 # Scale measured on assets/demo-sd with the demo encoder (128 px, its training size; 25 DPM steps, SAG 0.75,
 # seeds 0-5; mean predicted ROI activation at scales 0 / 10 / 20 / 40 / 130):
 #   FFA 0.42 / 2.36 / 2.67 / 2.76 / 2.70   PPA -0.76 / 1.46 / 1.79 / 1.90 / 1.94
@@ -193,5 +194,6 @@ def load(device: str | torch.device = "cpu") -> DemoBundle:
     folder = diffusion_bundle_path()
     pipe = BrainDiVEPipeline.from_pretrained(folder, encoder=encoder)
     pipe.set_progress_bar_config(disable=True)
+    pipe.set_tiny_decoder(None)  # the distilled assets/demo-taesd kept too little of the gain to be fast's default
     label = DEMO_LABEL if folder == ASSET_DIFFUSION else RANDOM_DEMO_LABEL
     return DemoBundle(pipe=pipe.to(device), encoder=encoder, subject=subject, label=label)

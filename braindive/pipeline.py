@@ -40,6 +40,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import guidance as G
+from . import tiny_decoder as T
 from .encoders import BrainEncoder
 from .objectives import Objective
 
@@ -73,10 +74,13 @@ class FastGuidance:
             Off by default: it relies on a trained VAE decoding downsampled latents into a downsampled
             image; it kept 99% of the gain with the demo's trained toy VAE and almost none with random
             weights, and is unchecked on SD 2.1-base's VAE.
-        tiny_decoder: a decoder used instead of the VAE for guidance, e.g. diffusers' ``AutoencoderTiny``
-            with TAESD weights (it must decode the same latents into [-1, 1] images).
+        tiny_decoder: a decoder used instead of the VAE for the guidance decode only, a diffusers
+            ``AutoencoderTiny`` (TAESD weights, or one fit by ``training.distill_decoder``) that decodes the same
+            latents into [-1, 1] images; see ``braindive.tiny_decoder``. The final image is always the VAE's.
 
     The defaults kept >= 90% of the exact mode's gain in ``benchmarks/RESULTS.md`` ("Guided generation").
+    ``guidance_mode="fast"`` without ``fast_options`` adds the pipeline's tiny decoder when it has one
+    (``set_tiny_decoder``; for SD 1.x/2.x VAEs TAESD from the Hub when it can be loaded).
     """
 
     skip_unet_backprop: bool = True
@@ -196,6 +200,8 @@ class BrainDiVEPipeline(DiffusionPipeline):
         self._interrupt = False
         self.acceleration = Acceleration()
         self._applied_acceleration: Acceleration | None = None
+        self.tiny_decoder = None
+        self._looked_up_tiny_decoder = False
 
     # ------------------------------------------------------------------ set-up
 
@@ -212,6 +218,19 @@ class BrainDiVEPipeline(DiffusionPipeline):
         if not isinstance(encoder, torch.nn.Module):
             raise TypeError(f"`encoder` must be a BrainEncoder (torch module), got {type(encoder).__name__}.")
         self.encoder = encoder.to(self.device).eval().requires_grad_(False)
+
+    def set_tiny_decoder(self, decoder) -> None:
+        """Attach the decoder ``fast`` mode guides through by default (None: the full VAE); checked against the VAE."""
+        if decoder is not None:
+            T.check_tiny_decoder(decoder, self.vae)
+            decoder = decoder.to(self.device).eval().requires_grad_(False)
+        self.tiny_decoder, self._looked_up_tiny_decoder = decoder, True
+
+    def default_fast_options(self) -> FastGuidance:
+        """``FastGuidance()`` with the attached tiny decoder; the first call looks up TAESD for SD 1.x/2.x VAEs."""
+        if not self._looked_up_tiny_decoder:
+            self.set_tiny_decoder(T.hub_tiny_decoder(self.vae))
+        return FastGuidance(tiny_decoder=self.tiny_decoder)
 
     def set_acceleration(self, acceleration: Acceleration) -> None:
         """Choose how the exact and fast modes execute; module set-up happens once, on their next call."""
@@ -245,8 +264,9 @@ class BrainDiVEPipeline(DiffusionPipeline):
 
     def to(self, *args, **kwargs):
         pipe = super().to(*args, **kwargs)
-        if self.encoder is not None:
-            self.encoder.to(self.device)
+        for module in (self.encoder, self.tiny_decoder):
+            if module is not None:
+                module.to(self.device)
         return pipe
 
     def interrupt(self) -> None:
@@ -284,6 +304,8 @@ class BrainDiVEPipeline(DiffusionPipeline):
             raise ValueError(
                 f"`fast_options` must be a FastGuidance used with guidance_mode='fast', got {fast_options!r} "
                 f"with guidance_mode={guidance_mode!r}.")
+        if fast_options is not None and fast_options.tiny_decoder is not None:
+            T.check_tiny_decoder(fast_options.tiny_decoder, self.vae)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         unknown = [name for name in callback_tensors if name not in CALLBACK_TENSORS]
@@ -452,7 +474,11 @@ class BrainDiVEPipeline(DiffusionPipeline):
     def _brain_gradient(self, g: _Guidance, x, eps, t, step_index) -> torch.Tensor:
         """``-d loss / d x_t`` through the (resized) decode and the restricted head; ``eps`` may be a constant."""
         sample = G.resize_latents(self._decoder_input(x, eps, t, step_index), g.fast.decode_scale)
-        image = G.decode_to_unit(g.fast.tiny_decoder or self.vae, sample)
+        tiny = g.fast.tiny_decoder
+        image = G.decode_to_unit(tiny or self.vae, sample)
+        if tiny is not None and not torch.isfinite(image).all():
+            raise FloatingPointError(f"Tiny decoder {T.decoder_name(tiny)} returned NaN/inf at step {step_index}; "
+                                     "check its weights or guide without it (fast_options.tiny_decoder=None).")
         activations, values = g.head(image)
         _check_finite(activations, step_index)
         return -torch.autograd.grad(G.brain_loss(values, g.brain_scale), x)[0]
@@ -486,7 +512,7 @@ class BrainDiVEPipeline(DiffusionPipeline):
 
         ``guidance_mode`` is ``"exact"`` (the published numbers, computed efficiently), ``"reference"``
         (the published computation as written) or ``"fast"`` (approximations set by ``fast_options``,
-        default ``FastGuidance()``). ``callback_on_step_end(pipe, step, timestep, tensors)`` follows
+        default ``default_fast_options()``). ``callback_on_step_end(pipe, step, timestep, tensors)`` follows
         diffusers' contract: ``tensors`` holds the names asked for in ``callback_on_step_end_tensor_inputs``
         (``latents``, ``noise_pred``, ``pred_x0`` and ``x0_preview``, a VAE decode of the predicted clean
         image in [0, 1]); a returned ``latents`` replaces the current ones. ``pipe.interrupt()`` stops
@@ -522,7 +548,7 @@ class BrainDiVEPipeline(DiffusionPipeline):
         step, execution = self._reference_step, contextlib.nullcontext()
         if guidance_mode != "reference":
             step, execution = self._guided_step, self._autocast(self._accelerate())
-            g.fast = (fast_options or FastGuidance()) if guidance_mode == "fast" else _EXACT
+            g.fast = (fast_options or self.default_fast_options()) if guidance_mode == "fast" else _EXACT
             g.head = G.objective_head(self.encoder, objective)
 
         # 5. Denoising loop
