@@ -5,6 +5,8 @@ Names are imported on first use (PEP 562 ``__getattr__``), so ``import braindive
 """
 import importlib
 import importlib.util
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -36,3 +38,16 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted({*globals(), *__all__})
+
+
+class _Package(types.ModuleType):
+    """``braindive.rerank`` stays the function ``rerank`` when the import system binds the submodule of that name
+    (``from braindive.rerank import rank_scores`` still reaches the module through ``sys.modules``)."""
+
+    def __setattr__(self, name, value):
+        if isinstance(value, types.ModuleType) and _MODULE_OF.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -305,9 +305,9 @@ def test_history_shows_each_session_only_its_own_results(app, service, entry_id,
     items = list(service.generate(GenerationRequest(steps=1, seed=77), session="alice", owner=service.owner_of(alice)))
     mine = [i for i in items if isinstance(i, ImageResult)][0].entry.id
     assert service.catalog.record(mine)["owner"] == "session:alice"
-    assert [row[0] for row in load("", "", "", "", request=alice)[1]] == [mine]
+    assert [row[-1] for row in load("", "", "", "", request=alice)[1]] == [mine]
     assert load("", "", "", "", request=bob)[1] == []
     with pytest.raises(gr.Error, match="Nothing to export"):
         export("", "", "", "", [mine], request=bob)  # another session's id is not exported
     monkeypatch.setattr(service.settings, "history", "shared")  # a lab server: everyone's results
-    assert {mine, entry_id} <= {row[0] for row in load("", "", "", "", request=bob)[1]}
+    assert {mine, entry_id} <= {row[-1] for row in load("", "", "", "", request=bob)[1]}

@@ -229,6 +229,7 @@ class Service:
             objective_value=generated.objective, model=self.backend().name, encoder=request.encoder,
             subject_space=subject.fingerprint, baseline_value=generated.baseline_objective,
         )
+        record["owner"] = owner
         record["roi_means"] = _roi_means(subject, generated.activations)
         record["baseline_roi_means"] = _roi_means(subject, generated.baseline_activations)
         entry = self.catalog.add(generated.image, record, run_id=run_id, activations=generated.activations, owner=owner)
