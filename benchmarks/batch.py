@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from benchmarks.machine import cpu_name
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Batch generation (Ray)"
@@ -90,13 +91,7 @@ def on_ray(sweep, workers: int) -> dict:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def markdown(report: dict) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 import braindive as bd
 from braindive import flatmap
 from braindive.flatmap import mapping, raster, surfaces
+from benchmarks.machine import cpu_name
 
 HERE = Path(__file__).resolve().parent
 DOCS = HERE.parent / "docs"
@@ -90,15 +91,7 @@ def run(name: str, width: int, repeats: int, view: str, seed: int = 0) -> dict:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPU cores, no GPU use, Python {platform.python_version()}, numpy {np.__version__}"
+    return f"{cpu_name()}, {os.cpu_count()} CPU cores, no GPU use, Python {platform.python_version()}, numpy {np.__version__}"
 
 
 def markdown(report: dict) -> str:

@@ -47,6 +47,7 @@ from braindive.demo import _tiny_components, build_offline_tokenizer
 from braindive.encoders import build_clip_tower
 from braindive.pipeline import Acceleration, BrainDiVEPipeline, FastGuidance
 from braindive.tiny_decoder import decoder_name, load_tiny_decoder
+from benchmarks.machine import cpu_name
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Guided generation"
@@ -391,14 +392,8 @@ def _describe(call: dict) -> dict:
 
 
 def machine(device: str) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     gpu = torch.cuda.get_device_name() if device.startswith("cuda") else None
-    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+    return {"cpu": cpu_name(), "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
             "device": device, "python": platform.python_version(), "torch": torch.__version__,
             "load_average_start": None, "load_average_end": None}
 

@@ -36,6 +36,7 @@ from training.ridge import DEFAULT_ALPHAS, cv_splits, fit_ridge_cv, parse_alphas
 from training.stats import r2_columns
 from training.synthetic import procedural_images
 from training.train_encoder import versions
+from benchmarks.machine import cpu_name
 
 HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "results" / "training.json"
@@ -44,13 +45,7 @@ SECTION = "## Encoder training"
 
 
 def _machine() -> dict:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        cpu = re.search(r"model name\s*:\s*(.+)", text).group(1).strip()
-    except (OSError, AttributeError):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "load_average_at_start": [round(v, 2) for v in os.getloadavg()], "python": platform.python_version(),
             **versions()}

@@ -18,18 +18,13 @@ import pytest
 from PIL import Image
 
 import braindive as bd
+from browser import CHROME_ARGS, CHROMIUM, playwright_or_skip
 from ui.activation import COLOUR_A
 
 pytestmark = pytest.mark.browser
-CHROMIUM = "/usr/bin/chromium"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
-CHROME_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-if not Path(CHROMIUM).exists():
-    pytest.skip("Debian chromium is not installed (apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
+sync_api = playwright_or_skip()
 
 
 def _free_port() -> int:

@@ -10,11 +10,9 @@ from braindive.cli import main
 from braindive.evaluation.sets import generated_sets
 from braindive.evaluation.study import StudyConfig, export_study
 from braindive.evaluation.study_analysis import analyze
+from browser import CHROME_ARGS, CHROMIUM, playwright_or_skip
 from tiny_clip import COLOURS, swatch
 
-CHROMIUM = "/usr/bin/chromium"
-CHROME_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync"]
 ROIS = {"FFA": "faces", "PPA": "places", "EBA": "bodies"}
 
 
@@ -128,9 +126,7 @@ def _run_participant(browser, study, pid, query, fail_checks, out: Path) -> tupl
 
 @pytest.mark.browser
 def test_scripted_participants_in_chromium_and_analysis(study, tmp_path):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = playwright_or_skip()
     responses = study / "responses"
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROME_ARGS)
