@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from benchmarks.machine import cpu_name
+from benchmarks.machine import cpu_name, write_section
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Batch generation (Ray)"
@@ -120,20 +120,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the "## Batch generation (Ray)" section of RESULTS.md; leave the rest alone."""
-    text = path.read_text() if path.is_file() else "# Benchmark results\n"
-    if SECTION + "\n" in text:
-        start = text.index(SECTION + "\n")
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section.rstrip("\n") + "\n" + ("" if end < 0 else text[end:])
-    else:
-        text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.batch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -171,7 +157,7 @@ def main(argv=None) -> dict:
     section = markdown(report)
     print(section)
     if args.results_md:
-        write_section(Path(args.results_md), section)
+        write_section(Path(args.results_md), SECTION, section)
     return report
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import braindive as bd
 from braindive import flatmap
 from braindive.flatmap import mapping, raster, surfaces
-from benchmarks.machine import cpu_name
+from benchmarks.machine import cpu_name, write_section
 
 HERE = Path(__file__).resolve().parent
 DOCS = HERE.parent / "docs"
@@ -134,18 +134,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the "## Flatmaps" section of ``path``, leaving other sections alone."""
-    text = path.read_text() if path.is_file() else "# Benchmark results\n"
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("" if end < 0 else "\n" + text[end + 1 :])  # keep the blank line
-    path.write_text(text)
-
-
 def figures(folder: Path = DOCS) -> list[Path]:
     """The flatmaps shown in the docs. S1: base map, a smooth demo value map, FFA highlighted; and zoomed
     on the voxels: base map, FFA highlighted on the demo values. S1-fullhead (volume): the same demo
@@ -202,7 +190,7 @@ def main(argv=None) -> None:
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "flatmap.json").write_text(json.dumps(report, indent=2) + "\n")
     section = markdown(report)
-    write_section(HERE / "RESULTS.md", section)
+    write_section(HERE / "RESULTS.md", SECTION, section)
     print(section)
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from benchmarks.machine import write_section
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -215,13 +216,6 @@ def _markdown(r: dict, command: str) -> str:
     ])
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.is_file() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -242,7 +236,7 @@ def main(argv=None) -> dict:
     if result["failed"]:
         print("failures:", result["failed"])
     if args.results_md:
-        write_section(Path(args.results_md), _markdown(result, command.strip()))
+        write_section(Path(args.results_md), SECTION, _markdown(result, command.strip()))
     return result
 
 

@@ -18,7 +18,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import json, statistics, sys, time
 t = time.perf_counter()
 import torch
 import braindive as bd
+from benchmarks.machine import write_section
 bundle = bd.demo.load()
 load = time.perf_counter() - t
 objective = bd.Objective.maximize(bundle.subject.roi("FFA"))
@@ -119,14 +119,6 @@ def markdown(r: dict) -> str:
     ])
 
 
-def write_section(section: str) -> None:
-    path = HERE / "RESULTS.md"
-    text = path.read_text() if path.is_file() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.startup", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,7 +131,7 @@ def main(argv=None) -> dict:
     if not args.no_write:
         (HERE / "results").mkdir(exist_ok=True)
         (HERE / "results" / "startup.json").write_text(json.dumps(result, indent=2))
-        write_section(section)
+        write_section(HERE / "RESULTS.md", SECTION, section)
     print(section)
     return result
 

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import sys
 import time
 from datetime import date
@@ -36,7 +35,7 @@ from training.ridge import DEFAULT_ALPHAS, cv_splits, fit_ridge_cv, parse_alphas
 from training.stats import r2_columns
 from training.synthetic import procedural_images
 from training.train_encoder import versions
-from benchmarks.machine import cpu_name
+from benchmarks.machine import cpu_name, write_section
 
 HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "results" / "training.json"
@@ -209,11 +208,7 @@ def _markdown(result: dict, command: str) -> str:
 def write_results(result: dict, command: str) -> None:
     RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_JSON.write_text(json.dumps(result, indent=2))
-    section = _markdown(result, command)
-    text = RESULTS_MD.read_text() if RESULTS_MD.is_file() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    RESULTS_MD.write_text(text.rstrip("\n") + "\n")
+    write_section(RESULTS_MD, SECTION, _markdown(result, command))
 
 
 def main(argv=None) -> dict:
