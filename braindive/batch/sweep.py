@@ -12,11 +12,15 @@ import itertools
 import json
 import math
 import re
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (ZeroGPU Spaces): its backport, same API
+    import tomli as tomllib
 
 from ..objectives import Objective
 
