@@ -188,7 +188,7 @@ def _newer_than_310(source: str) -> list:
     ("import tomllib\n", "import tomllib (line 1)"),
     ("from typing import Self\n", "typing.Self (line 1)"),
     ("import datetime as dt\nnow = dt.datetime.now(dt.UTC)\n", "datetime.UTC (line 2)"),
-    ("try:\n    pass\nexcept* OSError:\n    pass\n", "syntax: Exception groups are only supported in Python 3.11"),
+    ("try:\n    pass\nexcept* OSError:\n    pass\n", "syntax:"),  # message differs by Python
     ("raise ExceptionGroup('x', [])\n", "ExceptionGroup (line 1)"),
 ])
 def test_the_310_check_finds_311_code(source, finding):

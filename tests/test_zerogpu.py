@@ -120,3 +120,15 @@ def test_the_gpu_budget_follows_the_request(zero):
     assert spaces.durations[-2:] == [10 + 4 * 1 * 2 * 2.0, 10 + 2 * 3 * 2 * 2.0]
     assert service.gpu_seconds(GenerationRequest(steps=1, n_images=1)) == 20  # at least 20 s
     assert service.gpu_seconds(GenerationRequest(steps=100, n_images=4)) == 300  # at most 300 s
+
+
+def test_the_pinned_spaces_package_leaves_the_task_alone_off_zerogpu():
+    """requirements-zerogpu.txt installs the real ``spaces``; without ZeroGPU hardware the task runs as is."""
+    spaces = pytest.importorskip("spaces")  # absent from requirements.txt's environment
+    from ui.zerogpu import gpu_duration, gpu_task
+
+    def task(n):
+        yield from range(n)
+
+    assert "duration" in inspect.signature(spaces.GPU).parameters
+    assert list(gpu_task(task, lambda n: gpu_duration(n, 1, 0.5))(3)) == [0, 1, 2]
