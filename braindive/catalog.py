@@ -375,7 +375,7 @@ def _check_date(value, argument: str) -> str | None:
         if len(value) == 10:
             dt.date.fromisoformat(value)
         else:
-            dt.datetime.fromisoformat(value)
+            dt.datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)  # "Z": Python 3.10
     except ValueError:
         raise ValueError(f"`{argument}` must be a date YYYY-MM-DD (e.g. 2026-11-29), got {value!r}.") from None
     return value

@@ -157,3 +157,8 @@ def test_owner_scopes_queries_and_filter_lists(tmp_path):
 def test_bad_dates_are_errors_not_empty_lists(tmp_path, since, until, message):
     with pytest.raises(ValueError, match=message):
         Catalog(tmp_path).page(since=since, until=until)
+
+
+def test_iso_timestamps_with_z_are_dates_on_every_python(tmp_path):
+    """Python 3.10 (ZeroGPU's) rejects a trailing "Z" in ``datetime.fromisoformat``; 3.11 accepts it."""
+    assert Catalog(tmp_path).page(since="2026-11-29T10:00:00Z", until="2026-11-30").entries == []
