@@ -73,14 +73,15 @@ def _start_app(data: Path, port: int, args) -> subprocess.Popen:
 def _one_run(client, subject, encoder, seed, steps, stop) -> dict:
     """One generation; Stop at the first update when ``stop``. Returns timings and how it ended."""
     t0 = time.perf_counter()
-    job = client.submit(subject, encoder, "maximize", "EBA", 1.0, 20.0, steps, "dpm", seed, 1, "", "exact",
-                        api_name="/run")
+    # by name: fields added to the form later (e.g. "keep the best k") keep their defaults
+    job = client.submit(subj=subject, enc=encoder, obj="maximize", con="EBA", w=1.0, sc=20.0, n_steps=steps,
+                        sched="dpm", sd=seed, n=1, text="", guidance="exact", api_name="/run")
     first_preview = waited = None
     texts = []
     for output in job:
-        if not isinstance(output, (list, tuple)) or len(output) != 3:
+        if not isinstance(output, (list, tuple)) or len(output) < 2:
             raise RuntimeError(f"unexpected streamed output {output!r:.200}")
-        preview, text, _gallery = output
+        preview, text = output[:2]  # then the gallery and the activation view
         texts.append(text or "")
         if (text or "").startswith("Waiting"):
             waited = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from . import explore, history, train
+from .memory import release_session
 from .service import Service
 from .settings import Settings
 
@@ -37,6 +38,13 @@ def build_app(service: Service, settings: Settings) -> gr.Blocks:
         history_parts["run_again"][1].change(lambda values: {**apply_settings(values), tabs: gr.Tabs(selected="explore")},
                                              history_parts["run_again"][1], [*fields, tabs])
         app.load(*explore_parts["refresh"])  # lists as they are now: encoders trained since the app started
+
+        def closed(request: gr.Request):
+            """The page is gone: stop its generation and drop what Gradio keeps for the session (ui.memory)."""
+            service.cancel(request.session_hash)
+            release_session(app, request.session_hash)
+
+        app.unload(closed)
     # generations wait in the service's own queue (cancellable, with their place shown); see explore.build
     app.queue(max_size=settings.queue_size + settings.concurrency, default_concurrency_limit=settings.concurrency)
     return app
