@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import explore, history, train
+from . import explore, history, image_cache, train
 from .memory import release_session
 from .service import Service
 from .settings import Settings
@@ -19,6 +19,7 @@ CSS = """
 
 
 def build_app(service: Service, settings: Settings) -> gr.Blocks:
+    image_cache.install()  # images served while the same bytes are saved again arrive whole (ui/image_cache.py)
     # Gradio copies every served file (previews, images, exports) into its cache: clear day-old copies hourly
     with gr.Blocks(title="BrainDiVE Studio", delete_cache=(3600, 86400)) as app:
         gr.Markdown("# BrainDiVE Studio\nBrain-guided diffusion: click a region of visual cortex and watch images "
