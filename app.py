@@ -13,6 +13,7 @@ import sys
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from ui import CSS, build_app  # noqa: E402
+from ui.memory import limit_malloc_arenas  # noqa: E402
 from ui.service import Service, ServiceError  # noqa: E402
 from ui.settings import Settings, parse_settings  # noqa: E402
 
@@ -32,6 +33,8 @@ def served_paths(settings: Settings) -> dict:
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = parse_settings(argv)
+    if "MALLOC_ARENA_MAX" not in os.environ:  # glibc's own setting wins; else fewer arenas, flat RSS (ui/memory.py)
+        limit_malloc_arenas()
     # SIGTERM (how Spaces, systemd and docker stop the app) exits normally, so training jobs are cancelled at exit
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:

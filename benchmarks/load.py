@@ -6,14 +6,18 @@ Starts ``app.py`` on 127.0.0.1 (a free port, a fresh data folder; nothing else i
 copies of the demo encoder so that requests cycle through encoders (``--max-encoders`` of them stay
 loaded). Each user is a ``gradio_client`` session that generates ``--rounds`` times; every
 ``--stop-every``-th run presses Stop at its first update, which for a queued run means while it waits.
-Reports requests, failures (must be 0), stopped runs, p50/p95 time to the first preview and to the
-end, the app's memory (RSS) after the first round and at the end, and whether any run stopped while
-waiting produced images (isolation). Bounded: at most 32 users, ``--timeout`` seconds in all.
+Each user closes its session when done, as a closed browser tab does. Reports requests, failures
+(must be 0), stopped runs, p50/p95 time to the first preview and to the end, the app's memory (RSS)
+after the first round and at the end (the growth after warm-up), Gradio's sessions held (the app
+runs under ``benchmarks.probed_app``; ``--tracemalloc`` adds the Python memory traced, slower), and
+whether any run stopped while waiting produced images (isolation). Bounded: at most 32 users,
+``--timeout`` seconds in all.
 Writes the "## Load" section of ``benchmarks/RESULTS.md``.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -34,6 +38,7 @@ from benchmarks.machine import write_section
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SECTION = "## Load"
+PHASES = ("start", "warm", "load1", "load2", "load3", "load")
 MAX_USERS = 32
 
 
@@ -52,11 +57,14 @@ def _start_app(data: Path, port: int, args) -> subprocess.Popen:
     encoders = data / "encoders"
     for k in range(args.encoders):  # same voxels and tower as the demo encoder: cycled by the users
         shutil.copytree(REPO / "assets" / "demo-encoder", encoders / f"demo-copy-{k}")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    cmd = [sys.executable, "app.py", "--preset", "demo", "--host", "127.0.0.1", "--port", str(port), "--data-dir",
+    # a 1 s heartbeat: a user who leaves is noticed at once, as when a browser tab closes
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_HEARTBEAT_INTERVAL": "1"}
+    probe = ["--probe-out", str(data / "probe.jsonl"), *(["--tracemalloc"] if args.tracemalloc else []), "--"]
+    cmd = [sys.executable, "-m", "benchmarks.probed_app", *probe, "--preset", "demo", "--host", "127.0.0.1", "--port", str(port), "--data-dir",
            str(data), "--image-size", str(args.image_size), "--concurrency", str(args.concurrency),
            "--queue-size", str(max(16, args.users)), "--max-encoders", str(args.max_encoders)]
-    app = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(data / "app.log", "w"), stderr=subprocess.STDOUT)
+    app = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.PIPE, text=True,
+                           stdout=open(data / "app.log", "w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if app.poll() is not None:
@@ -70,17 +78,33 @@ def _start_app(data: Path, port: int, args) -> subprocess.Popen:
     raise SystemExit("the app did not start within 300 s")
 
 
+def _probe(app: subprocess.Popen, data: Path) -> dict:
+    """The app's own memory record (``benchmarks.probed_app``): RSS, sessions held, traced Python memory."""
+    out = data / "probe.jsonl"
+    before = len(out.read_text().splitlines()) if out.exists() else 0
+    app.stdin.write("\n")
+    app.stdin.flush()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        lines = out.read_text().splitlines() if out.exists() else []
+        if len(lines) > before:
+            return json.loads(lines[before])
+        time.sleep(0.2)
+    raise SystemExit("the app did not answer the memory probe within 120 s")
+
+
 def _one_run(client, subject, encoder, seed, steps, stop) -> dict:
     """One generation; Stop at the first update when ``stop``. Returns timings and how it ended."""
     t0 = time.perf_counter()
-    job = client.submit(subject, encoder, "maximize", "EBA", 1.0, 20.0, steps, "dpm", seed, 1, "", "exact",
-                        api_name="/run")
+    # by name: fields added to the form later (e.g. "keep the best k") keep their defaults
+    job = client.submit(subj=subject, enc=encoder, obj="maximize", con="EBA", w=1.0, sc=20.0, n_steps=steps,
+                        sched="dpm", sd=seed, n=1, text="", guidance="exact", api_name="/run")
     first_preview = waited = None
     texts = []
     for output in job:
-        if not isinstance(output, (list, tuple)) or len(output) != 3:
+        if not isinstance(output, (list, tuple)) or len(output) < 2:
             raise RuntimeError(f"unexpected streamed output {output!r:.200}")
-        preview, text, _gallery = output
+        preview, text = output[:2]  # then the gallery and the activation view
         texts.append(text or "")
         if (text or "").startswith("Waiting"):
             waited = True
@@ -100,15 +124,18 @@ def _user(url, index, args, subject, encoders, runs, deadline) -> None:
     from gradio_client import Client
 
     client = Client(url, verbose=False)
-    for r in range(args.rounds):
-        if time.monotonic() > deadline:
-            return
-        n = index * args.rounds + r
-        try:
-            runs.append(_one_run(client, subject, encoders[n % len(encoders)], seed=1000 + n, steps=args.steps,
-                                 stop=n % args.stop_every == 0))
-        except Exception as exc:  # counted as a failure
-            runs.append({"seed": 1000 + n, "ok": False, "final": f"{type(exc).__name__}: {exc}", "stop": False})
+    try:
+        for r in range(args.rounds):
+            if time.monotonic() > deadline:
+                return
+            n = index * args.rounds + r
+            try:
+                runs.append(_one_run(client, subject, encoders[n % len(encoders)], seed=1000 + n, steps=args.steps,
+                                     stop=n % args.stop_every == 0))
+            except Exception as exc:  # counted as a failure
+                runs.append({"seed": 1000 + n, "ok": False, "final": f"{type(exc).__name__}: {exc}", "stop": False})
+    finally:
+        client.close()  # the user leaves: the app is told when its heartbeat ends
 
 
 def service_memory(args, n: int = 200, every: int = 50) -> dict:
@@ -149,7 +176,7 @@ def run(args) -> dict:
         encoders = ["demo", *(f"demo-copy-{k}" for k in range(args.encoders))]
         runs: list[dict] = []
         deadline = time.monotonic() + args.timeout
-        memory = {"start": _rss_mb(app.pid)}
+        memory, probes = {"start": _rss_mb(app.pid)}, {"start": _probe(app, data)}
         t0 = time.perf_counter()
         quarter = max(1, args.rounds // 4)
         phases = [("warm", 1)] + [(f"load{k}", quarter) for k in range(1, 4)] + [("load", args.rounds - 3 * quarter)]
@@ -161,8 +188,10 @@ def run(args) -> dict:
                 t.start()
             for t in threads:
                 t.join(max(1.0, deadline - time.monotonic()))
-            memory[phase] = _rss_mb(app.pid)
+            memory[phase], probes[phase] = _rss_mb(app.pid), _probe(app, data)
         wall = time.perf_counter() - t0
+        time.sleep(5)  # every user has left: their heartbeats end
+        probes["left"] = _probe(app, data)
         with sqlite3.connect(data / "catalog" / "index.sqlite") as db:
             stored = {seed for (seed,) in db.execute("SELECT seed FROM images")}
     finally:
@@ -186,11 +215,15 @@ def run(args) -> dict:
             "waited": sum(bool(r.get("waited")) for r in runs), "isolation_violations": len(leaked),
             "first_preview_p50": pct("first_preview", 50), "first_preview_p95": pct("first_preview", 95),
             "finish_p50": pct("finish", 50), "finish_p95": pct("finish", 95), "wall_s": wall,
-            "rss_mb": memory, "encoders": len(encoders), "config": vars(args), "service": service_memory(args)}
+            "rss_mb": memory, "probes": probes, "encoders": len(encoders), "config": vars(args), "service": service_memory(args)}
 
 
 def _markdown(r: dict, command: str) -> str:
-    m = r["rss_mb"]
+    m, pr = r["rss_mb"], r["probes"]
+    traced = ""
+    if "traced_mb" in pr["start"]:
+        values = ", ".join(f"{pr[k]['traced_mb']:.1f}" for k in (*PHASES, "left"))
+        traced = f" Python memory traced by tracemalloc (MB) at the same points and once every user had left: {values}."
     return "\n".join([
         SECTION, "",
         f"`{command}` — the offline demo app on 127.0.0.1, {r['users']} simulated `gradio_client` users at once, "
@@ -207,8 +240,11 @@ def _markdown(r: dict, command: str) -> str:
         f"| to the end | {r['finish_p50']:.2f} | {r['finish_p95']:.2f} |", "",
         f"App memory (RSS, MB): {m['start']:.0f} at start, {m['warm']:.0f} after the first round "
         f"({r['users']} requests), then {', '.join(f'{m[k]:.0f}' for k in ('load1', 'load2', 'load3'))} after each "
-        f"further quarter, {m['load']:.0f} after all {r['requests']} requests ({m['load'] - m['warm']:+.0f} MB). "
-        f"Wall time {r['wall_s']:.0f} s.",
+        f"further quarter, {m['load']:.0f} after all {r['requests']} requests: **{m['load'] - m['warm']:+.0f} MB after "
+        f"warm-up** ({m['load'] - m['load1']:+.0f} MB over the last three quarters). Gradio sessions held: "
+        f"{', '.join(str(pr[k]['sessions']) for k in PHASES)} at the same points, {pr['left']['sessions']} once every "
+        f"user had left ({pr['left']['session_states']} live `SessionState` objects; each user opens a new session for the warm-up "
+        f"round and for each quarter).{traced} Wall time {r['wall_s']:.0f} s.",
         f"The service alone (in one process, no Gradio; {r['service']['requests']} requests cycling through the same "
         f"encoders): {r['service']['rss_mb'][0]:.0f} MB after the first {r['service']['every']} requests, then "
         f"{', '.join(f'{v:.0f}' for v in r['service']['rss_mb'][1:])} MB every {r['service']['every']} more; "
@@ -228,6 +264,7 @@ def main(argv=None) -> dict:
     p.add_argument("--max-encoders", type=int, default=2)
     p.add_argument("--stop-every", type=int, default=4, help="every k-th run presses Stop at its first update")
     p.add_argument("--timeout", type=float, default=1500, help="seconds for the whole run")
+    p.add_argument("--tracemalloc", action="store_true", help="trace the app's Python memory too (slower)")
     p.add_argument("--results-md", default=str(HERE / "RESULTS.md"), help="RESULTS.md to update ('' = none)")
     args = p.parse_args(argv)
     result = run(args)

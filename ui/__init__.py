@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import explore, history, train
+from . import explore, history, image_cache, train
+from .memory import release_session
 from .service import Service
 from .settings import Settings
 
@@ -18,6 +19,7 @@ CSS = """
 
 
 def build_app(service: Service, settings: Settings) -> gr.Blocks:
+    image_cache.install()  # images served while the same bytes are saved again arrive whole (ui/image_cache.py)
     # Gradio copies every served file (previews, images, exports) into its cache: clear day-old copies hourly
     with gr.Blocks(title="BrainDiVE Studio", delete_cache=(3600, 86400)) as app:
         gr.Markdown("# BrainDiVE Studio\nBrain-guided diffusion: click a region of visual cortex and watch images "
@@ -37,6 +39,13 @@ def build_app(service: Service, settings: Settings) -> gr.Blocks:
         history_parts["run_again"][1].change(lambda values: {**apply_settings(values), tabs: gr.Tabs(selected="explore")},
                                              history_parts["run_again"][1], [*fields, tabs])
         app.load(*explore_parts["refresh"])  # lists as they are now: encoders trained since the app started
+
+        def closed(request: gr.Request):
+            """The page is gone: stop its generation and drop what Gradio keeps for the session (ui.memory)."""
+            service.cancel(request.session_hash)
+            release_session(app, request.session_hash)
+
+        app.unload(closed)
     # generations wait in the service's own queue (cancellable, with their place shown); see explore.build
     app.queue(max_size=settings.queue_size + settings.concurrency, default_concurrency_limit=settings.concurrency)
     return app

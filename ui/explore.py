@@ -12,6 +12,7 @@ from braindive.tiny_decoder import fast_description
 from . import activation as act
 from . import selection as sel
 from .charts import roi_chart
+from .memory import trim_heap
 from .service import CUSTOM, OBJECTIVES, Finished, GenerationRequest, ImageResult, Progress, Service, ServiceError, Waiting
 
 CLICK_MODES = ("Select ROI", "Grow voxel set")
@@ -294,6 +295,8 @@ def build(service: Service, settings) -> dict:
                     yield update
         except ServiceError as exc:
             raise gr.Error(str(exc))
+        finally:
+            trim_heap()  # a generation frees its buffers in many threads' malloc arenas: give the pages back
 
     inputs = [subject, encoder, state, objective, contrast, weight, scale, steps, scheduler, seed, n_images, keep, prompt,
               mode, map_kind, limits]
