@@ -232,7 +232,8 @@ def modes(config: Config, batch: int, pipe, reference_pipe, with_tiny_decoder: b
         table["exact (batch 1)"] = row(dict(guidance_mode="exact"), 1)
     table["fast"] = row(dict(guidance_mode="fast", fast_options=recipe))
     if recipe.tiny_decoder is not None:
-        table["fast without tiny_decoder"] = row(dict(guidance_mode="fast", fast_options=default))
+        without = dataclasses.replace(recipe, tiny_decoder=None)
+        table["fast without tiny_decoder"] = row(dict(guidance_mode="fast", fast_options=without))
     for flag, on in SINGLE_FLAGS.items():
         value = getattr(default, flag) if getattr(default, flag) != getattr(OFF, flag) else on
         options = dataclasses.replace(OFF, **{flag: value})
@@ -240,10 +241,13 @@ def modes(config: Config, batch: int, pipe, reference_pipe, with_tiny_decoder: b
     if trained is not None:
         table["fast: tiny_decoder"] = row(dict(guidance_mode="fast", fast_options=dataclasses.replace(OFF, tiny_decoder=trained)),
                                           note=f"distilled decoder {decoder_name(trained)}")
-        for flags in (dict(skip_unet_backprop=True), dict(guide_every=2),
+        for flags in (dict(skip_unet_backprop=True), dict(guide_every=2), dict(decode_scale=0.5),
+                      dict(skip_unet_backprop=True, guide_every=2),
                       dict(skip_unet_backprop=True, guide_every=2, decode_scale=0.5)):
-            name = " + ".join(f"{k}={v}" for k, v in flags.items())
             options = dataclasses.replace(OFF, tiny_decoder=trained, **flags)
+            if options == recipe and recipe.tiny_decoder is trained:
+                continue  # that is the `fast` row
+            name = " + ".join(f"{k}={v}" for k, v in flags.items())
             table[f"fast + tiny_decoder: {name}"] = row(dict(guidance_mode="fast", fast_options=options))
     elif with_tiny_decoder:
         options = dataclasses.replace(OFF, tiny_decoder=tiny_decoder(config, pipe.device))

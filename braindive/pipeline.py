@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -202,6 +202,7 @@ class BrainDiVEPipeline(DiffusionPipeline):
         self._applied_acceleration: Acceleration | None = None
         self.tiny_decoder = None
         self._looked_up_tiny_decoder = False
+        self.fast_recipe = FastGuidance()
 
     # ------------------------------------------------------------------ set-up
 
@@ -226,11 +227,22 @@ class BrainDiVEPipeline(DiffusionPipeline):
             decoder = decoder.to(self.device).eval().requires_grad_(False)
         self.tiny_decoder, self._looked_up_tiny_decoder = decoder, True
 
+    def set_fast_recipe(self, options: FastGuidance) -> None:
+        """Make ``options`` what ``fast`` runs without ``fast_options``; its tiny decoder (if any) becomes the attached one."""
+        if not isinstance(options, FastGuidance):
+            raise TypeError(f"`options` must be a FastGuidance, got {type(options).__name__}.")
+        if options.tiny_decoder is not None:
+            self.set_tiny_decoder(options.tiny_decoder)
+        self.fast_recipe = replace(options, tiny_decoder=None)
+
     def default_fast_options(self) -> FastGuidance:
-        """``FastGuidance()`` with the attached tiny decoder; the first call looks up TAESD for SD 1.x/2.x VAEs."""
+        """The fast recipe (``FastGuidance()`` unless ``set_fast_recipe``) with the attached tiny decoder.
+
+        The first call looks up TAESD for SD 1.x/2.x VAEs when no decoder was attached.
+        """
         if not self._looked_up_tiny_decoder:
             self.set_tiny_decoder(T.hub_tiny_decoder(self.vae))
-        return FastGuidance(tiny_decoder=self.tiny_decoder)
+        return replace(self.fast_recipe, tiny_decoder=self.tiny_decoder)
 
     def set_acceleration(self, acceleration: Acceleration) -> None:
         """Choose how the exact and fast modes execute; module set-up happens once, on their next call."""
