@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -27,6 +28,14 @@ DISTILL_FILE = "distill.json"
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "guidance_demo.json"
 
 
+_OWN_KEY_WARNING = re.compile(r"The config attributes \{'block_out_channels': \[[\d, ]*\]\} were passed to AutoencoderTiny,")
+
+
+def _own_config_key(record: logging.LogRecord) -> bool:
+    """Drop diffusers' warning on ``block_out_channels``, a key ``AutoencoderTiny`` itself writes into its config."""
+    return not _OWN_KEY_WARNING.match(record.getMessage())
+
+
 def load_tiny_decoder(source, vae=None, **kwargs):
     """``AutoencoderTiny.from_pretrained(source)`` in eval mode, without gradients; checked against ``vae`` if given.
 
@@ -35,7 +44,12 @@ def load_tiny_decoder(source, vae=None, **kwargs):
     """
     from diffusers import AutoencoderTiny
 
-    decoder = AutoencoderTiny.from_pretrained(source, **kwargs).eval().requires_grad_(False)
+    config_logger = logging.getLogger("diffusers.configuration_utils")
+    config_logger.addFilter(_own_config_key)
+    try:
+        decoder = AutoencoderTiny.from_pretrained(source, **kwargs).eval().requires_grad_(False)
+    finally:
+        config_logger.removeFilter(_own_config_key)
     decoder.name_or_path = str(source)
     record = Path(source) / DISTILL_FILE
     if record.is_file():

@@ -148,10 +148,13 @@ def test_benchmark_tiny_reports_every_mode(tmp_path):
     assert (tmp_path / "guidance_tiny.md").read_text().strip() in text
 
 
-@pytest.mark.parametrize("options", [FastGuidance(), dataclasses.replace(OFF, decode_scale=0.5)],
-                         ids=["default", "decode_scale=0.5"])
+@pytest.mark.parametrize("options", [FastGuidance(), dataclasses.replace(OFF, decode_scale=0.5), None],
+                         ids=["default", "decode_scale=0.5", "demo recipe with its tiny decoder"])
 def test_fast_keeps_the_gain_on_the_trained_demo_model(options):
-    """Efficacy needs trained models: the demo's toy-scene SD (a trained VAE) and encoder, FFA, 8 seeds."""
+    """Efficacy needs trained models: the demo's toy-scene SD (a trained VAE) and encoder, FFA, 8 seeds.
+
+    ``None`` is what the app's and the CLI's ``fast`` run on the demo (``bd.demo.DEMO_FAST_RECIPE``).
+    """
     demo = bd.demo.load()
     objective = bd.Objective.maximize(demo.subject.roi("FFA"))
 

@@ -1,6 +1,7 @@
 """Tiny decoders: compatibility errors, NaN, resumable distillation, and the demo's distilled decoder's efficacy."""
 import dataclasses
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -58,6 +59,25 @@ def test_scaling_factor_recorded_at_distillation_must_match(pipe, tmp_path):
     loaded = T.load_tiny_decoder(tmp_path)  # no VAE given: loads, and the pipeline refuses it
     with pytest.raises(ValueError, match=str(tmp_path)):
         pipe.set_tiny_decoder(loaded)
+
+
+def test_loading_warns_about_unknown_config_keys_only(tmp_path):
+    """diffusers warns that AutoencoderTiny's own ``block_out_channels`` is unexpected; other keys still warn."""
+    _decoder().save_pretrained(tmp_path)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    config_logger = logging.getLogger("diffusers.configuration_utils")
+    config_logger.addHandler(handler)
+    try:
+        T.load_tiny_decoder(tmp_path)
+        assert records == []
+        config = json.loads((tmp_path / "config.json").read_text())
+        (tmp_path / "config.json").write_text(json.dumps({**config, "typo_channels": 3}))
+        T.load_tiny_decoder(tmp_path)
+        assert any("typo_channels" in record.getMessage() for record in records)
+    finally:
+        config_logger.removeHandler(handler)
 
 
 def test_nan_decoder_raises_naming_it(pipe):
