@@ -46,7 +46,7 @@ import braindive as bd
 from braindive.demo import _tiny_components, build_offline_tokenizer
 from braindive.encoders import build_clip_tower
 from braindive.pipeline import Acceleration, BrainDiVEPipeline, FastGuidance
-from braindive.tiny_decoder import decoder_name, load_tiny_decoder
+from braindive.tiny_decoder import decoder_name, describe_recipe, load_tiny_decoder
 from benchmarks.machine import cpu_name
 
 HERE = Path(__file__).resolve().parent
@@ -230,7 +230,8 @@ def modes(config: Config, batch: int, pipe, reference_pipe, with_tiny_decoder: b
     }
     if batch > 1:
         table["exact (batch 1)"] = row(dict(guidance_mode="exact"), 1)
-    table["fast"] = row(dict(guidance_mode="fast", fast_options=recipe))
+    table["fast"] = row(dict(guidance_mode="fast", fast_options=recipe), note="the pipeline's fast recipe: " + describe_recipe(
+        {f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)}))
     if recipe.tiny_decoder is not None:
         without = dataclasses.replace(recipe, tiny_decoder=None)
         table["fast without tiny_decoder"] = row(dict(guidance_mode="fast", fast_options=without))
@@ -240,7 +241,7 @@ def modes(config: Config, batch: int, pipe, reference_pipe, with_tiny_decoder: b
         table[f"fast: {flag}={value}"] = row(dict(guidance_mode="fast", fast_options=options))
     if trained is not None:
         table["fast: tiny_decoder"] = row(dict(guidance_mode="fast", fast_options=dataclasses.replace(OFF, tiny_decoder=trained)),
-                                          note=f"distilled decoder {decoder_name(trained)}")
+                                          note=f"distilled decoder {_decoder_label(trained)}")
         for flags in (dict(skip_unet_backprop=True), dict(guide_every=2), dict(decode_scale=0.5),
                       dict(skip_unet_backprop=True, guide_every=2),
                       dict(skip_unet_backprop=True, guide_every=2, decode_scale=0.5)):
@@ -381,6 +382,13 @@ def summarise(stats: dict, table: dict, n_seeds: int) -> dict:
     return rows
 
 
+def _decoder_label(decoder) -> str:
+    """A tiny decoder's name; a folder inside the project relative to it."""
+    name = decoder_name(decoder)
+    path = Path(name)
+    return str(path.relative_to(HERE.parent)) if path.is_absolute() and path.is_relative_to(HERE.parent) else name
+
+
 def _describe(call: dict) -> dict:
     """JSON-ready call arguments (a tiny decoder by its class name)."""
     out = dict(call)
@@ -388,7 +396,7 @@ def _describe(call: dict) -> dict:
     if options is not None:
         out["fast_options"] = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
         if options.tiny_decoder is not None:
-            out["fast_options"]["tiny_decoder"] = decoder_name(options.tiny_decoder)
+            out["fast_options"]["tiny_decoder"] = _decoder_label(options.tiny_decoder)
     return out
 
 

@@ -79,8 +79,9 @@ class FastGuidance:
             latents into [-1, 1] images; see ``braindive.tiny_decoder``. The final image is always the VAE's.
 
     The defaults kept >= 90% of the exact mode's gain in ``benchmarks/RESULTS.md`` ("Guided generation").
-    ``guidance_mode="fast"`` without ``fast_options`` adds the pipeline's tiny decoder when it has one
-    (``set_tiny_decoder``; for SD 1.x/2.x VAEs TAESD from the Hub when it can be loaded).
+    ``guidance_mode="fast"`` without ``fast_options`` runs the pipeline's fast recipe (``set_fast_recipe``;
+    ``FastGuidance()`` unless set, the demo's is ``braindive.demo.DEMO_FAST_RECIPE``) with its tiny decoder
+    when it has one (``set_tiny_decoder``; for SD 1.x/2.x VAEs TAESD from the Hub when it can be loaded).
     """
 
     skip_unet_backprop: bool = True
