@@ -24,14 +24,15 @@ from benchmarks.guidance import HERE, SD21_UNET, SD21_VAE, FlopCount, write_sect
 
 __all__ = ["RECIPES", "recipe_gflop", "parts_gflop", "main"]
 
-# name -> (skip_unet_backprop, guide_every, decoder: "vae" or "tiny", decode_scale: 1 or 0.5)
+# name -> (skip_unet_backprop, guide_every, decoder: "vae" or "tiny", decode_scale: 1 or 0.5, dense_start)
 RECIPES = {
     "reference": None,
-    "exact": (False, 1, "vae", 1),
-    "fast without tiny_decoder (skip_unet_backprop, guide_every=2)": (True, 2, "vae", 1),
-    "fast: tiny_decoder alone": (False, 1, "tiny", 1),
-    "fast (skip_unet_backprop, guide_every=2, tiny_decoder)": (True, 2, "tiny", 1),
-    "fast + decode_scale=0.5 (the demo's recipe)": (True, 2, "tiny", 0.5),
+    "exact": (False, 1, "vae", 1, 0.0),
+    "FastGuidance() without tiny decoder (skip_unet_backprop, guide_every=2)": (True, 2, "vae", 1, 0.0),
+    "tiny_decoder alone": (False, 1, "tiny", 1, 0.0),
+    "FastGuidance() with tiny decoder": (True, 2, "tiny", 1, 0.0),
+    "the demo's recipe (skip_unet_backprop, guide_every=4, dense_start=0.2, decode_scale=0.5, tiny decoder)":
+        (True, 4, "tiny", 0.5, 0.2),
     "unguided": "unguided",
 }
 
@@ -73,8 +74,9 @@ def recipe_gflop(parts: dict, steps: int, recipe) -> float:
         return steps * 2 * parts["unet_f"] + final
     if recipe is None:  # the published step: UNet, SAG's pass, a second UNet pass with gradients, decode, encoder
         return steps * (2 * parts["unet_f"] + parts["unet_fb"] + parts["vae_fb"] + parts["encoder_fb"]) + final
-    skip, every, decoder, scale = recipe
-    guided = math.ceil(steps / every)
+    skip, every, decoder, scale, dense_start = recipe
+    dense = math.ceil(round(dense_start * steps, 6))  # as FastGuidance.guides_at
+    guided = dense + math.ceil((steps - dense) / every)
     main_pass = (steps - guided) * parts["unet_f"] + guided * (parts["unet_f"] if skip else parts["unet_fb"])
     decode = parts[f"{decoder}_half_fb" if scale == 0.5 else f"{decoder}_fb"]
     return steps * parts["unet_f"] + main_pass + guided * (decode + parts["encoder_fb"]) + final

@@ -235,6 +235,8 @@ def modes(config: Config, batch: int, pipe, reference_pipe, with_tiny_decoder: b
     if recipe.tiny_decoder is not None:
         without = dataclasses.replace(recipe, tiny_decoder=None)
         table["fast without tiny_decoder"] = row(dict(guidance_mode="fast", fast_options=without))
+    if dataclasses.replace(recipe, tiny_decoder=None) != default:
+        table["FastGuidance() (the library's default recipe)"] = row(dict(guidance_mode="fast", fast_options=default))
     for flag, on in SINGLE_FLAGS.items():
         value = getattr(default, flag) if getattr(default, flag) != getattr(OFF, flag) else on
         options = dataclasses.replace(OFF, **{flag: value})
@@ -243,8 +245,10 @@ def modes(config: Config, batch: int, pipe, reference_pipe, with_tiny_decoder: b
         table["fast: tiny_decoder"] = row(dict(guidance_mode="fast", fast_options=dataclasses.replace(OFF, tiny_decoder=trained)),
                                           note=f"distilled decoder {_decoder_label(trained)}")
         for flags in (dict(skip_unet_backprop=True), dict(guide_every=2), dict(decode_scale=0.5),
-                      dict(skip_unet_backprop=True, guide_every=2),
-                      dict(skip_unet_backprop=True, guide_every=2, decode_scale=0.5)):
+                      dict(skip_unet_backprop=True, guide_every=2), dict(skip_unet_backprop=True, decode_scale=0.5),
+                      dict(skip_unet_backprop=True, guide_every=2, decode_scale=0.5),
+                      dict(skip_unet_backprop=True, guide_every=4, dense_start=0.2),
+                      dict(skip_unet_backprop=True, guide_every=4, dense_start=0.2, decode_scale=0.5)):
             options = dataclasses.replace(OFF, tiny_decoder=trained, **flags)
             if options == recipe and recipe.tiny_decoder is trained:
                 continue  # that is the `fast` row

@@ -36,7 +36,7 @@ ASSET_ENCODER = ASSETS / "demo-encoder"
 ASSET_DIFFUSION = ASSETS / "demo-sd"
 ASSET_TINY_DECODER = ASSETS / "demo-taesd"  # training.distill_decoder of its VAE, for fast guidance
 # The demo's `fast`, picked from the guidance benchmark (benchmarks/RESULTS.md, config `demo`), with the tiny decoder
-DEMO_FAST_RECIPE = FastGuidance(skip_unet_backprop=True, guide_every=2, decode_scale=0.5)
+DEMO_FAST_RECIPE = FastGuidance(skip_unet_backprop=True, guide_every=4, dense_start=0.2, decode_scale=0.5)
 # Scale measured on assets/demo-sd with the demo encoder (128 px, its training size; 25 DPM steps, SAG 0.75,
 # seeds 0-5; mean predicted ROI activation at scales 0 / 10 / 20 / 40 / 130):
 #   FFA 0.42 / 2.36 / 2.67 / 2.76 / 2.70   PPA -0.76 / 1.46 / 1.79 / 1.90 / 1.94

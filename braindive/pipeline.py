@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -69,6 +70,10 @@ class FastGuidance:
             (``sqrt(1-a_t)/sqrt(a_t) + 1 - sqrt(1-a_t)``, or 1 for sigma schedulers) and the UNet runs
             forward only, once per step, as in unguided sampling.
         guide_every: compute the brain gradient every ``guide_every`` steps and reuse the last one between.
+        dense_start: compute it at every step for this leading fraction of the steps (rounded up), then every
+            ``guide_every`` steps. The early steps carry the guidance: on the demo, every 2nd step from the
+            start kept 83% of EBA's gain, every step for the first 20% then every 4th step kept 99%
+            (``benchmarks/RESULTS.md``, "Guided generation").
         decode_scale: area-resample the decoder input by this factor before the guidance decode (0.5 decodes
             a 512 px model at 256 px, close to the encoder's 224 px input, for a quarter of the decoder work).
             Off by default: it relies on a trained VAE decoding downsampled latents into a downsampled
@@ -87,6 +92,7 @@ class FastGuidance:
     skip_unet_backprop: bool = True
     guide_every: int = 2
     decode_scale: float = 1.0
+    dense_start: float = 0.0
     tiny_decoder: torch.nn.Module | None = field(default=None, compare=False)
 
     def __post_init__(self):
@@ -94,6 +100,13 @@ class FastGuidance:
             raise ValueError(f"`guide_every` must be an integer >= 1, got {self.guide_every!r}.")
         if not 0 < self.decode_scale <= 1:
             raise ValueError(f"`decode_scale` must be in (0, 1], got {self.decode_scale!r}.")
+        if not 0 <= self.dense_start <= 1:
+            raise ValueError(f"`dense_start` must be in [0, 1], got {self.dense_start!r}.")
+
+    def guides_at(self, step_index: int, num_steps: int) -> bool:
+        """Whether step ``step_index`` (0-based) of ``num_steps`` computes a new brain gradient."""
+        dense = math.ceil(round(self.dense_start * num_steps, 6))
+        return step_index < dense or (step_index - dense) % self.guide_every == 0
 
 
 _EXACT = FastGuidance(skip_unet_backprop=False, guide_every=1, decode_scale=1.0)
@@ -137,6 +150,7 @@ class _Guidance:
     brain_scale: float
     store: "_AttnProbsStore"
     fast: FastGuidance = _EXACT
+    num_steps: int = 1
     head: Callable | None = None
     last_grad: torch.Tensor | None = None
 
@@ -449,7 +463,7 @@ class BrainDiVEPipeline(DiffusionPipeline):
 
     def _guided_step(self, g: _Guidance, latents, t, step_index):
         """One UNet pass gives the noise prediction, SAG's attention and (exact mode) the graph to x_t."""
-        guide = g.brain_scale != 0 and step_index % g.fast.guide_every == 0
+        guide = g.brain_scale != 0 and g.fast.guides_at(step_index, g.num_steps)
         x = latents.detach().requires_grad_(guide)
         noise_uncond, eps, uncond_attn = self._predict_noise(g, x, t, backprop=guide and not g.fast.skip_unet_backprop)
         if guide:
@@ -557,7 +571,7 @@ class BrainDiVEPipeline(DiffusionPipeline):
 
         # 4. Guidance set-up, once for all images of the call
         g = _Guidance(objective, prompt_embeds, guide_embeds, do_cfg, guidance_scale, sag_scale,
-                      brain_guidance_scale, _AttnProbsStore())
+                      brain_guidance_scale, _AttnProbsStore(), num_steps=len(timesteps))
         step, execution = self._reference_step, contextlib.nullcontext()
         if guidance_mode != "reference":
             step, execution = self._guided_step, self._autocast(self._accelerate())

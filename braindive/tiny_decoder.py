@@ -117,9 +117,11 @@ def describe_recipe(options: dict) -> str:
     parts = ["tiny decoder on the gradient path"] if options.get("tiny_decoder") else []
     if options.get("skip_unet_backprop"):
         parts.append("no UNet backprop")
-    every = options.get("guide_every", 1)
+    every, dense = options.get("guide_every", 1), options.get("dense_start", 0.0)
     if every > 1:
-        parts.append("gradient every 2nd step" if every == 2 else f"gradient every {every} steps")
+        nth = {2: "2nd", 3: "3rd"}.get(every, f"{every}th")
+        parts.append(f"gradient at every step for the first {dense:.0%}, then every {nth} step" if dense > 0
+                     else f"gradient every {nth} step")
     if options.get("decode_scale", 1.0) < 1:
         parts.append(f"guidance decode at {options['decode_scale']:g}x size")
     return ", ".join(parts) or "no approximation"

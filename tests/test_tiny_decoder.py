@@ -124,6 +124,8 @@ def test_fast_description_reads_the_results_files(tmp_path):
     assert ("tiny decoder on the gradient path, no UNet backprop, gradient every 2nd step, guidance decode at 0.5x size"
             in text)
     assert "not measured" in T.fast_description(tmp_path / "missing.json")
+    assert (T.describe_recipe({"skip_unet_backprop": False, "guide_every": 4, "dense_start": 0.2})
+            == "gradient at every step for the first 20%, then every 4th step")
 
 
 @pytest.fixture(scope="module")
