@@ -24,13 +24,15 @@ from benchmarks.guidance import HERE, SD21_UNET, SD21_VAE, FlopCount, write_sect
 
 __all__ = ["RECIPES", "recipe_gflop", "parts_gflop", "main"]
 
-# name -> (skip_unet_backprop, guide_every, decoder: "vae" or "tiny")
+# name -> (skip_unet_backprop, guide_every, decoder: "vae" or "tiny", decode_scale: 1 or 0.5, dense_start)
 RECIPES = {
     "reference": None,
-    "exact": (False, 1, "vae"),
-    "fast without tiny_decoder (skip_unet_backprop, guide_every=2)": (True, 2, "vae"),
-    "fast: tiny_decoder alone": (False, 1, "tiny"),
-    "fast (skip_unet_backprop, guide_every=2, tiny_decoder)": (True, 2, "tiny"),
+    "exact": (False, 1, "vae", 1, 0.0),
+    "FastGuidance() without tiny decoder (skip_unet_backprop, guide_every=2)": (True, 2, "vae", 1, 0.0),
+    "tiny_decoder alone": (False, 1, "tiny", 1, 0.0),
+    "FastGuidance() with tiny decoder": (True, 2, "tiny", 1, 0.0),
+    "the demo's recipe (skip_unet_backprop, guide_every=4, dense_start=0.2, decode_scale=0.5, tiny decoder)":
+        (True, 4, "tiny", 0.5, 0.2),
     "unguided": "unguided",
 }
 
@@ -43,7 +45,10 @@ def _gflop(fn) -> float:
 
 
 def parts_gflop(unet, vae, tiny, encoder, latents, embeds, image) -> dict:
-    """GFLOP of the forward (``_f``) and forward + input backward (``_fb``) of each part of a step."""
+    """GFLOP of the forward (``_f``) and forward + input backward (``_fb``) of each part of a step.
+
+    ``_half_fb``: the decoders on latents of half the side (``decode_scale=0.5``).
+    """
     def fwd_bwd(fn, x):
         x = x.detach().requires_grad_()
         return lambda: fn(x).float().sum().backward()
@@ -56,6 +61,9 @@ def parts_gflop(unet, vae, tiny, encoder, latents, embeds, image) -> dict:
     parts.update(unet_fb=_gflop(fwd_bwd(unet_fn, latents)), vae_fb=_gflop(fwd_bwd(lambda x: vae.decode(x).sample, latents)),
                  tiny_fb=_gflop(fwd_bwd(lambda x: tiny.decode(x).sample, latents)),
                  encoder_fb=_gflop(fwd_bwd(encoder, image)))
+    half = latents[..., ::2, ::2]
+    parts.update(vae_half_fb=_gflop(fwd_bwd(lambda x: vae.decode(x).sample, half)),
+                 tiny_half_fb=_gflop(fwd_bwd(lambda x: tiny.decode(x).sample, half)))
     return parts
 
 
@@ -66,10 +74,11 @@ def recipe_gflop(parts: dict, steps: int, recipe) -> float:
         return steps * 2 * parts["unet_f"] + final
     if recipe is None:  # the published step: UNet, SAG's pass, a second UNet pass with gradients, decode, encoder
         return steps * (2 * parts["unet_f"] + parts["unet_fb"] + parts["vae_fb"] + parts["encoder_fb"]) + final
-    skip, every, decoder = recipe
-    guided = math.ceil(steps / every)
+    skip, every, decoder, scale, dense_start = recipe
+    dense = math.ceil(round(dense_start * steps, 6))  # as FastGuidance.guides_at
+    guided = dense + math.ceil((steps - dense) / every)
     main_pass = (steps - guided) * parts["unet_f"] + guided * (parts["unet_f"] if skip else parts["unet_fb"])
-    decode = parts["vae_fb" if decoder == "vae" else "tiny_fb"]
+    decode = parts[f"{decoder}_half_fb" if scale == 0.5 else f"{decoder}_fb"]
     return steps * parts["unet_f"] + main_pass + guided * (decode + parts["encoder_fb"]) + final
 
 
@@ -107,7 +116,8 @@ def markdown(report: dict) -> str:
         f"weights on the meta device: counted, not run), 512 px, {report['steps']} steps, SAG on, CFG off, ViT-B/16 "
         "encoder; tiny decoder = TAESD's layout (`AutoencoderTiny()`, 1.2M decoder parameters). Per step parts "
         f"(GFLOP): UNet forward {sd['parts']['unet_f']:.0f}, UNet forward+backward {sd['parts']['unet_fb']:.0f}, VAE decoder "
-        f"forward+backward {sd['parts']['vae_fb']:.0f}, TAESD decoder forward+backward {sd['parts']['tiny_fb']:.0f}, "
+        f"forward+backward {sd['parts']['vae_fb']:.0f}, TAESD decoder forward+backward {sd['parts']['tiny_fb']:.0f} "
+        f"({sd['parts']['tiny_half_fb']:.0f} at decode_scale 0.5), "
         f"encoder forward+backward {sd['parts']['encoder_fb']:.0f}. Projected work ratio = reference GFLOP / recipe GFLOP "
         "(the images/s ratio a compute-bound GPU would approach).", "",
         "| recipe | GFLOP / image (SD 2.1-base) | projected work ratio vs reference | demo: formula GFLOP / image |",

@@ -46,7 +46,7 @@ import braindive as bd
 from braindive.demo import _tiny_components, build_offline_tokenizer
 from braindive.encoders import build_clip_tower
 from braindive.pipeline import Acceleration, BrainDiVEPipeline, FastGuidance
-from braindive.tiny_decoder import decoder_name, load_tiny_decoder
+from braindive.tiny_decoder import decoder_name, describe_recipe, load_tiny_decoder
 from benchmarks.machine import cpu_name
 
 HERE = Path(__file__).resolve().parent
@@ -230,20 +230,29 @@ def modes(config: Config, batch: int, pipe, reference_pipe, with_tiny_decoder: b
     }
     if batch > 1:
         table["exact (batch 1)"] = row(dict(guidance_mode="exact"), 1)
-    table["fast"] = row(dict(guidance_mode="fast", fast_options=recipe))
+    table["fast"] = row(dict(guidance_mode="fast", fast_options=recipe), note="the pipeline's fast recipe: " + describe_recipe(
+        {f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)}))
     if recipe.tiny_decoder is not None:
-        table["fast without tiny_decoder"] = row(dict(guidance_mode="fast", fast_options=default))
+        without = dataclasses.replace(recipe, tiny_decoder=None)
+        table["fast without tiny_decoder"] = row(dict(guidance_mode="fast", fast_options=without))
+    if dataclasses.replace(recipe, tiny_decoder=None) != default:
+        table["FastGuidance() (the library's default recipe)"] = row(dict(guidance_mode="fast", fast_options=default))
     for flag, on in SINGLE_FLAGS.items():
         value = getattr(default, flag) if getattr(default, flag) != getattr(OFF, flag) else on
         options = dataclasses.replace(OFF, **{flag: value})
         table[f"fast: {flag}={value}"] = row(dict(guidance_mode="fast", fast_options=options))
     if trained is not None:
         table["fast: tiny_decoder"] = row(dict(guidance_mode="fast", fast_options=dataclasses.replace(OFF, tiny_decoder=trained)),
-                                          note=f"distilled decoder {decoder_name(trained)}")
-        for flags in (dict(skip_unet_backprop=True), dict(guide_every=2),
-                      dict(skip_unet_backprop=True, guide_every=2, decode_scale=0.5)):
-            name = " + ".join(f"{k}={v}" for k, v in flags.items())
+                                          note=f"distilled decoder {_decoder_label(trained)}")
+        for flags in (dict(skip_unet_backprop=True), dict(guide_every=2), dict(decode_scale=0.5),
+                      dict(skip_unet_backprop=True, guide_every=2), dict(skip_unet_backprop=True, decode_scale=0.5),
+                      dict(skip_unet_backprop=True, guide_every=2, decode_scale=0.5),
+                      dict(skip_unet_backprop=True, guide_every=4, dense_start=0.2),
+                      dict(skip_unet_backprop=True, guide_every=4, dense_start=0.2, decode_scale=0.5)):
             options = dataclasses.replace(OFF, tiny_decoder=trained, **flags)
+            if options == recipe and recipe.tiny_decoder is trained:
+                continue  # that is the `fast` row
+            name = " + ".join(f"{k}={v}" for k, v in flags.items())
             table[f"fast + tiny_decoder: {name}"] = row(dict(guidance_mode="fast", fast_options=options))
     elif with_tiny_decoder:
         options = dataclasses.replace(OFF, tiny_decoder=tiny_decoder(config, pipe.device))
@@ -377,6 +386,13 @@ def summarise(stats: dict, table: dict, n_seeds: int) -> dict:
     return rows
 
 
+def _decoder_label(decoder) -> str:
+    """A tiny decoder's name; a folder inside the project relative to it."""
+    name = decoder_name(decoder)
+    path = Path(name)
+    return str(path.relative_to(HERE.parent)) if path.is_absolute() and path.is_relative_to(HERE.parent) else name
+
+
 def _describe(call: dict) -> dict:
     """JSON-ready call arguments (a tiny decoder by its class name)."""
     out = dict(call)
@@ -384,7 +400,7 @@ def _describe(call: dict) -> dict:
     if options is not None:
         out["fast_options"] = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
         if options.tiny_decoder is not None:
-            out["fast_options"]["tiny_decoder"] = decoder_name(options.tiny_decoder)
+            out["fast_options"]["tiny_decoder"] = _decoder_label(options.tiny_decoder)
     return out
 
 

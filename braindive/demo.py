@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +22,10 @@ import torch
 from .cache import cache_dir, private_tmp
 from .demo_components import DEMO_TOWER_CONFIG, DEMO_TOWER_NAME, build_demo_tower
 from .encoders import BrainEncoder, ClipLinearEncoder, EncoderConfig, load_encoder
-from .pipeline import BrainDiVEPipeline
+from .pipeline import BrainDiVEPipeline, FastGuidance
 from .subjects import Subject, load_subject
 
-__all__ = ["DemoBundle", "load", "build_diffusion_bundle", "DEMO_LABEL", "DEMO_DEFAULTS"]
+__all__ = ["DemoBundle", "load", "configure_fast", "build_diffusion_bundle", "DEMO_LABEL", "DEMO_DEFAULTS"]
 
 BUNDLE_VERSION = 1
 DEMO_LABEL = "DEMO: tiny diffusion model trained on toy shapes + synthetic encoder on pycortex S1 (not real brain data)"
@@ -35,6 +35,8 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 ASSET_ENCODER = ASSETS / "demo-encoder"
 ASSET_DIFFUSION = ASSETS / "demo-sd"
 ASSET_TINY_DECODER = ASSETS / "demo-taesd"  # training.distill_decoder of its VAE, for fast guidance
+# The demo's `fast`, picked from the guidance benchmark (benchmarks/RESULTS.md, config `demo`), with the tiny decoder
+DEMO_FAST_RECIPE = FastGuidance(skip_unet_backprop=True, guide_every=4, dense_start=0.2, decode_scale=0.5)
 # Scale measured on assets/demo-sd with the demo encoder (128 px, its training size; 25 DPM steps, SAG 0.75,
 # seeds 0-5; mean predicted ROI activation at scales 0 / 10 / 20 / 40 / 130):
 #   FFA 0.42 / 2.36 / 2.67 / 2.76 / 2.70   PPA -0.76 / 1.46 / 1.79 / 1.90 / 1.94
@@ -184,6 +186,22 @@ def resampled_encoder(encoder: ClipLinearEncoder, source: Subject, target: Subje
     return moved
 
 
+def configure_fast(pipe: BrainDiVEPipeline) -> BrainDiVEPipeline:
+    """Give a demo pipeline its measured ``fast`` recipe: ``DEMO_FAST_RECIPE`` through ``assets/demo-taesd``.
+
+    With the random-weight model (no ``assets/demo-sd``), or without that decoder, ``fast`` is
+    ``FastGuidance()`` through the full VAE: the recipe was measured only on the trained model.
+    """
+    if (ASSET_TINY_DECODER / "config.json").is_file() and diffusion_bundle_path() == ASSET_DIFFUSION:
+        from .tiny_decoder import load_tiny_decoder
+
+        pipe.set_fast_recipe(replace(DEMO_FAST_RECIPE, tiny_decoder=load_tiny_decoder(ASSET_TINY_DECODER, pipe.vae)))
+    else:
+        pipe.set_tiny_decoder(None)
+        pipe.set_fast_recipe(FastGuidance())
+    return pipe
+
+
 def load(device: str | torch.device = "cpu") -> DemoBundle:
     """The offline demo: tiny pipeline + demo encoder + S1."""
     subject = load_subject("S1")
@@ -194,6 +212,6 @@ def load(device: str | torch.device = "cpu") -> DemoBundle:
     folder = diffusion_bundle_path()
     pipe = BrainDiVEPipeline.from_pretrained(folder, encoder=encoder)
     pipe.set_progress_bar_config(disable=True)
-    pipe.set_tiny_decoder(None)  # the distilled assets/demo-taesd kept too little of the gain to be fast's default
+    configure_fast(pipe)
     label = DEMO_LABEL if folder == ASSET_DIFFUSION else RANDOM_DEMO_LABEL
     return DemoBundle(pipe=pipe.to(device), encoder=encoder, subject=subject, label=label)

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -69,6 +70,10 @@ class FastGuidance:
             (``sqrt(1-a_t)/sqrt(a_t) + 1 - sqrt(1-a_t)``, or 1 for sigma schedulers) and the UNet runs
             forward only, once per step, as in unguided sampling.
         guide_every: compute the brain gradient every ``guide_every`` steps and reuse the last one between.
+        dense_start: compute it at every step for this leading fraction of the steps (rounded up), then every
+            ``guide_every`` steps. The early steps carry the guidance: on the demo, every 2nd step from the
+            start kept 83% of EBA's gain, every step for the first 20% then every 4th step kept 99%
+            (``benchmarks/RESULTS.md``, "Guided generation").
         decode_scale: area-resample the decoder input by this factor before the guidance decode (0.5 decodes
             a 512 px model at 256 px, close to the encoder's 224 px input, for a quarter of the decoder work).
             Off by default: it relies on a trained VAE decoding downsampled latents into a downsampled
@@ -79,13 +84,15 @@ class FastGuidance:
             latents into [-1, 1] images; see ``braindive.tiny_decoder``. The final image is always the VAE's.
 
     The defaults kept >= 90% of the exact mode's gain in ``benchmarks/RESULTS.md`` ("Guided generation").
-    ``guidance_mode="fast"`` without ``fast_options`` adds the pipeline's tiny decoder when it has one
-    (``set_tiny_decoder``; for SD 1.x/2.x VAEs TAESD from the Hub when it can be loaded).
+    ``guidance_mode="fast"`` without ``fast_options`` runs the pipeline's fast recipe (``set_fast_recipe``;
+    ``FastGuidance()`` unless set, the demo's is ``braindive.demo.DEMO_FAST_RECIPE``) with its tiny decoder
+    when it has one (``set_tiny_decoder``; for SD 1.x/2.x VAEs TAESD from the Hub when it can be loaded).
     """
 
     skip_unet_backprop: bool = True
     guide_every: int = 2
     decode_scale: float = 1.0
+    dense_start: float = 0.0
     tiny_decoder: torch.nn.Module | None = field(default=None, compare=False)
 
     def __post_init__(self):
@@ -93,6 +100,13 @@ class FastGuidance:
             raise ValueError(f"`guide_every` must be an integer >= 1, got {self.guide_every!r}.")
         if not 0 < self.decode_scale <= 1:
             raise ValueError(f"`decode_scale` must be in (0, 1], got {self.decode_scale!r}.")
+        if not 0 <= self.dense_start <= 1:
+            raise ValueError(f"`dense_start` must be in [0, 1], got {self.dense_start!r}.")
+
+    def guides_at(self, step_index: int, num_steps: int) -> bool:
+        """Whether step ``step_index`` (0-based) of ``num_steps`` computes a new brain gradient."""
+        dense = math.ceil(round(self.dense_start * num_steps, 6))
+        return step_index < dense or (step_index - dense) % self.guide_every == 0
 
 
 _EXACT = FastGuidance(skip_unet_backprop=False, guide_every=1, decode_scale=1.0)
@@ -136,6 +150,7 @@ class _Guidance:
     brain_scale: float
     store: "_AttnProbsStore"
     fast: FastGuidance = _EXACT
+    num_steps: int = 1
     head: Callable | None = None
     last_grad: torch.Tensor | None = None
 
@@ -202,6 +217,7 @@ class BrainDiVEPipeline(DiffusionPipeline):
         self._applied_acceleration: Acceleration | None = None
         self.tiny_decoder = None
         self._looked_up_tiny_decoder = False
+        self.fast_recipe = FastGuidance()
 
     # ------------------------------------------------------------------ set-up
 
@@ -226,11 +242,22 @@ class BrainDiVEPipeline(DiffusionPipeline):
             decoder = decoder.to(self.device).eval().requires_grad_(False)
         self.tiny_decoder, self._looked_up_tiny_decoder = decoder, True
 
+    def set_fast_recipe(self, options: FastGuidance) -> None:
+        """Make ``options`` what ``fast`` runs without ``fast_options``; its tiny decoder (if any) becomes the attached one."""
+        if not isinstance(options, FastGuidance):
+            raise TypeError(f"`options` must be a FastGuidance, got {type(options).__name__}.")
+        if options.tiny_decoder is not None:
+            self.set_tiny_decoder(options.tiny_decoder)
+        self.fast_recipe = replace(options, tiny_decoder=None)
+
     def default_fast_options(self) -> FastGuidance:
-        """``FastGuidance()`` with the attached tiny decoder; the first call looks up TAESD for SD 1.x/2.x VAEs."""
+        """The fast recipe (``FastGuidance()`` unless ``set_fast_recipe``) with the attached tiny decoder.
+
+        The first call looks up TAESD for SD 1.x/2.x VAEs when no decoder was attached.
+        """
         if not self._looked_up_tiny_decoder:
             self.set_tiny_decoder(T.hub_tiny_decoder(self.vae))
-        return FastGuidance(tiny_decoder=self.tiny_decoder)
+        return replace(self.fast_recipe, tiny_decoder=self.tiny_decoder)
 
     def set_acceleration(self, acceleration: Acceleration) -> None:
         """Choose how the exact and fast modes execute; module set-up happens once, on their next call."""
@@ -436,7 +463,7 @@ class BrainDiVEPipeline(DiffusionPipeline):
 
     def _guided_step(self, g: _Guidance, latents, t, step_index):
         """One UNet pass gives the noise prediction, SAG's attention and (exact mode) the graph to x_t."""
-        guide = g.brain_scale != 0 and step_index % g.fast.guide_every == 0
+        guide = g.brain_scale != 0 and g.fast.guides_at(step_index, g.num_steps)
         x = latents.detach().requires_grad_(guide)
         noise_uncond, eps, uncond_attn = self._predict_noise(g, x, t, backprop=guide and not g.fast.skip_unet_backprop)
         if guide:
@@ -544,7 +571,7 @@ class BrainDiVEPipeline(DiffusionPipeline):
 
         # 4. Guidance set-up, once for all images of the call
         g = _Guidance(objective, prompt_embeds, guide_embeds, do_cfg, guidance_scale, sag_scale,
-                      brain_guidance_scale, _AttnProbsStore())
+                      brain_guidance_scale, _AttnProbsStore(), num_steps=len(timesteps))
         step, execution = self._reference_step, contextlib.nullcontext()
         if guidance_mode != "reference":
             step, execution = self._guided_step, self._autocast(self._accelerate())

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import torch
 
 __all__ = ["TAESD_FOR_SCALING_FACTOR", "DISTILL_FILE", "load_tiny_decoder", "hub_tiny_decoder", "check_tiny_decoder",
-           "decoder_name", "fast_description"]
+           "decoder_name", "describe_recipe", "fast_description"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,14 @@ logger = logging.getLogger(__name__)
 TAESD_FOR_SCALING_FACTOR = {0.18215: "madebyollin/taesd"}
 DISTILL_FILE = "distill.json"
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "guidance_demo.json"
+
+
+_OWN_KEY_WARNING = re.compile(r"The config attributes \{'block_out_channels': \[[\d, ]*\]\} were passed to AutoencoderTiny,")
+
+
+def _own_config_key(record: logging.LogRecord) -> bool:
+    """Drop diffusers' warning on ``block_out_channels``, a key ``AutoencoderTiny`` itself writes into its config."""
+    return not _OWN_KEY_WARNING.match(record.getMessage())
 
 
 def load_tiny_decoder(source, vae=None, **kwargs):
@@ -35,7 +44,12 @@ def load_tiny_decoder(source, vae=None, **kwargs):
     """
     from diffusers import AutoencoderTiny
 
-    decoder = AutoencoderTiny.from_pretrained(source, **kwargs).eval().requires_grad_(False)
+    config_logger = logging.getLogger("diffusers.configuration_utils")
+    config_logger.addFilter(_own_config_key)
+    try:
+        decoder = AutoencoderTiny.from_pretrained(source, **kwargs).eval().requires_grad_(False)
+    finally:
+        config_logger.removeFilter(_own_config_key)
     decoder.name_or_path = str(source)
     record = Path(source) / DISTILL_FILE
     if record.is_file():
@@ -98,15 +112,39 @@ def check_tiny_decoder(decoder, vae) -> None:
                          f"the model's VAE uses {vae.config.scaling_factor}.")
 
 
+def describe_recipe(options: dict) -> str:
+    """A fast recipe's switches in words (``fast_options`` as the guidance benchmark records them)."""
+    parts = ["tiny decoder on the gradient path"] if options.get("tiny_decoder") else []
+    if options.get("skip_unet_backprop"):
+        parts.append("no UNet backprop")
+    every, dense = options.get("guide_every", 1), options.get("dense_start", 0.0)
+    if every > 1:
+        nth = {2: "2nd", 3: "3rd"}.get(every, f"{every}th")
+        parts.append(f"gradient at every step for the first {dense:.0%}, then every {nth} step" if dense > 0
+                     else f"gradient every {nth} step")
+    if options.get("decode_scale", 1.0) < 1:
+        parts.append(f"guidance decode at {options['decode_scale']:g}x size")
+    return ", ".join(parts) or "no approximation"
+
+
+def _measured_regions(results: Path) -> list[dict]:
+    """The demo benchmark's reports: ``results`` (FFA) first, then its per-region siblings (``<stem>_<ROI>.json``)."""
+    paths = [results, *sorted(results.parent.glob(f"{results.stem}_*.json"))]
+    return [json.loads(path.read_text()) for path in paths if path.is_file()]
+
+
 def fast_description(results=RESULTS) -> str:
-    """One line on what ``fast`` kept on the demo, from the guidance benchmark's results (``guidance_demo.json``)."""
+    """What ``fast`` is and kept on the demo, per region, from the guidance benchmark's results files."""
     try:
-        report = json.loads(Path(results).read_text())
-        row = report["modes"]["fast"]
-        gain, speed = row["gain_fraction_of_reference"], row["speedup_vs_reference"]
-        work = row.get("work_ratio_vs_reference")
-    except (OSError, ValueError, KeyError, TypeError):
+        reports = _measured_regions(Path(results))
+        rows = [(report["target"], report["modes"]["fast"]) for report in reports]
+        recipe = describe_recipe(rows[0][1]["options"].get("fast_options") or {})
+        gains = ", ".join(f"{row['gain_fraction_of_reference']:.0%} ({target})" for target, row in rows)
+        speeds = sorted(row["speedup_vs_reference"] for _, row in rows)
+        works = [row["work_ratio_vs_reference"] for _, row in rows if row.get("work_ratio_vs_reference")]
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
         return "Fast: approximate guidance (not measured on this install)."
-    work_text = f", {work:.1f}x less work" if work else ""
-    return (f"Fast: kept {gain:.0%} of the published computation's gain at {speed:.1f}x its images/s{work_text} "
-            f"(demo model, {report['target']}, {len(report['seeds'])} seeds, {report['date']}).")
+    speed = f"{speeds[0]:.1f}x" if f"{speeds[0]:.1f}" == f"{speeds[-1]:.1f}" else f"{speeds[0]:.1f}-{speeds[-1]:.1f}x"
+    work_text = f", {min(works):.1f}x less work" if works else ""
+    return (f"Fast ({recipe}): kept {gains} of the published computation's gain at {speed} its images/s{work_text} "
+            f"(demo model, {len(reports[0]['seeds'])} seeds, {reports[0]['date']}).")

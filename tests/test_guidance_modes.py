@@ -110,10 +110,33 @@ def test_bad_fast_options(pipes, kwargs, message):
 @pytest.mark.parametrize("kwargs,message", [
     (dict(guide_every=0), "`guide_every` must be an integer >= 1, got 0"),
     (dict(decode_scale=1.5), r"`decode_scale` must be in \(0, 1\], got 1.5"),
+    (dict(dense_start=-0.1), r"`dense_start` must be in \[0, 1\], got -0.1"),
 ])
 def test_bad_fast_guidance_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         FastGuidance(**kwargs)
+
+
+@pytest.mark.parametrize("options,steps,guided", [
+    (FastGuidance(guide_every=2), 7, [0, 2, 4, 6]),
+    (FastGuidance(guide_every=4, dense_start=0.2), 25, [0, 1, 2, 3, 4, 5, 9, 13, 17, 21]),
+    (FastGuidance(guide_every=4, dense_start=0.2), 10, [0, 1, 2, 6]),
+    (FastGuidance(guide_every=3, dense_start=0.25), 10, [0, 1, 2, 3, 6, 9]),  # 2.5 dense steps round up to 3
+    (FastGuidance(guide_every=5, dense_start=1.0), 4, [0, 1, 2, 3]),
+])
+def test_the_pipeline_computes_the_brain_gradient_at_the_scheduled_steps(monkeypatch, options, steps, guided):
+    pipe = tiny_pipe("dpm")
+    computed = []
+    real = pipe._brain_gradient
+
+    def spy(g, x, eps, t, step_index):
+        computed.append(step_index)
+        return real(g, x, eps, t, step_index)
+
+    monkeypatch.setattr(pipe, "_brain_gradient", spy)
+    run(pipe, (0,), steps=steps, guidance_mode="fast", fast_options=options, output_type="latent")
+    assert computed == guided
+    assert [i for i in range(steps) if options.guides_at(i, steps)] == guided
 
 
 def test_defaults_are_exact():
@@ -148,10 +171,13 @@ def test_benchmark_tiny_reports_every_mode(tmp_path):
     assert (tmp_path / "guidance_tiny.md").read_text().strip() in text
 
 
-@pytest.mark.parametrize("options", [FastGuidance(), dataclasses.replace(OFF, decode_scale=0.5)],
-                         ids=["default", "decode_scale=0.5"])
+@pytest.mark.parametrize("options", [FastGuidance(), dataclasses.replace(OFF, decode_scale=0.5), None],
+                         ids=["default", "decode_scale=0.5", "demo recipe with its tiny decoder"])
 def test_fast_keeps_the_gain_on_the_trained_demo_model(options):
-    """Efficacy needs trained models: the demo's toy-scene SD (a trained VAE) and encoder, FFA, 8 seeds."""
+    """Efficacy needs trained models: the demo's toy-scene SD (a trained VAE) and encoder, FFA, 8 seeds.
+
+    ``None`` is what the app's and the CLI's ``fast`` run on the demo (``bd.demo.DEMO_FAST_RECIPE``).
+    """
     demo = bd.demo.load()
     objective = bd.Objective.maximize(demo.subject.roi("FFA"))
 

@@ -1,6 +1,7 @@
 """Tiny decoders: compatibility errors, NaN, resumable distillation, and the demo's distilled decoder's efficacy."""
 import dataclasses
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import braindive as bd
 from braindive import tiny_decoder as T
 from braindive.demo import ASSET_TINY_DECODER
 from braindive.pipeline import FastGuidance
-from tiny import SIZE, generators, tiny_pipe
+from tiny import SIZE, generators, tiny_encoder, tiny_pipe
 
 OFF = FastGuidance(skip_unet_backprop=False, guide_every=1, decode_scale=1.0)
 
@@ -60,6 +61,25 @@ def test_scaling_factor_recorded_at_distillation_must_match(pipe, tmp_path):
         pipe.set_tiny_decoder(loaded)
 
 
+def test_loading_warns_about_unknown_config_keys_only(tmp_path):
+    """diffusers warns that AutoencoderTiny's own ``block_out_channels`` is unexpected; other keys still warn."""
+    _decoder().save_pretrained(tmp_path)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    config_logger = logging.getLogger("diffusers.configuration_utils")
+    config_logger.addHandler(handler)
+    try:
+        T.load_tiny_decoder(tmp_path)
+        assert records == []
+        config = json.loads((tmp_path / "config.json").read_text())
+        (tmp_path / "config.json").write_text(json.dumps({**config, "typo_channels": 3}))
+        T.load_tiny_decoder(tmp_path)
+        assert any("typo_channels" in record.getMessage() for record in records)
+    finally:
+        config_logger.removeHandler(handler)
+
+
 def test_nan_decoder_raises_naming_it(pipe):
     decoder = _decoder()
     with torch.no_grad():
@@ -89,23 +109,42 @@ def test_default_fast_uses_the_attached_decoder_and_final_image_is_the_vae(pipe)
     np.testing.assert_allclose(explicit.images, vae_image, atol=1e-5)
 
 
-def test_fast_description_reads_the_results_file(tmp_path):
+def test_fast_description_reads_the_results_files(tmp_path):
+    def report(target, gain, speed):
+        return json.dumps({"target": target, "seeds": list(range(16)), "date": "2026-11-29", "modes": {"fast": {
+            "gain_fraction_of_reference": gain, "speedup_vs_reference": speed, "work_ratio_vs_reference": 5.5,
+            "options": {"guidance_mode": "fast", "fast_options": {"skip_unet_backprop": True, "guide_every": 2,
+                                                                  "decode_scale": 0.5, "tiny_decoder": "demo-taesd"}}}}})
+
     results = tmp_path / "guidance_demo.json"
-    results.write_text(json.dumps({"target": "FFA", "seeds": list(range(16)), "date": "2026-11-29", "modes": {
-        "fast": {"gain_fraction_of_reference": 0.934, "speedup_vs_reference": 8.26, "work_ratio_vs_reference": 5.5}}}))
+    results.write_text(report("FFA", 0.934, 8.26))
+    (tmp_path / "guidance_demo_PPA.json").write_text(report("PPA", 0.912, 8.61))
     text = T.fast_description(results)
-    assert "93%" in text and "8.3x" in text and "5.5x less work" in text and "16 seeds" in text
+    assert "93% (FFA), 91% (PPA)" in text and "8.3-8.6x" in text and "5.5x less work" in text and "16 seeds" in text
+    assert ("tiny decoder on the gradient path, no UNet backprop, gradient every 2nd step, guidance decode at 0.5x size"
+            in text)
     assert "not measured" in T.fast_description(tmp_path / "missing.json")
+    assert (T.describe_recipe({"skip_unet_backprop": False, "guide_every": 4, "dense_start": 0.2})
+            == "gradient at every step for the first 20%, then every 4th step")
 
 
-def test_distillation_resumes_to_the_same_weights(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
     from braindive.demo import _tiny_components, save_diffusion_folder
+
+    return save_diffusion_folder(_tiny_components(seed=0), tmp_path_factory.mktemp("sd") / "sd")
+
+
+def test_distillation_resumes_to_the_same_weights(tmp_path, monkeypatch, tiny_model):
     from training import distill_decoder as D
 
-    model = save_diffusion_folder(_tiny_components(seed=0), tmp_path / "sd")
+    model = tiny_model
+    encoder = str(tiny_encoder().save(tmp_path / "encoder"))
     recipe = D.Recipe(steps=4, batch=2, crop=4, sample=1, holdout=1, sample_steps=2, size=SIZE, width=8,
-                      blocks=(1, 1, 1, 0))
-    straight = D.distill(model, tmp_path / "a", recipe, work=tmp_path / "work_a", save_every=2)
+                      blocks=(1, 1, 1, 0), grad_batch=2)
+    with pytest.raises(ValueError, match="needs `encoder`"):
+        D.distill(model, tmp_path / "a", recipe, work=tmp_path / "work_a")
+    straight = D.distill(model, tmp_path / "a", recipe, encoder=encoder, work=tmp_path / "work_a", save_every=2)
     real_lr = D._lr
 
     def crash_at_3(step, r):
@@ -115,18 +154,54 @@ def test_distillation_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
     monkeypatch.setattr(D, "_lr", crash_at_3)
     with pytest.raises(KeyboardInterrupt):
-        D.distill(model, tmp_path / "b", recipe, work=tmp_path / "work_b", save_every=2)
+        D.distill(model, tmp_path / "b", recipe, encoder=encoder, work=tmp_path / "work_b", save_every=2)
     assert not (tmp_path / "b").exists()  # nothing half-written
     monkeypatch.setattr(D, "_lr", real_lr)
-    resumed = D.distill(model, tmp_path / "b", recipe, work=tmp_path / "work_b", save_every=2)
+    resumed = D.distill(model, tmp_path / "b", recipe, encoder=encoder, work=tmp_path / "work_b", save_every=2)
     a, b = (AutoencoderTiny.from_pretrained(tmp_path / x) for x in ("a", "b"))
     for (name, p), q in zip(a.decoder.state_dict().items(), b.decoder.state_dict().values()):
         torch.testing.assert_close(p, q, msg=name)
     assert resumed["fidelity"] == straight["fidelity"]
+    assert straight["final_gradient_loss"] > 0 and -1 <= straight["fidelity"]["gradient_cosine_mean"] <= 1
     record = json.loads((tmp_path / "b" / T.DISTILL_FILE).read_text())
     assert record["vae"]["scaling_factor"] == pytest.approx(0.18215)
     with pytest.raises(ValueError, match="holds a run with other arguments"):
-        D.distill(model, tmp_path / "b", dataclasses.replace(recipe, steps=5), work=tmp_path / "work_b")
+        D.distill(model, tmp_path / "b", dataclasses.replace(recipe, steps=5), encoder=encoder, work=tmp_path / "work_b")
+
+
+def test_distillation_starts_from_a_given_decoder(tmp_path, tiny_model):
+    from training import distill_decoder as D
+
+    recipe = D.Recipe(steps=0, sample=1, holdout=1, sample_steps=2, size=SIZE, grad_weight=0)
+    _decoder().save_pretrained(tmp_path / "start")
+    D.distill(tiny_model, tmp_path / "out", recipe, init=str(tmp_path / "start"), work=tmp_path / "work")
+    start, out = (AutoencoderTiny.from_pretrained(tmp_path / x) for x in ("start", "out"))
+    for (name, p), q in zip(start.decoder.state_dict().items(), out.decoder.state_dict().values()):
+        torch.testing.assert_close(p, q, msg=name)
+    _decoder(latent_channels=3).save_pretrained(tmp_path / "bad")
+    with pytest.raises(ValueError, match="takes 3 latent channels"):
+        D.distill(tiny_model, tmp_path / "out2", recipe, init=str(tmp_path / "bad"), work=tmp_path / "work2")
+
+
+def test_guidance_gradient_matches_finite_differences(pipe):
+    """The gradient the distillation matches, against central differences of the objective along random directions."""
+    from training.decoder_gradients import guidance_gradient, random_objectives
+
+    decoder = _decoder().double()
+    encoder = tiny_encoder().double()
+    latents = torch.randn(2, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    weights = random_objectives(np.random.default_rng(0), 2, encoder.n_voxels).double()
+    grad = guidance_gradient(decoder, encoder, latents, weights)
+
+    def objective(z):
+        with torch.no_grad():
+            return (encoder(bd.guidance.decode_to_unit(decoder, z).double()) * weights).sum(1)
+
+    for seed in range(3):
+        direction = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        h = 1e-4  # ReLU and clamp kinks and decode_to_unit's float32 output limit the agreement to ~1%
+        numeric = (objective(latents + h * direction) - objective(latents - h * direction)) / (2 * h)
+        np.testing.assert_allclose((grad * direction).flatten(1).sum(1), numeric, rtol=2e-2, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -150,14 +225,14 @@ def test_demo_decoder_reproduces_the_full_decode_within_its_reported_psnr(demo):
     assert measured["psnr_mean_db"] >= reported["psnr_mean_db"] - 1.0, (measured, reported)
 
 
-@pytest.mark.xfail(strict=True, reason="target not reached: the 150-step assets/demo-taesd (PSNR 19 dB) kept 34% of "
-                   "the gain (FFA, 4 seeds, 10 steps); it needs a longer distillation")
-def test_demo_decoder_keeps_the_gain(demo):
-    objective = bd.Objective.maximize(demo.subject.roi("FFA"))
+@pytest.mark.parametrize("roi", ["FFA", "PPA"])
+def test_demo_decoder_keeps_the_gain(demo, roi):
+    objective = bd.Objective.maximize(demo.subject.roi(roi))
 
-    def mean_objective(**kwargs):
+    def mean_objective(**kwargs):  # seeds the distillation never sampled (it used 0-27)
         return demo.pipe(objective=objective, height=128, width=128, num_inference_steps=10, output_type="pt",
-                         generator=generators(range(4)), num_images_per_prompt=4, **kwargs).objective_values.mean()
+                         generator=generators(range(1000, 1004)), num_images_per_prompt=4,
+                         **kwargs).objective_values.mean()
 
     base, exact = mean_objective(brain_guidance_scale=0.0), mean_objective(brain_guidance_scale=20.0)
     tiny = mean_objective(brain_guidance_scale=20.0, guidance_mode="fast",

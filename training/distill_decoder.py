@@ -1,16 +1,19 @@
 """Distil a tiny decoder (diffusers ``AutoencoderTiny`` layout, like TAESD) from a Stable-Diffusion-family VAE.
 
     python -m training.distill_decoder --model assets/demo-sd --out assets/demo-taesd \\
-        --encoder assets/demo-encoder [--sample 24] [--images DIR] [--steps 150] [--seed 0]
+        --encoder assets/demo-encoder [--sample 24] [--images DIR] [--steps 450] [--grad-weight 1] [--seed 0]
 
 Training pairs are latents and the full VAE's decode of them. Latents come from the diffusion model
 itself (``--sample N``: N unguided DPM-Solver trajectories, every step's guidance decoder input, the
 residual-mixed x0 that brain guidance decodes) and/or from images (``--images DIR``, encoded by the VAE).
-The tiny decoder is fit on random latent crops (pixel MSE + L1), seeded; the run checkpoints to
+The tiny decoder is fit on random latent crops (pixel MSE + L1) and, with ``--encoder`` and
+``--grad-weight`` > 0, on whole latents to reproduce the VAE's brain-guidance gradients for random voxel
+objectives (``training.decoder_gradients``: the term that makes guidance through it work); seeded. The run checkpoints to
 ``--work`` every ``--save-every`` steps and resumes from there when started again with the same
 arguments. The fidelity report (``distill.json`` beside the weights) compares the tiny and the full
 decode on held-out trajectories: PSNR, and with ``--encoder`` the encoder's prediction error (RMS
-difference of the predicted activity over its spread across images). Like TAESD the decoder takes the
+difference of the predicted activity over its spread across images) and the guidance gradients'
+cosine and relative error. Like TAESD the decoder takes the
 diffusion model's (scaled) latents, so its ``scaling_factor`` is 1; its encoder half is untrained.
 """
 from __future__ import annotations
@@ -30,8 +33,9 @@ from tqdm import tqdm
 
 from braindive import guidance as G
 from braindive.cache import cache_dir, private_tmp
-from braindive.tiny_decoder import DISTILL_FILE
+from braindive.tiny_decoder import DISTILL_FILE, load_tiny_decoder
 
+from .decoder_gradients import gradient_fidelity, gradient_loss, random_objectives
 from .logs import cli_errors, configure_logging
 
 __all__ = ["Recipe", "sample_decoder_inputs", "encode_images", "build_decoder", "fidelity", "distill", "main"]
@@ -44,10 +48,12 @@ class Recipe:
     seed: int = 0
     width: int = 16
     blocks: tuple[int, ...] = (2, 2, 2, 0)
-    steps: int = 150
+    steps: int = 450
     batch: int = 8
     crop: int = 6  # latent crop side
     lr: float = 2e-3
+    grad_weight: float = 1.0  # weight of the guidance-gradient matching loss (needs an encoder; 0: pixels only)
+    grad_batch: int = 4  # whole latents per step for that loss
     sample: int = 24  # diffusion trajectories for training (plus `holdout` for the report)
     holdout: int = 4
     sample_steps: int = 25
@@ -101,11 +107,17 @@ def full_decode(vae, latents: torch.Tensor, chunk: int = 16) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------- model
 
 
-def build_decoder(recipe: Recipe, vae):
-    """An ``AutoencoderTiny`` for ``vae``'s latents: ``width`` channels, ``blocks`` per stage, seeded."""
+def build_decoder(recipe: Recipe, vae, init: str | None = None):
+    """An ``AutoencoderTiny`` for ``vae``'s latents: ``width`` channels, ``blocks`` per stage, seeded.
+
+    With ``init`` (a folder or Hub id, e.g. ``madebyollin/taesd``) training starts from that decoder
+    instead (its own layout; checked against ``vae``), e.g. to fit TAESD to an encoder's gradients.
+    """
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(recipe.seed)
+    if init:
+        return load_tiny_decoder(init, vae).train().requires_grad_(True)
     stages = len(vae.config.block_out_channels)
     if len(recipe.blocks) != stages:
         raise ValueError(f"`blocks` needs one count per VAE stage ({stages}), got {recipe.blocks}.")
@@ -249,23 +261,43 @@ def _data(work: Path, model: str, vae, recipe: Recipe, images: str | None):
     return latents, targets, holdout
 
 
+def _load_encoder(encoder: str | None):
+    if not encoder:
+        return None
+    from braindive.encoders import load_encoder
+
+    return load_encoder(encoder).eval().requires_grad_(False)
+
+
+def _gradient_batch_loss(decoder, vae, encoder, latents, recipe: Recipe, step: int) -> torch.Tensor:
+    """The gradient-matching loss on step ``step``'s whole latents and random objectives (depends on (seed, step) only)."""
+    rng = np.random.default_rng([recipe.seed, step, 1])
+    index = rng.integers(len(latents), size=recipe.grad_batch)
+    weights = random_objectives(rng, recipe.grad_batch, encoder.n_voxels)
+    return gradient_loss(decoder, vae, encoder, latents[index], weights)
+
+
 def distill(model: str, out, recipe: Recipe, images: str | None = None, encoder: str | None = None,
-            work=None, save_every: int = 100) -> dict:
+            work=None, save_every: int = 100, init: str | None = None) -> dict:
     """Fit, save ``out`` (``save_pretrained`` layout + ``distill.json``) and return the report."""
     from diffusers import AutoencoderKL
 
+    if recipe.grad_weight > 0 and not encoder:
+        raise ValueError("`grad_weight` > 0 matches the brain encoder's guidance gradients and needs `encoder`; "
+                         "pass `--encoder FOLDER` or `--grad-weight 0` (pixels only).")
     out = Path(out)
     work = Path(work) if work else cache_dir("distill", out.name)
     work.mkdir(parents=True, exist_ok=True)
     args_file = work / "recipe.json"
-    recipe_json = json.dumps({"model": str(model), "images": images, **dataclasses.asdict(recipe)})
+    recipe_json = json.dumps({"model": str(model), "images": images, "encoder": encoder, "init": init, **dataclasses.asdict(recipe)})
     if args_file.is_file() and args_file.read_text() != recipe_json:
         raise ValueError(f"Work folder {work} holds a run with other arguments; remove it or pass another `--work`.")
     args_file.write_text(recipe_json)
     vae = AutoencoderKL.from_pretrained(model, subfolder="vae").eval().requires_grad_(False)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     latents, targets, holdout = _data(work, model, vae, recipe, images)
-    decoder = build_decoder(recipe, vae)
+    enc = _load_encoder(encoder)
+    decoder = build_decoder(recipe, vae, init)
     optimizer = torch.optim.AdamW(decoder.decoder.parameters(), lr=recipe.lr, weight_decay=0.0)
     start, losses = _load_checkpoint(work, decoder, optimizer)
     decoder.train()
@@ -275,35 +307,34 @@ def distill(model: str, out, recipe: Recipe, images: str | None = None, encoder:
             for group in optimizer.param_groups:
                 group["lr"] = _lr(step, recipe)
             pred = decoder.decode(lat).sample
-            loss = F.mse_loss(pred, tgt) + 0.1 * F.l1_loss(pred, tgt)
+            pixel = F.mse_loss(pred, tgt) + 0.1 * F.l1_loss(pred, tgt)
+            gradient = _gradient_batch_loss(decoder, vae, enc, latents, recipe, step) if recipe.grad_weight > 0 else pixel * 0
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (pixel + recipe.grad_weight * gradient).backward()
             optimizer.step()
-            losses.append(round(loss.item(), 6))
+            losses.append([round(pixel.item(), 6), round(gradient.item(), 6)])
             progress.update()
-            progress.set_postfix(loss=f"{loss.item():.4g}")
+            progress.set_postfix(pixel=f"{pixel.item():.4g}", gradient=f"{gradient.item():.4g}")
             if (step + 1) % save_every == 0 or step + 1 == recipe.steps:
                 _save_checkpoint(work, step + 1, decoder, optimizer, losses)
     decoder.eval().requires_grad_(False)
-    enc = None
-    if encoder:
-        from braindive.encoders import load_encoder
-
-        enc = load_encoder(encoder).eval().requires_grad_(False)
     probe = holdout[:1]
     report = {
         "vae": {"source": str(model), "latent_channels": vae.config.latent_channels,
                 "scaling_factor": vae.config.scaling_factor},
         "recipe": dataclasses.asdict(recipe),
         "training_pairs": len(latents),
-        "final_loss": float(np.mean(losses[-50:])) if losses else None,
+        "final_pixel_loss": float(np.mean([pixel for pixel, _ in losses[-50:]])) if losses else None,
+        "final_gradient_loss": float(np.mean([grad for _, grad in losses[-50:]])) if losses else None,
         "decoder_parameters": sum(p.numel() for p in decoder.decoder.parameters()),
         "vae_decoder_parameters": sum(p.numel() for m in (vae.decoder, vae.post_quant_conv) if m is not None
                                       for p in m.parameters()),
         "decoder_gflop": decode_gflop(decoder, probe),
         "vae_decoder_gflop": decode_gflop(vae, probe / vae.config.scaling_factor),
-        "fidelity": fidelity(decoder, vae, holdout, enc),
+        "fidelity": {**fidelity(decoder, vae, holdout, enc),
+                     **(gradient_fidelity(decoder, vae, enc, holdout, recipe.seed) if enc is not None else {})},
         "encoder": encoder,
+        "init": init,
         "note": "decoder half distilled; the encoder half is untrained (guidance only decodes)",
     }
     _save(decoder, report, out)
@@ -330,7 +361,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", required=True, help="SD-layout folder or Hub id whose VAE decoder is distilled")
     parser.add_argument("--out", required=True, help="output folder (AutoencoderTiny save_pretrained layout)")
     parser.add_argument("--images", help="folder of images to encode as extra training latents")
-    parser.add_argument("--encoder", help="brain encoder folder for the fidelity report's prediction error")
+    parser.add_argument("--encoder", help="brain encoder folder whose guidance gradients the decoder learns to "
+                        "reproduce (--grad-weight) and that the fidelity report uses")
+    parser.add_argument("--init", help="start from this AutoencoderTiny (folder or Hub id, e.g. madebyollin/taesd) "
+                        "instead of a new one; --width/--blocks are then its own")
     parser.add_argument("--work", help="checkpoint folder (default: braindive cache, distill/<out name>)")
     parser.add_argument("--save-every", type=int, default=100)
     defaults = Recipe()
@@ -345,7 +379,8 @@ def main(argv=None) -> dict:
     values["blocks"] = tuple(int(b) for b in args.blocks.split(","))
     configure_logging()
     with cli_errors():
-        report = distill(args.model, args.out, Recipe(**values), args.images, args.encoder, args.work, args.save_every)
+        report = distill(args.model, args.out, Recipe(**values), args.images, args.encoder, args.work, args.save_every,
+                         args.init)
     print(json.dumps({k: report[k] for k in ("decoder_gflop", "vae_decoder_gflop", "fidelity")}, indent=2))
     return report
 

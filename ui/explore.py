@@ -91,8 +91,7 @@ def build(service: Service, settings) -> dict:
                 keep = gr.Slider(1, settings.max_images, value=settings.max_images, step=1, elem_id="keep",
                                  label="…keep the best k (re-ranked by the encoder)")
             mode = gr.Radio(["exact", "fast"], value="exact", label="Guidance computation", elem_id="mode",
-                            info="exact: the published computation (same numbers, batched). fast: no UNet backprop, "
-                                 "gradient every 2nd step. " + fast_description())
+                            info="exact: the published computation (same numbers, batched). " + fast_description())
             prompt = gr.Textbox(value="", label="Prompt (optional; the paper uses none)", max_length=300)
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")

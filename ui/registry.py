@@ -86,7 +86,8 @@ class ModelRegistry:
             bundle = bd.demo.load()
             self._demo_encoder = bundle.encoder
             self._remember_subject(bundle.subject)
-            extra = [self._pipeline(str(bd.demo.diffusion_bundle_path()), torch.float32, "cpu") for _ in range(n - 1)]
+            extra = [bd.demo.configure_fast(self._pipeline(str(bd.demo.diffusion_bundle_path()), torch.float32, "cpu"))
+                     for _ in range(n - 1)]
             return Backend([bundle.pipe, *extra], "demo:tiny-sd", bundle.label, bundle.defaults)
         if not self.settings.encoder:
             raise ServiceError("The sd21 preset needs an encoder: start the app with --encoder PATH_OR_HUB_ID "
