@@ -18,16 +18,14 @@ from ui.registry import ModelRegistry
 from ui.service import GenerationRequest, ImageResult, Service
 from ui.settings import Settings
 from ui.train import overall_percent
+from service_support import demo_service
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    svc = Service(Settings(data_dir=str(tmp_path_factory.mktemp("activation")), image_size=64, max_steps=50,
-                           max_images=4))
-    svc.backend()
-    return svc
+    return demo_service(tmp_path_factory.mktemp("activation"))
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,12 @@ from PIL import Image
 from ui import history
 from ui.service import GenerationRequest, ImageResult, Service
 from ui.settings import Settings
+from service_support import demo_service
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    svc = Service(Settings(data_dir=str(tmp_path_factory.mktemp("history")), image_size=64, max_steps=50, max_images=4))
-    svc.backend()
-    return svc
+    return demo_service(tmp_path_factory.mktemp("history"))
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,12 @@ import torch
 
 from ui.service import CUSTOM, Finished, GenerationRequest, ImageResult, Progress, Service, ServiceError, Waiting
 from ui.settings import Settings, parse_settings
+from service_support import demo_service
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    svc = Service(Settings(data_dir=str(tmp_path_factory.mktemp("svc")), image_size=64, max_steps=50, max_images=4))
-    svc.backend()
-    return svc
+    return demo_service(tmp_path_factory.mktemp("svc"))
 
 
 def collect(service, **kwargs):

@@ -22,15 +22,14 @@ from ui.jobs import TrainingJob
 from ui.registry import ModelRegistry
 from ui.service import GenerationRequest, ImageResult, Service, ServiceError
 from ui.settings import Settings
+from service_support import demo_service
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    svc = Service(Settings(data_dir=str(tmp_path_factory.mktemp("robust")), image_size=64, max_steps=50, max_images=4))
-    svc.backend()
-    return svc
+    return demo_service(tmp_path_factory.mktemp("robust"))
 
 
 @pytest.fixture(scope="module")
