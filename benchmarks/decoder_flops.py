@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 from pathlib import Path
 
 import torch
 
 from benchmarks.guidance import HERE, SD21_UNET, SD21_VAE, FlopCount, write_section
+from braindive.pipeline import FastGuidance
 
 __all__ = ["RECIPES", "recipe_gflop", "parts_gflop", "main"]
 
@@ -75,8 +75,8 @@ def recipe_gflop(parts: dict, steps: int, recipe) -> float:
     if recipe is None:  # the published step: UNet, SAG's pass, a second UNet pass with gradients, decode, encoder
         return steps * (2 * parts["unet_f"] + parts["unet_fb"] + parts["vae_fb"] + parts["encoder_fb"]) + final
     skip, every, decoder, scale, dense_start = recipe
-    dense = math.ceil(round(dense_start * steps, 6))  # as FastGuidance.guides_at
-    guided = dense + math.ceil((steps - dense) / every)
+    schedule = FastGuidance(guide_every=every, dense_start=dense_start)
+    guided = sum(schedule.guides_at(i, steps) for i in range(steps))
     main_pass = (steps - guided) * parts["unet_f"] + guided * (parts["unet_f"] if skip else parts["unet_fb"])
     decode = parts[f"{decoder}_half_fb" if scale == 0.5 else f"{decoder}_fb"]
     return steps * parts["unet_f"] + main_pass + guided * (decode + parts["encoder_fb"]) + final

@@ -149,7 +149,7 @@ def _lr(step: int, recipe: Recipe) -> float:
 # ---------------------------------------------------------------------------------------- checkpoints
 
 
-def _save_checkpoint(work: Path, step: int, decoder, optimizer, losses: list[float]) -> None:
+def _save_checkpoint(work: Path, step: int, decoder, optimizer, losses: list[list[float]]) -> None:
     tensors = {f"model.{k}": v.contiguous() for k, v in decoder.state_dict().items()}
     for i, state in optimizer.state_dict()["state"].items():
         tensors.update({f"opt.{i}.{k}": torch.as_tensor(v).contiguous() for k, v in state.items()})
@@ -161,7 +161,7 @@ def _save_checkpoint(work: Path, step: int, decoder, optimizer, losses: list[flo
     meta.replace(work / "checkpoint.json")
 
 
-def _load_checkpoint(work: Path, decoder, optimizer) -> tuple[int, list[float]]:
+def _load_checkpoint(work: Path, decoder, optimizer) -> tuple[int, list[list[float]]]:
     if not (work / "checkpoint.json").is_file():
         return 0, []
     meta = json.loads((work / "checkpoint.json").read_text())
