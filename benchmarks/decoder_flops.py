@@ -49,9 +49,9 @@ def parts_gflop(unet, vae, tiny, encoder, latents, embeds, image) -> dict:
 
     ``_half_fb``: the decoders on latents of half the side (``decode_scale=0.5``).
     """
-    def fwd_bwd(fn, x):
+    def fwd_bwd(fn, x):  # the gradient to the input only, as the pipeline asks for it (no weight gradients)
         x = x.detach().requires_grad_()
-        return lambda: fn(x).float().sum().backward()
+        return lambda: torch.autograd.grad(fn(x).float().sum(), x)
 
     t = torch.tensor([500], device=latents.device)
     unet_fn = lambda x: unet(x, t, encoder_hidden_states=embeds).sample  # noqa: E731
