@@ -116,3 +116,37 @@ def test_wrong_image_shape(saved):
     encoder, _ = saved
     with pytest.raises(ValueError, match=r"`images` must have shape \[B, 3, H, W\], got \(3, 64, 64\)"):
         encoder(torch.rand(3, 64, 64))
+
+
+@pytest.mark.parametrize("bias,size", [(False, (64, 64)), (True, (70, 45))], ids=["no bias", "bias, ragged size"])
+def test_patch_embedding_equals_the_convolution_with_its_gradient(bias, size):
+    conv = torch.nn.Conv2d(3, 5, 16, 16, bias=bias)
+    patch = bd.encoders.PatchEmbedding.replacing(conv)
+    assert type(patch) is bd.encoders.PatchEmbedding and patch.weight is conv.weight
+    assert list(patch.state_dict()) == list(conv.state_dict())
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
+    weight, b = conv.weight.double(), None if conv.bias is None else conv.bias.double()
+    expected = torch.nn.functional.conv2d(x, weight, b, stride=16)
+    patch.double()
+    got = patch(x)
+    torch.testing.assert_close(got, expected)
+    direction = torch.randn_like(expected)
+    torch.testing.assert_close(torch.autograd.grad((got * direction).sum(), x)[0],
+                               torch.autograd.grad((expected * direction).sum(), x)[0])
+
+
+def test_patch_embedding_leaves_other_convolutions_alone():
+    for conv in (torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(3, 4, 4, 4, padding=1), torch.nn.Conv2d(4, 4, 2, 2, groups=2)):
+        assert bd.encoders.PatchEmbedding.replacing(conv) is conv
+
+
+def test_encoder_tower_uses_the_patch_embedding_and_loads_plain_weights(saved):
+    encoder, folder = saved
+    assert type(encoder.tower.conv1) is bd.encoders.PatchEmbedding
+    plain = bd.encoders.build_clip_tower(encoder.config.backbone, None, encoder.config.backbone_config)
+    plain.load_state_dict(encoder.tower.state_dict())  # the same keys as OpenCLIP's own tower
+    assert type(plain.conv1) is torch.nn.Conv2d
+    images = torch.rand(2, 3, *encoder.input_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        x = encoder.preprocess(images)
+        torch.testing.assert_close(encoder.tower(x), plain.eval()(x), atol=1e-5, rtol=1e-5)
