@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.guidance import HERE, SD21_UNET, SD21_VAE, FlopCount, write_section
+from benchmarks.counters import FlopCount
+from benchmarks.guidance import HERE, write_section
+from benchmarks.guidance_setups import SD21_UNET, SD21_VAE
 from braindive.pipeline import FastGuidance
 
 __all__ = ["RECIPES", "recipe_gflop", "parts_gflop", "main"]
@@ -28,9 +30,11 @@ __all__ = ["RECIPES", "recipe_gflop", "parts_gflop", "main"]
 RECIPES = {
     "reference": None,
     "exact": (False, 1, "vae", 1, 0.0),
-    "FastGuidance() without tiny decoder (skip_unet_backprop, guide_every=2)": (True, 2, "vae", 1, 0.0),
+    "skip_unet_backprop, guide_every=2 (the default until 2026-11-29), without tiny decoder": (True, 2, "vae", 1, 0.0),
+    "FastGuidance() without tiny decoder (skip_unet_backprop, guide_every=4, dense_start=0.2)": (True, 4, "vae", 1, 0.2),
     "tiny_decoder alone": (False, 1, "tiny", 1, 0.0),
-    "FastGuidance() with tiny decoder": (True, 2, "tiny", 1, 0.0),
+    "skip_unet_backprop, guide_every=2, tiny decoder": (True, 2, "tiny", 1, 0.0),
+    "FastGuidance() with tiny decoder": (True, 4, "tiny", 1, 0.2),
     "the demo's recipe (skip_unet_backprop, guide_every=4, dense_start=0.2, decode_scale=0.5, tiny decoder)":
         (True, 4, "tiny", 0.5, 0.2),
     "unguided": "unguided",

@@ -33,176 +33,25 @@ import json
 import os
 import platform
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
 
 import braindive as bd
-from braindive.demo import _tiny_components, build_offline_tokenizer
-from braindive.encoders import build_clip_tower
-from braindive.pipeline import Acceleration, BrainDiVEPipeline, FastGuidance
+from braindive.pipeline import Acceleration, FastGuidance
 from braindive.tiny_decoder import decoder_name, describe_recipe, load_tiny_decoder
+from benchmarks.counters import FlopCount, PeakMemory
+from benchmarks.guidance_setups import CONFIGS, Config, build, target, tiny_decoder
 from benchmarks.machine import cpu_name
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Guided generation"
-OFF = FastGuidance(skip_unet_backprop=False, guide_every=1, decode_scale=1.0)
-SINGLE_FLAGS = {"skip_unet_backprop": True, "guide_every": 2, "decode_scale": 0.5}  # when FastGuidance() leaves one off
-
-# ---------------------------------------------------------------------------------------- configs
-
-SD21_UNET = {
-    "act_fn": "silu", "attention_head_dim": [5, 10, 20, 20], "block_out_channels": [320, 640, 1280, 1280],
-    "center_input_sample": False, "cross_attention_dim": 1024,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "downsample_padding": 1, "dual_cross_attention": False, "flip_sin_to_cos": True, "freq_shift": 0,
-    "in_channels": 4, "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32,
-    "num_class_embeds": None, "only_cross_attention": False, "out_channels": 4, "sample_size": 64,
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "use_linear_projection": True,
-}
-SD21_VAE = {
-    "act_fn": "silu", "block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "in_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32, "out_channels": 3,
-    "sample_size": 512, "up_block_types": ["UpDecoderBlock2D"] * 4,
-}
-SD21_TEXT = {
-    "attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "gelu", "hidden_size": 1024, "initializer_factor": 1.0,
-    "initializer_range": 0.02, "intermediate_size": 4096, "layer_norm_eps": 1e-05, "max_position_embeddings": 77,
-    "num_attention_heads": 16, "num_hidden_layers": 23, "projection_dim": 512, "vocab_size": 49408,
-}
-SD21_SCHEDULER = {
-    "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False,
-    "num_train_timesteps": 1000, "prediction_type": "epsilon", "set_alpha_to_one": False, "skip_prk_steps": True,
-    "steps_offset": 1,
-}
-SMALL_VIT = {  # a ViT-S/16-like OpenCLIP tower for the medium config
-    "embed_dim": 256,
-    "vision_cfg": {"image_size": 224, "layers": 6, "width": 384, "patch_size": 16, "head_width": 64},
-    "text_cfg": {"context_length": 77, "vocab_size": 1000, "width": 64, "heads": 2, "layers": 1},
-}
-TINY_VIT = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "patch_size": 32, "head_width": 32},
-    "text_cfg": {"context_length": 77, "vocab_size": 1000, "width": 32, "heads": 2, "layers": 1},
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """One benchmark set-up: model sizes, image size, defaults for steps/seeds/batch, guidance scale."""
-
-    name: str
-    size: int
-    steps: int
-    seeds: int
-    batch: int
-    scale: float
-    n_voxels: int
-    n_target: int
-    tiny_decoder_width: int  # channels of the random AutoencoderTiny timed as fast's tiny_decoder
-
-
-CONFIGS = {
-    "tiny": Config("tiny", size=64, steps=6, seeds=8, batch=8, scale=300.0, n_voxels=1000, n_target=50,
-                   tiny_decoder_width=8),
-    "demo": Config("demo", size=128, steps=25, seeds=16, batch=8, scale=20.0, n_voxels=37926, n_target=0,
-                   tiny_decoder_width=8),
-    "medium": Config("medium", size=256, steps=10, seeds=4, batch=4, scale=300.0, n_voxels=20000, n_target=300,
-                     tiny_decoder_width=16),
-    "sd21": Config("sd21", size=512, steps=50, seeds=16, batch=8, scale=130.0, n_voxels=30000, n_target=300,
-                   tiny_decoder_width=64),
-}
-
-
-def _medium_components() -> dict:
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=32, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(64, 128, 256),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=128, attention_head_dim=(2, 4, 8), use_linear_projection=True,
-    )
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 128, 128),
-                        layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=256, norm_num_groups=32)
-    tokenizer = build_offline_tokenizer()
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    ))
-    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                scheduler=PNDMScheduler.from_config(SD21_SCHEDULER))
-
-
-def _sd21_components() -> dict:
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(0)
-    tokenizer = build_offline_tokenizer()
-    text = CLIPTextConfig(**SD21_TEXT, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                          pad_token_id=tokenizer.pad_token_id)
-    return dict(unet=UNet2DConditionModel(**SD21_UNET), vae=AutoencoderKL(**SD21_VAE),
-                text_encoder=CLIPTextModel(text), tokenizer=tokenizer, scheduler=PNDMScheduler.from_config(SD21_SCHEDULER))
-
-
-def _encoder(config: Config) -> bd.ClipLinearEncoder:
-    """A CLIP+linear encoder with seeded random tower and head (``n_voxels`` voxels)."""
-    backbone, tower_config = {"tiny": ("braindive-bench-tiny-vit", TINY_VIT),
-                              "medium": ("braindive-bench-small-vit", SMALL_VIT),
-                              "sd21": ("ViT-B-16", None)}[config.name]
-    torch.manual_seed(1)
-    tower = build_clip_tower(backbone, None, tower_config)
-    encoder_config = bd.EncoderConfig(n_voxels=config.n_voxels, subject="bench", voxel_space="bench",
-                                      backbone=backbone, pretrained=None, backbone_config=tower_config)
-    encoder = bd.ClipLinearEncoder(encoder_config, tower=tower)
-    rng = np.random.default_rng(0)
-    with torch.no_grad():
-        encoder.head.weight.copy_(torch.from_numpy(rng.standard_normal(encoder.head.weight.shape)).float())
-        encoder.head.bias.zero_()
-    return encoder.eval()
-
-
-def build(config: Config, device: str, model: str | None = None) -> BrainDiVEPipeline:
-    """The config's pipeline (DPM-Solver, the paper's scheduler) with its encoder, on ``device``."""
-    if config.name == "demo":
-        return bd.demo.load(device).pipe
-    if model:
-        pipe = BrainDiVEPipeline.from_pretrained(model)
-    else:
-        parts = {"tiny": _tiny_components, "medium": _medium_components, "sd21": _sd21_components}[config.name]()
-        pipe = BrainDiVEPipeline(**parts)
-        pipe.set_scheduler("dpm")
-    pipe.set_encoder(_encoder(config))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
-
-
-def target(config: Config, roi: str = "FFA") -> bd.Objective:
-    """Maximise ``roi`` of S1 for the demo config, else the mean of the first ``n_target`` voxels."""
-    if config.name == "demo":
-        return bd.Objective.maximize(bd.load_subject("S1").roi(roi), label=roi)
-    return bd.Objective.maximize(np.arange(config.n_target), label="bench target")
-
-
-def tiny_decoder(config: Config, device: str):
-    """A random-weight AutoencoderTiny (TAESD's architecture at ``tiny_decoder_width`` channels): speed only."""
-    from diffusers import AutoencoderTiny
-
-    torch.manual_seed(2)
-    width = (config.tiny_decoder_width,) * 4
-    return AutoencoderTiny(encoder_block_out_channels=width, decoder_block_out_channels=width).to(device).eval()
-
+OFF = FastGuidance(skip_unet_backprop=False, guide_every=1, decode_scale=1.0, dense_start=0.0)
+# One approximation at a time (`fast: <flags>` rows); the schedule row is FastGuidance()'s gradient schedule alone
+SINGLE_FLAGS = ({"skip_unet_backprop": True}, {"guide_every": 2}, {"dense_start": 0.2, "guide_every": 4},
+                {"decode_scale": 0.5})
 
 # ---------------------------------------------------------------------------------------- modes
 
@@ -210,7 +59,7 @@ def tiny_decoder(config: Config, device: str):
 def modes(config: Config, batch: int, pipe, reference_pipe, with_tiny_decoder: bool) -> dict[str, dict]:
     """Mode name -> pipeline, call arguments, batch size, note.
 
-    Single-flag rows take ``FastGuidance()``'s value of the flag, or ``SINGLE_FLAGS``'s where the default is off.
+    ``fast: <flags>`` rows switch on one approximation of ``SINGLE_FLAGS`` at a time.
     ``fast`` is the pipeline's default recipe (``default_fast_options``: with its tiny decoder when it has one,
     then ``fast without tiny_decoder`` is timed too). A trained tiny decoder (the demo's distilled one) is
     also combined with the other switches (``fast + tiny_decoder: ...`` rows).
@@ -237,10 +86,8 @@ def modes(config: Config, batch: int, pipe, reference_pipe, with_tiny_decoder: b
         table["fast without tiny_decoder"] = row(dict(guidance_mode="fast", fast_options=without))
     if dataclasses.replace(recipe, tiny_decoder=None) != default:
         table["FastGuidance() (the library's default recipe)"] = row(dict(guidance_mode="fast", fast_options=default))
-    for flag, on in SINGLE_FLAGS.items():
-        value = getattr(default, flag) if getattr(default, flag) != getattr(OFF, flag) else on
-        options = dataclasses.replace(OFF, **{flag: value})
-        table[f"fast: {flag}={value}"] = row(dict(guidance_mode="fast", fast_options=options))
+    for flags in SINGLE_FLAGS:
+        table["fast: " + _flags_name(flags)] = row(dict(guidance_mode="fast", fast_options=dataclasses.replace(OFF, **flags)))
     if trained is not None:
         table["fast: tiny_decoder"] = row(dict(guidance_mode="fast", fast_options=dataclasses.replace(OFF, tiny_decoder=trained)),
                                           note=f"distilled decoder {_decoder_label(trained)}")
@@ -252,8 +99,7 @@ def modes(config: Config, batch: int, pipe, reference_pipe, with_tiny_decoder: b
             options = dataclasses.replace(OFF, tiny_decoder=trained, **flags)
             if options == recipe and recipe.tiny_decoder is trained:
                 continue  # that is the `fast` row
-            name = " + ".join(f"{k}={v}" for k, v in flags.items())
-            table[f"fast + tiny_decoder: {name}"] = row(dict(guidance_mode="fast", fast_options=options))
+            table["fast + tiny_decoder: " + _flags_name(flags)] = row(dict(guidance_mode="fast", fast_options=options))
     elif with_tiny_decoder:
         options = dataclasses.replace(OFF, tiny_decoder=tiny_decoder(config, pipe.device))
         table["fast: tiny_decoder"] = row(dict(guidance_mode="fast", fast_options=options),
@@ -261,64 +107,11 @@ def modes(config: Config, batch: int, pipe, reference_pipe, with_tiny_decoder: b
     return table
 
 
+def _flags_name(flags: dict) -> str:
+    return " + ".join(f"{k}={v}" for k, v in flags.items())
+
+
 # ---------------------------------------------------------------------------------------- measuring
-
-
-class FlopCount(TorchDispatchMode):
-    """Matmul, convolution and attention FLOPs (torch's formulas) of everything run inside, backward included."""
-
-    FORMULAS = {
-        **flop_registry,
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
-            flop_registry[torch.ops.aten._scaled_dot_product_flash_attention],
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
-            flop_registry[torch.ops.aten._scaled_dot_product_flash_attention_backward],
-    }
-
-    def __init__(self):
-        super().__init__()
-        self.flops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        formula = self.FORMULAS.get(func._overloadpacket)
-        if formula is not None:
-            self.flops += formula(*args, **kwargs, out_val=out)
-        return out
-
-
-class PeakMemory:
-    """Peak memory in MB during a block: CUDA allocations, or this process's RSS sampled every 2 ms."""
-
-    def __init__(self, device: str):
-        self.cuda = device.startswith("cuda")
-        self.peak = 0.0
-
-    def __enter__(self):
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-            return self
-        import psutil
-
-        process, self._stop = psutil.Process(), threading.Event()
-
-        def sample():
-            while not self._stop.is_set():
-                self.peak = max(self.peak, process.memory_info().rss / 2**20)
-                self._stop.wait(0.002)
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            self._stop.set()
-            self._thread.join()
 
 
 def generate(pipe, objective, config: Config, steps: int, seeds, call: dict) -> torch.Tensor:
@@ -331,10 +124,14 @@ def generate(pipe, objective, config: Config, steps: int, seeds, call: dict) -> 
 
 
 def measure(objective, config: Config, steps: int, seeds: list[int], table: dict, device: str,
-            warm_up: bool = True, compiled: bool = False) -> dict:
-    """A FLOP-counted warm-up image per mode (``warm_up``), then all modes interleaved chunk by chunk."""
+            warm_up: bool = True, compiled: bool = False, repeats: int = 1) -> dict:
+    """A FLOP-counted warm-up image per mode (``warm_up``), then ``repeats`` timed passes over all seeds.
+
+    Within a pass the modes run interleaved chunk by chunk, in an order rotated per chunk, so that a
+    change in the machine's load slows them alike; each pass gives each mode one time (``pass_seconds``).
+    """
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    stats = {name: dict(seconds=0.0, values=[], peak_mb=0.0, gflop=None) for name in table}
+    stats = {name: dict(pass_seconds=[0.0] * repeats, values=[], peak_mb=0.0, gflop=None) for name in table}
     for name, mode in (table.items() if warm_up else []):
         counter = contextlib.nullcontext() if compiled else FlopCount()  # FLOP counting would break compilation
         with counter:
@@ -342,8 +139,8 @@ def measure(objective, config: Config, steps: int, seeds: list[int], table: dict
         stats[name]["gflop"] = None if compiled else counter.flops / 1e9
     chunk_size = max(mode["batch"] for mode in table.values())
     names = list(table)
-    for k, start in enumerate(range(0, len(seeds), chunk_size)):
-        chunk = seeds[start:start + chunk_size]
+    chunks = [seeds[start:start + chunk_size] for start in range(0, len(seeds), chunk_size)]
+    for k, (repeat, chunk) in enumerate((r, c) for r in range(repeats) for c in chunks):
         for name in names[k % len(names):] + names[:k % len(names)]:  # rotate the order per chunk
             pipe, call, batch = table[name]["pipe"], table[name]["call"], table[name]["batch"]
             with PeakMemory(device) as memory:
@@ -352,14 +149,19 @@ def measure(objective, config: Config, steps: int, seeds: list[int], table: dict
                     begin = time.perf_counter()
                     values = generate(pipe, objective, config, steps, chunk[sub:sub + batch], call)
                     sync()
-                    stats[name]["seconds"] += time.perf_counter() - begin
-                    stats[name]["values"].extend(values.tolist())
+                    stats[name]["pass_seconds"][repeat] += time.perf_counter() - begin
+                    if repeat == 0:  # the same seeds give the same images in every pass
+                        stats[name]["values"].extend(values.tolist())
             stats[name]["peak_mb"] = max(stats[name]["peak_mb"], memory.peak)
     return stats
 
 
 def summarise(stats: dict, table: dict, n_seeds: int) -> dict:
-    """Per-mode figures, with speed-up, work ratio and gain relative to the reference."""
+    """Per-mode figures, with speed-up, work ratio and gain relative to the reference.
+
+    Times are medians over the passes; the speed-up is the median of the per-pass ratios to the
+    reference's time in the same pass, with their range.
+    """
     base = np.mean(stats["unguided"]["values"])
     ref = stats["reference"]
     ref_gain = np.mean(ref["values"]) - base
@@ -367,11 +169,15 @@ def summarise(stats: dict, table: dict, n_seeds: int) -> dict:
     for name, s in stats.items():
         values = np.asarray(s["values"])
         gain = float(values.mean() - base)
+        seconds = float(np.median(s["pass_seconds"]))
+        speedups = np.asarray(ref["pass_seconds"]) / np.asarray(s["pass_seconds"])
         rows[name] = {
             "batch": table[name]["batch"],
-            "seconds_per_image": s["seconds"] / n_seeds,
-            "images_per_second": n_seeds / s["seconds"],
-            "speedup_vs_reference": ref["seconds"] / s["seconds"],
+            "seconds_per_image": seconds / n_seeds,
+            "images_per_second": n_seeds / seconds,
+            "speedup_vs_reference": float(np.median(speedups)),
+            "speedup_range": [float(speedups.min()), float(speedups.max())],
+            "pass_seconds": s["pass_seconds"],
             "gflop_per_image": s["gflop"],
             "work_ratio_vs_reference": (ref["gflop"] / s["gflop"]) if s["gflop"] else None,
             "peak_memory_mb": s["peak_mb"],
@@ -425,21 +231,31 @@ def markdown(report: dict, name: str) -> str:
         f"Date: {report['date']}. "
         f"{report['size']} px, {report['steps']} DPM-Solver steps, SAG 0.75, brain scale {report['scale']}, "
         f"{len(report['seeds'])} seeds (same for every mode), objective: mean of {report['n_target']} of "
-        f"{report['n_voxels']} voxels ({report['target']}). Load average {m['load_average_start']} at start, {m['load_average_end']} at end.",
+        f"{report['n_voxels']} voxels ({report['target']}). {_passes(report.get('repeats', 1))}"
+        f"Load average {m['load_average_start']} at start, {m['load_average_end']} at end.",
         "",
         "| mode | batch | s / image | images / s | speed-up vs reference | GFLOP / image | work ratio | "
         "peak memory (MB) | objective (mean ± sd) | gain over unguided | share of reference gain |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in r.items():
+        low, high = row["speedup_range"]
+        spread = f" ({low:.1f}-{high:.1f})" if len(row["pass_seconds"]) > 1 else ""
         lines.append(
             f"| {name} | {row['batch']} | {row['seconds_per_image']:.3g} | {row['images_per_second']:.3g} | "
-            f"{row['speedup_vs_reference']:.2f}x | {fmt(row['gflop_per_image'], '.4g')} | "
+            f"{row['speedup_vs_reference']:.2f}x{spread} | {fmt(row['gflop_per_image'], '.4g')} | "
             f"{fmt(row['work_ratio_vs_reference'], '.2f')} | {row['peak_memory_mb']:.0f} | "
             f"{row['objective_mean']:.4f} ± {row['objective_std']:.4f} | {row['gain_over_unguided']:+.4f} | "
             f"{fmt(row['gain_fraction_of_reference'], '.0%')} |")
     notes = [f"- {name}: {row['note']}" for name, row in r.items() if row["note"]]
     return "\n".join(lines + ([""] + notes if notes else []) + [""])
+
+
+def _passes(repeats: int) -> str:
+    if repeats == 1:
+        return ""
+    return (f"Timed in {repeats} passes over all seeds: times are medians, a speed-up is the median of the per-pass "
+            "ratios to the reference (range in brackets). ")
 
 
 def write_section(path: Path, subsection: str, config: str) -> None:
@@ -475,10 +291,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-warm-up", dest="warm_up", action="store_false",
                         help="skip the FLOP-counted warm-up image per mode (CPU smoke runs of sd21)")
     parser.add_argument("--no-tiny-decoder", dest="tiny_decoder", action="store_false")
+    parser.add_argument("--repeats", type=int, default=1, help="timed passes over all seeds (medians are reported)")
     parser.add_argument("--roi", default="FFA", help="demo config: the S1 region to maximise (FFA, PPA, EBA, ...)")
     parser.add_argument("--out", default=str(HERE / "results"), help="folder for guidance_<config>.json/.md")
     parser.add_argument("--results-md", default=str(HERE / "RESULTS.md"), help="RESULTS.md to update ('' = none)")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
     config = CONFIGS[args.config]
     seeds = list(range(args.seeds or config.seeds))
     steps, batch = args.steps or config.steps, min(args.batch or config.batch, len(seeds))
@@ -497,12 +316,12 @@ def main(argv=None) -> dict:
     if args.modes:
         keep = {"unguided", "reference", *args.modes.split(",")}
         table = {name: mode for name, mode in table.items() if name in keep}
-    stats = measure(objective, config, steps, seeds, table, args.device, args.warm_up, args.compile)
+    stats = measure(objective, config, steps, seeds, table, args.device, args.warm_up, args.compile, args.repeats)
     info["load_average_end"] = round(os.getloadavg()[0], 1)
     report = {
         "config": config.name, "command": "python -m benchmarks.guidance " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.date.today().isoformat(), "machine": info, "size": config.size, "steps": steps,
-        "scale": config.scale, "batch": batch, "seeds": seeds, "n_voxels": config.n_voxels,
+        "scale": config.scale, "batch": batch, "seeds": seeds, "repeats": args.repeats, "n_voxels": config.n_voxels,
         "n_target": len(objective.positive), "target": objective.label,
         "model": args.model or ("assets/demo-sd (trained on toy scenes)" if config.name == "demo" else "random weights"), "compile": args.compile,
         "wall_seconds": round(time.perf_counter() - started, 1),

@@ -6,7 +6,7 @@ import torch
 
 import braindive as bd
 from benchmarks import decoder_flops
-from benchmarks.guidance import FlopCount
+from benchmarks.counters import FlopCount
 from braindive.pipeline import FastGuidance
 
 STEPS = 5  # dense_start=0.2 of 5 steps: step 0, then every 4th (1): 2 guided steps

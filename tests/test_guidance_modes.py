@@ -13,7 +13,7 @@ from braindive.pipeline import Acceleration, FastGuidance
 from tiny import N_VOXELS, SIZE, generators, tiny_encoder, tiny_pipe
 
 TARGET = np.arange(16)
-OFF = FastGuidance(skip_unet_backprop=False, guide_every=1, decode_scale=1.0)
+OFF = FastGuidance(skip_unet_backprop=False, guide_every=1, decode_scale=1.0, dense_start=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,8 @@ def test_bad_fast_guidance_values(kwargs, message):
 
 
 @pytest.mark.parametrize("options,steps,guided", [
-    (FastGuidance(guide_every=2), 7, [0, 2, 4, 6]),
+    (FastGuidance(guide_every=2, dense_start=0.0), 7, [0, 2, 4, 6]),
+    (FastGuidance(), 25, [0, 1, 2, 3, 4, 5, 9, 13, 17, 21]),  # the default: every step for 20%, then every 4th
     (FastGuidance(guide_every=4, dense_start=0.2), 25, [0, 1, 2, 3, 4, 5, 9, 13, 17, 21]),
     (FastGuidance(guide_every=4, dense_start=0.2), 10, [0, 1, 2, 6]),
     (FastGuidance(guide_every=3, dense_start=0.25), 10, [0, 1, 2, 3, 6, 9]),  # 2.5 dense steps round up to 3
@@ -153,15 +154,20 @@ def test_benchmark_tiny_reports_every_mode(tmp_path):
 
     results_md = tmp_path / "RESULTS.md"
     results_md.write_text("# Benchmark results\n\n## Flatmaps\n\nkeep me\n")
-    report = bench.main(["--config", "tiny", "--seeds", "2", "--batch", "2", "--steps", "2",
+    report = bench.main(["--config", "tiny", "--seeds", "2", "--batch", "2", "--steps", "2", "--repeats", "2",
                          "--out", str(tmp_path), "--results-md", str(results_md)])
     saved = json.loads((tmp_path / "guidance_tiny.json").read_text())
     assert set(saved["modes"]) == set(report["modes"])
     assert {"unguided", "reference", "exact", "exact (batch 1)", "fast"} < set(saved["modes"])
     flags = sorted(name[len("fast: "):].split("=")[0] for name in saved["modes"] if name.startswith("fast: "))
-    assert flags == ["decode_scale", "guide_every", "skip_unet_backprop", "tiny_decoder"]
+    assert flags == ["decode_scale", "dense_start", "guide_every", "skip_unet_backprop", "tiny_decoder"]
+    reference_passes = saved["modes"]["reference"]["pass_seconds"]
     for name, row in saved["modes"].items():
         assert row["seconds_per_image"] > 0 and row["peak_memory_mb"] > 0 and row["gflop_per_image"] > 0, name
+        ratios = [r / s for r, s in zip(reference_passes, row["pass_seconds"])]  # per pass, then the median of 2
+        assert len(ratios) == 2 and row["speedup_vs_reference"] == pytest.approx(sum(ratios) / 2)
+        assert row["speedup_range"] == pytest.approx([min(ratios), max(ratios)])
+        assert row["seconds_per_image"] == pytest.approx(sum(row["pass_seconds"]) / 2 / 2)
         assert len(row["objective_per_seed"]) == 2
     np.testing.assert_allclose(saved["modes"]["exact"]["objective_per_seed"],
                                saved["modes"]["reference"]["objective_per_seed"], atol=1e-4)

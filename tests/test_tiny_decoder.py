@@ -14,7 +14,7 @@ from braindive.demo import ASSET_TINY_DECODER
 from braindive.pipeline import FastGuidance
 from tiny import SIZE, generators, tiny_encoder, tiny_pipe
 
-OFF = FastGuidance(skip_unet_backprop=False, guide_every=1, decode_scale=1.0)
+OFF = FastGuidance(skip_unet_backprop=False, guide_every=1, decode_scale=1.0, dense_start=0.0)
 
 
 def _decoder(**kwargs):
