@@ -164,9 +164,21 @@ def test_distillation_resumes_to_the_same_weights(tmp_path, monkeypatch, tiny_mo
     assert resumed["fidelity"] == straight["fidelity"]
     assert straight["final_gradient_loss"] > 0 and -1 <= straight["fidelity"]["gradient_cosine_mean"] <= 1
     record = json.loads((tmp_path / "b" / T.DISTILL_FILE).read_text())
-    assert record["vae"]["scaling_factor"] == pytest.approx(0.18215)
+    assert record["vae"]["scaling_factor"] == pytest.approx(0.18215) and record["device"] == "cpu"  # auto, no CUDA here
     with pytest.raises(ValueError, match="holds a run with other arguments"):
         D.distill(model, tmp_path / "b", dataclasses.replace(recipe, steps=5), encoder=encoder, work=tmp_path / "work_b")
+
+
+@pytest.mark.parametrize("device,message", [("tpu", "must be 'auto', 'cpu' or 'cuda"), ("cuda:0", "no CUDA device")])
+def test_distillation_refuses_a_device_this_machine_lacks(tmp_path, tiny_model, device, message):
+    from training import distill_decoder as D
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit, match=f"error: `--device` .*{message}"):
+        D.main(["--model", str(tiny_model), "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+                "--grad-weight", "0", "--device", device])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
 
 
 def test_distillation_starts_from_a_given_decoder(tmp_path, tiny_model):

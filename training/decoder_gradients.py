@@ -51,11 +51,12 @@ def gradient_loss(decoder, vae, encoder, latents: torch.Tensor, weights: torch.T
 def gradient_fidelity(decoder, vae, encoder, latents: torch.Tensor, seed: int = 0, chunk: int = 8) -> dict:
     """Tiny vs full guidance gradients on ``latents`` (one seeded random objective each): cosine and relative error."""
     weights = random_objectives(np.random.default_rng([seed, 7]), len(latents), encoder.n_voxels)
+    device = next(vae.parameters()).device
     cosines, errors = [], []
     for i in range(0, len(latents), chunk):
-        part, w = latents[i:i + chunk], weights[i:i + chunk]
-        tiny = guidance_gradient(decoder, encoder, part, w).flatten(1)
-        full = guidance_gradient(vae, encoder, part, w).flatten(1)
+        part, w = latents[i:i + chunk].to(device), weights[i:i + chunk].to(device)
+        tiny = guidance_gradient(decoder, encoder, part, w).flatten(1).cpu()
+        full = guidance_gradient(vae, encoder, part, w).flatten(1).cpu()
         cosines.append(torch.nn.functional.cosine_similarity(tiny, full, dim=1))
         errors.append(_relative_errors(tiny, full).sqrt())
     cosine, error = torch.cat(cosines), torch.cat(errors)

@@ -36,6 +36,7 @@ from braindive.cache import cache_dir, private_tmp
 from braindive.tiny_decoder import DISTILL_FILE, load_tiny_decoder
 
 from .decoder_gradients import gradient_fidelity, gradient_loss, random_objectives
+from .features import resolve_device
 from .logs import cli_errors, configure_logging
 
 __all__ = ["Recipe", "sample_decoder_inputs", "encode_images", "build_decoder", "fidelity", "distill", "main"]
@@ -69,7 +70,7 @@ def sample_decoder_inputs(unet, scheduler, prompt_embeds, seeds, steps: int, siz
     scheduler.set_timesteps(steps)
     shape = (1, unet.config.in_channels, size // vae_factor, size // vae_factor)
     latents = torch.cat([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-    latents = latents * scheduler.init_noise_sigma
+    latents = latents.to(unet.device) * scheduler.init_noise_sigma  # the same noise on every device
     embeds = prompt_embeds.expand(len(seeds), -1, -1)
     collected = []
     for t in scheduler.timesteps:
@@ -78,7 +79,7 @@ def sample_decoder_inputs(unet, scheduler, prompt_embeds, seeds, steps: int, siz
         collected.append(G.residual_mix(G.predicted_x0(latents, eps, alpha), latents, alpha))
         latents = scheduler.step(eps, t, latents).prev_sample
     collected.append(latents)
-    return torch.stack(collected, 1).flatten(0, 1)  # trajectory-major: [seeds * (steps + 1), C, h, w]
+    return torch.stack(collected, 1).flatten(0, 1).cpu()  # trajectory-major: [seeds * (steps + 1), C, h, w]
 
 
 @torch.no_grad()
@@ -93,15 +94,16 @@ def encode_images(vae, folder, size: int) -> torch.Tensor:
     for path in files:
         image = PIL.Image.open(path).convert("RGB").resize((size, size), PIL.Image.BICUBIC)
         pixels = torch.from_numpy(np.asarray(image, np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
-        latents.append(vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor)
+        latents.append(vae.encode(pixels.to(vae.device)).latent_dist.mode().cpu() * vae.config.scaling_factor)
     return torch.cat(latents)
 
 
 @torch.no_grad()
 def full_decode(vae, latents: torch.Tensor, chunk: int = 16) -> torch.Tensor:
-    """The VAE's decode of scaled latents, in [-1, 1], float16 to halve the memory."""
-    return torch.cat([vae.decode(latents[i:i + chunk] / vae.config.scaling_factor).sample.clamp(-1, 1).half()
-                      for i in range(0, len(latents), chunk)])
+    """The VAE's decode of scaled latents, in [-1, 1], float16 to halve the memory (on the CPU)."""
+    parts = (vae.decode(latents[i:i + chunk].to(vae.device) / vae.config.scaling_factor).sample
+             for i in range(0, len(latents), chunk))
+    return torch.cat([part.clamp(-1, 1).half().cpu() for part in parts])
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -150,9 +152,9 @@ def _lr(step: int, recipe: Recipe) -> float:
 
 
 def _save_checkpoint(work: Path, step: int, decoder, optimizer, losses: list[list[float]]) -> None:
-    tensors = {f"model.{k}": v.contiguous() for k, v in decoder.state_dict().items()}
+    tensors = {f"model.{k}": v.contiguous().cpu() for k, v in decoder.state_dict().items()}
     for i, state in optimizer.state_dict()["state"].items():
-        tensors.update({f"opt.{i}.{k}": torch.as_tensor(v).contiguous() for k, v in state.items()})
+        tensors.update({f"opt.{i}.{k}": torch.as_tensor(v).contiguous().cpu() for k, v in state.items()})
     tmp = private_tmp(work / "checkpoint.safetensors")
     save_file(tensors, str(tmp))
     tmp.replace(work / "checkpoint.safetensors")
@@ -191,15 +193,16 @@ def fidelity(decoder, vae, latents: torch.Tensor, encoder=None, chunk: int = 16)
     """Tiny vs full decode of ``latents``: PSNR (mean, min) and the encoder's relative prediction error."""
     tiny, full = [], []
     for i in range(0, len(latents), chunk):
-        part = latents[i:i + chunk]
-        tiny.append(G.decode_to_unit(decoder, part))
-        full.append(G.decode_to_unit(vae, part))
+        part = latents[i:i + chunk].to(vae.device)
+        tiny.append(G.decode_to_unit(decoder, part).cpu())
+        full.append(G.decode_to_unit(vae, part).cpu())
     tiny, full = torch.cat(tiny), torch.cat(full)
     psnr = _psnr(tiny, full)
     report = {"images": len(latents), "psnr_mean_db": float(psnr.mean()), "psnr_min_db": float(psnr.min())}
     if encoder is not None:
-        a_tiny = torch.cat([encoder(tiny[i:i + chunk]) for i in range(0, len(tiny), chunk)])
-        a_full = torch.cat([encoder(full[i:i + chunk]) for i in range(0, len(full), chunk)])
+        device = next(encoder.parameters()).device
+        a_tiny = torch.cat([encoder(tiny[i:i + chunk].to(device)).cpu() for i in range(0, len(tiny), chunk)])
+        a_full = torch.cat([encoder(full[i:i + chunk].to(device)).cpu() for i in range(0, len(full), chunk)])
         spread = (a_full - a_full.mean(0)).pow(2).mean().sqrt()
         report["encoder_relative_error"] = float((a_tiny - a_full).pow(2).mean().sqrt() / spread)
         report["encoder_correlation"] = float(np.corrcoef(a_tiny.flatten().numpy(), a_full.flatten().numpy())[0, 1])
@@ -218,19 +221,18 @@ def decode_gflop(module, latents: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------------------- run
 
 
-def _load_model(model: str):
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+def _load_model(model: str, device: torch.device):
+    from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").eval().requires_grad_(False)
-    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet").eval().requires_grad_(False)
+    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet").eval().requires_grad_(False).to(device)
     scheduler = DPMSolverMultistepScheduler.from_pretrained(model, subfolder="scheduler")
     tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
     text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder").eval()
     ids = tokenizer("", padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
     with torch.no_grad():
         embeds = text_encoder(ids)[0]
-    return vae, unet, scheduler, embeds
+    return unet, scheduler, embeds.to(device)
 
 
 def _data(work: Path, model: str, vae, recipe: Recipe, images: str | None):
@@ -239,7 +241,7 @@ def _data(work: Path, model: str, vae, recipe: Recipe, images: str | None):
     if path.is_file():
         data = load_file(str(path))
         return data["latents"], data["targets"], data["holdout"]
-    _, unet, scheduler, embeds = _load_model(model)
+    unet, scheduler, embeds = _load_model(model, vae.device)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     size = recipe.size or unet.config.sample_size * factor
     seeds = list(range(recipe.sample + recipe.holdout))
@@ -261,12 +263,12 @@ def _data(work: Path, model: str, vae, recipe: Recipe, images: str | None):
     return latents, targets, holdout
 
 
-def _load_encoder(encoder: str | None):
+def _load_encoder(encoder: str | None, device: torch.device):
     if not encoder:
         return None
     from braindive.encoders import load_encoder
 
-    return load_encoder(encoder).eval().requires_grad_(False)
+    return load_encoder(encoder, device=device).eval().requires_grad_(False)
 
 
 def _gradient_batch_loss(decoder, vae, encoder, latents, recipe: Recipe, step: int) -> torch.Tensor:
@@ -274,14 +276,19 @@ def _gradient_batch_loss(decoder, vae, encoder, latents, recipe: Recipe, step: i
     rng = np.random.default_rng([recipe.seed, step, 1])
     index = rng.integers(len(latents), size=recipe.grad_batch)
     weights = random_objectives(rng, recipe.grad_batch, encoder.n_voxels)
-    return gradient_loss(decoder, vae, encoder, latents[index], weights)
+    return gradient_loss(decoder, vae, encoder, latents[index].to(vae.device), weights.to(vae.device))
 
 
 def distill(model: str, out, recipe: Recipe, images: str | None = None, encoder: str | None = None,
-            work=None, save_every: int = 100, init: str | None = None) -> dict:
-    """Fit, save ``out`` (``save_pretrained`` layout + ``distill.json``) and return the report."""
+            work=None, save_every: int = 100, init: str | None = None, device: str = "auto") -> dict:
+    """Fit, save ``out`` (``save_pretrained`` layout + ``distill.json``) and return the report.
+
+    The models run on ``device`` (``"auto"``: CUDA when available); the training data stay on the CPU
+    and go over in batches. A run checkpointed on one device resumes on another (float rounding differs).
+    """
     from diffusers import AutoencoderKL
 
+    device = resolve_device(device)
     if recipe.grad_weight > 0 and not encoder:
         raise ValueError("`grad_weight` > 0 matches the brain encoder's guidance gradients and needs `encoder`; "
                          "pass `--encoder FOLDER` or `--grad-weight 0` (pixels only).")
@@ -293,17 +300,17 @@ def distill(model: str, out, recipe: Recipe, images: str | None = None, encoder:
     if args_file.is_file() and args_file.read_text() != recipe_json:
         raise ValueError(f"Work folder {work} holds a run with other arguments; remove it or pass another `--work`.")
     args_file.write_text(recipe_json)
-    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").eval().requires_grad_(False)
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").eval().requires_grad_(False).to(device)
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     latents, targets, holdout = _data(work, model, vae, recipe, images)
-    enc = _load_encoder(encoder)
-    decoder = build_decoder(recipe, vae, init)
+    enc = _load_encoder(encoder, device)
+    decoder = build_decoder(recipe, vae, init).to(device)
     optimizer = torch.optim.AdamW(decoder.decoder.parameters(), lr=recipe.lr, weight_decay=0.0)
     start, losses = _load_checkpoint(work, decoder, optimizer)
     decoder.train()
     with tqdm(total=recipe.steps, initial=start, desc="distil decoder", unit="step") as progress:
         for step in range(start, recipe.steps):
-            lat, tgt = _crop_batch(latents, targets, recipe, step, factor)
+            lat, tgt = (t.to(device) for t in _crop_batch(latents, targets, recipe, step, factor))
             for group in optimizer.param_groups:
                 group["lr"] = _lr(step, recipe)
             pred = decoder.decode(lat).sample
@@ -318,7 +325,7 @@ def distill(model: str, out, recipe: Recipe, images: str | None = None, encoder:
             if (step + 1) % save_every == 0 or step + 1 == recipe.steps:
                 _save_checkpoint(work, step + 1, decoder, optimizer, losses)
     decoder.eval().requires_grad_(False)
-    probe = holdout[:1]
+    probe = holdout[:1].to(device)
     report = {
         "vae": {"source": str(model), "latent_channels": vae.config.latent_channels,
                 "scaling_factor": vae.config.scaling_factor},
@@ -335,9 +342,10 @@ def distill(model: str, out, recipe: Recipe, images: str | None = None, encoder:
                      **(gradient_fidelity(decoder, vae, enc, holdout, recipe.seed) if enc is not None else {})},
         "encoder": encoder,
         "init": init,
+        "device": str(device),
         "note": "decoder half distilled; the encoder half is untrained (guidance only decodes)",
     }
-    _save(decoder, report, out)
+    _save(decoder.cpu(), report, out)
     return report
 
 
@@ -367,6 +375,7 @@ def main(argv=None) -> dict:
                         "instead of a new one; --width/--blocks are then its own")
     parser.add_argument("--work", help="checkpoint folder (default: braindive cache, distill/<out name>)")
     parser.add_argument("--save-every", type=int, default=100)
+    parser.add_argument("--device", default="auto", help="where the models run: auto (CUDA when available), cpu or cuda[:N]")
     defaults = Recipe()
     for f in dataclasses.fields(Recipe):
         if f.name == "blocks":
@@ -380,7 +389,7 @@ def main(argv=None) -> dict:
     configure_logging()
     with cli_errors():
         report = distill(args.model, args.out, Recipe(**values), args.images, args.encoder, args.work, args.save_every,
-                         args.init)
+                         args.init, args.device)
     print(json.dumps({k: report[k] for k in ("decoder_gflop", "vae_decoder_gflop", "fidelity")}, indent=2))
     return report
 
