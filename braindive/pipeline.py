@@ -72,8 +72,8 @@ class FastGuidance:
         guide_every: compute the brain gradient every ``guide_every`` steps and reuse the last one between.
         dense_start: compute it at every step for this leading fraction of the steps (rounded up), then every
             ``guide_every`` steps. The early steps carry the guidance: on the demo, every 2nd step from the
-            start kept 82% of EBA's gain, every step for the first 20% then every 4th step (the default,
-            fewer gradients: 10 of 25 steps against 13) kept 98-101% on FFA, PPA and EBA
+            start kept 81-83% of EBA's gain, every step for the first 20% then every 4th step (the default,
+            fewer gradients: 10 of 25 steps against 13) kept 99-101% on FFA, PPA and EBA
             (``benchmarks/RESULTS.md``, "Guided generation").
         decode_scale: area-resample the decoder input by this factor before the guidance decode (0.5 decodes
             a 512 px model at 256 px, close to the encoder's 224 px input, for a quarter of the decoder work).
