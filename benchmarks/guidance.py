@@ -1,6 +1,6 @@
 """Guided generation: every guidance mode side by side, on the same seeds, in one run.
 
-    python -m benchmarks.guidance --config tiny|demo|medium|sd21 [--seeds N] [--batch B] [--steps S]
+    python -m benchmarks.guidance --config tiny|demo|medium|sd21 [--seeds N] [--batch B] [--steps S] [--repeats R]
 
 For each mode it times complete generations (seconds per image, images per second), records the peak
 memory (process RSS on CPU, ``torch.cuda.max_memory_allocated`` on GPU), counts the work (GFLOP per
@@ -8,9 +8,10 @@ image: torch's matmul/convolution/attention formulas, backward included, on one 
 scores the images: mean target activation per mode and for an unguided baseline, and each mode's
 share of the reference's gain over that baseline. The reference runs one image per call, as
 published; the other modes run ``--batch`` seeds per call. Modes are interleaved chunk by chunk, so
-a busy machine slows them alike. Each fast-mode approximation is also timed on its own; ``fast`` is the
-pipeline's default recipe, which on the demo includes its distilled tiny decoder (``assets/demo-taesd``),
-also combined with the other switches. ``--roi`` picks the demo's target region (FFA by default; other
+a busy machine slows them alike; ``--repeats R`` times R such passes and reports medians, the
+speed-up as the median of the per-pass ratios to the reference. Each fast-mode approximation is also
+timed on its own; ``fast`` is the pipeline's default recipe, which on the demo includes its distilled
+tiny decoder (``assets/demo-taesd``), also combined with the other switches. ``--roi`` picks the demo's target region (FFA by default; other
 regions write ``guidance_demo_<ROI>.json`` and their own part of RESULTS.md).
 
 Configs: ``tiny`` (the demo bundle's architecture, random weights, < 1 minute on CPU), ``demo``
