@@ -143,11 +143,13 @@ def build_clip_tower(backbone: str, pretrained: str | None, backbone_config: dic
 
 
 class PatchEmbedding(nn.Conv2d):
-    """A ViT's patch embedding (a convolution whose kernel equals its stride) computed as one matmul.
+    """A ViT's patch embedding (a convolution whose kernel equals its stride), as one matmul when the
+    input needs a gradient.
 
-    Same parameters and state dict as the ``nn.Conv2d`` it replaces and the same numbers up to float
-    rounding; the input gradient, which guidance needs at every guided step, is a matmul too. On CPU
-    oneDNN's backward of a 16-32 px stride convolution is ~5x slower than its forward plus this backward.
+    Same parameters and state dict as the ``nn.Conv2d`` it replaces. Guidance differentiates through it
+    at every guided step: on CPU, oneDNN's input gradient of a 16-32 px stride convolution is ~5x slower
+    than this matmul's forward and backward together (the same numbers up to float rounding). Without a
+    gradient it is the convolution itself, so features (encoder training, predictions) are unchanged.
     """
 
     @classmethod
@@ -163,6 +165,8 @@ class PatchEmbedding(nn.Conv2d):
         return patch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return super().forward(x)
         (ph, pw), (b, c, h, w) = self.kernel_size, x.shape
         gh, gw = h // ph, w // pw  # as the convolution: a remainder narrower than a patch is dropped
         patches = x[..., :gh * ph, :gw * pw].reshape(b, c, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5)

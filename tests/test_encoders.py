@@ -133,6 +133,8 @@ def test_patch_embedding_equals_the_convolution_with_its_gradient(bias, size):
     direction = torch.randn_like(expected)
     torch.testing.assert_close(torch.autograd.grad((got * direction).sum(), x)[0],
                                torch.autograd.grad((expected * direction).sum(), x)[0])
+    with torch.no_grad():  # no gradient wanted: the convolution itself, bit for bit
+        assert torch.equal(patch(x), torch.nn.functional.conv2d(x, weight, b, stride=16))
 
 
 def test_patch_embedding_leaves_other_convolutions_alone():
@@ -147,6 +149,8 @@ def test_encoder_tower_uses_the_patch_embedding_and_loads_plain_weights(saved):
     plain.load_state_dict(encoder.tower.state_dict())  # the same keys as OpenCLIP's own tower
     assert type(plain.conv1) is torch.nn.Conv2d
     images = torch.rand(2, 3, *encoder.input_size, generator=torch.Generator().manual_seed(1))
+    x = encoder.preprocess(images)
     with torch.no_grad():
-        x = encoder.preprocess(images)
-        torch.testing.assert_close(encoder.tower(x), plain.eval()(x), atol=1e-5, rtol=1e-5)
+        assert torch.equal(encoder.tower(x), plain.eval()(x))
+    x.requires_grad_()
+    torch.testing.assert_close(encoder.tower(x), plain(x), atol=1e-5, rtol=1e-5)
