@@ -194,15 +194,14 @@ def fidelity(decoder, vae, latents: torch.Tensor, encoder=None, chunk: int = 16)
     tiny, full = [], []
     for i in range(0, len(latents), chunk):
         part = latents[i:i + chunk].to(vae.device)
-        tiny.append(G.decode_to_unit(decoder, part).cpu())
-        full.append(G.decode_to_unit(vae, part).cpu())
+        tiny.append(G.decode_to_unit(decoder, part))
+        full.append(G.decode_to_unit(vae, part))
     tiny, full = torch.cat(tiny), torch.cat(full)
     psnr = _psnr(tiny, full)
     report = {"images": len(latents), "psnr_mean_db": float(psnr.mean()), "psnr_min_db": float(psnr.min())}
     if encoder is not None:
-        device = next(encoder.parameters()).device
-        a_tiny = torch.cat([encoder(tiny[i:i + chunk].to(device)).cpu() for i in range(0, len(tiny), chunk)])
-        a_full = torch.cat([encoder(full[i:i + chunk].to(device)).cpu() for i in range(0, len(full), chunk)])
+        a_tiny = torch.cat([encoder(tiny[i:i + chunk]) for i in range(0, len(tiny), chunk)]).cpu()
+        a_full = torch.cat([encoder(full[i:i + chunk]) for i in range(0, len(full), chunk)]).cpu()
         spread = (a_full - a_full.mean(0)).pow(2).mean().sqrt()
         report["encoder_relative_error"] = float((a_tiny - a_full).pow(2).mean().sqrt() / spread)
         report["encoder_correlation"] = float(np.corrcoef(a_tiny.flatten().numpy(), a_full.flatten().numpy())[0, 1])
