@@ -11,8 +11,9 @@ published; the other modes run ``--batch`` seeds per call. Modes are interleaved
 a busy machine slows them alike; ``--repeats R`` times R such passes and reports medians, the
 speed-up as the median of the per-pass ratios to the reference. Each fast-mode approximation is also
 timed on its own; ``fast`` is the pipeline's default recipe, which on the demo includes its distilled
-tiny decoder (``assets/demo-taesd``), also combined with the other switches. ``--roi`` picks the demo's target region (FFA by default; other
-regions write ``guidance_demo_<ROI>.json`` and their own part of RESULTS.md).
+tiny decoder (``assets/demo-taesd``), also combined with the other switches. ``--roi`` picks the demo's
+target region (FFA by default; other regions write ``guidance_demo_<ROI>.json`` and their own part of
+RESULTS.md).
 
 Configs: ``tiny`` (the demo bundle's architecture, random weights, < 1 minute on CPU), ``demo``
 (the demo's *trained* toy-scene model and its encoder, FFA of S1, its default scale: the one config

@@ -20,6 +20,11 @@ def demo():
     return bundle
 
 
+@pytest.fixture(scope="module")
+def parts(demo):
+    return decoder_flops._demo_parts()
+
+
 def _counted_gflop(demo, **call) -> float:
     counter = FlopCount()
     with counter:
@@ -36,8 +41,7 @@ def _counted_gflop(demo, **call) -> float:
     ((True, 4, "tiny", 0.5, 0.2), dict(guidance_mode="fast", fast_options=FastGuidance(
         skip_unet_backprop=True, guide_every=4, dense_start=0.2, decode_scale=0.5))),
 ], ids=["unguided", "reference", "exact", "tiny decoder, half decode, dense start"])
-def test_formula_matches_the_flops_of_a_whole_generation(demo, recipe, call):
-    if "fast_options" in call:
-        call["fast_options"] = dataclasses.replace(call["fast_options"], tiny_decoder=demo.pipe.tiny_decoder)
-    parts = decoder_flops._demo_parts()
+def test_formula_matches_the_flops_of_a_whole_generation(demo, parts, recipe, call):
+    if "fast_options" in call:  # a copy: the parameter's dict stays as collected
+        call = {**call, "fast_options": dataclasses.replace(call["fast_options"], tiny_decoder=demo.pipe.tiny_decoder)}
     assert decoder_flops.recipe_gflop(parts, STEPS, recipe) == pytest.approx(_counted_gflop(demo, **call), rel=0.01)
