@@ -23,6 +23,7 @@ from .cache import cache_dir, private_tmp
 from .demo_components import DEMO_TOWER_CONFIG, DEMO_TOWER_NAME, build_demo_tower
 from .encoders import BrainEncoder, ClipLinearEncoder, EncoderConfig, load_encoder
 from .pipeline import BrainDiVEPipeline, FastGuidance
+from .presets import PRESETS
 from .subjects import Subject, load_subject
 
 __all__ = ["DemoBundle", "load", "configure_fast", "build_diffusion_bundle", "DEMO_LABEL", "DEMO_DEFAULTS"]
@@ -30,7 +31,9 @@ __all__ = ["DemoBundle", "load", "configure_fast", "build_diffusion_bundle", "DE
 BUNDLE_VERSION = 1
 DEMO_LABEL = "DEMO: tiny diffusion model trained on toy shapes + synthetic encoder on pycortex S1 (not real brain data)"
 RANDOM_DEMO_LABEL = "DEMO: tiny random-weight diffusion model + synthetic encoder on pycortex S1 (not real brain data)"
-DEMO_DEFAULTS = {"height": 128, "width": 128, "num_inference_steps": 25, "brain_guidance_scale": 20.0, "sag_scale": 0.75}
+_DEMO_PRESET = PRESETS["demo"]  # the demo's defaults live in braindive.presets
+DEMO_DEFAULTS = {"height": _DEMO_PRESET.height, "width": _DEMO_PRESET.width, "num_inference_steps": _DEMO_PRESET.steps,
+                 "brain_guidance_scale": _DEMO_PRESET.scale, "sag_scale": _DEMO_PRESET.sag}
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 ASSET_ENCODER = ASSETS / "demo-encoder"
 ASSET_DIFFUSION = ASSETS / "demo-sd"

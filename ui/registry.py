@@ -22,13 +22,13 @@ import torch
 
 import braindive as bd
 from braindive.encoders import BACKBONE_NAME, CONFIG_NAME, HEAD_NAME, SUBJECT_NAME, build_clip_tower
+from braindive.presets import PRESETS
 
 __all__ = ["ModelRegistry", "Backend", "ServiceError", "DEMO_ENCODER", "subject_label", "MAX_NAME"]
 
 log = logging.getLogger(__name__)
 DEMO_ENCODER = "demo"
 MAX_NAME = 100  # characters of an encoder name or path a request may carry
-SD21_DEFAULTS = {"height": 512, "width": 512, "num_inference_steps": 50, "brain_guidance_scale": 130.0, "sag_scale": 0.75}
 
 
 class ServiceError(Exception):
@@ -95,7 +95,7 @@ class ModelRegistry:
         cuda = torch.cuda.is_available()
         pipes = [self._pipeline(self.settings.model, torch.float16 if cuda else torch.float32, "cuda" if cuda else "cpu")
                  for _ in range(n)]
-        return Backend(pipes, self.settings.model, f"{self.settings.model} + your encoder", dict(SD21_DEFAULTS))
+        return Backend(pipes, self.settings.model, f"{self.settings.model} + your encoder", _pipeline_defaults(PRESETS["sd21"]))
 
     @staticmethod
     def _pipeline(model: str, dtype, device) -> bd.BrainDiVEPipeline:
@@ -274,3 +274,8 @@ class ModelRegistry:
                 self._hashes[cache_key] = digest.hexdigest()
             weights = "sha256:" + self._hashes[cache_key]
         return config.backbone, weights, json.dumps(config.backbone_config, sort_keys=True)
+
+
+def _pipeline_defaults(preset) -> dict:
+    """The preset's defaults the app uses (pipeline argument names)."""
+    return {k: preset.defaults[k] for k in ("height", "width", "num_inference_steps", "brain_guidance_scale", "sag_scale")}
