@@ -177,7 +177,8 @@ class Catalog:
         image_path = self._image_path(entry_id)
         record_path = image_path.with_suffix(".json")
         description = describe_record(record)
-        record = {**record, "id": entry_id, "run_id": run_id}
+        # the owner lives in the index only: records are served and exported, an owner may be a secret's hash
+        record = {**{k: v for k, v in record.items() if k != "owner"}, "id": entry_id, "run_id": run_id}
         _atomic(image_path, lambda f: image.save(f, format="PNG"))
         _atomic(record_path, lambda f: f.write(json.dumps(record, indent=2).encode()))
         if activations is not None:
@@ -188,6 +189,27 @@ class Catalog:
             db.execute(f"INSERT OR IGNORE INTO images ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                        tuple(row.values()))
         return self.get(entry_id)
+
+    def hash_owners(self, keyed, prefix: str) -> int:
+        """Replace every owner stored in the clear (not starting with ``prefix``) by ``keyed(owner)``; returns how many rows.
+
+        Their records lose the ``owner`` field older versions wrote there (records are served and exported).
+        """
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT id, owner FROM images WHERE owner != '' AND substr(owner, 1, ?) != ?",
+                              (len(prefix), prefix)).fetchall()
+        for row in rows:
+            path = self._image_path(row["id"]).with_suffix(".json")
+            try:
+                record = json.loads(path.read_text())
+                if isinstance(record, dict) and "owner" in record:
+                    del record["owner"]
+                    _atomic(path, lambda f: f.write(json.dumps(record, indent=2).encode()))
+            except (OSError, ValueError) as exc:
+                log.warning("catalog record %s keeps its owner field: %s", row["id"], exc)
+            with closing(self._connect()) as db, db:
+                db.execute("UPDATE images SET owner = ? WHERE id = ?", (keyed(row["owner"]), row["id"]))
+        return len(rows)
 
     def find(self, entry_id: str) -> Entry | None:
         """The entry with ``entry_id``, or None."""

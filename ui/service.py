@@ -7,14 +7,20 @@ it with ``gr.Error``.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+import secrets
 import threading
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 import braindive as bd
+from braindive.cache import private_tmp
 from braindive.catalog import Catalog, Entry
 from braindive.records import generation_record
 
@@ -30,6 +36,7 @@ __all__ = ["Service", "ServiceError", "GenerationRequest", "Progress", "Waiting"
            "OBJECTIVES", "MODES", "CUSTOM", "DEMO_ENCODER"]
 
 VIEW = "voxels"  # flatmaps zoomed to the subject's voxels
+OWNER_PREFIX = "key:"  # a catalog owner that is a keyed hash (``Service.owner_of``)
 
 
 @dataclass
@@ -61,6 +68,8 @@ class Service:
         self._cancel: dict[str, threading.Event] = {}
         self._stream = gpu_task(self.runner.stream, duration=self.gpu_seconds)
         settings.models_dir.mkdir(parents=True, exist_ok=True)
+        self._owner_secret = owner_secret(settings.owner_key_path)
+        self.catalog.hash_owners(self._keyed, OWNER_PREFIX)  # catalogs written when owners were stored in the clear
 
     # ------------------------------------------------------------------ models (see ui.registry)
 
@@ -125,15 +134,20 @@ class Service:
     # ------------------------------------------------------------------ who sees which results
 
     def owner_of(self, request) -> str:
-        """The owner recorded with a result and used to filter History: "" when History is shared.
+        """The owner recorded in the catalog index and used to filter History: "" when History is shared.
 
-        ``session``: the browser session; ``account``: the signed-in user (else the session).
+        ``session``: the browser session; ``account``: the signed-in user (else the session). A session id
+        is a bearer secret (it can stop runs, read the session's state), so only its keyed hash
+        (``owner_key``) is stored: never the id, and never in a served record.
         """
         mode = self.settings.history
         if mode == "shared" or request is None:
             return ""
         user = getattr(request, "username", None) if mode == "account" else None
-        return f"user:{user}" if user else f"session:{getattr(request, 'session_hash', None) or 'anonymous'}"
+        return self._keyed(f"user:{user}" if user else f"session:{getattr(request, 'session_hash', None) or 'anonymous'}")
+
+    def _keyed(self, owner: str) -> str:
+        return OWNER_PREFIX + hmac.new(self._owner_secret, owner.encode(), hashlib.sha256).hexdigest()
 
     def history_owner(self, request) -> str | None:
         """The ``owner=`` filter for the catalog: None (everyone's results) when History is shared."""
@@ -229,7 +243,6 @@ class Service:
             objective_value=generated.objective, model=self.backend().name, encoder=request.encoder,
             subject_space=subject.fingerprint, baseline_value=generated.baseline_objective,
         )
-        record["owner"] = owner
         record["roi_means"] = _roi_means(subject, generated.activations)
         record["baseline_roi_means"] = _roi_means(subject, generated.baseline_activations)
         entry = self.catalog.add(generated.image, record, run_id=run_id, activations=generated.activations, owner=owner)
@@ -241,6 +254,29 @@ class Service:
 
     def start_training(self, *args, **kwargs):
         return self.training.start(*args, **kwargs)
+
+
+def owner_secret(path: Path) -> bytes:
+    """The server's secret for owner hashes, created once (mode 0600) in the data folder, which is never served."""
+    if not path.exists():
+        tmp = private_tmp(path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+            os.link(tmp, path)  # atomic, and never over a key another process made first
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    try:
+        secret = bytes.fromhex(path.read_text().strip())
+    except ValueError:
+        secret = b""
+    if len(secret) < 32:
+        raise ServiceError(f"The owner key {path.name} in the data folder is damaged: delete it (History's "
+                           "per-session owners then start afresh).")
+    return secret
 
 
 def _roi_means(subject: bd.Subject, activations: np.ndarray) -> dict:
