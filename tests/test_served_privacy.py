@@ -134,3 +134,21 @@ def test_uploads_over_the_limit_are_refused(served):
     except urllib.error.HTTPError as err:
         status = err.code
     assert status == 413
+
+
+def test_owners_stored_in_the_clear_by_older_versions_are_rekeyed_and_removed_from_records(tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from braindive.catalog import Catalog
+
+    settings = Settings(data_dir=str(tmp_path), history="session")
+    old = Catalog(settings.catalog_dir).add(Image.new("RGB", (4, 4)), {"created": "2026-01-01T00:00:00",
+                                            "subject": "S1", "target": "FFA", "seed": 1}, owner="session:abc123")
+    old.record_path.write_text(json.dumps({**json.loads(old.record_path.read_text()), "owner": "session:abc123"}))
+    service = Service(settings)
+    assert "abc123" not in old.record_path.read_text() and "abc123" not in service.catalog.get(old.id).owner
+    visitor = SimpleNamespace(session_hash="abc123", username=None)  # the same browser session still sees its result
+    assert [e.id for e in service.catalog.query(owner=service.history_owner(visitor))] == [old.id]
+    assert Service(settings).owner_of(visitor) == service.owner_of(visitor)  # one key, kept across restarts
