@@ -1,4 +1,4 @@
-"""A hostile client against a real server with per-session History (issue 22, item 3 and 4).
+"""A hostile client against a real server with per-session History (issue 22, items 3-6).
 
 A browser session's id is a bearer secret in Gradio (it names the session's queue, state and runs). No
 file the server serves or exports may hold it or anything it can be derived from; one client cannot see
@@ -38,9 +38,10 @@ def _subject(client: Client) -> str:
         "parameter_default"]
 
 
-def _submit(client: Client, seed: int, steps: int = 2, n: int = 1):
-    return client.submit(subj=_subject(client), enc="demo", obj="maximize", con="EBA", w=1.0, sc=20.0, n_steps=steps,
-                         sched="dpm", sd=seed, n=n, text="", guidance="exact", api_name="/run")
+def _submit(client: Client, seed: int, steps: int = 2, n: int = 1, **fields):
+    values = dict(subj=_subject(client), enc="demo", obj="maximize", con="EBA", w=1.0, sc=20.0, n_steps=steps,
+                  sched="dpm", sd=seed, n=n, k=4, text="", guidance="exact")
+    return client.submit(**{**values, **fields}, api_name="/run")
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -152,3 +153,19 @@ def test_owners_stored_in_the_clear_by_older_versions_are_rekeyed_and_removed_fr
     visitor = SimpleNamespace(session_hash="abc123", username=None)  # the same browser session still sees its result
     assert [e.id for e in service.catalog.query(owner=service.history_owner(visitor))] == [old.id]
     assert Service(settings).owner_of(visitor) == service.owner_of(visitor)  # one key, kept across restarts
+
+
+@pytest.mark.parametrize("field,value,named", [
+    ("n_steps", "abc", "steps"), ("n_steps", None, "steps"), ("sd", "NaN", "seed"), ("sd", 2.5, "seed"),
+    ("k", 2.5, "keep the best k"), ("k", "NaN", "keep the best k"), ("k", None, "keep the best k"),
+    ("w", "abc", "weight"), ("n", [3], "images"),
+])
+def test_wrong_values_are_refused_by_name_before_anything_runs(served, field, value, named):
+    app, service = served
+    client = Client(app.local_url, verbose=False)
+    before = len(service.catalog.query())
+    with pytest.raises(Exception) as err:
+        _submit(client, seed=11, **{field: value}).result()
+    message = str(err.value)
+    assert named in message.lower() and "upstream gradio app has raised an exception" not in message, message
+    assert len(service.catalog.query()) == before  # nothing generated, nothing cataloged
