@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import errno
 import io
 import json
 import logging
+import os
 import re
 import sqlite3
 import uuid
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import private_tmp
+from .cache import private_tmp, remove_stale_temp_files
 
 from .description import GenerationDescription, describe_record, measured_value
 
@@ -127,15 +129,39 @@ class Catalog:
         self.root = Path(root)
         (self.root / "images").mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "index.sqlite"
-        with closing(self._connect()) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            self._migrate(db)
+        for folder in (self.root / "images", self.root / "evaluations", *(self.root / "runs").glob("*/")):
+            for path in remove_stale_temp_files(folder):  # left by a killed writer (kill -9 of the app, batch driver)
+                log.info("removed a stale temporary file: %s", path.relative_to(self.root))
+        try:
+            with closing(self._connect()) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+                self._migrate(db)
+        except sqlite3.OperationalError as exc:
+            if not self.db_path.is_file():
+                raise
+            log.warning("catalog %s opened for reading only (%s); new results cannot be stored", self.root, exc)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.db_path, timeout=30.0)
         db.row_factory = sqlite3.Row
         return db
+
+    def _reader(self) -> sqlite3.Connection:
+        """A connection to read with. On a full disk SQLite cannot create its WAL files to open the index
+        ("disk I/O error"): then the index file itself is read, as immutable, so History stays readable."""
+        db = self._connect()
+        try:
+            db.execute("SELECT 1 FROM images LIMIT 1").fetchall()
+            return db
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if not self.db_path.is_file():
+                raise
+            log.warning("catalog index read as immutable: %s", exc)
+            db = sqlite3.connect(f"{self.db_path.resolve().as_uri()}?immutable=1", uri=True)
+            db.row_factory = sqlite3.Row
+            return db
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         """Add the description columns to an older index and fill them from each row's JSON record."""
@@ -161,13 +187,15 @@ class Catalog:
             raise
 
     def add(self, image, record: dict, run_id: str = "", activations=None, owner: str = "",
-            entry_id: str | None = None) -> Entry:
+            entry_id: str | None = None, extra: dict | None = None) -> Entry:
         """Store one image, its record and optionally its predicted activity; files first, then the index row.
 
         ``record`` is a ``generation_record``; ``owner`` scopes History on a shared server ('' = anyone's).
         Exactly once per ``entry_id`` (a deterministic id, e.g. from ``braindive.batch``): if that id is already
         indexed nothing is written and the stored entry is returned. Files are written under private names and
-        renamed into place, and the row comes last, so an indexed entry always has complete files.
+        renamed into place, and the row comes last, so an indexed entry always has complete files. ``extra``
+        maps more file suffixes (``".unguided.png"``) to ``write(file)`` functions. If anything fails (e.g. a
+        full disk: ``OSError`` ENOSPC, also when SQLite reports it) the entry's files are removed and no row is added.
         """
         if entry_id is not None:
             existing = self.find(entry_id)
@@ -179,23 +207,41 @@ class Catalog:
         description = describe_record(record)
         # the owner lives in the index only: records are served and exported, an owner may be a secret's hash
         record = {**{k: v for k, v in record.items() if k != "owner"}, "id": entry_id, "run_id": run_id}
-        _atomic(image_path, lambda f: image.save(f, format="PNG"))
-        _atomic(record_path, lambda f: f.write(json.dumps(record, indent=2).encode()))
+        files = {".png": lambda f: image.save(f, format="PNG"),
+                 ".json": lambda f: f.write(json.dumps(record, indent=2).encode()), **(extra or {})}
         if activations is not None:
-            _atomic(image_path.with_suffix(".npy"), lambda f: np.save(f, np.asarray(activations, dtype=np.float32)))
+            files[".npy"] = lambda f: np.save(f, np.asarray(activations, dtype=np.float32))
         row = {"id": entry_id, "created": record["created"], "run_id": run_id, "owner": owner,
                **_columns(description, measured_value(record))}
-        with closing(self._connect()) as db, db:
-            db.execute(f"INSERT OR IGNORE INTO images ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                       tuple(row.values()))
+        try:
+            for suffix, write in files.items():
+                _atomic(image_path.with_name(entry_id + suffix), write)
+            with closing(self._connect()) as db, db:
+                db.execute(f"INSERT OR IGNORE INTO images ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                           tuple(row.values()))
+        except BaseException as exc:
+            for suffix in files:
+                image_path.with_name(entry_id + suffix).unlink(missing_ok=True)
+            if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+                raise OSError(errno.ENOSPC, f"catalog index: {exc}") from exc
+            raise
         return self.get(entry_id)
+
+    def remove(self, entry_ids) -> None:
+        """Delete entries: their rows, then their files (e.g. the results of a request that failed)."""
+        entry_ids = list(entry_ids)
+        with closing(self._connect()) as db, db:
+            db.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in entry_ids])
+        for entry_id in entry_ids:
+            for path in self._image_path(entry_id).parent.glob(f"{entry_id}.*"):
+                path.unlink(missing_ok=True)
 
     def hash_owners(self, keyed, prefix: str) -> int:
         """Replace every owner stored in the clear (not starting with ``prefix``) by ``keyed(owner)``; returns how many rows.
 
         Their records lose the ``owner`` field older versions wrote there (records are served and exported).
         """
-        with closing(self._connect()) as db:
+        with closing(self._reader()) as db:
             rows = db.execute("SELECT id, owner FROM images WHERE owner != '' AND substr(owner, 1, ?) != ?",
                               (len(prefix), prefix)).fetchall()
         for row in rows:
@@ -229,7 +275,7 @@ class Catalog:
                                   owner=owner, since=since, until=until)
         if limit is not None and (int(limit) < 0 or int(offset) < 0):
             raise ValueError(f"`limit` and `offset` must be >= 0, got {limit!r} and {offset!r}.")
-        with closing(self._connect()) as db:
+        with closing(self._reader()) as db:
             total = db.execute(f"SELECT COUNT(*) FROM images {where}", args).fetchone()[0]
             rows = db.execute(f"SELECT * FROM images {where} ORDER BY created DESC, rowid DESC LIMIT ? OFFSET ?",
                               (*args, -1 if limit is None else int(limit), int(offset))).fetchall()
@@ -262,7 +308,7 @@ class Catalog:
 
     def get(self, entry_id: str) -> Entry:
         """The entry ``entry_id``; ``KeyError`` if absent, ``ValueError`` if its row cannot be read."""
-        with closing(self._connect()) as db:
+        with closing(self._reader()) as db:
             row = db.execute("SELECT * FROM images WHERE id = ?", (entry_id,)).fetchone()
         if row is None:
             raise KeyError(f"No catalog entry with id {entry_id!r}.")
@@ -274,7 +320,7 @@ class Catalog:
             raise ValueError(f"`column` must be one of {sorted(_FILTERS)}, got {column!r}.")
         where, args = self._where(owner=owner)
         where = f"{where} AND" if where else "WHERE"
-        with closing(self._connect()) as db:
+        with closing(self._reader()) as db:
             rows = db.execute(f"SELECT DISTINCT {column} FROM images {where} {column} IS NOT NULL AND {column} != '' "
                               f"ORDER BY {column}", args)
             return [str(r[0]) for r in rows]

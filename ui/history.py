@@ -21,7 +21,7 @@ from braindive.description import describe_record, measured_baseline
 
 from . import evaluate as evaluation_panel
 from .charts import roi_chart
-from .service import CUSTOM, Service, ServiceError
+from .service import CUSTOM, Service, ServiceError, storage_error
 
 __all__ = ["build", "export_stimuli", "run_again_values", "find", "status_text", "PAGE_SIZE"]
 
@@ -259,7 +259,9 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
     def _export(ids) -> tuple[str, str]:
         try:
             result = export_stimuli(service, ids)
-        except (KeyError, ValueError, OSError) as exc:
+        except OSError as exc:
+            raise gr.Error(f"Export failed: {storage_error(exc)}")
+        except (KeyError, ValueError) as exc:
             raise gr.Error(f"Export failed: {exc}")
         report = f"Exported {len(result.exported)} image(s)."
         if result.skipped:

@@ -7,6 +7,7 @@ it with ``gr.Error``.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import os
@@ -24,7 +25,7 @@ from braindive.cache import private_tmp
 from braindive.catalog import Catalog, Entry
 from braindive.records import generation_record
 
-from .activation import save_unguided
+from .activation import unguided_files
 from .generation import GeneratedImage, GenerationRequest, Progress, Runner, Slots, Waiting
 from .launcher import TrainingLauncher
 from .registry import DEMO_ENCODER, ModelRegistry, ServiceError, subject_label
@@ -225,7 +226,12 @@ class Service:
                 if isinstance(item, ServiceError):
                     raise item
                 if isinstance(item, GeneratedImage):
-                    item = self._store(item, request, objective, subject, run_id, owner)
+                    try:
+                        item = self._store(item, request, objective, subject, run_id, owner)
+                    except ServiceError:  # a request that fails leaves no results behind
+                        self.catalog.remove([r.entry.id for r in results])
+                        results.clear()
+                        raise
                     results.append(item)
                 yield item
                 if cancel.is_set():
@@ -245,8 +251,11 @@ class Service:
         )
         record["roi_means"] = _roi_means(subject, generated.activations)
         record["baseline_roi_means"] = _roi_means(subject, generated.baseline_activations)
-        entry = self.catalog.add(generated.image, record, run_id=run_id, activations=generated.activations, owner=owner)
-        save_unguided(entry, generated.baseline_image, generated.baseline_activations)
+        try:
+            entry = self.catalog.add(generated.image, record, run_id=run_id, activations=generated.activations, owner=owner,
+                                     extra=unguided_files(generated.baseline_image, generated.baseline_activations))
+        except OSError as exc:  # nothing of this image is kept (Catalog.add); a full disk says so
+            raise storage_error(exc) from exc
         return ImageResult(**vars(generated), roi_means=record["roi_means"],
                            baseline_roi_means=record["baseline_roi_means"], entry=entry, target=objective.label)
 
@@ -254,6 +263,16 @@ class Service:
 
     def start_training(self, *args, **kwargs):
         return self.training.start(*args, **kwargs)
+
+
+DISK_FULL = "The disk of the server is full: nothing was saved. Free some space in the data folder and try again."
+
+
+def storage_error(exc: OSError) -> ServiceError:
+    """A failed write as a message for people: a full disk says so; no server path is shown."""
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return ServiceError(DISK_FULL)
+    return ServiceError(f"The result could not be saved: {exc.strerror or type(exc).__name__}.")
 
 
 def owner_secret(path: Path) -> bytes:
