@@ -228,13 +228,16 @@ class Catalog:
         return self.get(entry_id)
 
     def remove(self, entry_ids) -> None:
-        """Delete entries: their rows, then their files (e.g. the results of a request that failed)."""
+        """Delete entries (e.g. the results of a request that failed): their files first (space for SQLite on a
+        full disk), then their rows."""
         entry_ids = list(entry_ids)
-        with closing(self._connect()) as db, db:
-            db.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in entry_ids])
+        if not entry_ids:
+            return
         for entry_id in entry_ids:
             for path in self._image_path(entry_id).parent.glob(f"{entry_id}.*"):
                 path.unlink(missing_ok=True)
+        with closing(self._connect()) as db, db:
+            db.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in entry_ids])
 
     def hash_owners(self, keyed, prefix: str) -> int:
         """Replace every owner stored in the clear (not starting with ``prefix``) by ``keyed(owner)``; returns how many rows.
@@ -286,10 +289,11 @@ class Catalog:
             except ValueError as exc:
                 skipped.append((row["id"], f"unreadable catalog row: {exc}"))
                 continue
-            if not entry.image_path.is_file():
-                skipped.append((entry.id, f"image file missing: {entry.image_path}"))
-                continue
-            entries.append(entry)
+            problem = _problem(entry)
+            if problem:
+                skipped.append((entry.id, problem))
+            else:
+                entries.append(entry)
         return Page(entries, skipped, total, int(offset))
 
     def query(self, subject=None, target=None, since=None, until=None, limit: int | None = None, **filters) -> list[Entry]:
@@ -300,8 +304,15 @@ class Catalog:
         return page.entries
 
     def activations(self, entry_id: str) -> np.ndarray | None:
+        """The stored predicted activity (None if none was stored); ``ValueError`` when its file is damaged."""
         path = self.get(entry_id).image_path.with_suffix(".npy")
-        return np.load(path, allow_pickle=False) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ValueError(f"The predicted activations of {entry_id} ({path.name}) cannot be read: the file is "
+                             f"truncated or corrupt ({type(exc).__name__}).") from None
 
     def record(self, entry_id: str) -> dict:
         return json.loads(self.get(entry_id).record_path.read_text())
@@ -338,12 +349,15 @@ class Catalog:
         for entry_id in entry_ids:
             try:
                 entry = self.get(entry_id)
-            except (KeyError, ValueError) as exc:
+            except KeyError as exc:
                 skipped.append((entry_id, str(exc).strip("'\"")))
                 continue
-            missing = [p.name for p in (entry.image_path, entry.record_path) if not p.is_file()]
-            if missing:
-                skipped.append((entry_id, f"file missing: {', '.join(missing)}"))
+            except ValueError as exc:
+                skipped.append((entry_id, f"unreadable catalog row: {exc}"))  # as History lists it
+                continue
+            problem = _problem(entry)
+            if problem:
+                skipped.append((entry_id, problem))
             else:
                 entries.append(entry)
         if not entries:
@@ -409,6 +423,21 @@ def _columns(description: GenerationDescription, value: float | None) -> dict:
     values = description.as_dict()
     return {**{_COLUMN_OF.get(f, f): values[f] for f in (*_DESCRIPTION_FIELDS, "hemisphere", "label")},
             "objective": value}
+
+
+def _problem(entry: Entry) -> str | None:
+    """Why History and exports skip an entry (one reason for both, naming files by name only), or None."""
+    for path, what in ((entry.image_path, "image"), (entry.record_path, "record")):
+        if not path.is_file():
+            return f"{what} file missing: {path.name}"
+    try:
+        if not isinstance(json.loads(entry.record_path.read_text()), dict):
+            raise ValueError("not a JSON object")
+    except OSError as exc:
+        return f"record {entry.record_path.name} cannot be read: {exc.strerror or type(exc).__name__}"
+    except ValueError as exc:
+        return f"record {entry.record_path.name} is corrupt: {exc}"
+    return None
 
 
 def _manifest_row(entry: Entry, file: str) -> dict:

@@ -11,7 +11,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from .jobs import TrainingJob
+from .jobs import TrainingJob, mark_orphans
 from .registry import ServiceError
 from .validation import whole
 
@@ -29,6 +29,7 @@ class TrainingLauncher:
         self.settings = settings
         self.jobs: dict[str, TrainingJob] = {}
         self._lock = threading.Lock()  # the "already running" check, the name check and the start are one step
+        mark_orphans(settings.jobs_dir)  # jobs of an app that was killed: their job.json said "running"
 
     def _refused(self, what: str, value: str) -> ServiceError:
         shown = value if len(value) <= 80 else value[:80] + "…"

@@ -10,8 +10,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import hmac
+import logging
 import os
 import secrets
+import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from .zerogpu import gpu_duration, gpu_task
 __all__ = ["Service", "ServiceError", "GenerationRequest", "Progress", "Waiting", "ImageResult", "Finished",
            "OBJECTIVES", "MODES", "CUSTOM", "DEMO_ENCODER"]
 
+log = logging.getLogger(__name__)
 VIEW = "voxels"  # flatmaps zoomed to the subject's voxels
 OWNER_PREFIX = "key:"  # a catalog owner that is a keyed hash (``Service.owner_of``)
 
@@ -229,8 +232,7 @@ class Service:
                     try:
                         item = self._store(item, request, objective, subject, run_id, owner)
                     except ServiceError:  # a request that fails leaves no results behind
-                        self.catalog.remove([r.entry.id for r in results])
-                        results.clear()
+                        self._discard(results)
                         raise
                     results.append(item)
                 yield item
@@ -238,6 +240,13 @@ class Service:
                     break
         finally:
             stream.close()
+
+    def _discard(self, results: list) -> None:
+        try:
+            self.catalog.remove([r.entry.id for r in results])
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("results of a failed request stay in the catalog: %s", exc)
+        results.clear()
 
     def _store(self, generated: GeneratedImage, request, objective, subject, run_id, owner) -> ImageResult:
         """Catalog a finished image with its record; the ``ImageResult`` the UI shows."""
