@@ -169,3 +169,25 @@ def test_wrong_values_are_refused_by_name_before_anything_runs(served, field, va
     message = str(err.value)
     assert named in message.lower() and "upstream gradio app has raised an exception" not in message, message
     assert len(service.catalog.query()) == before  # nothing generated, nothing cataloged
+
+
+def test_a_full_disk_is_a_clear_message_and_history_still_loads(served, monkeypatch):
+    import errno
+
+    import braindive.catalog as catalog_module
+
+    app, service = served
+    client = Client(app.local_url, verbose=False)
+    before = {e.id for e in service.catalog.query()}
+
+    def full(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(catalog_module, "_atomic", full)
+    with pytest.raises(Exception) as err:
+        _submit(client, seed=21).result()
+    assert "disk of the server is full" in str(err.value) and service.settings.data_dir not in str(err.value)
+    monkeypatch.undo()
+    assert {e.id for e in service.catalog.query()} == before
+    status = client.predict("", "", "", "", "", [], api_name="/first_page")[2]
+    assert "Entries" in status or "No entries" in status
