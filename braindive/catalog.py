@@ -137,8 +137,8 @@ class Catalog:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(_SCHEMA)
                 self._migrate(db)
-        except sqlite3.OperationalError as exc:
-            if not self.db_path.is_file():
+        except sqlite3.OperationalError as exc:  # a full disk: SQLite cannot create its WAL files
+            if "disk" not in str(exc) or not self.db_path.is_file():
                 raise
             log.warning("catalog %s opened for reading only (%s); new results cannot be stored", self.root, exc)
 

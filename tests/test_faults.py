@@ -134,6 +134,8 @@ def test_a_really_full_disk_keeps_history_readable_and_recovers(tmp_path):
         page = history.find(service, page_size=None)  # SQLite: "disk I/O error" when it opens the index normally
         assert [e.id for e in page.entries] == [first[0].entry.id] and page.skipped == []
         assert _leftovers(service.catalog.root / "images", {first[0].entry.id}) == []
+        restarted = Service(service.settings)  # the app restarted while the disk is full: History still reads
+        assert [e.id for e in history.find(restarted, page_size=None).entries] == [first[0].entry.id]
         filler.unlink()
         again = [i for i in service.generate(GenerationRequest(steps=2, seed=3)) if isinstance(i, ImageResult)]
         assert len(history.find(service, page_size=None).entries) == 2 and again
