@@ -205,7 +205,7 @@ def test_the_app_asks_for_a_report_naming_files_relative_to_the_data_folder(laun
     job = launcher.start("synthetic", name="rel")
     argv = _argv(job, "evaluate")
     base = argv[argv.index("--relative-to") + 1]
-    assert Path(base) == (tmp_path / "data").resolve()
+    assert Path(base).resolve() == (tmp_path / "data").resolve()
     assert public_name(argv[argv.index("--encoder") + 1], base) == "encoders/rel"
     assert public_name(argv[argv.index("--data") + 1], base) == "jobs/data-rel/synthetic.h5"
     assert public_name("/etc/hosts", base) == "hosts"  # outside the data folder: its name only

@@ -95,6 +95,6 @@ class TrainingLauncher:
         commands.append(("train encoder", ["-m", "training.train_encoder", "--data", str(data), "--out", str(checkpoint),
                                            "--backbone", backbone, "--pretrained", pretrained, "--cv", str(cv)]))
         commands.append(("evaluate", ["-m", "training.eval_encoder", "--encoder", str(checkpoint), "--data", str(data),
-                                      "--out", str(report), "--relative-to", str(Path(s.data_dir).resolve())]))
+                                      "--out", str(report), "--relative-to", str(s.data_dir)]))
         return TrainingJob(s.jobs_dir, f"{name} on {dataset_kind}", commands,
                            outputs={"encoder": name, "checkpoint": str(checkpoint), "report": str(report)})
