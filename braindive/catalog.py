@@ -365,7 +365,7 @@ class Catalog:
             raise ValueError(f"Nothing to export: none of the {len(entry_ids)} selected image(s) is readable ({reasons}).")
         path = Path(path)
         rows = []
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp = private_tmp(path)
         try:
             with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
                 for e in entries:

@@ -196,6 +196,17 @@ def test_the_catalog_removes_temp_files_of_killed_writers_when_it_opens(tmp_path
     assert list(run.iterdir()) == []
 
 
+def test_the_app_removes_a_zip_export_left_half_written_by_kill_9(tmp_path):
+    settings = Settings(data_dir=str(tmp_path))
+    folder = settings.exports_dir / "20261206-000000-000000000-abcdef"
+    folder.mkdir(parents=True)
+    done = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(folder / history.EXPORT_NAME)],
+                          cwd=Path(__file__).parents[1])
+    assert done.returncode == -signal.SIGKILL and len(list(folder.iterdir())) == 1
+    Service(settings)
+    assert list(folder.iterdir()) == []
+
+
 _APP = """
 import importlib.util, sys, time
 spec = importlib.util.spec_from_file_location("jobs", sys.argv[2])  # ui/jobs.py alone: no gradio import

@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 
 import braindive as bd
-from braindive.cache import private_tmp
+from braindive.cache import private_tmp, remove_stale_temp_files
 from braindive.catalog import Catalog, Entry
 from braindive.records import generation_record
 
@@ -74,6 +74,8 @@ class Service:
         settings.models_dir.mkdir(parents=True, exist_ok=True)
         self._owner_secret = owner_secret(settings.owner_key_path)
         self.catalog.hash_owners(self._keyed, OWNER_PREFIX)  # catalogs written when owners were stored in the clear
+        for folder in settings.exports_dir.glob("*/"):  # ZIPs being written when the app was killed
+            remove_stale_temp_files(folder)
 
     # ------------------------------------------------------------------ models (see ui.registry)
 
