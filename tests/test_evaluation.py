@@ -222,3 +222,29 @@ def test_batch_evaluation_stage_classifies_each_job(tmp_path, clip_config):
     assert (catalog.root / "evaluations" / out["id"] / "comparison.csv").is_file()
     with pytest.raises(ValueError, match="unknown"):
         evaluate_batch(catalog, groups, classes=5)
+
+
+@pytest.mark.parametrize("n", [5, 10, 13, 17])  # sizes whose Wilson bounds round past 0 or 1
+def test_sets_at_zero_and_full_accuracy_evaluate_end_to_end(tmp_path, clip_config, capsys, n):
+    from braindive.catalog import Catalog
+
+    low, high = accuracy([False] * n), accuracy([True] * n)
+    assert (low.low, high.high) == (0.0, 1.0)
+    assert low.high == pytest.approx(binomtest(0, n).proportion_ci(method="wilson").high, abs=1e-12)
+    catalog = Catalog(tmp_path / "catalog")
+    record = {"created": "2026-01-01T00:00:00+00:00", "subject": "S1", "seed": 0, "parameters": {}}
+    ids = [catalog.add(swatch(COLOURS["faces"]), {**record, "target": "FFA", "seed": k,  # faces for FFA: n of n
+                                                  "objective": bd.Objective.maximize([1]).describe()}).id
+           for k in range(n)]
+    ids += [catalog.add(swatch(COLOURS["food"]), {**record, "target": "PPA", "seed": k,  # food for PPA: 0 of n
+                                                  "objective": bd.Objective.maximize([2]).describe()}).id
+            for k in range(n)]
+    settings = tmp_path / "zeroshot.json"
+    settings.write_text(json.dumps(clip_config.to_dict()))
+    out = tmp_path / "report"
+    code = main(["evaluate", *ids, "--catalog", str(catalog.root), "--zeroshot-config", str(settings), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    with open(out / "comparison.csv", newline="") as fh:
+        rows = {r["target"]: r for r in csv.DictReader(fh)}
+    assert (rows["FFA"]["BrainDiVE accuracy %"], rows["PPA"]["BrainDiVE accuracy %"]) == ("100.0", "0.0")
+    assert (out / "evaluation.png").stat().st_size > 10_000 and len(stored(catalog.root)) == 1

@@ -44,6 +44,16 @@ def test_fit_reaches_the_known_ceiling(synthetic, s1):
     assert report["flatmap"] == png.name and png.stat().st_size > 10_000
 
 
+def test_a_report_for_the_app_names_no_absolute_server_path(synthetic):
+    root = synthetic["root"]
+    eval_encoder.main(["--encoder", str(root / "enc"), "--data", str(root / "syn.h5"), "--out", str(root / "served"),
+                       "--device", "cpu", "--relative-to", str(root)])
+    text = (root / "served" / "report.json").read_text()
+    report = json.loads(text)
+    assert (report["encoder"], report["dataset"]) == ("enc", "syn.h5")
+    assert str(root) not in text and str(root.resolve()) not in text
+
+
 def test_fit_recovers_the_generating_weights(synthetic):
     encoder = bd.load_encoder(synthetic["root"] / "enc")
     weight = encoder.head.weight.detach().numpy().T

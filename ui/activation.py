@@ -19,7 +19,7 @@ import braindive as bd
 from braindive.cache import private_tmp
 from braindive.flatmap.render import _HIGHLIGHT, _HIGHLIGHT_B
 
-__all__ = ["MAPS", "LIMITS", "ResultMaps", "save_unguided", "load_maps", "units", "target_sets", "color_limits",
+__all__ = ["MAPS", "LIMITS", "ResultMaps", "unguided_files", "load_maps", "units", "target_sets", "color_limits",
            "render", "values_at", "export_maps", "outline_kwargs",
            "COLOUR_B"]
 
@@ -57,15 +57,10 @@ def _unguided_paths(image_path: Path) -> tuple[Path, Path]:
     return image_path.with_suffix(".unguided.png"), image_path.with_suffix(".unguided.npy")
 
 
-def save_unguided(entry, image, activations) -> None:
-    """Store a result's unguided image and activations beside its catalog entry (atomic writes)."""
-    png, npy = _unguided_paths(Path(entry.image_path))
-    tmp = private_tmp(png, ".png")
-    image.save(tmp)
-    tmp.replace(png)
-    tmp = private_tmp(npy, ".npy")
-    np.save(tmp, np.asarray(activations, np.float32))
-    tmp.replace(npy)
+def unguided_files(image, activations) -> dict:
+    """A result's unguided image and activations, as ``Catalog.add(extra=...)`` files stored beside its entry."""
+    return {".unguided.png": lambda f: image.save(f, format="PNG"),
+            ".unguided.npy": lambda f: np.save(f, np.asarray(activations, np.float32))}
 
 
 def load_maps(catalog, entry_id: str) -> ResultMaps:

@@ -14,6 +14,7 @@ from . import selection as sel
 from .charts import roi_chart
 from .memory import trim_heap
 from .service import CUSTOM, OBJECTIVES, Finished, GenerationRequest, ImageResult, Progress, Service, ServiceError, Waiting
+from .validation import check_keep
 
 CLICK_MODES = ("Select ROI", "Grow voxel set")
 
@@ -265,6 +266,7 @@ def build(service: Service, settings) -> dict:
                                 mode=guidance)
         results: list[ImageResult] = []
         try:
+            keep_k = check_keep(_number(k, "Keep the best k"), settings)  # before anything runs
             for item in service.generate(req, session=request.session_hash, owner=service.owner_of(request)):
                 if isinstance(item, Waiting):
                     yield {step_counter: item.message}
@@ -282,7 +284,7 @@ def build(service: Service, settings) -> dict:
                         st = update[state] = {**st, "shown": item.entry.id}
                     yield update
                 elif isinstance(item, Finished):
-                    ranked = _rank(results, _keep_best(k)) if results else []
+                    ranked = _rank(results, keep_k) if results else []
                     st = {**st, "results": [r.entry.id for r, _ in ranked]}
                     kept = (f" Kept the best {len(ranked)} of {len(results)}, ranked by the encoder."
                             if len(ranked) < len(results) else "")
@@ -301,7 +303,9 @@ def build(service: Service, settings) -> dict:
               mode, map_kind, limits]
     # every request enters the service's queue at once (it shows its place there and can be stopped while waiting);
     # the service runs ``settings.concurrency`` of them at a time
-    generate.click(run, inputs, [preview, step_counter, gallery, state, *view],
+    # ``preprocess=False``: values arrive as sent, so a wrong type is the service's message naming the field, not
+    # Gradio's bare "Error", and nothing is rounded on the way (a Number's precision would round 2.5 to 2)
+    generate.click(run, inputs, [preview, step_counter, gallery, state, *view], preprocess=False,
                    concurrency_limit=settings.concurrency + settings.queue_size, concurrency_id="gpu")
 
     def stop_run(request: gr.Request):
@@ -354,14 +358,6 @@ def _rank(results: list, keep: int) -> list[tuple[ImageResult, float]]:
     """The results best first by the objective the pipeline's own encoder call gave them, the best ``keep``."""
     ranking = rank_scores([r.objective for r in results], keep=None, top_k=min(keep, len(results)))
     return [(results[i], ranking.all_scores[i]) for i in ranking.indices]
-
-
-def _keep_best(value) -> int:
-    """The 'keep the best' field as a positive whole number, or a message naming it."""
-    number = _number(value, "Keep the best")
-    if isinstance(number, bool) or float(number) != int(float(number)) or int(float(number)) < 1:
-        raise gr.Error(f"'Keep the best' must be a whole number >= 1, got {number!r}.")
-    return int(float(number))
 
 
 def _painted_mask(edited: dict) -> np.ndarray:

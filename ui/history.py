@@ -21,7 +21,7 @@ from braindive.description import describe_record, measured_baseline
 
 from . import evaluate as evaluation_panel
 from .charts import roi_chart
-from .service import CUSTOM, Service, ServiceError
+from .service import CUSTOM, Service, ServiceError, storage_error
 
 __all__ = ["build", "export_stimuli", "run_again_values", "find", "status_text", "PAGE_SIZE"]
 
@@ -109,7 +109,11 @@ def _parameters(entry: Entry, record: dict) -> str:
 
 def _activation_map(service: Service, entry: Entry):
     """The predicted-activation flatmap of an entry (robust colour limits, target outlined), or None if unavailable."""
-    acts = service.catalog.activations(entry.id)
+    try:
+        acts = service.catalog.activations(entry.id)
+    except ValueError as exc:  # a damaged .npy: the rest of the result still opens
+        gr.Warning(str(exc))
+        return None
     if acts is None:
         return None
     try:
@@ -259,7 +263,9 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
     def _export(ids) -> tuple[str, str]:
         try:
             result = export_stimuli(service, ids)
-        except (KeyError, ValueError, OSError) as exc:
+        except OSError as exc:
+            raise gr.Error(f"Export failed: {storage_error(exc)}")
+        except (KeyError, ValueError) as exc:
             raise gr.Error(f"Export failed: {exc}")
         report = f"Exported {len(result.exported)} image(s)."
         if result.skipped:
@@ -268,12 +274,13 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
             gr.Warning(report)
         return str(result.path), report
 
-    def all_matching(subj, tgt, start, end, enc, request) -> list[str]:
+    def all_matching(subj, tgt, start, end, enc, request, skipped: bool = False) -> list[str]:
+        """Every matching readable id; ``skipped``: the skipped ones too (an export lists them, as History does)."""
         try:
             page = find(service, subj, tgt, start, end, enc, owner=owner_of(request), page_size=None)
         except ValueError as exc:
             raise gr.Error(str(exc))
-        return [e.id for e in page.entries]
+        return [e.id for e in page.entries] + ([i for i, _ in page.skipped] if skipped else [])
 
     def visible(request, ids) -> list[str]:
         """The ids of a selection that this visitor may see (any ids a caller sends, on a per-user History)."""
@@ -285,13 +292,13 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
 
     def export_zip(subj, tgt, start, end, ids, enc="", request: gr.Request = None):
         """The selection's ZIP path; with no selection, every entry matching the filters."""
-        ids = visible(request, ids) if ids else all_matching(subj, tgt, start, end, enc, request)
+        ids = visible(request, ids) if ids else all_matching(subj, tgt, start, end, enc, request, skipped=True)
         if not ids:
             raise gr.Error("Nothing to export: no entries match the filters.")
         return _export(ids)[0]
 
     def export_all(subj, tgt, start, end, enc, request: gr.Request = None):
-        ids = all_matching(subj, tgt, start, end, enc, request)
+        ids = all_matching(subj, tgt, start, end, enc, request, skipped=True)
         if not ids:
             raise gr.Error("Nothing to export: no entries match the filters.")
         return _export(ids)

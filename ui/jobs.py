@@ -8,7 +8,8 @@ that lands while a command is being started still stops it. The app keeps runnin
 
 Jobs end with the app: on Linux each command gets ``PR_SET_PDEATHSIG`` (SIGTERM when the app dies, even
 by ``kill -9``), and ``shutdown_jobs`` (registered with ``atexit``) terminates every running job on a
-normal exit. A command killed by a signal it was not sent by ``cancel`` ends the job as ``killed``.
+normal exit. A command killed by a signal it was not sent by ``cancel`` ends the job as ``killed``; so
+does a job whose ``job.json`` still says running after its app died (``read_job``, ``mark_orphans``).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["TrainingJob", "JobState", "shutdown_jobs"]
+__all__ = ["TrainingJob", "JobState", "shutdown_jobs", "read_job", "mark_orphans"]
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +87,51 @@ class JobState:
     pid: int | None = None  # of the running command
     outputs: dict = field(default_factory=dict)
     error: str = ""  # why the job runner itself failed (not a command's non-zero exit)
+    app_pid: int = field(default_factory=os.getpid)  # the app that runs the job (its commands die with it)
+
+
+ORPHANED = "killed: the app stopped while the job ran"
+
+
+def _process_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_job(folder) -> JobState:
+    """The state saved in ``folder/job.json``; a job left queued or running by an app that is gone is ``killed``.
+
+    ``OSError`` / ``ValueError`` when the file cannot be read.
+    """
+    saved = json.loads((Path(folder) / "job.json").read_text())
+    known = {k: v for k, v in saved.items() if k in JobState.__dataclass_fields__}
+    known.setdefault("app_pid", None)  # written before app_pid existed: judged by its command's process
+    state = JobState(**known)
+    if state.status in ("queued", "running") and not _process_alive(state.app_pid or state.pid):
+        state.status, state.error = "killed", ORPHANED
+    return state
+
+
+def mark_orphans(root) -> list[JobState]:
+    """Save as ``killed`` every job under ``root`` whose app died while it ran (e.g. ``kill -9`` of the app)."""
+    marked = []
+    for path in sorted(Path(root).glob("*/job.json")):
+        try:
+            state = read_job(path.parent)
+            if state.error == ORPHANED and json.loads(path.read_text()).get("status") != "killed":
+                state.finished = state.finished or path.stat().st_mtime
+                path.write_text(json.dumps(asdict(state), indent=2))
+                marked.append(state)
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("training job state %s cannot be read: %s", path, exc)
+    return marked
 
 
 class TrainingJob:

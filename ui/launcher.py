@@ -2,7 +2,7 @@
 
 The Train tab may read datasets and backbones only under the data folder and the folders named at
 start-up (``Settings.train_roots``). Every refusal of a path is the same message, whether or not the
-path exists, so the form cannot be used to probe the server's files.
+path exists, and names no server folder, so the form cannot be used to probe the server's files.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from .jobs import REPO_ROOT, TrainingJob
+from .jobs import TrainingJob, mark_orphans
 from .registry import ServiceError
 from .validation import whole
 
@@ -19,7 +19,7 @@ __all__ = ["TrainingLauncher", "DATASET_KINDS"]
 
 DATASET_KINDS = ("synthetic", "nsd", "generic")
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")  # an OpenCLIP pretrained tag, not a path
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}")  # an OpenCLIP pretrained tag; anything else is a file path
 _MODEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")  # an OpenCLIP model name
 _HUB = re.compile(r"hf-hub:[A-Za-z0-9_.-]{1,96}/[A-Za-z0-9_.-]{1,96}")
 
@@ -29,12 +29,12 @@ class TrainingLauncher:
         self.settings = settings
         self.jobs: dict[str, TrainingJob] = {}
         self._lock = threading.Lock()  # the "already running" check, the name check and the start are one step
+        mark_orphans(settings.jobs_dir)  # jobs of an app that was killed: their job.json said "running"
 
     def _refused(self, what: str, value: str) -> ServiceError:
-        roots = ", ".join(str(r) for r in self.settings.allowed_roots)
         shown = value if len(value) <= 80 else value[:80] + "…"
-        return ServiceError(f"{what} {shown!r} is not available to the app: use a {what.lower()} under {roots} "
-                            "(more folders can be allowed at start-up with --train-roots).")
+        return ServiceError(f"{what} {shown!r} is not available to the app: use a {what.lower()} inside the app's data "
+                            "folder or a folder allowed at start-up (--train-roots).")
 
     def _inside_roots(self, raw: str, what: str, want_dir: bool) -> Path:
         """``raw`` resolved (symlinks too) when it is an existing file/folder under an allowed root; else one refusal."""
@@ -55,7 +55,7 @@ class TrainingLauncher:
             backbone = "local-dir:" + str(self._inside_roots(backbone[len("local-dir:"):], "Backbone", want_dir=True))
         elif not (_MODEL.fullmatch(backbone) or _HUB.fullmatch(backbone)):
             raise self._refused("Backbone", backbone)
-        if not _TAG.fullmatch(pretrained) or (REPO_ROOT / pretrained).exists():
+        if not _TAG.fullmatch(pretrained):  # decided by the text alone: the answer never says what exists
             pretrained = str(self._inside_roots(pretrained, "Pretrained file", want_dir=False))
         return backbone, pretrained
 
@@ -95,6 +95,6 @@ class TrainingLauncher:
         commands.append(("train encoder", ["-m", "training.train_encoder", "--data", str(data), "--out", str(checkpoint),
                                            "--backbone", backbone, "--pretrained", pretrained, "--cv", str(cv)]))
         commands.append(("evaluate", ["-m", "training.eval_encoder", "--encoder", str(checkpoint), "--data", str(data),
-                                      "--out", str(report)]))
+                                      "--out", str(report), "--relative-to", str(s.data_dir)]))
         return TrainingJob(s.jobs_dir, f"{name} on {dataset_kind}", commands,
                            outputs={"encoder": name, "checkpoint": str(checkpoint), "report": str(report)})

@@ -7,18 +7,27 @@ it with ``gr.Error``.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 import braindive as bd
+from braindive.cache import private_tmp, remove_stale_temp_files
 from braindive.catalog import Catalog, Entry
 from braindive.records import generation_record
 
-from .activation import save_unguided
+from .activation import unguided_files
 from .generation import GeneratedImage, GenerationRequest, Progress, Runner, Slots, Waiting
 from .launcher import TrainingLauncher
 from .registry import DEMO_ENCODER, ModelRegistry, ServiceError, subject_label
@@ -29,7 +38,9 @@ from .zerogpu import gpu_duration, gpu_task
 __all__ = ["Service", "ServiceError", "GenerationRequest", "Progress", "Waiting", "ImageResult", "Finished",
            "OBJECTIVES", "MODES", "CUSTOM", "DEMO_ENCODER"]
 
+log = logging.getLogger(__name__)
 VIEW = "voxels"  # flatmaps zoomed to the subject's voxels
+OWNER_PREFIX = "key:"  # a catalog owner that is a keyed hash (``Service.owner_of``)
 
 
 @dataclass
@@ -61,6 +72,10 @@ class Service:
         self._cancel: dict[str, threading.Event] = {}
         self._stream = gpu_task(self.runner.stream, duration=self.gpu_seconds)
         settings.models_dir.mkdir(parents=True, exist_ok=True)
+        self._owner_secret = owner_secret(settings.owner_key_path)
+        self.catalog.hash_owners(self._keyed, OWNER_PREFIX)  # catalogs written when owners were stored in the clear
+        for folder in settings.exports_dir.glob("*/"):  # ZIPs being written when the app was killed
+            remove_stale_temp_files(folder)
 
     # ------------------------------------------------------------------ models (see ui.registry)
 
@@ -125,15 +140,20 @@ class Service:
     # ------------------------------------------------------------------ who sees which results
 
     def owner_of(self, request) -> str:
-        """The owner recorded with a result and used to filter History: "" when History is shared.
+        """The owner recorded in the catalog index and used to filter History: "" when History is shared.
 
-        ``session``: the browser session; ``account``: the signed-in user (else the session).
+        ``session``: the browser session; ``account``: the signed-in user (else the session). A session id
+        is a bearer secret (it can stop runs, read the session's state), so only its keyed hash
+        (``owner_key``) is stored: never the id, and never in a served record.
         """
         mode = self.settings.history
         if mode == "shared" or request is None:
             return ""
         user = getattr(request, "username", None) if mode == "account" else None
-        return f"user:{user}" if user else f"session:{getattr(request, 'session_hash', None) or 'anonymous'}"
+        return self._keyed(f"user:{user}" if user else f"session:{getattr(request, 'session_hash', None) or 'anonymous'}")
+
+    def _keyed(self, owner: str) -> str:
+        return OWNER_PREFIX + hmac.new(self._owner_secret, owner.encode(), hashlib.sha256).hexdigest()
 
     def history_owner(self, request) -> str | None:
         """The ``owner=`` filter for the catalog: None (everyone's results) when History is shared."""
@@ -211,13 +231,24 @@ class Service:
                 if isinstance(item, ServiceError):
                     raise item
                 if isinstance(item, GeneratedImage):
-                    item = self._store(item, request, objective, subject, run_id, owner)
+                    try:
+                        item = self._store(item, request, objective, subject, run_id, owner)
+                    except ServiceError:  # a request that fails leaves no results behind
+                        self._discard(results)
+                        raise
                     results.append(item)
                 yield item
                 if cancel.is_set():
                     break
         finally:
             stream.close()
+
+    def _discard(self, results: list) -> None:
+        try:
+            self.catalog.remove([r.entry.id for r in results])
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("results of a failed request stay in the catalog: %s", exc)
+        results.clear()
 
     def _store(self, generated: GeneratedImage, request, objective, subject, run_id, owner) -> ImageResult:
         """Catalog a finished image with its record; the ``ImageResult`` the UI shows."""
@@ -229,11 +260,13 @@ class Service:
             objective_value=generated.objective, model=self.backend().name, encoder=request.encoder,
             subject_space=subject.fingerprint, baseline_value=generated.baseline_objective,
         )
-        record["owner"] = owner
         record["roi_means"] = _roi_means(subject, generated.activations)
         record["baseline_roi_means"] = _roi_means(subject, generated.baseline_activations)
-        entry = self.catalog.add(generated.image, record, run_id=run_id, activations=generated.activations, owner=owner)
-        save_unguided(entry, generated.baseline_image, generated.baseline_activations)
+        try:
+            entry = self.catalog.add(generated.image, record, run_id=run_id, activations=generated.activations, owner=owner,
+                                     extra=unguided_files(generated.baseline_image, generated.baseline_activations))
+        except OSError as exc:  # nothing of this image is kept (Catalog.add); a full disk says so
+            raise storage_error(exc) from exc
         return ImageResult(**vars(generated), roi_means=record["roi_means"],
                            baseline_roi_means=record["baseline_roi_means"], entry=entry, target=objective.label)
 
@@ -241,6 +274,39 @@ class Service:
 
     def start_training(self, *args, **kwargs):
         return self.training.start(*args, **kwargs)
+
+
+DISK_FULL = "The disk of the server is full: nothing was saved. Free some space in the data folder and try again."
+
+
+def storage_error(exc: OSError) -> ServiceError:
+    """A failed write as a message for people: a full disk says so; no server path is shown."""
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return ServiceError(DISK_FULL)
+    return ServiceError(f"The result could not be saved: {exc.strerror or type(exc).__name__}.")
+
+
+def owner_secret(path: Path) -> bytes:
+    """The server's secret for owner hashes, created once (mode 0600) in the data folder, which is never served."""
+    if not path.exists():
+        tmp = private_tmp(path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+            os.link(tmp, path)  # atomic, and never over a key another process made first
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    try:
+        secret = bytes.fromhex(path.read_text().strip())
+    except ValueError:
+        secret = b""
+    if len(secret) < 32:
+        raise ServiceError(f"The owner key {path.name} in the data folder is damaged: delete it (History's "
+                           "per-session owners then start afresh).")
+    return secret
 
 
 def _roi_means(subject: bd.Subject, activations: np.ndarray) -> dict:

@@ -16,7 +16,7 @@ from braindive.pipeline import SCHEDULERS
 from .generation import GenerationRequest
 from .registry import MAX_NAME, ServiceError
 
-__all__ = ["whole", "real", "check_request", "objective_of", "OBJECTIVES", "MODES", "CUSTOM", "MAX_SEED"]
+__all__ = ["whole", "real", "check_request", "check_keep", "objective_of", "OBJECTIVES", "MODES", "CUSTOM", "MAX_SEED"]
 
 OBJECTIVES = ("maximize", "minimize", "contrast")
 MODES = ("exact", "fast", "reference")  # guidance modes the service accepts; Explore offers exact and fast
@@ -81,6 +81,11 @@ def check_request(request: GenerationRequest, settings, default_scale: float) ->
         objective=_choice(request.objective, "objective", OBJECTIVES),
         mode=_choice(request.mode, "mode", MODES),
     )
+
+
+def check_keep(value, settings) -> int:
+    """Explore's "keep the best k" (re-ranking after the run), checked before anything is generated."""
+    return whole(value, "Keep the best k", 1, settings.max_images)
 
 
 def objective_of(request: GenerationRequest, subject: bd.Subject) -> bd.Objective:
