@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import private_tmp
+from .pycortex_db import check_transform, display_hemispheres, has_display
 
 __all__ = [
     "Subject",
@@ -147,8 +148,6 @@ class Subject:
         ijk = np.asarray(ijk)
         if is_right is None and ijk.ndim == 2 and ijk.shape[-1] == 3 and np.issubdtype(ijk.dtype, np.integer):
             if surface and transform:
-                from .pycortex_subjects import display_hemispheres
-
                 bare = cls.from_volume(name, ijk, affine, volume_shape, rois, is_right=np.zeros(len(ijk), bool))
                 bare.with_display(surface, transform)  # checks the transform against the grid
                 is_right = display_hemispheres(ijk, volume_shape, surface, transform)
@@ -170,9 +169,7 @@ class Subject:
             raise ValueError(f"A volume subject needs both `surface` and `transform` to be drawn (or neither), "
                              f"got surface={surface!r}, transform={transform!r}.")
         if surface:
-            from .pycortex_subjects import check_transform
-
-            check_transform(self, surface, transform)
+            check_transform(surface, transform, self.volume_shape, self.affine, self.label)
         return dataclasses.replace(self, surface=surface, transform=transform)
 
     @property
@@ -214,8 +211,6 @@ class Subject:
         """True when the pycortex surface (and, for volumes, the transform) to draw this subject exists."""
         if not self.surface or (self.kind == "volume" and not self.transform):
             return False
-        from .pycortex_subjects import has_display
-
         return has_display(self.surface, self.transform if self.kind == "volume" else "")
 
     def hemisphere_of(self, voxel: int) -> str:
