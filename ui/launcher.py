@@ -11,7 +11,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from .jobs import REPO_ROOT, TrainingJob
+from .jobs import TrainingJob
 from .registry import ServiceError
 from .validation import whole
 
@@ -55,7 +55,7 @@ class TrainingLauncher:
             backbone = "local-dir:" + str(self._inside_roots(backbone[len("local-dir:"):], "Backbone", want_dir=True))
         elif not (_MODEL.fullmatch(backbone) or _HUB.fullmatch(backbone)):
             raise self._refused("Backbone", backbone)
-        if not _TAG.fullmatch(pretrained) or (REPO_ROOT / pretrained).exists():
+        if not _TAG.fullmatch(pretrained) or Path(pretrained).exists():
             pretrained = str(self._inside_roots(pretrained, "Pretrained file", want_dir=False))
         return backbone, pretrained
 
