@@ -1,4 +1,7 @@
-"""Subjects built from a pycortex database (the database reads themselves: ``braindive.pycortex_db``).
+"""The built-in subjects' voxel spaces, read from pycortex's database (reads: ``braindive.pycortex_db``).
+
+Returns the fields of a ``Subject`` rather than one, so that this module does not import
+``braindive.subjects``: ``subjects.load_subject`` builds the ``Subject`` from them and caches it.
 
 * ``S1``: pycortex's bundled subject as a surface space. Its voxels are the surface vertices inside the
   visual ROIs of its ``overlays.svg`` (``VISUAL_ROIS`` that exist there) plus every flat-map vertex
@@ -11,7 +14,8 @@
   func1pt8mm subject.
 
 Extracting ROI vertices from the SVG takes seconds, so each built-in subject is cached on disk
-(``cache_dir("subjects")``) and rebuilt when ``overlays.svg`` or these settings change.
+(``cache_dir("subjects")``, by ``subjects``) and rebuilt when ``cache_key`` changes: ``overlays.svg``,
+pycortex, these settings, and for volumes the transform's files and the mapper.
 """
 from __future__ import annotations
 
@@ -20,14 +24,22 @@ import warnings
 
 import numpy as np
 
-from .cache import cache_dir
 from .pycortex_db import (MAPPER, dominant_cells, grid_cells, pycortex_dir, pycortex_mapper, transform_digest,
                           voxel_of_cell)
-from .subjects import S1_MARGIN_MM, VISUAL_ROIS, Subject
 
-__all__ = ["BUILT_IN", "load_surface_subject", "load_volume_subject"]
+__all__ = ["BUILT_IN", "VISUAL_ROIS", "S1_MARGIN_MM", "cache_key", "surface_fields", "volume_fields"]
 
+VISUAL_ROIS = ("V1", "V2", "V3", "V3A", "V3B", "V4", "V7", "LO", "OFA", "FFA", "EBA", "PPA", "OPA", "RSC")
+S1_MARGIN_MM = 4.0
+BUILT_IN = {"S1": ("S1", ""), "S1-fullhead": ("S1", "fullhead")}  # name -> pycortex surface, transform
 _BUILD_VERSION = 2  # part of the cache key: bump when a build changes
+
+
+def cache_key(surface: str, transform: str = "") -> str:
+    """What a built-in subject of ``surface`` (through ``transform`` for a volume) is built from, hashed."""
+    if not transform:
+        return _cache_key(surface)
+    return _cache_key(surface, transform, transform_digest(surface, transform), MAPPER, "display-hemispheres")
 
 
 def _cache_key(surface: str, *parts) -> str:
@@ -49,8 +61,8 @@ def _roi_vertices(surface: str) -> dict[str, np.ndarray]:
     return {name: np.asarray(roi_verts[name], np.int64) for name in VISUAL_ROIS if len(roi_verts.get(name, []))}
 
 
-def _build_surface_subject(surface: str) -> Subject:
-    """The visual-cortex vertices of a pycortex subject (+ margin), with ROIs."""
+def surface_fields(surface: str) -> dict:
+    """``Subject`` fields of the visual-cortex vertices of a pycortex subject (+ margin), with ROIs."""
     import cortex
     from scipy.spatial import cKDTree
 
@@ -75,7 +87,7 @@ def _build_surface_subject(surface: str) -> Subject:
         idx = np.unique(idx[idx >= 0])
         if len(idx):
             rois[name] = idx
-    return Subject(
+    return dict(
         name=surface, surface=surface, vertices=vertices, n_vertices_lh=n_lh, n_vertices=n_lh + n_rh, rois=rois,
         space=f"pycortex:{surface}:visual+{S1_MARGIN_MM:g}mm",
         description=(f"pycortex subject {surface}: vertices of visual ROIs {', '.join(rois)} "
@@ -83,49 +95,25 @@ def _build_surface_subject(surface: str) -> Subject:
     )
 
 
-def _cached(name: str, key: str, build) -> Subject:
-    path = cache_dir("subjects") / f"{name}-{key}.npz"
-    if path.is_file():
-        try:
-            return Subject.load(path)
-        except ValueError:
-            path.unlink(missing_ok=True)  # corrupt cache: rebuild below
-    subject = build()
-    subject.save(path)
-    return subject
-
-
-def load_surface_subject(surface: str) -> Subject:
-    return _cached(surface, _cache_key(surface), lambda: _build_surface_subject(surface))
-
-
-def _build_volume_subject(surface: str, transform: str) -> Subject:
-    """The grid cells of ``transform`` that S1-style surface voxels of ``surface`` map onto (see above)."""
+def volume_fields(surface: str, transform: str, vertices: np.ndarray, base_rois: dict) -> dict:
+    """``Subject.from_volume`` arguments: the grid cells of ``transform`` that the voxels (``vertices``, ROIs
+    ``base_rois``) of ``surface``'s built-in surface subject map onto (see above)."""
     import cortex
 
-    base = load_surface_subject(surface)
     reference = cortex.db.get_xfm(surface, transform).reference
     shape = tuple(int(n) for n in reference.shape[:3])
     full = pycortex_mapper(surface, transform)
-    cells = dominant_cells(full)[base.vertices]
+    cells = dominant_cells(full)[vertices]
     k, j, i = np.unravel_index(np.unique(cells[cells >= 0]), shape[::-1])
     ijk = np.stack([i, j, k], axis=1)[np.lexsort((k, j, i))]
     voxel_of_base = voxel_of_cell(grid_cells(ijk, shape), full.shape[1])[cells]  # -1: maps onto no voxel
     rois = {}
-    for name, idx in base.rois.items():
+    for name, idx in base_rois.items():
         found = voxel_of_base[idx]
         rois[name] = np.unique(found[found >= 0])
-    return Subject.from_volume(
-        f"{surface}-{transform}", ijk, reference.affine, shape, rois, surface=surface, transform=transform,
-        space=transform,
+    return dict(
+        name=f"{surface}-{transform}", ijk=ijk, affine=reference.affine, volume_shape=shape, rois=rois,
+        surface=surface, transform=transform, space=transform,
         description=(f"pycortex {surface}, transform {transform}: grid voxels under the visual ROIs "
                      f"{', '.join(rois)} plus a {S1_MARGIN_MM:g} mm margin (a volume subject for offline tests)"),
     )
-
-
-def load_volume_subject(surface: str, transform: str) -> Subject:
-    key = _cache_key(surface, transform, transform_digest(surface, transform), MAPPER, "display-hemispheres")
-    return _cached(f"{surface}-{transform}", key, lambda: _build_volume_subject(surface, transform))
-
-
-BUILT_IN = {"S1": lambda: load_surface_subject("S1"), "S1-fullhead": lambda: load_volume_subject("S1", "fullhead")}

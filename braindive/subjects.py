@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import private_tmp
+from . import pycortex_subjects
+from .cache import cache_dir, private_tmp
 from .pycortex_db import check_transform, display_hemispheres, has_display
 
 __all__ = [
@@ -38,14 +39,10 @@ __all__ = [
     "available_subjects",
     "is_built_in",
     "check_voxel_indices",
-    "VISUAL_ROIS",
-    "S1_MARGIN_MM",
     "HEMISPHERES",
     "KINDS",
 ]
 
-VISUAL_ROIS = ("V1", "V2", "V3", "V3A", "V3B", "V4", "V7", "LO", "OFA", "FFA", "EBA", "PPA", "OPA", "RSC")
-S1_MARGIN_MM = 4.0
 HEMISPHERES = ("lh", "rh")
 KINDS = ("surface", "volume")
 _FORMAT_VERSION = 3  # 2: surface-only files (still read); 3: adds kind, transform and the volume grid
@@ -339,14 +336,27 @@ def _contains(sorted_idx: np.ndarray, value: int) -> bool:
 
 def _registered(name: str):
     def build() -> Subject:
-        from . import pycortex_subjects
-
-        return pycortex_subjects.BUILT_IN[name]()
+        """The built-in subject ``name`` from pycortex's database, cached on disk (a corrupt file is rebuilt)."""
+        pcs = pycortex_subjects
+        surface, transform = pcs.BUILT_IN[name]
+        path = cache_dir("subjects") / f"{name}-{pcs.cache_key(surface, transform)}.npz"
+        if path.is_file():
+            try:
+                return Subject.load(path)
+            except ValueError:
+                path.unlink(missing_ok=True)
+        if transform:
+            base = load_subject(surface)
+            subject = Subject.from_volume(**pcs.volume_fields(surface, transform, base.vertices, base.rois))
+        else:
+            subject = Subject(**pcs.surface_fields(surface))
+        subject.save(path)
+        return subject
 
     return build
 
 
-SUBJECTS = {name: _registered(name) for name in ("S1", "S1-fullhead")}
+SUBJECTS = {name: _registered(name) for name in pycortex_subjects.BUILT_IN}
 
 
 def available_subjects() -> list[str]:
