@@ -328,7 +328,8 @@ def main(argv=None) -> dict:
         "date": datetime.date.today().isoformat(), "machine": info, "size": config.size, "steps": steps,
         "scale": config.scale, "batch": batch, "seeds": seeds, "repeats": args.repeats, "n_voxels": config.n_voxels,
         "n_target": len(objective.positive), "target": objective.label,
-        "model": args.model or ("braindive/assets/demo-sd (trained on toy scenes)" if config.name == "demo" else "random weights"), "compile": args.compile,
+        "model": args.model or ("braindive/assets/demo-sd (trained on toy scenes)" if config.name == "demo"
+                                else "random weights"), "compile": args.compile,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "modes": summarise(stats, table, len(seeds)),
     }

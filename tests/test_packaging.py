@@ -56,6 +56,36 @@ def test_every_third_party_import_of_the_package_is_a_runtime_dependency():
     assert not missing
 
 
+def _import_graph() -> dict[str, set[str]]:
+    """braindive module -> the braindive modules it imports anywhere in its code (function-level imports too)."""
+    graph = {}
+    for path in (REPO / "braindive").rglob("*.py"):
+        parts = list(path.relative_to(REPO).with_suffix("").parts)
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                found |= {target, *(f"{target}.{alias.name}" for alias in node.names)}
+            elif isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+        graph[module] = found - {module}
+    return {module: found & graph.keys() for module, found in graph.items()}
+
+
+def test_no_import_cycle_in_the_package():
+    """Including the one that was ``subjects -> pycortex_subjects -> flatmap -> subjects``."""
+    graph = _import_graph()
+
+    def reaches(start, goal, seen):
+        return any(m == goal or (m not in seen and not seen.add(m) and reaches(m, goal, seen)) for m in graph[start])
+
+    assert {"braindive.subjects", "braindive.pycortex_subjects", "braindive.pycortex_db"} <= graph.keys()
+    assert not [m for m in graph if reaches(m, m, set())]
+
+
 def _copy_project(dest: Path) -> Path:
     """The files git does not ignore (what a clone or sdist holds), without build outputs or caches."""
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
@@ -72,23 +102,41 @@ def _clean_env(**extra) -> dict:
     return {**env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", **extra}
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    """A fresh venv with ``pip install .`` of a copy of the project (the copy deleted afterwards); third-party
-    packages come from this environment's site-packages through a ``.pth`` line, so nothing is downloaded."""
-    root = tmp_path_factory.mktemp("installed")
+def _venv(root: Path, *install: str) -> tuple[Path, Path]:
+    """A fresh venv under ``root`` with ``pip install --no-deps --no-build-isolation INSTALL``; third-party packages
+    come from this environment's site-packages through a ``.pth`` line, so nothing is downloaded."""
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
     (site / "_shared_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    source = _copy_project(root / "src")
     done = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
-                           str(source)], cwd=root, capture_output=True, text=True, env=_clean_env(), timeout=600)
+                           *install], cwd=root, capture_output=True, text=True, env=_clean_env(), timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
+    return python, site
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """``pip install .`` of a copy of the project into a fresh venv; the copy is deleted afterwards."""
+    root = tmp_path_factory.mktemp("installed")
+    source = _copy_project(root / "src")
+    python, site = _venv(root, str(source))
     shutil.rmtree(source)
     return python, site
+
+
+def test_editable_install_imports_the_checkout_from_anywhere(tmp_path):
+    source = _copy_project(tmp_path / "src")
+    python, _ = _venv(tmp_path, "-e", str(source))
+    script = ("import json, braindive, training\nfrom braindive.demo import ASSET_ENCODER\n"
+              "print(json.dumps([braindive.__file__, training.__file__, str(ASSET_ENCODER)]))")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    package, training, encoder = map(Path, _run(python, script, elsewhere))
+    assert package == source / "braindive" / "__init__.py" and training == source / "training" / "__init__.py"
+    assert encoder == source / "braindive" / "assets" / "demo-encoder" and (encoder / "config.json").is_file()
 
 
 def _run(python, script: str, cwd: Path, *args, timeout=600, env=None) -> dict:
@@ -108,7 +156,7 @@ braindive.set_cache_dir(sys.argv[1])
 bundle = braindive.demo.load()
 out = bundle.pipe(objective=braindive.Objective.maximize(bundle.subject.roi("FFA")), num_inference_steps=3,
                   height=64, width=64, generator=torch.Generator().manual_seed(0), output_type="np")
-print(json.dumps({"package": braindive.__file__, "model": bundle.pipe.config._name_or_path,
+print(json.dumps({"package": braindive.__file__, "model": str(bundle.pipe.config._name_or_path),
                   "encoder": str(braindive.demo.ASSET_ENCODER), "label": bundle.label,
                   "trained": bundle.label == braindive.demo.DEMO_LABEL, "fast": fast_description(),
                   "pixels": float(np.asarray(out.images).std()), "objective": float(out.objective_values[0])}))
@@ -236,7 +284,10 @@ def test_two_node_cluster_runs_a_sweep_with_code_from_runtime_env(installed, tmp
         _wait_for_nodes(python, gcs, 2, env)
         result, log = _sweep(python, site, tmp_path, f"127.0.0.1:{gcs}", tmp_path / "cache", env)
         assert "RAY_AUTH_MODE=token" in log and "2 worker(s)" in log, log[-3000:]  # token auth detected and set
-        assert Path(result["worker"][0]).is_relative_to(temp) and result["worker"][1] is None
+        worker_file, pythonpath = result["worker"]
+        assert Path(worker_file).is_relative_to(temp)
+        # Ray's py_modules put the unpacked package on the worker's PYTHONPATH; nothing else is there
+        assert all("runtime_resources" in Path(p).parts for p in pythonpath.split(os.pathsep)), pythonpath
     finally:
         for node in reversed(nodes):
             node.terminate()
@@ -272,3 +323,16 @@ def _kill_leftovers(temp: Path) -> None:
                 os.kill(int(proc.name), 9)
         except OSError:
             continue
+
+
+def test_joining_a_token_cluster_without_a_token_explains_what_to_set(tmp_path):
+    """RAY_AUTH_MODE=token but no token on this machine (a private HOME): one error naming the address, the mode
+    and the fix, before any connection attempt."""
+    script = ("from braindive.batch.cluster import connect\n"
+              "try:\n    connect('127.0.0.1:9')\nexcept ConnectionError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=_clean_env(HOME=str(tmp_path), RAY_AUTH_MODE="token"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    message = done.stdout
+    assert message.startswith("Could not connect to the Ray cluster at 127.0.0.1:9 (RAY_AUTH_MODE=token)")
+    assert "no authentication token was found" in message and "ray get-auth-token" in message

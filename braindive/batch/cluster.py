@@ -39,6 +39,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, modules=Non
     ``modules``: the packages workers need (default ``braindive``), shipped through ``runtime_env``.
     """
     import ray
+    from ray.exceptions import AuthenticationError
 
     import braindive
 
@@ -50,12 +51,13 @@ def connect(address: str | None = None, num_cpus: int | None = None, modules=Non
     try:
         ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
                  runtime_env=runtime_env(*(modules or (braindive,))))
-    except ConnectionError as exc:
+    except (ConnectionError, AuthenticationError) as exc:  # AuthenticationError: token mode on, no token found
         if address is None:
             raise
         mode = os.environ.get("RAY_AUTH_MODE", "unset")
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConnectionError(f"Could not connect to the Ray cluster at {address} (RAY_AUTH_MODE={mode}): "
-                              f"{str(exc).strip()}. {AUTH_HELP}") from exc
+                              f"{reason} {AUTH_HELP}") from exc
     return True
 
 

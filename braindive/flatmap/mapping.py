@@ -7,9 +7,9 @@ surface plus, per vertex, its *dominant* voxel (largest weight; -1 where the ver
 * volume subjects: pycortex's own mapper (``braindive.pycortex_db.MAPPER``) for the subject's
   ``transform`` (``line_nearest``: 64 points on the segment from white matter to pial surface, each in
   its nearest grid cell), restricted to the subject's voxels. A vertex shows a voxel only when its
-  dominant grid cell is one of the subject's voxels; its value is then the weight-averaged value of the subject's voxels it samples.
-  Built once per subject, cached on disk keyed by the subject's fingerprint, the surface files, the
-  transform files and the mapper type.
+  dominant grid cell is one of the subject's voxels; its value is then the weight-averaged value of the
+  subject's voxels it samples. Built once per subject, cached on disk keyed by the subject's fingerprint,
+  the surface files, the transform files and the mapper type.
 """
 from __future__ import annotations
 
