@@ -12,8 +12,8 @@ A *voxel* is one response unit of an encoder. A subject's voxels are one of two 
 ``Subject.fingerprint`` identifies the voxel space; encoders record it, and everything that pairs
 voxel indices with an encoder compares fingerprints, never names.
 
-Registered subjects (``available_subjects``) are built from pycortex's bundled database by
-``braindive.pycortex_subjects`` and cached on disk; any other subject is a ``.npz`` file written by
+Registered subjects (``available_subjects``) are built from pycortex's bundled database (read by
+``braindive.pycortex_subjects``) and cached on disk; any other subject is a ``.npz`` file written by
 ``Subject.save`` and loaded with ``load_subject(path)``.
 
 ROIs are addressed as a whole (``"FFA"``) or per hemisphere (``"FFA.lh"``, ``"FFA.rh"``).
@@ -337,9 +337,8 @@ def _contains(sorted_idx: np.ndarray, value: int) -> bool:
 def _registered(name: str):
     def build() -> Subject:
         """The built-in subject ``name`` from pycortex's database, cached on disk (a corrupt file is rebuilt)."""
-        pcs = pycortex_subjects
-        surface, transform = pcs.BUILT_IN[name]
-        path = cache_dir("subjects") / f"{name}-{pcs.cache_key(surface, transform)}.npz"
+        surface, transform = pycortex_subjects.BUILT_IN[name]
+        path = cache_dir("subjects") / f"{name}-{pycortex_subjects.cache_key(surface, transform)}.npz"
         if path.is_file():
             try:
                 return Subject.load(path)
@@ -347,9 +346,10 @@ def _registered(name: str):
                 path.unlink(missing_ok=True)
         if transform:
             base = load_subject(surface)
-            subject = Subject.from_volume(**pcs.volume_fields(surface, transform, base.vertices, base.rois))
+            subject = Subject.from_volume(**pycortex_subjects.volume_fields(surface, transform, base.vertices,
+                                                                            base.rois))
         else:
-            subject = Subject(**pcs.surface_fields(surface))
+            subject = Subject(**pycortex_subjects.surface_fields(surface))
         subject.save(path)
         return subject
 

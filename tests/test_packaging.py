@@ -10,11 +10,15 @@ import subprocess
 import sys
 import sysconfig
 import time
-import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (ZeroGPU)
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
