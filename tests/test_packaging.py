@@ -242,6 +242,7 @@ def _sweep(python, site: Path, folder: Path, address: str, cache: Path, env: dic
     return result, done.stderr
 
 
+@pytest.mark.slow
 def test_ray_sweep_with_the_installed_package_and_no_pythonpath(installed, local_ray, tmp_path):
     """A driver of the installed package, run from another folder without PYTHONPATH, joins the test session's Ray
     instance (whose workers run this environment's Python): the workers import the braindive the driver shipped."""

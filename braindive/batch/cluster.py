@@ -10,8 +10,8 @@ load the demo model.
 Token authentication (Ray 2.60, the pinned version): ``ray start --head`` enables it when a token exists
 (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN_PATH`` or ``RAY_AUTH_TOKEN``; any local ``ray.init()`` writes
 one), but a driver given an explicit address keeps it off unless ``RAY_AUTH_MODE=token``, and then
-fails with "InvalidAuthToken" after a minute of retries. ``connect`` turns token mode on for such a
-driver when a token is available here (a cluster without authentication accepts it too), and
+fails with "InvalidAuthToken" after retrying for tens of seconds. ``connect`` turns token mode on for
+such a driver when a token is available here (a cluster without authentication accepts it too), and
 otherwise explains what to set when the connection fails (docs/batch.md).
 """
 from __future__ import annotations
