@@ -136,7 +136,7 @@ def test_a_subject_without_a_map_still_lists_rois_and_generates(service, s1, tmp
     """Issue 10 item 5: the app starts, lists the ROIs, notes why there is no map, and generates."""
     subject_file = dataclasses.replace(s1, name="nomap", surface="no-such-surface").save(tmp_path / "nomap.npz")
     folder = tmp_path / "app" / "encoders" / "nomap-encoder"
-    shutil.copytree(REPO / "assets" / "demo-encoder", folder)
+    shutil.copytree(REPO / "braindive" / "assets" / "demo-encoder", folder)
     shutil.copy(subject_file, folder / "subject.npz")
     config = json.loads((folder / "config.json").read_text())
     config["subject"] = "nomap"

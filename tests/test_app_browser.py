@@ -223,7 +223,7 @@ def test_a_reloaded_page_lists_encoders_trained_since_start(page, server):
     """An encoder that appeared after the app started (trained in another tab, or copied in) is listed after a reload."""
     import shutil
 
-    shutil.copytree(REPO_ROOT / "assets" / "demo-encoder", server[1] / "encoders" / "copied-enc")
+    shutil.copytree(REPO_ROOT / "braindive" / "assets" / "demo-encoder", server[1] / "encoders" / "copied-enc")
     page.reload(wait_until="load")
     page.wait_for_selector("#flatmap img", timeout=60_000)
     page.locator("#encoder input").click()

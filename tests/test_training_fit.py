@@ -18,7 +18,7 @@ from training.stats import r2_columns
 from training.synthetic import ROI_TUNING, make_synthetic, procedural_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO = os.path.join(REPO, "assets", "demo-encoder")
+DEMO = os.path.join(REPO, "braindive", "assets", "demo-encoder")
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_procedural_images_are_seeded_and_batch_independent():
     assert len({img.tobytes() for img in a}) == 6 and a.std() > 20
 
 
-@pytest.mark.skipif(not os.path.isdir(DEMO), reason="assets/demo-encoder not built")
+@pytest.mark.skipif(not os.path.isdir(DEMO), reason="braindive/assets/demo-encoder not built")
 def test_demo_encoder_asset(s1):
     encoder = bd.load_encoder(DEMO, subject=s1)
     training = encoder.config.training

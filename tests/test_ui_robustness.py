@@ -54,7 +54,7 @@ def handler(blocks, name):
 
 def _encoder_of_unknown_subject(folder: Path, subject_name: str) -> Path:
     """The demo encoder (S1's voxels) relabelled as an encoder of ``subject_name``, which is not built in."""
-    shutil.copytree(REPO / "assets" / "demo-encoder", folder)
+    shutil.copytree(REPO / "braindive" / "assets" / "demo-encoder", folder)
     config = json.loads((folder / "config.json").read_text())
     config["subject"] = subject_name
     config["training"].pop("subject_file", None)

@@ -1,5 +1,9 @@
 """Background training jobs: a chain of ``training`` CLI commands run as child processes.
 
+Each command runs with the app's Python in the app's working directory (so relative data paths mean
+the same to both) and imports ``training`` and ``braindive`` as installed packages (``pip install -e .``,
+which ``make run`` does); no ``PYTHONPATH`` is set.
+
 Each job has a folder with ``log.txt`` (stdout and stderr of every command) and ``job.json`` (its
 state). A crashed command ends the job as ``failed`` with the log kept; so does an error of the job
 runner itself (a command that cannot be started, an unwritable job folder), with the error in
@@ -32,7 +36,6 @@ from pathlib import Path
 __all__ = ["TrainingJob", "JobState", "shutdown_jobs", "read_job", "mark_orphans"]
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # pycortex prints this on import; braindive draws ROI outlines itself, so it only confuses a training log
 _NOTICES = ("Inkscape not found. Some tests will be skipped.",)
 _PERCENT = re.compile(r"(\d{1,3})%\|")
@@ -224,7 +227,7 @@ class TrainingJob:
             pass
 
     def _run_commands(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO_ROOT)}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "a") as out:
             for index, (name, argv) in enumerate(self.commands, start=1):
                 if self._cancelled.is_set():
@@ -237,7 +240,7 @@ class TrainingJob:
                     if self._cancelled.is_set():
                         break
                     self._process = subprocess.Popen([sys.executable, *argv], stdout=out, stderr=subprocess.STDOUT,
-                                                     cwd=REPO_ROOT, env=env, start_new_session=True,
+                                                     env=env, start_new_session=True,
                                                      preexec_fn=_die_with_parent if sys.platform == "linux" else None)
                 process = self._process
                 self.state.pid = process.pid

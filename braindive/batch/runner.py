@@ -21,6 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..catalog import Catalog
+from .cluster import connect
 from .sweep import Sweep
 from .worker import BatchWorker, Faults, ImageOut, Unit
 
@@ -52,18 +53,6 @@ def plan_units(sweep: Sweep, catalog: Catalog) -> tuple[list[Unit], int]:
             chunk = todo[start:start + sweep.batch_size]
             units.append(Unit(job, tuple(s for s, _ in chunk), tuple(i for _, i in chunk)))
     return units, existing
-
-
-def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Join Ray at ``address`` or start a local instance sized to the machine; True if this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    repo = str(Path(__file__).resolve().parents[2])  # workers import braindive from the same checkout
-    ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": repo}})
-    return True
 
 
 class WorkerPool:
@@ -120,7 +109,7 @@ def run_sweep(sweep: Sweep, *, catalog_dir=None, address: str | None = None, wor
     log(f"run {sweep.run_id}: {sweep.n_images} images ({len(sweep.jobs)} jobs x {len(sweep.seeds)} seeds), "
         f"{existing} already in {catalog.root}, {sum(len(u.seeds) for u in units)} to make in {len(units)} units")
     if units:
-        started = connect(address)
+        started = connect(address, log=log)
         own = pool is None
         try:
             pool = pool or WorkerPool.for_sweep(sweep, len(units), workers)
