@@ -10,11 +10,16 @@
 - ``report``: tables, plots, the share of each set's target effect kept after equalisation.
 - ``package``: the package folder, written atomically and recorded in the catalog.
 """
-from .design import Design
-from .equalise import equalise
-from .package import Package, PackageSettings, build_package
-from .sources import Stimulus, load_stimuli
-from .statistics import STATISTICS, image_statistics
+import importlib
 
-__all__ = ["Design", "equalise", "Package", "PackageSettings", "build_package", "Stimulus", "load_stimuli",
-           "STATISTICS", "image_statistics"]
+# names -> submodule, imported on first use, so ``python -m braindive --help`` loads none of them
+_LAZY = {"Design": "design", "equalise": "equalise", "Package": "package", "PackageSettings": "package",
+         "build_package": "package", "Stimulus": "sources", "load_stimuli": "sources", "STATISTICS": "statistics",
+         "image_statistics": "statistics"}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)

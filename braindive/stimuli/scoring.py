@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Scorer", "Scores", "diversity", "target_measure", "category_roi"]
+__all__ = ["Scorer", "Scores", "load_scorer", "diversity", "target_measure", "category_roi"]
 
 
 @dataclass
@@ -46,6 +46,29 @@ class Scorer:
         activations = torch.cat(acts).numpy().astype(np.float64)
         means = {roi: activations[:, self.subject.roi(roi)].mean(axis=1) for roi in self.subject.roi_names}
         return Scores(means, activations, torch.cat(embeds).numpy().astype(np.float64))
+
+
+def load_scorer(encoder: str, subject: str | None = None) -> Scorer:
+    """A ``Scorer`` for an encoder checkpoint folder or Hub id on ``subject`` (a name or ``.npz``); ``"demo"``:
+    the offline demo encoder on S1."""
+    from ..subjects import load_subject
+
+    if encoder == "demo":
+        from ..demo import ASSET_ENCODER, seeded_demo_encoder
+        from ..encoders import load_encoder
+
+        if subject not in (None, "", "S1"):
+            raise ValueError(f"The demo encoder is on subject S1, got subject {subject!r}.")
+        s1 = load_subject("S1")
+        model = load_encoder(ASSET_ENCODER, subject=s1) if (ASSET_ENCODER / "config.json").is_file() \
+            else seeded_demo_encoder(s1)
+        return Scorer(model.eval(), s1)
+    from ..encoders import load_encoder
+
+    if not subject:
+        raise ValueError("Scoring with an encoder checkpoint needs its subject (name or .npz).")
+    loaded = load_subject(subject)
+    return Scorer(load_encoder(encoder, subject=loaded).eval(), loaded)
 
 
 def _pil(image):
