@@ -256,3 +256,37 @@ def test_sweep_stimuli_table_is_checked_and_builds_the_runs_package(catalog, tmp
     assert sorted(r["condition"] for r in rows) == ["max FFA"] * 3 + ["max PPA"] * 3
     assert cat.packages()[0]["path"] == str(path.resolve())
     assert package_run(sweep, cat, log=logs.append) == path and "left as it is" in logs[-1]
+
+
+def test_history_panel_builds_a_package_zip(tmp_path):
+    import zipfile
+
+    import gradio as gr
+
+    from ui import history
+    from ui.service import Service
+    from ui.settings import Settings
+    from ui.stimuli import build_package_zip
+
+    service = Service(Settings(data_dir=str(tmp_path / "data")))
+    encoder = service.encoder_names()[0]
+    subject = service.subject_of(encoder)
+    ids = []
+    for k, roi in enumerate(("FFA", "PPA")):
+        for seed in range(2):
+            record = generation_record(seed=seed, subject=subject.name, target=roi,
+                                       objective=Objective.maximize(subject.roi(roi), label=roi).describe(),
+                                       parameters={}, objective_value=0.0, model="demo", encoder=encoder)
+            ids.append(service.catalog.add(synthetic(seed + 5 * k, [0.3 + 0.3 * k, 0.4, 0.5]), record).id)
+    rows, columns, plot, path, text = build_package_zip(service, ids, unguided=False, size=32, equalise=["luminance"])
+    table = {row[0]: dict(zip(columns, row)) for row in rows}
+    assert set(table) == {"max FFA", "max PPA"} and table["max FFA"]["n"] == 2
+    assert table["max FFA"]["share kept"].endswith("%") and f"Scored with encoder {encoder}" in text
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    assert "stimulus-package/conditions.csv" in names and "stimulus-package/experiment.py" in names
+    assert service.catalog.packages()[0]["n_images"] == 4
+    with pytest.raises(ValueError, match="`isi`"):
+        build_package_zip(service, ids, isi=-1.0)
+    with gr.Blocks():  # History mounts the panel
+        history.build(service)
