@@ -143,7 +143,8 @@ def markdown(result: dict) -> str:
     lines += ["", f"### Building a {result['package_images']}-image package", "",
               "| equalisation | images | seconds | size (MiB) | stages (s from start) |", "|---|---|---|---|---|"]
     for row in result["packages"]:
-        stages = "; ".join(f"{t}: {msg.split(':')[0]}" for t, msg in row["stages"])
+        stages = "; ".join(f"{t}: {'written' if msg.startswith('package') else msg.split(':')[0]}"
+                           for t, msg in row["stages"])
         lines.append(f"| {' + '.join(row['equalise']) or 'none'} | {row['images']} | {row['seconds']} | "
                      f"{row['megabytes']} | {stages} |")
     lines += ["", "A package build scores every image with the encoder (twice when equalised), computes the "
@@ -157,13 +158,19 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int, default=16)
     parser.add_argument("--package-images", type=int, default=300)
     parser.add_argument("--permutations", type=int, default=10000)
+    parser.add_argument("--render", action="store_true", help="only rewrite RESULTS.md from results/stimuli.json")
     args = parser.parse_args(argv)
+    if args.render:
+        result = json.loads((RESULTS / "stimuli.json").read_text())
+        write_section(RESULTS.parent / "RESULTS.md", "## Stimulus packages", markdown(result))
+        return result
     from braindive.stimuli.report import set_summary
     from braindive.stimuli.scoring import Scorer
     from braindive.stimuli.statistics import image_statistics, statistics_table
 
     load_start = [round(v, 2) for v in os.getloadavg()]
     bundle, stimuli, generation = generate(args.seeds)
+    print(f"generated {len(stimuli)} images in {generation:.0f} s", flush=True)
     scorer = Scorer(bundle.encoder, bundle.subject)
     sets = list(dict.fromkeys(s.condition for s in stimuli))
     rows = [{"condition": s.condition, **image_statistics(s.image)} for s in stimuli]
@@ -177,6 +184,7 @@ def main(argv=None) -> dict:
                                for t in tests if t["statistic"] == name} for name in SHOWN},
               "equalisation": share_kept(stimuli, scorer, sets)}
     with tempfile.TemporaryDirectory() as tmp:
+        print("equalisation effects done; timing packages", flush=True)
         result["packages"] = [time_package(stimuli, scorer, args.package_images, steps, Path(tmp))
                               for steps in ((), ("spectrum", "luminance"))]
     result["machine"] = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),

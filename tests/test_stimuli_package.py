@@ -99,6 +99,8 @@ def test_conditions_file_read_back_column_by_column(catalog, scorer, tmp_path):
         assert float(row["target_measure"]) == pytest.approx(expected, abs=1e-4)
         stats = image_statistics(images[k])
         assert all(float(row[s]) == pytest.approx(v, rel=1e-9, abs=1e-12) for s, v in stats.items() if np.isfinite(v))
+    check_builder_file(package.path / "experiment.psyexp")
+    compile((package.path / "experiment.py").read_text(), "experiment.py", "exec")
     try:
         from psychopy.data import importConditions
     except ImportError:
@@ -108,6 +110,27 @@ def test_conditions_file_read_back_column_by_column(catalog, scorer, tmp_path):
     assert [r["file"] for r in loaded] == [r["file"] for r in rows]
     trials = importConditions(str(package.path / "runs" / "run01.csv"))
     assert len(trials) == 16 and all((package.path / t["image"]).is_file() for t in trials)
+
+
+def check_builder_file(path):
+    """The Builder file: PsychoPy's own loader and compiler when installed, else its XML structure."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(path).getroot()
+    assert root.tag == "PsychoPy2experiment"
+    assert [r.get("name") for r in root.find("Routines")] == ["wait_trigger", "lead_in", "trial"]
+    flow = [(e.tag, e.get("name")) for e in root.find("Flow")]
+    assert flow[2:5] == [("LoopInitiator", "trials"), ("Routine", "trial"), ("LoopTerminator", "trials")]
+    try:
+        from psychopy import experiment
+    except ImportError:
+        return
+    exp = experiment.Experiment()
+    exp.loadFromXML(str(path))
+    assert exp.flow[2].loop.params["conditionsFile"].val == "$'runs/run%02d.csv' % int(expInfo['run'])"
+    script = exp.writeScript(target="PsychoPy")
+    compile(script, "experiment_builder.py", "exec")
+    assert "data.importConditions('runs/run%02d.csv' % int(expInfo['run']))" in script
 
 
 def test_balanced_latin_square_is_balanced():

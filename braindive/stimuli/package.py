@@ -8,7 +8,8 @@ Layout of a package folder::
                                          source, every ROI's predicted response, the target measure, statistics
                                          (columns are Python identifiers: PsychoPy's importConditions reads it)
     runs/runNN.csv                       the trial order of each run with onsets (PsychoPy conditions files)
-    experiment.py                        PsychoPy script presenting a run
+    experiment.py                        PsychoPy script presenting a run (absolute onsets)
+    experiment.psyexp                    the same for PsychoPy Builder
     report/                              statistics tables, permutation tests, box plots, spectra, equalisation
     package.json                         what went in, the settings, the counts, package versions
     README.md                            what all this is
@@ -34,7 +35,7 @@ import PIL.Image
 from ..evaluation.files import write_atomic, write_csv
 from .design import Design, runs
 from .equalise import EQUALISATIONS, equalise
-from .experiment import TRIAL_COLUMNS, check_columns, script
+from .experiment import TRIAL_COLUMNS, check_columns, psyexp, script
 from .report import roi_column, target_effects, write_report
 from .scoring import category_roi, target_measure
 from .sources import UNGUIDED, Stimulus
@@ -201,6 +202,7 @@ def build_package(stimuli: list[Stimulus], out, settings: PackageSettings = Pack
                        for t in trial_lists[r - 1]], check_columns(TRIAL_COLUMNS))
         side = settings.size or max(max(im.shape[:2]) for im in images)
         write_atomic(tmp / "experiment.py", script(settings.design, len(trial_lists), side))
+        write_atomic(tmp / "experiment.psyexp", psyexp(settings.design))
         effects = target_effects(stimuli, subject, scores, after, sets) if scores is not None else []
         stat_rows = [{"file": files[i], "condition": s.condition, **stats[i]} for i, s in enumerate(stimuli)]
         eq_rows = ([{"file": files[i], "condition": s.condition, **equalised_stats[i]} for i, s in enumerate(stimuli)]
@@ -268,7 +270,9 @@ def _readme(record: dict, settings: PackageSettings, report: dict, effects: list
         "square: over a multiple of the square's rows as runs (the default number of runs), each condition is "
         "equally often at each position and follows each other condition equally often.",
         "- `experiment.py`: a PsychoPy script (`python experiment.py`): waits for the trigger key `t`, shows a "
-        "fixation cross and the images at their onsets, logs actual onsets to `data/`.",
+        "fixation cross and the images at their onsets, logs actual onsets to `data/`. `experiment.psyexp`: the "
+        "same for PsychoPy Builder (trigger routine, then a loop over the run's trial file; Builder times each "
+        "trial from the end of the previous one, the script from the run's onsets).",
         "- `report/`: `statistics.csv` (per image, before equalisation), `sets.csv` (per set; embedding "
         "diversity = mean pairwise cosine distance of the encoder's image embeddings), `comparison.csv` (per "
         f"statistic and pair of sets: difference of means, two-sided permutation p, {settings.n_permutations} "
