@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from braindive.stimuli.equalise import LUMINANCE_TOLERANCE, equalise, lightness, match_histograms, match_luminance, \
+from braindive.stimuli.equalise import LUMINANCE_TOLERANCE, channel, equalise, match_histograms, match_luminance, \
     match_spectrum, match_values
 from braindive.stimuli.statistics import image_statistics, permutation_test, spectrum_slope
 
@@ -117,21 +117,31 @@ def coloured_images(n=6, size=48, seed=0):
     return out
 
 
-def test_luminance_matching_sets_every_mean_and_std_within_a_grey_level():
+def independent_channels(image):
+    """Y, L*/100 and the grey level of 8-bit pixels, through the standards' formulas written out here."""
+    y = linear_of_level(image.astype(float)) @ np.array([0.2126, 0.7152, 0.0722])
+    light = np.where(y > (6 / 29) ** 3, 116 * np.cbrt(y) - 16, y * 903.2963) / 100
+    return {"linear": y, "lstar": light, "grey": image.astype(float) @ np.array([0.2126, 0.7152, 0.0722]) / 255}
+
+
+@pytest.mark.parametrize("space,mean,std", [("linear", 0.3, 0.08), ("lstar", 0.55, 0.12), ("grey", 0.5, 0.1)])
+def test_luminance_matching_sets_every_mean_and_std_within_a_grey_level(space, mean, std):
     images = coloured_images()
-    result = match_luminance(images, mean=0.55, std=0.12)
+    result = match_luminance(images, mean=mean, std=std, space=space)
     assert not result.unmatched
     for image in result.images:
         assert image.dtype == np.uint8
-        # measured independently: L* from the written 8-bit pixels through the CIE formulas
-        y = linear_of_level(image.astype(float)) @ np.array([0.2126, 0.7152, 0.0722])
-        light = np.where(y > (6 / 29) ** 3, 116 * np.cbrt(y) - 16, y * 903.2963) / 100
-        assert abs(light.mean() - 0.55) <= 1 / 255 and abs(light.std() - 0.12) <= 1 / 255
+        values = independent_channels(image)[space]  # measured on the written 8-bit pixels
+        assert abs(values.mean() - mean) <= 1 / 255 and abs(values.std() - std) <= 1 / 255
     # default target: the images' average mean and std
-    default = match_luminance(images)
-    means = [lightness(im).mean() for im in images]
-    assert default.target["mean"] == pytest.approx(np.mean(means))
-    assert all(abs(lightness(im).mean() - default.target["mean"]) <= LUMINANCE_TOLERANCE for im in default.images)
+    default = match_luminance(images, space=space)
+    means = [independent_channels(im)[space].mean() for im in images]
+    assert default.target["mean"] == pytest.approx(np.mean(means), abs=1e-4)  # L*: the XYZ matrix vs 709 weights
+    assert all(abs(independent_channels(im)[space].mean() - default.target["mean"]) <= 1 / 255
+               for im in default.images)
+    grey = grey_image([40, 90, 200], (30, 30))  # a grey image stays grey
+    out = match_luminance([grey, images[0]], space=space).images[0]
+    assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
 
 
 def test_luminance_matching_reports_images_it_cannot_match():
@@ -149,28 +159,34 @@ def test_histogram_matching_equals_scikit_image():
     source, reference = rng.random((40, 50)) ** 2, rng.random((30, 30)) ** 0.5
     np.testing.assert_allclose(match_values(source, reference), exposure.match_histograms(source, reference),
                                atol=1e-12)
-    # grey images of 8-bit levels, pooled template: scikit-image on the pooled channel values
+    # grey 8-bit images, pooled template, pixel values (SHINE's space): scikit-image on the pixels, then rounded
     greys = [grey_image(rng.integers(0, 256, 7), (24, 24)) for _ in range(3)]
-    pooled = match_histograms(greys)
-    template = np.concatenate([lightness(g).ravel() for g in greys])[None, :]
+    pooled = match_histograms(greys, space="grey")
+    template = np.concatenate([g[..., 0].ravel() for g in greys])[None, :]
     for original, image in zip(greys, pooled.images):
-        expected = exposure.match_histograms(lightness(original), template)
-        assert np.abs(lightness(image) - expected).max() <= 1.5 / 255
+        expected = exposure.match_histograms(original[..., 0], template)
+        assert np.array_equal(image[..., 0], np.rint(expected).astype(np.uint8))
+    # any space: the channel matched is scikit-image's result on that channel (8-bit rounding aside)
+    for space in ("linear", "lstar"):
+        matched = match_histograms(greys, reference=greys[0], space=space)
+        for original, image in zip(greys, matched.images):
+            expected = exposure.match_histograms(channel(original, space), channel(greys[0], space))
+            assert np.abs(channel(image, space) - expected).max() <= 0.02
 
 
 def test_spectrum_matching_gives_every_image_the_average_amplitude_keeping_phase():
     fields = [0.5 + 0.08 * one_over_f(64, a, s) / one_over_f(64, a, s).std() for s, a in enumerate((0.8, 1.6, 2.2))]
     images = [np.repeat(np.rint(np.clip(f, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2) for f in fields]
     matched = match_spectrum(images)
-    target = np.mean([np.abs(np.fft.fft2(lightness(im))) for im in images], axis=0)
-    slopes_before = [spectrum_slope(lightness(im)) for im in images]
-    slopes_after = [spectrum_slope(lightness(im)) for im in matched.images]
+    target = np.mean([np.abs(np.fft.fft2(channel(im))) for im in images], axis=0)
+    slopes_before = [spectrum_slope(channel(im)) for im in images]
+    slopes_after = [spectrum_slope(channel(im)) for im in matched.images]
     assert np.ptp(slopes_before) > 1.0 and np.ptp(slopes_after) < 0.1
     for original, image in zip(images, matched.images):
-        amplitude = np.abs(np.fft.fft2(lightness(image)))
+        amplitude = np.abs(np.fft.fft2(channel(image)))
         assert np.median(np.abs(amplitude - target) / target) < 0.05
         # the phase is kept: the matched image correlates with its original
-        assert np.corrcoef(lightness(image).ravel(), lightness(original).ravel())[0, 1] > 0.7
+        assert np.corrcoef(channel(image).ravel(), channel(original).ravel())[0, 1] > 0.7
     with pytest.raises(ValueError, match="one size"):
         match_spectrum([images[0], images[0][:32]])
 
@@ -179,6 +195,6 @@ def test_equalise_runs_steps_in_order_and_rejects_unknown_steps():
     images = coloured_images(4, 32)
     result = equalise(images, ["spectrum", "luminance"], {"mean": 0.5, "std": 0.1})
     assert result.steps == ("spectrum", "luminance")
-    assert all(abs(lightness(im).mean() - 0.5) <= LUMINANCE_TOLERANCE for im in result.images)
+    assert all(abs(channel(im).mean() - 0.5) <= LUMINANCE_TOLERANCE for im in result.images)
     with pytest.raises(ValueError, match="among"):
         equalise(images, ["blur"])

@@ -24,7 +24,7 @@ from .service import Service, ServiceError
 __all__ = ["build", "build_package_zip", "LABELS", "EQUALISE_CHOICES"]
 
 EQUALISE_CHOICES = ["spectrum", "histogram", "luminance"]  # applied in this order (SHINE's spec + lum order)
-LABELS = {"size": "Image size (px, 0 = as generated)", "format": "Format", "equalise": "Equalise",
+LABELS = {"size": "Image size (px, 0 = as generated)", "format": "Format", "equalise": "Equalise", "space": "Equalise on",
           "design": "Design", "stim_duration": "Image duration (s)", "isi": "Fixation after each image (s)",
           "runs": "Runs (0 = one per Latin-square row)", "seed": "Order seed"}
 _COLUMNS = ["set", "n", "mean_lum_mean", "rms_lum_mean", "colourfulness_mean", "spectrum_slope_mean",
@@ -49,14 +49,14 @@ def _scorer(service: Service, stimuli) -> tuple[Scorer | None, str]:
 
 def build_package_zip(service: Service, ids: list[str], unguided: bool = False, size: int = 0, format: str = "png",
                       equalise=(), design: str = "event", stim_duration: float = 1.0, isi: float = 3.0, runs: int = 0,
-                      seed: int = 0):
+                      seed: int = 0, space: str = "linear"):
     """The package of catalog entries ``ids`` in a new folder of ``exports_dir``, zipped; returns
     (per-set rows, columns, box-plot path, ZIP path, report text)."""
     for name, value in (("size", size), ("runs", runs), ("seed", seed)):
         if value is None or int(value) != value:
             raise ValueError(f"`{name}` must be a whole number, got {value!r}.")
     settings = PackageSettings(size=int(size) or None, format=format,
-                               equalise=[s for s in EQUALISE_CHOICES if s in (equalise or ())],
+                               equalise=[s for s in EQUALISE_CHOICES if s in (equalise or ())], space=space,
                                design=Design(design, int(runs), float(stim_duration), float(isi), seed=int(seed)),
                                n_permutations=5000)
     stimuli, skipped = from_catalog(service.catalog, ids, unguided)
@@ -96,6 +96,9 @@ def build(service: Service, selection, filters: list, chosen_ids) -> None:
                                    elem_id="stimuli-unguided")
             equalise = gr.CheckboxGroup(EQUALISE_CHOICES, label=LABELS["equalise"] + " (applied in this order)",
                                         elem_id="stimuli-equalise")
+            space = gr.Radio(["linear", "lstar", "grey"], value="linear", label=LABELS["space"],
+                             info="linear luminance Y, CIELAB L* (chroma kept), or grey level (pixel values)",
+                             elem_id="stimuli-space")
             size = gr.Number(0, label=LABELS["size"], precision=0, elem_id="stimuli-size")
             fmt = gr.Radio(["png", "jpg"], value="png", label=LABELS["format"], elem_id="stimuli-format")
         with gr.Row():
@@ -113,18 +116,18 @@ def build(service: Service, selection, filters: list, chosen_ids) -> None:
             zip_file = gr.File(label="Stimulus package", elem_id="stimuli-zip")
 
     def on_run(ids, subj, label, since, until, encoder, add_unguided, steps, side, form, kind, seconds, gap, n_runs,
-               order_seed, request: gr.Request = None):
+               order_seed, channel, request: gr.Request = None):
         ids = chosen_ids(request, ids, subj, label, since, until, encoder)
         if not ids:
             raise gr.Error("Nothing selected: no entries match the filters.")
         try:
             rows, columns, plot_path, path, text = build_package_zip(service, ids, add_unguided, side, form, steps, kind,
-                                                                     seconds, gap, n_runs, order_seed)
+                                                                     seconds, gap, n_runs, order_seed, channel)
         except ValueError as exc:
             raise gr.Error(f"Stimulus package: {_labelled(exc)}")
         except OSError as exc:
             raise gr.Error(f"Stimulus package failed: {exc}")
         return text, gr.update(value=rows, headers=columns), plot_path, path
 
-    run.click(on_run, [selection, *filters, unguided, equalise, size, fmt, design, duration, isi, runs, seed],
+    run.click(on_run, [selection, *filters, unguided, equalise, size, fmt, design, duration, isi, runs, seed, space],
               [report, table, plot, zip_file])

@@ -2,7 +2,7 @@
 
 - ``statistics``: per-image luminance, contrast, colourfulness, spectrum slope, edge density, entropy;
   permutation tests between sets.
-- ``equalise``: luminance/contrast, histogram and spectrum matching (on L*, chroma kept).
+- ``equalise``: luminance/contrast, histogram and spectrum matching (on linear luminance, L* or grey level).
 - ``scoring``: the encoder's ROI predictions, target measures and embedding diversity of a set.
 - ``sources``: stimuli from catalog entries (with unguided baselines) and folders.
 - ``design``: counterbalanced block / event-related orders (balanced Latin square) with timing.

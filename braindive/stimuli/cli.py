@@ -24,8 +24,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--size", type=int, help="square side in pixels (centre crop, then resize)")
     p.add_argument("--format", default="png", choices=["png", "jpg"])
     p.add_argument("--equalise", default="", help="comma-separated steps in order: luminance, histogram, spectrum")
-    p.add_argument("--luminance-mean", type=float, help="luminance-matching target mean of L*/100 (default: average)")
-    p.add_argument("--luminance-std", type=float, help="luminance-matching target SD of L*/100 (default: average)")
+    p.add_argument("--space", default="linear", choices=["linear", "lstar", "grey"],
+                   help="channel to equalise: linear luminance Y (default), CIELAB L*/100, or grey level (pixel values)")
+    p.add_argument("--luminance-mean", type=float, help="luminance-matching target mean, 0-1 (default: average)")
+    p.add_argument("--luminance-std", type=float, help="luminance-matching target SD, 0-1 (default: average)")
     p.add_argument("--design", default="event", choices=["event", "block"])
     p.add_argument("--runs", type=int, default=0, help="runs (default: one per row of the balanced Latin square)")
     p.add_argument("--duration", type=float, default=1.0, help="seconds each image is shown")
@@ -54,7 +56,8 @@ def run(args) -> int:
                         args.lead_in, args.seed)
         settings = PackageSettings(size=args.size, format=args.format,
                                    equalise=tuple(s.strip() for s in args.equalise.split(",") if s.strip()),
-                                   luminance_mean=args.luminance_mean, luminance_std=args.luminance_std, design=design,
+                                   luminance_mean=args.luminance_mean, luminance_std=args.luminance_std, space=args.space,
+                                   design=design,
                                    n_permutations=args.permutations)
         subject = args.subject or next((s.subject for s in stimuli if s.subject), None)
         scorer = load_scorer(args.encoder, subject) if args.encoder else None

@@ -34,7 +34,7 @@ import PIL.Image
 
 from ..evaluation.files import write_atomic, write_csv
 from .design import Design, runs
-from .equalise import EQUALISATIONS, equalise
+from .equalise import EQUALISATIONS, SPACES, equalise
 from .experiment import TRIAL_COLUMNS, check_columns, psyexp, script
 from .report import roi_column, target_effects, write_report
 from .scoring import category_roi, target_measure
@@ -50,7 +50,8 @@ FORMATS = {"png": ("PNG", ".png"), "jpg": ("JPEG", ".jpg")}
 class PackageSettings:
     """How to package. ``size``: square side in pixels (centre-cropped, then resized; None keeps each image's size);
     ``equalise``: steps of ``braindive.stimuli.equalise.EQUALISATIONS`` in order; ``luminance_mean`` /
-    ``luminance_std``: the luminance-matching target (L*/100; None = the images' averages)."""
+    ``luminance_std``: the luminance-matching target (of the ``space`` channel, in [0, 1]; None = the images'
+    averages); ``space``: the channel equalised (``braindive.stimuli.equalise.SPACES``)."""
 
     size: int | None = None
     format: str = "png"
@@ -58,6 +59,7 @@ class PackageSettings:
     equalise: tuple[str, ...] = ()
     luminance_mean: float | None = None
     luminance_std: float | None = None
+    space: str = "linear"
     design: Design = field(default_factory=Design)
     n_permutations: int = 10000
 
@@ -72,6 +74,8 @@ class PackageSettings:
         bad = [s for s in self.equalise if s not in EQUALISATIONS]
         if bad or len(set(self.equalise)) != len(self.equalise):
             raise ValueError(f"`equalise` must list distinct steps of {sorted(EQUALISATIONS)}, got {list(self.equalise)}.")
+        if self.space not in SPACES:
+            raise ValueError(f"`space` must be one of {SPACES}, got {self.space!r}.")
         if not 1 <= self.n_permutations <= 1_000_000:
             raise ValueError(f"`n_permutations` must be in [1, 1000000], got {self.n_permutations!r}.")
 
@@ -164,7 +168,7 @@ def build_package(stimuli: list[Stimulus], out, settings: PackageSettings = Pack
     if settings.equalise:
         log(f"equalising: {' then '.join(settings.equalise)}")
         target = {k: v for k, v in (("mean", settings.luminance_mean), ("std", settings.luminance_std)) if v is not None}
-        result = equalise(images, settings.equalise, target)
+        result = equalise(images, settings.equalise, target, settings.space)
         shown, unmatched = result.images, result.unmatched
         equalised_stats = [image_statistics(im) for im in shown]
         after, after_rows = _score_rows(scorer, shown, stimuli)
@@ -245,6 +249,9 @@ def _manifest(folder: Path) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+_SPACE = {"linear": "linear luminance Y", "lstar": "CIELAB L* (chroma kept)", "grey": "gamma-encoded grey level"}
+
+
 def _readme(record: dict, settings: PackageSettings, report: dict, effects: list[dict], sets: list[str]) -> str:
     d = settings.design
     counts = ", ".join(f"{c}: {n}" for c, n in record["conditions"].items())
@@ -258,7 +265,8 @@ def _readme(record: dict, settings: PackageSettings, report: dict, effects: list
         f"created {record['created']}.", "",
         "## Files", "",
         "- `stimuli/`: the images as shown" + (f", {settings.size}x{settings.size} px" if settings.size else "")
-        + f", {settings.format.upper()}" + (f", equalised: {' then '.join(settings.equalise)}" if settings.equalise else
+        + f", {settings.format.upper()}" + (f", equalised: {' then '.join(settings.equalise)} on the {_SPACE[settings.space]}"
+                                             if settings.equalise else
                                              ", not equalised") + ".",
         "- `conditions.csv`: one row per image: file, condition, target label, kind, category (only for images "
         "generated to maximise an ROI: a minimise or contrast target implies no category; see `category_note`), "

@@ -44,12 +44,15 @@ _LUMA = np.array([0.2126, 0.7152, 0.0722])
 
 
 def as_float_rgb(image) -> np.ndarray:
-    """``[H, W, 3]`` floats in [0, 1] from a PIL image, a uint8 array or a float array (checked)."""
+    """``[H, W, 3]`` floats in [0, 1] from a PIL image, a uint8 array or a float array (checked); a 2-D array is a
+    grey image."""
     if hasattr(image, "convert"):
         image = np.asarray(image.convert("RGB"))
     array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"`image` must be an RGB image [H, W, 3], got shape {array.shape}.")
+        raise ValueError(f"`image` must be an RGB image [H, W, 3] or a grey image [H, W], got shape {array.shape}.")
     if array.dtype == np.uint8:
         return array.astype(np.float64) / 255.0
     array = array.astype(np.float64)

@@ -6,6 +6,7 @@ out = "outputs/packages/demo-run"   # default: <catalog>/packages/<run id>
 size = 128                          # square side in pixels (default: as generated)
 format = "png"                      # png | jpg
 equalise = ["luminance"]            # steps in order: luminance, histogram, spectrum
+space = "linear"                    # channel equalised: linear (luminance Y), lstar (L*), grey (pixel values)
 design = "event"                    # event | block; timing: runs, stim_duration, isi, jitter, block_size, rest, lead_in
 kept_only = false                   # only the images re-ranking keeps ([rerank])
 score = true                        # the sweep's (first) encoder scores every image: ROI predictions, share kept
@@ -24,7 +25,7 @@ __all__ = ["STIMULI_KEYS", "read_stimuli_table", "package_run"]
 _DESIGN_KEYS = {"design": str, "runs": int, "stim_duration": float, "isi": float, "jitter": float, "block_size": int,
                 "rest": float, "lead_in": float, "seed": int}
 _PACKAGE_KEYS = {"size": int, "format": str, "equalise": list, "luminance_mean": float, "luminance_std": float,
-                 "n_permutations": int}
+                 "space": str, "n_permutations": int}
 STIMULI_KEYS = {"enabled", "out", "kept_only", "score", *_DESIGN_KEYS, *_PACKAGE_KEYS}
 
 
