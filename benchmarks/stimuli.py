@@ -112,7 +112,7 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     lines = ["## Stimulus packages", "",
              f"Machine: {m['cpu']}, {m['cores']} cores shared with other helpers' jobs, no GPU; load average "
-             f"{m['load_start']} at start, {m['load_end']} at end. Command: `python -m benchmarks.stimuli --seeds "
+             f"{m['load_start']} at start, {m['load_end']} at end; torch {m.get('torch_threads', 2)} thread(s). Command: `python -m benchmarks.stimuli --seeds "
              f"{result['seeds']} --package-images {result['package_images']}`. Date: {result['date']}. Demo preset "
              "(128 px, 25 DPM steps, brain guidance 20, SAG 0.75); unguided = the same seeds at scale 0; generating "
              f"the {3 * result['seeds']} images took {result['generation_seconds']:.0f} s.", "",
@@ -158,6 +158,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int, default=16)
     parser.add_argument("--package-images", type=int, default=300)
     parser.add_argument("--permutations", type=int, default=10000)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared, oversubscribed machine "
+                                                                  "torch's threads otherwise wait on each other)")
     parser.add_argument("--render", action="store_true", help="only rewrite RESULTS.md from results/stimuli.json")
     args = parser.parse_args(argv)
     if args.render:
@@ -168,6 +170,9 @@ def main(argv=None) -> dict:
     from braindive.stimuli.scoring import Scorer
     from braindive.stimuli.statistics import image_statistics, statistics_table
 
+    import torch
+
+    torch.set_num_threads(args.threads)
     load_start = [round(v, 2) for v in os.getloadavg()]
     bundle, stimuli, generation = generate(args.seeds)
     print(f"generated {len(stimuli)} images in {generation:.0f} s", flush=True)
@@ -188,6 +193,7 @@ def main(argv=None) -> dict:
         result["packages"] = [time_package(stimuli, scorer, args.package_images, steps, Path(tmp))
                               for steps in ((), ("spectrum", "luminance"))]
     result["machine"] = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+                         "torch_threads": args.threads,
                          "load_start": load_start, "load_end": [round(v, 2) for v in os.getloadavg()]}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "stimuli.json").write_text(json.dumps(result, indent=2, default=float))

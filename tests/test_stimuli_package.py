@@ -279,6 +279,10 @@ def test_sweep_stimuli_table_is_checked_and_builds_the_runs_package(catalog, tmp
     assert sorted(r["condition"] for r in rows) == ["max FFA"] * 3 + ["max PPA"] * 3
     assert cat.packages()[0]["path"] == str(path.resolve())
     assert package_run(sweep, cat, log=logs.append) == path and "left as it is" in logs[-1]
+    # the runner calls it at the end of a run (here every image is in the catalog already: no worker starts)
+    from braindive.batch.runner import run_sweep
+
+    assert run_sweep(sweep, catalog_dir=cat.root, log=logs.append).package == path
 
 
 def test_history_panel_builds_a_package_zip(tmp_path):
