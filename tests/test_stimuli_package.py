@@ -168,8 +168,26 @@ def test_run_orders_are_counterbalanced_per_position(design, conditions, n):
         counts = {c: sum(s[position] == c for s in slots) for c in items}
         assert len(set(counts.values())) == 1, (position, counts)
     assert runs(items, d) == orders  # seeded
-    with pytest.raises(ValueError, match="same number of images"):
-        runs({"a": [1, 2], "b": [1]}, d)
+
+
+def test_unequal_conditions_still_get_runs_flagged_as_not_counterbalanced(tmp_path):
+    from braindive.stimuli.design import balanced
+    from braindive.stimuli.sources import from_folder
+
+    items = {"a": [1, 2, 3], "b": [4]}
+    orders = runs(items, Design())
+    assert not balanced(items) and all(sorted(t["item"] for t in trials) == [1, 2, 3, 4] for trials in orders)
+    for name, count in (("dark", 3), ("bright", 2)):  # folders of plain images, no records, no encoder
+        (tmp_path / name).mkdir()
+        for k in range(count):
+            synthetic(k, [0.2, 0.2, 0.2] if name == "dark" else [0.8, 0.8, 0.8]).save(tmp_path / name / f"{k}.png")
+    stimuli = from_folder(tmp_path / "dark") + from_folder(tmp_path / "bright", "light")
+    package = build_package(stimuli, tmp_path / "pkg", PackageSettings(n_permutations=100))
+    assert package.record["counterbalanced"] is False and "Not counterbalanced" in (package.path / "README.md").read_text()
+    rows = read_csv(package.path / "conditions.csv")
+    assert [r["condition"] for r in rows] == ["dark"] * 3 + ["light"] * 2 and rows[0]["category"] == ""
+    sets = {r["set"]: r for r in read_csv(package.path / "report" / "sets.csv")}
+    assert float(sets["dark"]["mean_lum_mean"]) < float(sets["light"]["mean_lum_mean"])
 
 
 def test_package_is_atomic_hashed_and_recorded(catalog, scorer, tmp_path, monkeypatch):

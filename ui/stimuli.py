@@ -83,6 +83,8 @@ def build_package_zip(service: Service, ids: list[str], unguided: bool = False, 
                     + [round(e["effect"], 3) if e else "", f"{e['share_kept']:.0%}" if "share_kept" in e else ""])
     text = (f"{note} Package `{package.id}` (hash `{package.hash[:12]}`): {len(stimuli)} images, "
             f"{package.record['runs']} run(s); permutation tests in `report/comparison.csv`.")
+    if not package.record["counterbalanced"]:
+        text += " **The conditions have different numbers of images: the runs are not counterbalanced.**"
     if skipped:
         text += " Skipped: " + "; ".join(f"`{i}`: {r}" for i, r in skipped)
     return rows, columns, str(package.report["paths"]["statistics_plot"]), str(path), text

@@ -69,5 +69,8 @@ def run(args) -> int:
     for row in package.report["effects"]:
         kept = f", {row['share_kept']:.0%} kept after equalisation" if "share_kept" in row else ""
         print(f"{row['set']}: target effect {row['effect']:.3f} ({row['measure']}){kept}")
+    if not package.record["counterbalanced"]:
+        print("note: the conditions have different numbers of images, so the runs are not counterbalanced "
+              "(see the package README).", file=sys.stderr)
     print(f"wrote package {package.path} ({package.record['n_images']} images, hash {package.hash})")
     return 0

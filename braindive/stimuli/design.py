@@ -6,7 +6,8 @@ rows (even k) or 2k rows (odd k, the square and its mirror). Run r starts at row
 square and every following cycle of k slots takes the next row, so over any multiple of the square's
 rows as runs, each condition is equally often at each slot of the run. Slots are trials (event-related)
 or blocks of ``block_size`` trials (block design). Each run shows every image of a condition once, in a
-seeded order of its own.
+seeded order of its own. Conditions with unequal numbers of images still get runs (a condition whose
+images are used up leaves its slots out), but then positions are not balanced: ``balanced`` says so.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Design", "balanced_latin_square", "runs", "DESIGNS"]
+__all__ = ["Design", "balanced_latin_square", "runs", "balanced", "DESIGNS"]
 
 DESIGNS = ("event", "block")
 
@@ -62,20 +63,22 @@ def balanced_latin_square(k: int) -> np.ndarray:
     return square if k % 2 == 0 else np.concatenate([square, square[:, ::-1]])
 
 
+def balanced(images_by_condition: dict[str, list]) -> bool:
+    """Whether ``runs`` can balance positions: every condition has the same number of images."""
+    return len({len(v) for v in images_by_condition.values()}) == 1
+
+
 def runs(images_by_condition: dict[str, list], design: Design) -> list[list[dict]]:
     """Trial lists of every run: ``{trial, onset, duration, fixation_after, block, condition, item}`` where ``item``
-    is one of ``images_by_condition[condition]``. All conditions need the same number of images (and, in a block
-    design, a multiple of ``block_size``)."""
+    is one of ``images_by_condition[condition]``. In a block design ``block_size`` must divide every condition's
+    number of images."""
     conditions = list(images_by_condition)
     counts = {c: len(v) for c, v in images_by_condition.items()}
     if not conditions or min(counts.values()) == 0:
         raise ValueError("Every condition needs at least one image.")
-    if len(set(counts.values())) > 1:
-        raise ValueError(f"A counterbalanced order needs the same number of images per condition, got {counts}; "
-                         "select equally many of each.")
-    n = counts[conditions[0]]
-    if design.design == "block" and n % design.block_size:
-        raise ValueError(f"`block_size` ({design.block_size}) must divide the images per condition ({n}).")
+    if design.design == "block" and any(n % design.block_size for n in counts.values()):
+        raise ValueError(f"`block_size` ({design.block_size}) must divide the images per condition ({counts}).")
+    n = max(counts.values())
     rng = np.random.default_rng(design.seed)
     square = balanced_latin_square(len(conditions))
     square = square[rng.permutation(len(square))][:, :]           # seeded row order
@@ -85,11 +88,13 @@ def runs(images_by_condition: dict[str, list], design: Design) -> list[list[dict
     per_slot = 1 if design.design == "event" else design.block_size
     out = []
     for r in range(n_runs):
-        queues = {c: [images_by_condition[c][i] for i in rng.permutation(n)] for c in conditions}
+        queues = {c: [images_by_condition[c][i] for i in rng.permutation(counts[c])] for c in conditions}
         trials, t = [], design.lead_in
         for cycle in range(cycles):
             for slot, symbol in enumerate(square[(r + cycle) % len(square)]):
                 condition = names[symbol]
+                if not queues[condition]:
+                    continue  # unequal counts: this condition's images are used up
                 block = cycle * len(conditions) + slot + 1
                 for j in range(per_slot):
                     last_in_block = j == per_slot - 1

@@ -33,7 +33,7 @@ import numpy as np
 import PIL.Image
 
 from ..evaluation.files import write_atomic, write_csv
-from .design import Design, runs
+from .design import Design, balanced, runs
 from .equalise import EQUALISATIONS, SPACES, equalise
 from .experiment import TRIAL_COLUMNS, check_columns, psyexp, script
 from .report import roi_column, target_effects, write_report
@@ -223,6 +223,7 @@ def build_package(stimuli: list[Stimulus], out, settings: PackageSettings = Pack
         record = {"id": package_id, "created": created, "path": str(out.resolve()), "n_images": len(stimuli),
                   "conditions": counts, "inputs": [s.source for s in stimuli], "skipped": [list(x) for x in skipped],
                   "settings": settings.to_dict(), "runs": len(trial_lists),
+                  "counterbalanced": balanced(by_condition),
                   "embedding": getattr(scorer, "embedding_name", None), "unmatched": unmatched,
                   "share_kept": {e["set"]: e.get("share_kept") for e in effects}, "versions": package_versions()}
         write_atomic(tmp / "package.json", json.dumps(record, indent=2, default=str))
@@ -305,6 +306,10 @@ def _readme(record: dict, settings: PackageSettings, report: dict, effects: list
             extra = f" | {e['effect_equalised']:.3f} | {e['share_kept']:.0%} |" if settings.equalise else " |"
             lines.append(f"| {e['set']} | {e['measure']} | {e['effect']:.3f}{extra}")
         lines.append("")
+    if not record["counterbalanced"]:
+        lines += ["**Not counterbalanced:** the conditions have different numbers of images, so the runs cannot put "
+                  "each condition equally often at each position (a condition whose images are used up leaves its "
+                  "slots out). Select equally many images per condition for a balanced design.", ""]
     if record["unmatched"]:
         lines += [f"**Not matched within tolerance:** {record['unmatched']} (row indices; `luminance_matched` = 0 in "
                   "conditions.csv): too many pixels at black or white for the target.", ""]
