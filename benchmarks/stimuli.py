@@ -140,6 +140,9 @@ def markdown(result: dict) -> str:
     for name, row in result["equalisation"].items():
         lines.append(f"| {name} | {row['seconds']} | " + " | ".join(
             f"{row['sets'][s]['effect_equalised']:.3f} ({row['sets'][s]['share_kept']:.0%})" for s in sets) + " |")
+    lowest = {s: min(result["equalisation"].items(), key=lambda kv: kv[1]["sets"][s]["share_kept"]) for s in sets}
+    lines += ["", "Lowest share kept: " + "; ".join(f"{s} {row['sets'][s]['share_kept']:.0%} ({name})"
+                                                   for s, (name, row) in lowest.items()) + "."]
     lines += ["", f"### Building a {result['package_images']}-image package", "",
               "| equalisation | images | seconds | size (MiB) | stages (s from start) |", "|---|---|---|---|---|"]
     for row in result["packages"]:
