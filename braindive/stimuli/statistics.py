@@ -10,9 +10,9 @@ Every statistic is computed from an 8-bit sRGB image (``[H, W, 3]`` uint8 or flo
 - ``spectrum_slope``: slope of log amplitude against log spatial frequency of the rotationally averaged
   Fourier amplitude spectrum of the grey image (below), fit over the frequencies in ``SLOPE_BAND``;
   the image's periodic component is used (Moisan's periodic + smooth decomposition), so its borders add
-  no spurious 1/f cross; natural images are near −1, white noise 0, 1/f^a noise −a (within ±0.05 at
-  256 px for a in [0.5, 2] on float data; an 8-bit image of a spectrum steeper than about 1/f^1.5 reads
-  flatter, as its high frequencies reach the quantisation noise floor);
+  no spurious 1/f cross, and the power of an 8-bit image's rounding noise is subtracted (else steep
+  spectra read flatter at high frequencies); natural images are near −1, white noise 0, 1/f^a
+  (amplitude) noise −a (within ±0.05 at 256 px for a in [0.5, 2]);
 - ``edge_density``: share of pixels whose grey-level gradient (Sobel, after a Gaussian of σ = 1 px)
   exceeds ``EDGE_THRESHOLD`` per pixel;
 - ``entropy``: Shannon entropy (bits) of the histogram of the 8-bit grey levels.
@@ -132,35 +132,39 @@ def _periodic_spectrum(channel: np.ndarray) -> np.ndarray:
     return np.fft.fft2(x) - smooth
 
 
-def radial_spectrum(channel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rotationally averaged amplitude spectrum of a 2-D array: (frequency in cycles/image, mean amplitude).
+def radial_spectrum(channel: np.ndarray, noise: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Rotationally averaged amplitude spectrum of a 2-D array: (frequency in cycles/image, RMS amplitude).
 
     The mean is removed and the periodic component taken (periodic + smooth decomposition), so a
-    non-periodic image's borders do not bias it; frequencies are the integer radii 1 .. min(H, W)/2
-    (the DC term and the corners beyond Nyquist are left out). A non-square image's frequencies are
-    scaled to its shorter side.
+    non-periodic image's borders do not bias it; the power of white noise of variance ``noise`` per pixel
+    (e.g. 8-bit rounding) is subtracted before the square root (NaN where nothing is left). Frequencies
+    are the integer radii 1 .. min(H, W)/2 (the DC term and the corners beyond Nyquist are left out); a
+    non-square image's frequencies are scaled to its shorter side.
     """
     channel = np.asarray(channel, dtype=np.float64)
     h, w = channel.shape
-    amplitude = np.abs(_periodic_spectrum(channel))
+    power = np.abs(_periodic_spectrum(channel)) ** 2
     side = min(h, w)
     fy, fx = np.meshgrid(np.fft.fftfreq(h) * side, np.fft.fftfreq(w) * side, indexing="ij")
     radius = np.rint(np.hypot(fy, fx)).astype(int)
     top = side // 2
-    sums = np.bincount(radius.ravel(), amplitude.ravel(), minlength=top + 1)
+    sums = np.bincount(radius.ravel(), power.ravel(), minlength=top + 1)
     counts = np.bincount(radius.ravel(), minlength=top + 1)
-    return np.arange(1, top + 1, dtype=float), sums[1:top + 1] / np.maximum(counts[1:top + 1], 1)
+    mean_power = sums[1:top + 1] / np.maximum(counts[1:top + 1], 1) - noise * h * w
+    with np.errstate(invalid="ignore"):
+        return np.arange(1, top + 1, dtype=float), np.where(mean_power > 0, np.sqrt(np.maximum(mean_power, 0)), np.nan)
 
 
-def spectrum_slope(channel: np.ndarray, band=SLOPE_BAND) -> float:
-    """Least-squares slope of log mean amplitude vs log frequency over the integer radii in ``band``
-    (fractions of the shorter side, in cycles/image). 1/f^a noise gives -a; a uniform image NaN."""
-    freqs, amplitude = radial_spectrum(channel)
+def spectrum_slope(channel: np.ndarray, band=SLOPE_BAND, noise: float = 0.0) -> float:
+    """Least-squares slope of log RMS amplitude vs log frequency over the integer radii in ``band``
+    (fractions of the shorter side, in cycles/image), ``noise`` as in ``radial_spectrum``. 1/f^a noise
+    gives -a; a uniform image NaN."""
+    freqs, amplitude = radial_spectrum(channel, noise)
     side = min(np.shape(channel))
     band_pick = (freqs >= max(band[0] * side, 1.0)) & (freqs <= band[1] * side)
     if band_pick.sum() < 3:
         raise ValueError(f"Image of side {side} px is too small for a spectrum slope (needs >= 16 px).")
-    pick = band_pick & (amplitude > 1e-12)
+    pick = band_pick & (amplitude > 1e-12) & np.isfinite(amplitude)
     if pick.sum() < 3:
         return float("nan")
     return float(np.polyfit(np.log(freqs[pick]), np.log(amplitude[pick]), 1)[0])
@@ -180,15 +184,23 @@ def entropy(level: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
+def rounding_noise(rgb: np.ndarray) -> float:
+    """Variance of the grey level's 8-bit rounding noise: 1/12 grey level² for a grey image (R = G = B), the
+    Rec. 709 weights' sum of squares times that for colour (channels rounded independently)."""
+    grey_image = np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])
+    return (1.0 if grey_image else float(_LUMA @ _LUMA)) / (12 * 255.0**2)
+
+
 def image_statistics(image) -> dict[str, float]:
-    """Every statistic of ``STATISTICS`` for one image."""
+    """Every statistic of ``STATISTICS`` for one image (an 8-bit image's spectrum has its rounding noise removed)."""
+    eight_bit = hasattr(image, "convert") or np.asarray(image).dtype == np.uint8
     rgb = as_float_rgb(image)
     y = luminance(rgb)
     light = 116.0 * _f(y) - 16.0
     level = grey(rgb)
     return {"mean_lum": float(y.mean()), "rms_lum": float(y.std()), "mean_lstar": float(light.mean()),
             "rms_lstar": float(light.std()), "colourfulness": colourfulness(rgb),
-            "spectrum_slope": spectrum_slope(level), "edge_density": edge_density(level), "entropy": entropy(level)}
+            "spectrum_slope": spectrum_slope(level, noise=rounding_noise(rgb) if eight_bit else 0.0), "edge_density": edge_density(level), "entropy": entropy(level)}
 
 
 def statistics_table(rows: list[dict], sets: list[str], n_permutations: int = 10000, seed: int = 0) -> list[dict]:
