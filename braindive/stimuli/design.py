@@ -81,7 +81,7 @@ def runs(images_by_condition: dict[str, list], design: Design) -> list[list[dict
     n = max(counts.values())
     rng = np.random.default_rng(design.seed)
     square = balanced_latin_square(len(conditions))
-    square = square[rng.permutation(len(square))][:, :]           # seeded row order
+    square = square[rng.permutation(len(square))]                      # seeded row order
     names = [conditions[i] for i in rng.permutation(len(conditions))]  # seeded condition -> column symbol
     n_runs = design.runs or len(square)
     cycles = n if design.design == "event" else n // design.block_size

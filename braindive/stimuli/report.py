@@ -8,21 +8,20 @@ effect is untouched by matching the low-level statistics; near 0: it was carried
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
 from ..evaluation.files import save_figure, write_csv
 from .scoring import diversity, target_measure
-from .statistics import STATISTICS, grey, radial_spectrum, as_float_rgb, statistics_table
+from .statistics import STATISTICS, as_float_rgb, grey, radial_spectrum, statistics_table
 
 __all__ = ["set_summary", "target_effects", "plot_statistics", "plot_spectra", "write_report", "roi_column"]
 
 
 def roi_column(roi: str) -> str:
     """``pred_FFA``, ``pred_FFA_lh``: a ROI's prediction column, a valid Python identifier (PsychoPy's rule)."""
-    import re
-
     return "pred_" + re.sub(r"\W", "_", roi)
 
 
