@@ -5,7 +5,7 @@ Layout under the catalog root::
     images/<id>.png      the image
     images/<id>.json     its full provenance record (see ``braindive.records``)
     images/<id>.npy      optional: the encoder's predicted activity per voxel (float32)
-    index.sqlite         one row per image (WAL mode: safe with concurrent writers)
+    index.sqlite         one row per image (WAL mode: safe with concurrent writers), one per stimulus package
 
 Each row holds the generation's ``GenerationDescription`` (objective kind, regions, hemisphere, label,
 encoder, subject space, scheduler, mode, scales, prompt, seed), its owner and the predicted value of
@@ -58,6 +58,14 @@ CREATE TABLE IF NOT EXISTS images (
     run_id TEXT
 );
 CREATE INDEX IF NOT EXISTS images_subject_target ON images (subject, target, created);
+CREATE TABLE IF NOT EXISTS packages (
+    id TEXT PRIMARY KEY,
+    created TEXT NOT NULL,
+    path TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    n_images INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
 """
 # columns added after the first release (migrated with ALTER TABLE; ``kind IS NULL`` marks rows to backfill)
 _NEW_COLUMNS = {"kind": "TEXT", "target_b": "TEXT", "weight": "REAL", "hemisphere": "TEXT", "label": "TEXT",
@@ -335,6 +343,23 @@ class Catalog:
             rows = db.execute(f"SELECT DISTINCT {column} FROM images {where} {column} IS NOT NULL AND {column} != '' "
                               f"ORDER BY {column}", args)
             return [str(r[0]) for r in rows]
+
+    def record_package(self, record: dict) -> None:
+        """Index a stimulus package (``braindive.stimuli``): ``record`` holds its ``id``, ``created``, ``path``,
+        ``hash`` (SHA-256 of its file list with each file's SHA-256), ``n_images``, what went in and the settings."""
+        missing = [k for k in ("id", "created", "path", "hash", "n_images") if k not in record]
+        if missing:
+            raise ValueError(f"A package record needs {missing}.")
+        with closing(self._connect()) as db, db:
+            db.execute("INSERT INTO packages (id, created, path, hash, n_images, record) VALUES (?, ?, ?, ?, ?, ?)",
+                       (record["id"], record["created"], str(record["path"]), record["hash"], int(record["n_images"]),
+                        json.dumps(record, default=str)))
+
+    def packages(self) -> list[dict]:
+        """Every recorded stimulus package's record, newest first."""
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT record FROM packages ORDER BY created DESC, rowid DESC").fetchall()
+        return [json.loads(r["record"]) for r in rows]
 
     def export_zip(self, entry_ids, path) -> Export:
         """ZIP of the chosen images + JSON records + ``manifest.csv`` (+ ``skipped.csv`` naming what was left out).

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .batch import cli as batch_cli
+from .stimuli import cli as stimuli_cli
 from .records import generation_record
 
 __all__ = ["main", "PRESETS", "SD21_MODEL_ID"]
@@ -246,6 +247,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--out", help="output folder (default STUDY/analysis)")
     a.add_argument("--max-failed-checks", type=int, default=0, help="exclude participants failing more checks")
     batch_cli.add_parser(sub)
+    stimuli_cli.add_parser(sub)
     return parser
 
 
@@ -278,6 +280,8 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "batch":
         return batch_cli.run(args)
+    if args.command == "stimuli":
+        return stimuli_cli.run(args)
     try:
         if args.command == "evaluate":
             print(f"wrote {evaluate(args)} and the plot beside it")

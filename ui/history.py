@@ -20,6 +20,7 @@ from braindive.catalog import Entry, Export, Page
 from braindive.description import describe_record, measured_baseline
 
 from . import evaluate as evaluation_panel
+from . import stimuli as stimuli_panel
 from .charts import roi_chart
 from .service import CUSTOM, Service, ServiceError, storage_error
 
@@ -305,6 +306,7 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
 
     export.click(export_zip, [subject, target, since, until, selected, encoder], zip_file)
     export_all_button.click(export_all, filters, [zip_file, export_report])
-    evaluation_panel.build(service, selected, filters, lambda request, ids, *values: visible(request, ids) or
-                           all_matching(*values, request))
+    chosen = lambda request, ids, *values: visible(request, ids) or all_matching(*values, request)  # noqa: E731
+    evaluation_panel.build(service, selected, filters, chosen)
+    stimuli_panel.build(service, selected, filters, chosen)
     return {"refresh": (load, [*filters, page_index, selected], page_outputs), "run_again": (run_again, run_again_json)}

@@ -41,6 +41,7 @@ class RunReport:
     seconds: float = 0.0
     workers: int = 0
     summary: Path | None = None
+    package: Path | None = None  # the [stimuli] package, when the sweep has one
 
 
 def plan_units(sweep: Sweep, catalog: Catalog) -> tuple[list[Unit], int]:
@@ -127,6 +128,10 @@ def run_sweep(sweep: Sweep, *, catalog_dir=None, address: str | None = None, wor
     from .summary import write_summary
 
     report.summary = write_summary(sweep, catalog, log=log)
+    if sweep.stimuli is not None and not report.stopped:
+        from ..stimuli.sweep import package_run
+
+        report.package = package_run(sweep, catalog, log=log)
     return report
 
 

@@ -28,7 +28,8 @@ __all__ = ["Sweep", "Job", "Settings", "EncoderSpec", "SweepError", "load_sweep"
            "DEMO", "SETTING_RANGES"]
 
 DEMO = "demo"  # model / encoder name of the offline demo bundle
-_TOP_KEYS = {"name", "model", "catalog", "seeds", "encoders", "targets", "settings", "execution", "rerank", "evaluation"}
+_TOP_KEYS = {"name", "model", "catalog", "seeds", "encoders", "targets", "settings", "execution", "rerank", "evaluation",
+             "stimuli"}
 _TABLE_KEYS = {
     "encoders": {"subject", "path", "name"},
     "targets": {"rois", "minimize", "voxels", "contrasts"},
@@ -116,6 +117,7 @@ class Sweep:
     save_activations: bool = True
     rerank_keep: float | None = None
     evaluation: dict | None = None
+    stimuli: dict | None = None  # the [stimuli] table: a stimulus package at the end of the run
     source: str = ""
     fingerprint: str = field(default="", repr=False)
 
@@ -245,12 +247,19 @@ class _Reader:
             self.check_keys(data["evaluation"], _TABLE_KEYS["evaluation"], "evaluation")
             if data["evaluation"].get("enabled", True):
                 evaluation = dict(data["evaluation"].get("options", {}))
+        stimuli = self.stimuli(data.get("stimuli"))
         seeds = self.seeds(data.get("seeds"))
         fingerprint = hashlib.sha256(json.dumps({"model": model, "seeds": seeds, "jobs": [j.key() for j in jobs]},
                                                 sort_keys=True).encode()).hexdigest()
         return Sweep(name=name, model=model, catalog=catalog, seeds=seeds, encoders=encoders,
-                     jobs=jobs, **execution, rerank_keep=keep, evaluation=evaluation, source=self.source,
+                     jobs=jobs, **execution, rerank_keep=keep, evaluation=evaluation, stimuli=stimuli, source=self.source,
                      fingerprint=fingerprint)
+
+    def stimuli(self, table) -> dict | None:
+        """``[stimuli]``: checked by ``braindive.stimuli.sweep`` (not part of the fingerprint: it makes no images)."""
+        from ..stimuli.sweep import read_stimuli_table
+
+        return read_stimuli_table(table, lambda message, key: self.fail(message, "stimuli", key))
 
     def seeds(self, value) -> list[int]:
         if isinstance(value, dict):
