@@ -19,8 +19,10 @@ import braindive as bd
 from braindive.cache import private_tmp
 from braindive.flatmap.render import _HIGHLIGHT, _HIGHLIGHT_B
 
+from .registry import ServiceError
+
 __all__ = ["MAPS", "LIMITS", "ResultMaps", "save_unguided", "load_maps", "units", "target_sets", "color_limits",
-           "render", "values_at", "export_maps", "outline_kwargs",
+           "render", "result_map", "values_at", "export_maps", "outline_kwargs",
            "COLOUR_B"]
 
 MAPS = ("guided − unguided", "guided", "unguided")
@@ -131,6 +133,15 @@ def render(service, subject_name: str, maps: ResultMaps, kind: str, limits: str,
     title = f"{kind} · seed {maps.record.get('seed')} · {maps.record.get('target')}"
     image = service.flatmap(subject_name, values, vmin=vmin, vmax=vmax, title=title, **outline_kwargs(target, region_b))
     return _with_units(image, f"colour: {kind} predicted response · {unit}")
+
+
+def result_map(service, subject_name: str, maps: ResultMaps, kind: str, limits: str) -> np.ndarray:
+    """``render`` with the units of the encoder that made the result: the one activation view of Explore and History."""
+    try:
+        unit = units(service.encoder(maps.record.get("encoder", "")).config)
+    except ServiceError:  # the encoder is gone or cannot load: say what is usual
+        unit = "z-scored betas"
+    return render(service, subject_name, maps, kind, limits, unit)
 
 
 def _font(size: int):

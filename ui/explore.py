@@ -126,11 +126,7 @@ def build(service: Service, settings) -> dict:
     def show(subj, entry_id, kind, lim) -> dict:
         """The activation view of one result."""
         maps = act.load_maps(service.catalog, entry_id)
-        try:
-            unit = act.units(service.encoder(maps.record.get("encoder", "")).config)
-        except ServiceError:  # the encoder is gone: say what is usual
-            unit = "z-scored betas"
-        image, note = sel.safe_map(service, subj, lambda: act.render(service, subj, maps, kind, lim, unit))
+        image, note = sel.safe_map(service, subj, lambda: act.result_map(service, subj, maps, kind, lim))
         label_a, _, label_b = str(maps.record.get("target", "")).partition("-vs-")
         out_dir = service.settings.catalog_dir / "images" / "maps" / entry_id  # served: catalog images are allowed
         downloads = [str(maps.image_path), str(maps.image_path.with_suffix(".json"))]
