@@ -118,8 +118,7 @@ def build(service: Service, settings) -> dict:
                 unguided_image = gr.Image(label="Unguided (same seed)", interactive=False, elem_id="result-unguided",
                                           format="png")
             chart = gr.Plot(label="Per-ROI prediction vs unguided baseline", elem_id="roi-chart")
-            files = gr.File(label="Download: PNG, metadata JSON, maps (.npy, GIfTI)", file_count="multiple",
-                            elem_id="downloads")
+            files = gr.File(label=_downloads_label(service, subject0), file_count="multiple", elem_id="downloads")
     state = gr.State(first)
     view = [activation_map, guided_image, unguided_image, chart, files, values]
 
@@ -219,7 +218,8 @@ def build(service: Service, settings) -> dict:
                 contrast: gr.update(choices=names, value=names[0]),
                 encoder: gr.update(choices=encs, value=encs[0] if encs else None),
                 painter: painted, paint_box: gr.update(visible=painted is not None), gallery: [], preview: None,
-                **{component: None for component in view[:5]}, values: ""}
+                **{component: None for component in view[:4]}, values: "",
+                files: gr.update(value=None, label=_downloads_label(service, subj))}
 
     subject.input(change_subject, [subject, objective],
                   [*select_outputs, contrast, encoder, painter, paint_box, gallery, preview, *view])
@@ -254,10 +254,11 @@ def build(service: Service, settings) -> dict:
                 encoder: gr.update(choices=encs, value=values.get("encoder") if values.get("encoder") in encs else encs[0]),
                 scale: values.get("scale", defaults["brain_guidance_scale"]), steps: values.get("steps", steps.value),
                 scheduler: values.get("scheduler", "dpm"), seed: values.get("seed", 0), n_images: 1,
-                prompt: values.get("prompt", ""), mode: mode_value if mode_value in ("exact", "fast") else "exact"}
+                prompt: values.get("prompt", ""), mode: mode_value if mode_value in ("exact", "fast") else "exact",
+                files: gr.update(label=_downloads_label(service, subj))}
 
     run_again_outputs = [*select_outputs, subject, hemi, objective, contrast, contrast_box, weight, encoder, scale, steps,
-                         scheduler, seed, n_images, prompt, mode]
+                         scheduler, seed, n_images, prompt, mode, files]
     encoder.focus(refresh_lists, [subject, encoder], [subject, encoder], queue=False)
     dice.click(lambda: random.randint(0, 2**31 - 1), None, seed)
 
@@ -352,6 +353,11 @@ def _guarded(compute, outputs):
     except (KeyError, OSError, ValueError, ServiceError) as exc:  # entry gone from the catalog, unreadable files
         gr.Warning(f"Cannot show that result: {exc}")
         return unchanged(outputs)
+
+
+def _downloads_label(service: Service, subject_name: str) -> str:
+    """The downloads' header, naming the map formats written for this subject (GIfTI only where GIfTI is written)."""
+    return f"Download: PNG, metadata JSON, maps ({act.map_formats(service.subject(subject_name))})"
 
 
 def _caption(result: ImageResult, rank: int | None = None) -> str:
