@@ -14,7 +14,7 @@ CSS = """
 #demo-banner {background:#fff4d6;border:1px solid #e0b84c;border-radius:6px;padding:4px 12px;}
 #flatmap img {cursor: crosshair;}
 #preview img {width: 100%; height: 100%; object-fit: contain;}
-#gallery .caption-label {white-space: normal; overflow: visible; text-overflow: clip;}
+#gallery .caption-label, #history-gallery .caption-label {white-space: normal; overflow: visible; text-overflow: clip;}
 """
 
 

@@ -176,7 +176,8 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
             image = gr.Image(label="Image", interactive=False, elem_id="history-image", height=280)
             parameters = gr.Markdown("Click a thumbnail to open it.", elem_id="history-params")
         with gr.Row():
-            activation_map = gr.Image(label="Predicted activation (guided image)", interactive=False, elem_id="history-map")
+            activation_map = gr.Image(label="Predicted activation (guided image)", interactive=False, elem_id="history-map",
+                                      format="png")
             chart = gr.Plot(label="Per-ROI prediction", elem_id="history-chart")
         files = gr.File(label="Image, record (JSON), predicted activation (.npy)", file_count="multiple",
                         elem_id="history-files")
