@@ -200,7 +200,8 @@ def build(service: Service, settings) -> dict:
 
     use_paint.click(use_painted, [subject, painter, state, objective, contrast], select_outputs)
     # the editor's bin empties the whole canvas: put the flatmap back, so only the paint is cleared
-    painter.clear(lambda subj: sel.painter_value(service, subj), subject, painter)
+    # outside the queue: the picture (rendered once per subject and cached) is back as soon as it is sent
+    painter.clear(lambda subj: sel.painter_value(service, subj), subject, painter, queue=False, show_progress="hidden")
 
     def change_objective(subj, st, obj, con):
         return {**redraw(subj, st, obj, con), contrast_box: gr.update(visible=obj == "contrast")}
@@ -211,10 +212,10 @@ def build(service: Service, settings) -> dict:
     def change_subject(subj, obj):
         names = service.subject(subj).roi_names
         encs = service.encoders_for(subj)
-        st = {"target": names[0], "hemi": "both", "voxels": [], "results": [], "shown": None}
+        st = {"target": sel.default_roi(names), "hemi": "both", "voxels": [], "results": [], "shown": None}
         painted = sel.painter_value(service, subj)
         # the results belong to the previous subject: clear them and everything shown about them
-        return {**redraw(subj, st, obj, names[0]), roi: gr.update(choices=names, value=names[0]), hemi: "both",
+        return {**redraw(subj, st, obj, names[0]), roi: gr.update(choices=names, value=st["target"]), hemi: "both",
                 contrast: gr.update(choices=names, value=names[0]),
                 encoder: gr.update(choices=encs, value=encs[0] if encs else None),
                 painter: painted, paint_box: gr.update(visible=painted is not None), gallery: [], preview: None,
