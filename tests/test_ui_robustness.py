@@ -122,7 +122,7 @@ def test_trained_encoder_records_its_subject_file_and_the_app_finds_it(s1, tmp_p
     moved = tmp_path / "elsewhere"
     shutil.move(tmp_path / "app", moved)  # nor on where it was written
     svc = Service(Settings(data_dir=str(moved)))
-    assert svc.subject_names() == ["S1 · pycortex:S1:visual+4mm", "toy · surface"]
+    assert svc.subject_names() == ["S1 · pycortex:S1:visual+4mm", "S1-fullhead · fullhead", "toy · surface"]
     assert svc.encoders_for("toy · surface") == ["toy-encoder"]
     assert svc.subject_of("toy-encoder").roi_names == ["A", "B"]
 
