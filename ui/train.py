@@ -127,6 +127,9 @@ def build(service: Service, explore: dict) -> dict:
         subjects, encoders = refresh_lists(subj, enc)
         return {**update, explore["subject"]: subjects, explore["encoder"]: encoders}
 
+    # follow the log's last line (Gradio's autoscroll does not, for a value set by the server): scroll once it is drawn
+    log_box.change(None, None, None, js="() => { setTimeout(() => { const box = document.querySelector('#train-log "
+                   "textarea'); if (box) box.scrollTop = box.scrollHeight; }, 50); }")
     timer.tick(poll, [job_id, explore["subject"], explore["encoder"]],
                [status, log_box, r2_map, table, timer, explore["subject"], explore["encoder"]])
 
