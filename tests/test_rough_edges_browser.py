@@ -267,6 +267,9 @@ def test_train_progress_log_and_the_last_job_after_a_reload(page, browser, serve
         fresh.wait_for_selector("#train-r2 img", timeout=60_000)
         assert "FFA" in fresh.locator("#train-table").inner_text()
         assert "now selectable" in fresh.locator("#train-status").inner_text()
+        fresh.wait_for_function("(() => { const t = document.querySelector('#train-log textarea');"
+                                " return t.scrollHeight > t.clientHeight + 10"
+                                " && t.scrollHeight - t.clientHeight - t.scrollTop <= 2; })()", timeout=30_000)
         fresh.screenshot(path=ARTIFACTS / "issue22-train-reloaded.png", full_page=True)
     finally:
         fresh.close()

@@ -28,7 +28,7 @@ def build_app(service: Service, settings: Settings) -> gr.Blocks:
         with gr.Tabs() as tabs:
             with gr.Tab("Explore", id="explore"):
                 explore_parts = explore.build(service, settings)
-            with gr.Tab("Train", id="train"):
+            with gr.Tab("Train", id="train") as train_tab:
                 train_parts = train.build(service, explore_parts)
             with gr.Tab("History", id="history") as history_tab:
                 history_parts = history.build(service, owner=service.history_owner)
@@ -40,6 +40,7 @@ def build_app(service: Service, settings: Settings) -> gr.Blocks:
                                              history_parts["run_again"][1], [*fields, tabs])
         app.load(*explore_parts["refresh"])  # lists as they are now: encoders trained since the app started
         app.load(*train_parts["restore"])  # the latest training job, its log and results, after a reload
+        train_tab.select(None, None, None, js=train.FOLLOW_LOG_JS)
 
         def closed(request: gr.Request):
             """The page is gone: stop its generation and drop what Gradio keeps for the session (ui.memory)."""

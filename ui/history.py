@@ -176,8 +176,9 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
             image = gr.Image(label="Image", interactive=False, elem_id="history-image", height=280)
             parameters = gr.Markdown("Click a thumbnail to open it.", elem_id="history-params")
         with gr.Row():
-            activation_map = gr.Image(label="Predicted activation (guided image)", interactive=False, elem_id="history-map",
-                                      format="png")
+            # no label over the map, as in Explore: it would hide the hemisphere names in its top corners
+            activation_map = gr.Image(label="Predicted activation (guided image)", show_label=False, buttons=[],
+                                      interactive=False, elem_id="history-map", format="png")
             chart = gr.Plot(label="Per-ROI prediction", elem_id="history-chart")
         files = gr.File(label="Image, record (JSON), predicted activation (.npy)", file_count="multiple",
                         elem_id="history-files")

@@ -16,6 +16,12 @@ DATASETS = {"Synthetic demo subject (S1)": ("synthetic", "S1"),
             "Prepared NSD subject (.h5)": ("nsd", "S1"), "Generic image folder dataset (.h5)": ("generic", "S1")}
 
 
+# scrolls the log box to its last line once the page has drawn it (also when the Train tab is opened: a hidden box
+# has no height to scroll)
+FOLLOW_LOG_JS = ("() => { setTimeout(() => { const box = document.querySelector('#train-log textarea'); "
+                 "if (box) box.scrollTop = box.scrollHeight; }, 100); }")
+
+
 def _report_outputs(job):
     """R^2 flatmap path and per-ROI rows from a finished job's report."""
     report_dir = Path(job.state.outputs["report"])
@@ -128,8 +134,7 @@ def build(service: Service, explore: dict) -> dict:
         return {**update, explore["subject"]: subjects, explore["encoder"]: encoders}
 
     # follow the log's last line (Gradio's autoscroll does not, for a value set by the server): scroll once it is drawn
-    log_box.change(None, None, None, js="() => { setTimeout(() => { const box = document.querySelector('#train-log "
-                   "textarea'); if (box) box.scrollTop = box.scrollHeight; }, 50); }")
+    log_box.change(None, None, None, js=FOLLOW_LOG_JS)
     timer.tick(poll, [job_id, explore["subject"], explore["encoder"]],
                [status, log_box, r2_map, table, timer, explore["subject"], explore["encoder"]])
 
