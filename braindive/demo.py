@@ -11,6 +11,7 @@ is a demo, and says so.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass, replace
@@ -26,7 +27,8 @@ from .pipeline import BrainDiVEPipeline, FastGuidance
 from .presets import PRESETS
 from .subjects import Subject, load_subject
 
-__all__ = ["DemoBundle", "load", "configure_fast", "build_diffusion_bundle", "DEMO_LABEL", "DEMO_DEFAULTS"]
+__all__ = ["DemoBundle", "load", "configure_fast", "build_diffusion_bundle", "volume_encoder_folder", "DEMO_LABEL",
+           "DEMO_DEFAULTS", "DEMO_VOLUME_SUBJECT"]
 
 BUNDLE_VERSION = 1
 DEMO_LABEL = "DEMO: tiny diffusion model trained on toy shapes + synthetic encoder on pycortex S1 (not real brain data)"
@@ -38,6 +40,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 ASSET_ENCODER = ASSETS / "demo-encoder"
 ASSET_DIFFUSION = ASSETS / "demo-sd"
 ASSET_TINY_DECODER = ASSETS / "demo-taesd"  # training.distill_decoder of its VAE, for fast guidance
+DEMO_VOLUME_SUBJECT = "S1-fullhead"  # the built-in volume space; its demo encoder is derived from the S1 one
 # The demo's `fast`, picked from the guidance benchmark (benchmarks/RESULTS.md, config `demo`), with the tiny decoder
 DEMO_FAST_RECIPE = FastGuidance(skip_unet_backprop=True, guide_every=4, dense_start=0.2, decode_scale=0.5)
 # Scale measured on braindive/assets/demo-sd with the demo encoder (128 px, its training size; 25 DPM steps, SAG 0.75,
@@ -187,6 +190,30 @@ def resampled_encoder(encoder: ClipLinearEncoder, source: Subject, target: Subje
         moved.head.weight.copy_(torch.from_numpy(rows[:, :-1]).float())
         moved.head.bias.copy_(torch.from_numpy(rows[:, -1]).float())
     return moved
+
+
+def volume_encoder_folder(target: str = DEMO_VOLUME_SUBJECT) -> Path:
+    """The demo encoder resampled onto the volume subject ``target`` (``resampled_encoder``), as a checkpoint folder.
+
+    Derived from ``assets/demo-encoder`` on first use (a few seconds) and cached, keyed by the source
+    checkpoint's files and the target's fingerprint, so a changed asset or voxel space is derived again.
+    """
+    source_subject, volume = load_subject("S1"), load_subject(target)
+    digest = hashlib.sha256(volume.fingerprint.encode())
+    for name in ("config.json", "head.safetensors", "backbone.safetensors"):
+        path = ASSET_ENCODER / name
+        digest.update(path.read_bytes() if path.is_file() else b"seeded")
+    folder = cache_dir("demo") / f"encoder-{target}-{digest.hexdigest()[:16]}"
+    if not (folder / "config.json").is_file():
+        source = (load_encoder(ASSET_ENCODER, subject=source_subject) if (ASSET_ENCODER / "config.json").is_file()
+                  else seeded_demo_encoder(source_subject))
+        tmp = private_tmp(folder)
+        resampled_encoder(source, source_subject, volume).save(tmp)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process derived it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 def configure_fast(pipe: BrainDiVEPipeline) -> BrainDiVEPipeline:

@@ -97,7 +97,7 @@ def test_corrupt_trained_encoder_is_reported_not_fatal(service):
     try:
         with pytest.raises(ServiceError, match="Could not load encoder 'broken'.*corrupt"):
             collect(service, encoder="broken")
-        assert service.subject_names() == ["S1 · pycortex:S1:visual+4mm"]  # the broken encoder is skipped
+        assert service.subject_names() == ["S1 · pycortex:S1:visual+4mm", "S1-fullhead · fullhead"]  # broken: skipped
     finally:
         (broken / "config.json").unlink()
         broken.rmdir()

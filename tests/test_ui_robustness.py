@@ -122,7 +122,7 @@ def test_trained_encoder_records_its_subject_file_and_the_app_finds_it(s1, tmp_p
     moved = tmp_path / "elsewhere"
     shutil.move(tmp_path / "app", moved)  # nor on where it was written
     svc = Service(Settings(data_dir=str(moved)))
-    assert svc.subject_names() == ["S1 · pycortex:S1:visual+4mm", "toy · surface"]
+    assert svc.subject_names() == ["S1 · pycortex:S1:visual+4mm", "S1-fullhead · fullhead", "toy · surface"]
     assert svc.encoders_for("toy · surface") == ["toy-encoder"]
     assert svc.subject_of("toy-encoder").roi_names == ["A", "B"]
 
@@ -133,7 +133,8 @@ def test_changing_subject_clears_the_gallery(app):
     change_subject, _ = handler(app, "change_subject")
     outputs = {component.elem_id: value for component, value in change_subject("S1", "maximize").items()}
     assert outputs["gallery"] == [] and outputs["activation-map"] is None and outputs["roi-chart"] is None
-    assert outputs["downloads"] is None
+    assert outputs["downloads"]["value"] is None and outputs["downloads"]["label"].endswith("(.npy, GIfTI)")
+    assert outputs["preview"] is None  # issue 22.17: the old subject's preview goes too
 
 
 def test_stale_gallery_click_is_a_warning_not_an_error(app, service, entry_id):
@@ -142,7 +143,7 @@ def test_stale_gallery_click_is_a_warning_not_an_error(app, service, entry_id):
     view = (explore.act.MAPS[0], explore.act.LIMITS[0])
     with pytest.warns(UserWarning, match="no longer among the results"):
         out = inspect("S1", {"target": "FFA", "voxels": [], "results": []}, *view, click)
-    assert out == {}
+    assert out and all(value == gr.skip() for value in out.values())  # every output left as it is, none blanked
     out = {c.elem_id: v for c, v in inspect("S1", {"target": "FFA", "voxels": [], "results": [entry_id]}, *view, click).items()}
     files = out["downloads"]
     assert out["activation-map"].ndim == 3 and [Path(f).suffix for f in files[:2]] == [".png", ".json"]
@@ -245,7 +246,7 @@ def test_poll_of_a_done_job_without_a_readable_report_stops_the_timer(app, servi
     service.jobs[job.state.id] = job
     poll, _ = handler(app, "poll")
     with pytest.warns(UserWarning, match="report could not be read"):
-        out = poll(job.state.id, "S1", "demo", 0)
+        out = poll(job.state.id, "S1", "demo")
     timer = next(v for c, v in out.items() if isinstance(c, gr.Timer))
     status = next(v for c, v in out.items() if c.elem_id == "train-status")
     assert timer.active is False and "report could not be read" in status

@@ -3,8 +3,9 @@
 Three maps per result: ``guided``, ``unguided`` (same seed, brain guidance off) and their difference.
 The target is outlined (region B of a contrast too, in a second colour) rather than filled, the colour
 limits are chosen for the view (robust over the map, or fitted to the target), the colour bar says
-what the numbers are, a click gives the values under it, and the maps download as ``.npy`` (and
-GIfTI for surface subjects). The unguided image and activations are stored beside the catalog entry
+what the numbers are, a click gives the values under it (a volume voxel's grid position and scanner
+coordinates too), and the maps download as ``.npy`` (and GIfTI for surface subjects, NIfTI on the grid
+for volume subjects). The unguided image and activations are stored beside the catalog entry
 (``images/<id>.unguided.png`` / ``.npy``) when the result is cataloged.
 """
 from __future__ import annotations
@@ -19,8 +20,10 @@ import braindive as bd
 from braindive.cache import private_tmp
 from braindive.flatmap.render import _HIGHLIGHT, _HIGHLIGHT_B
 
+from .registry import ServiceError
+
 __all__ = ["MAPS", "LIMITS", "ResultMaps", "unguided_files", "load_maps", "units", "target_sets", "color_limits",
-           "render", "values_at", "export_maps", "outline_kwargs",
+           "render", "result_map", "values_at", "voxel_name", "map_formats", "export_maps", "outline_kwargs",
            "COLOUR_B"]
 
 MAPS = ("guided − unguided", "guided", "unguided")
@@ -128,6 +131,15 @@ def render(service, subject_name: str, maps: ResultMaps, kind: str, limits: str,
     return _with_units(image, f"colour: {kind} predicted response · {unit}")
 
 
+def result_map(service, subject_name: str, maps: ResultMaps, kind: str, limits: str) -> np.ndarray:
+    """``render`` with the units of the encoder that made the result: the one activation view of Explore and History."""
+    try:
+        unit = units(service.encoder(maps.record.get("encoder", "")).config)
+    except ServiceError:  # the encoder is gone or cannot load: say what is usual
+        unit = "z-scored betas"
+    return render(service, subject_name, maps, kind, limits, unit)
+
+
 def _font(size: int):
     """DejaVu Sans (the flatmap's font) from matplotlib's copy."""
     import matplotlib
@@ -156,13 +168,30 @@ def values_at(service, subject_name: str, maps: ResultMaps, x: float, y: float) 
     if hit is None or hit.voxel is None:
         return "No voxel of this subject at that point; click on the coloured cortex."
     subject = service.subject(subject_name)
-    lines = [f"**Voxel {hit.voxel}** ({hit.hemisphere}{', ' + ', '.join(hit.rois) if hit.rois else ', no ROI'}): "
-             + _triple(maps, lambda v: float(v[hit.voxel]))]
+    lines = [f"**{voxel_name(subject, hit.voxel)}** ({hit.hemisphere}"
+             f"{', ' + ', '.join(hit.rois) if hit.rois else ', no ROI'}): " + _triple(maps, lambda v: float(v[hit.voxel]))]
     for roi in hit.rois:
         region = subject.roi(f"{roi}.{hit.hemisphere}")
         lines.append(f"**{roi}.{hit.hemisphere} mean** ({len(region)} voxels): "
                      + _triple(maps, lambda v: float(v[region].mean())))
     return "  \n".join(lines)
+
+
+def voxel_name(subject, voxel: int) -> str:
+    """``Voxel 12``; for a volume subject with its grid position and scanner coordinates:
+    ``Voxel 12 · (i, j, k) = (40, 52, 30) · (x, y, z) = (-12.0, 4.5, 8.0) mm``."""
+    text = f"Voxel {voxel}"
+    if getattr(subject, "kind", "surface") != "volume" or subject.ijk is None:
+        return text
+    ijk = np.asarray(subject.ijk[voxel], np.int64)
+    xyz = np.asarray(subject.affine, np.float64) @ np.r_[ijk, 1.0]
+    return (f"{text} · (i, j, k) = ({', '.join(str(int(c)) for c in ijk)}) · "
+            f"(x, y, z) = ({', '.join(f'{c:.1f}' for c in xyz[:3])}) mm")
+
+
+def map_formats(subject) -> str:
+    """The map file formats written for ``subject`` (``export_maps``), as the downloads' header names them."""
+    return ".npy, NIfTI" if getattr(subject, "kind", "surface") == "volume" else ".npy, GIfTI"
 
 
 def _triple(maps: ResultMaps, reduce) -> str:
@@ -193,6 +222,29 @@ def export_maps(maps: ResultMaps, subject, folder) -> list[str]:
         paths.append(str(path))
     if getattr(subject, "kind", "surface") == "surface" and subject.vertices is not None:
         paths += _gifti(arrays, subject, folder, stem)
+    elif getattr(subject, "kind", "surface") == "volume" and subject.ijk is not None:
+        paths += _nifti(arrays, subject, folder, stem)
+    return paths
+
+
+def _nifti(arrays: dict, subject, folder: Path, stem: str) -> list[str]:
+    """One ``.nii.gz`` per map on the subject's grid (its shape and affine; NaN outside its voxels)."""
+    import nibabel as nib
+
+    paths = []
+    i, j, k = np.asarray(subject.ijk, np.int64).T
+    for name, values in arrays.items():
+        path = folder / f"{stem}_{name}.nii.gz"
+        paths.append(str(path))
+        if path.is_file():
+            continue
+        grid = np.full(tuple(subject.volume_shape), np.nan, np.float32)
+        grid[i, j, k] = np.asarray(values, np.float32)
+        image = nib.Nifti1Image(grid, np.asarray(subject.affine, np.float64))
+        image.header.set_xyzt_units("mm")
+        tmp = private_tmp(path, ".nii.gz")
+        nib.save(image, tmp)
+        tmp.replace(path)
     return paths
 
 

@@ -13,10 +13,12 @@ from . import activation as act
 from . import selection as sel
 from .charts import roi_chart
 from .memory import trim_heap
+from .updates import unchanged
 from .service import CUSTOM, OBJECTIVES, Finished, GenerationRequest, ImageResult, Progress, Service, ServiceError, Waiting
 from .validation import check_keep
 
 CLICK_MODES = ("Select ROI", "Grow voxel set")
+MAP_MIN_WIDTH = 560  # px of a map column; with the 320 px of the column beside it, a window under ~960 px stacks them
 
 
 def _no_subject_error(service: Service) -> ServiceError:
@@ -46,12 +48,13 @@ def build(service: Service, settings) -> dict:
     subject0 = subjects[0]
     roi_names = service.subject(subject0).roi_names
     defaults = service.backend().defaults
-    first = {"target": "FFA" if "FFA" in roi_names else roi_names[0], "hemi": "both", "voxels": [], "results": [],
+    first = {"target": sel.default_roi(roi_names), "hemi": "both", "voxels": [], "results": [],
              "shown": None}
     map0, note0 = sel.safe_map(service, subject0, lambda: sel.selection_map(service, subject0, first))
 
+    # the map column needs room for readable ROI labels: narrower than both minimum widths, the columns stack
     with gr.Row():
-        with gr.Column(scale=3):
+        with gr.Column(scale=3, min_width=MAP_MIN_WIDTH):
             with gr.Row():
                 subject = gr.Dropdown(sel.subject_choices(service, subjects), value=subject0, label="Subject",
                                       elem_id="subject")
@@ -63,8 +66,8 @@ def build(service: Service, settings) -> dict:
             with gr.Row():
                 click_mode = gr.Radio(CLICK_MODES, value=CLICK_MODES[0], label="Clicking", elem_id="click-mode")
                 radius = gr.Slider(1, 20, value=6, step=1, label="Grow radius (mm)")
+            selection = gr.Markdown(sel.selection_text(service, subject0, first), elem_id="selection")
             with gr.Row():
-                selection = gr.Markdown(sel.selection_text(service, subject0, first), elem_id="selection")
                 roi = gr.Dropdown(roi_names, value=first["target"], label="…or choose an ROI", elem_id="roi-list")
                 hemi = gr.Radio(list(sel.HEMISPHERES), value="both", label="Hemisphere", elem_id="hemisphere")
                 clear = gr.Button("Clear voxel set", size="sm")
@@ -103,7 +106,7 @@ def build(service: Service, settings) -> dict:
     gallery = gr.Gallery(label="Results, best first — click an image to inspect it", columns=6, height=260,
                          elem_id="gallery", format="png", fit_columns=False, object_fit="contain", allow_preview=False)
     with gr.Row():
-        with gr.Column(scale=3):
+        with gr.Column(scale=3, min_width=MAP_MIN_WIDTH):
             activation_map = gr.Image(label="Predicted activation — click for values", show_label=False, buttons=[],
                                       interactive=False, elem_id="activation-map", format="png")
             with gr.Row():
@@ -116,19 +119,14 @@ def build(service: Service, settings) -> dict:
                 unguided_image = gr.Image(label="Unguided (same seed)", interactive=False, elem_id="result-unguided",
                                           format="png")
             chart = gr.Plot(label="Per-ROI prediction vs unguided baseline", elem_id="roi-chart")
-            files = gr.File(label="Download: PNG, metadata JSON, maps (.npy, GIfTI)", file_count="multiple",
-                            elem_id="downloads")
+            files = gr.File(label=_downloads_label(service, subject0), file_count="multiple", elem_id="downloads")
     state = gr.State(first)
     view = [activation_map, guided_image, unguided_image, chart, files, values]
 
     def show(subj, entry_id, kind, lim) -> dict:
         """The activation view of one result."""
         maps = act.load_maps(service.catalog, entry_id)
-        try:
-            unit = act.units(service.encoder(maps.record.get("encoder", "")).config)
-        except ServiceError:  # the encoder is gone: say what is usual
-            unit = "z-scored betas"
-        image, note = sel.safe_map(service, subj, lambda: act.render(service, subj, maps, kind, lim, unit))
+        image, note = sel.safe_map(service, subj, lambda: act.result_map(service, subj, maps, kind, lim))
         label_a, _, label_b = str(maps.record.get("target", "")).partition("-vs-")
         out_dir = service.settings.catalog_dir / "images" / "maps" / entry_id  # served: catalog images are allowed
         downloads = [str(maps.image_path), str(maps.image_path.with_suffix(".json"))]
@@ -144,7 +142,8 @@ def build(service: Service, settings) -> dict:
                                                                             con if obj == "contrast" else None))
         return {flatmap: gr.update(value=image, visible=image is not None),
                 map_note: gr.update(value=note, visible=bool(note)),
-                selection: sel.selection_text(service, subj, st), state: st}
+                selection: sel.selection_text(service, subj, st), state: st,
+                **({roi: gr.update(value=None)} if st["target"] == CUSTOM else {})}  # no ROI shown for a custom set
 
     select_outputs = [flatmap, map_note, selection, state, roi, hemi]
 
@@ -156,11 +155,11 @@ def build(service: Service, settings) -> dict:
         hit = service.pick(subj, x, y, service.flatmap_shape(subj))
         if hit is None:
             gr.Info("That point is outside the cortex.")
-            return {}
+            return unchanged(select_outputs)
         if mode == CLICK_MODES[0]:
             if not hit.rois:
                 gr.Info(f"No ROI at that point ({hit.hemisphere}); switch to 'Grow voxel set' to build a custom set.")
-                return {}
+                return unchanged(select_outputs)
             # "both" stays; a one-hemisphere choice follows the hemisphere clicked
             hemi_choice = "both" if st.get("hemi", "both") == "both" else sel.HEMISPHERE_CHOICE[hit.hemisphere]
             st = {**st, "target": hit.rois[0], "hemi": hemi_choice, "voxels": []}
@@ -168,7 +167,7 @@ def build(service: Service, settings) -> dict:
         if hit.voxel is None:
             gr.Info("No voxel of this subject at that point (this subject's voxels cover the outlined regions and a "
                     "margin around them); click closer to an outlined region.")
-            return {}
+            return unchanged(select_outputs)
         grown = service.grow(subj, hit.voxel, rad)
         st = {**st, "target": CUSTOM, "voxels": sorted(set(st["voxels"]) | set(grown.tolist()))}
         return redraw(subj, st, obj, con)
@@ -177,12 +176,18 @@ def build(service: Service, settings) -> dict:
 
     def choose_roi(subj, name, hemisphere, st, obj, con):
         if not name:
-            return {}
+            return unchanged(select_outputs)
         return redraw(subj, {**st, "target": name, "hemi": hemisphere, "voxels": []}, obj, con)
 
     roi.input(choose_roi, [subject, roi, hemi, state, objective, contrast], select_outputs)
     hemi.input(choose_roi, [subject, roi, hemi, state, objective, contrast], select_outputs)
-    clear.click(choose_roi, [subject, roi, hemi, state, objective, contrast], select_outputs)
+
+    def clear_voxels(subj, name, hemisphere, st, obj, con):
+        """Back to an ROI: the one listed, else the subject's first (FFA where it has one)."""
+        name = name or sel.default_roi(service.subject(subj).roi_names)
+        return {**choose_roi(subj, name, hemisphere, st, obj, con), roi: name}
+
+    clear.click(clear_voxels, [subject, roi, hemi, state, objective, contrast], select_outputs)
 
     def use_painted(subj, edited, st, obj, con):
         if not edited or (edited.get("layers") is None and edited.get("composite") is None):
@@ -196,7 +201,8 @@ def build(service: Service, settings) -> dict:
 
     use_paint.click(use_painted, [subject, painter, state, objective, contrast], select_outputs)
     # the editor's bin empties the whole canvas: put the flatmap back, so only the paint is cleared
-    painter.clear(lambda subj: sel.painter_value(service, subj), subject, painter)
+    # outside the queue: the picture (rendered once per subject and cached) is back as soon as it is sent
+    painter.clear(lambda subj: sel.painter_value(service, subj), subject, painter, queue=False, show_progress="hidden")
 
     def change_objective(subj, st, obj, con):
         return {**redraw(subj, st, obj, con), contrast_box: gr.update(visible=obj == "contrast")}
@@ -207,17 +213,18 @@ def build(service: Service, settings) -> dict:
     def change_subject(subj, obj):
         names = service.subject(subj).roi_names
         encs = service.encoders_for(subj)
-        st = {"target": names[0], "hemi": "both", "voxels": [], "results": [], "shown": None}
+        st = {"target": sel.default_roi(names), "hemi": "both", "voxels": [], "results": [], "shown": None}
         painted = sel.painter_value(service, subj)
         # the results belong to the previous subject: clear them and everything shown about them
-        return {**redraw(subj, st, obj, names[0]), roi: gr.update(choices=names, value=names[0]), hemi: "both",
+        return {**redraw(subj, st, obj, names[0]), roi: gr.update(choices=names, value=st["target"]), hemi: "both",
                 contrast: gr.update(choices=names, value=names[0]),
                 encoder: gr.update(choices=encs, value=encs[0] if encs else None),
-                painter: painted, paint_box: gr.update(visible=painted is not None), gallery: [],
-                **{component: None for component in view[:5]}, values: ""}
+                painter: painted, paint_box: gr.update(visible=painted is not None), gallery: [], preview: None,
+                **{component: None for component in view[:4]}, values: "",
+                files: gr.update(value=None, label=_downloads_label(service, subj))}
 
     subject.input(change_subject, [subject, objective],
-                  [*select_outputs, contrast, encoder, painter, paint_box, gallery, *view])
+                  [*select_outputs, contrast, encoder, painter, paint_box, gallery, preview, *view])
 
     def refresh_lists(subj, enc):
         """Subjects and encoders as they are now (an encoder trained in another tab, or before a reload)."""
@@ -230,7 +237,7 @@ def build(service: Service, settings) -> dict:
     def run_again(values: dict):
         """History's "run again": every field set to a stored result's settings (one image, same seed)."""
         if not values:
-            return {}
+            return unchanged(run_again_outputs)
         labels = [label for label in service.subject_names() if service.subject(label).name == values.get("subject")]
         if not labels:
             raise gr.Error(f"Subject {values.get('subject')!r} of that result is not available in this app.")
@@ -249,10 +256,11 @@ def build(service: Service, settings) -> dict:
                 encoder: gr.update(choices=encs, value=values.get("encoder") if values.get("encoder") in encs else encs[0]),
                 scale: values.get("scale", defaults["brain_guidance_scale"]), steps: values.get("steps", steps.value),
                 scheduler: values.get("scheduler", "dpm"), seed: values.get("seed", 0), n_images: 1,
-                prompt: values.get("prompt", ""), mode: mode_value if mode_value in ("exact", "fast") else "exact"}
+                prompt: values.get("prompt", ""), mode: mode_value if mode_value in ("exact", "fast") else "exact",
+                files: gr.update(label=_downloads_label(service, subj))}
 
     run_again_outputs = [*select_outputs, subject, hemi, objective, contrast, contrast_box, weight, encoder, scale, steps,
-                         scheduler, seed, n_images, prompt, mode]
+                         scheduler, seed, n_images, prompt, mode, files]
     encoder.focus(refresh_lists, [subject, encoder], [subject, encoder], queue=False)
     dice.click(lambda: random.randint(0, 2**31 - 1), None, seed)
 
@@ -290,6 +298,8 @@ def build(service: Service, settings) -> dict:
                             if len(ranked) < len(results) else "")
                     update = {step_counter: item.message + kept, state: st,
                               gallery: [(r.image, _caption(r, rank)) for rank, (r, _) in enumerate(ranked, 1)]}
+                    if item.interrupted:  # the partial image of the stopped step is not a result: do not leave it up
+                        update[preview] = None
                     if ranked and ranked[0][0].entry.id != st.get("shown"):  # show the best one
                         update.update(show(subj, ranked[0][0].entry.id, kind, lim))
                         update[state] = {**st, "shown": ranked[0][0].entry.id}
@@ -318,13 +328,14 @@ def build(service: Service, settings) -> dict:
         index = evt.index
         if not isinstance(index, int) or not 0 <= index < len(results):  # a click on a gallery that changed since
             gr.Warning("That image is no longer among the results; generate again to inspect it.")
-            return {}
-        return _guarded(lambda: {**show(subj, results[index], kind, lim), state: {**st, "shown": results[index]}})
+            return unchanged([*view, state])
+        return _guarded(lambda: {**show(subj, results[index], kind, lim), state: {**st, "shown": results[index]}},
+                        [*view, state])
 
     gallery.select(inspect, [subject, state, map_kind, limits], [*view, state])
 
     def rerender(subj, st, kind, lim):
-        return _guarded(lambda: show(subj, st["shown"], kind, lim)) if st.get("shown") else {}
+        return _guarded(lambda: show(subj, st["shown"], kind, lim), view) if st.get("shown") else unchanged(view)
 
     map_kind.input(rerender, [subject, state, map_kind, limits], view)
     limits.input(rerender, [subject, state, map_kind, limits], view)
@@ -332,20 +343,26 @@ def build(service: Service, settings) -> dict:
     def read_values(subj, st, evt: gr.SelectData):
         if not st.get("shown"):
             return gr.skip()
-        return _guarded(lambda: act.values_at(service, subj, act.load_maps(service.catalog, st["shown"]), *evt.index))
+        return _guarded(lambda: act.values_at(service, subj, act.load_maps(service.catalog, st["shown"]), *evt.index),
+                        [values])
 
     activation_map.select(read_values, [subject, state], values)
     return {"encoder": encoder, "subject": subject, "refresh": (refresh_lists, [subject, encoder], [subject, encoder]),
             "run_again": (run_again, run_again_outputs)}
 
 
-def _guarded(compute):
-    """``compute()``, or a warning and no change when the result is gone or unreadable."""
+def _guarded(compute, outputs):
+    """``compute()``, or a warning and no change to ``outputs`` when the result is gone or unreadable."""
     try:
         return compute()
     except (KeyError, OSError, ValueError, ServiceError) as exc:  # entry gone from the catalog, unreadable files
         gr.Warning(f"Cannot show that result: {exc}")
-        return {}
+        return unchanged(outputs)
+
+
+def _downloads_label(service: Service, subject_name: str) -> str:
+    """The downloads' header, naming the map formats written for this subject (GIfTI only where GIfTI is written)."""
+    return f"Download: PNG, metadata JSON, maps ({act.map_formats(service.subject(subject_name))})"
 
 
 def _caption(result: ImageResult, rank: int | None = None) -> str:

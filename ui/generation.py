@@ -214,11 +214,13 @@ class Runner:
 
         def on_baseline_step(pipe, i, t, tensors):
             stop_if_asked(pipe, i, t, tensors)
-            events.put(Progress(k, request.n_images, i + 1, len(pipe.scheduler.timesteps), None, "unguided comparison"))
+            events.put(Progress(k, request.n_images, i + 1, len(pipe.scheduler.timesteps),
+                                _preview(tensors["x0_preview"]), "unguided comparison"))
             return {}
 
         baseline = pipe(objective=objective, generator=torch.Generator().manual_seed(seed),
-                        callback_on_step_end=on_baseline_step, **{**params, "brain_guidance_scale": 0.0})
+                        callback_on_step_end=on_baseline_step, callback_on_step_end_tensor_inputs=["x0_preview"],
+                        **{**params, "brain_guidance_scale": 0.0})
         if baseline.interrupted:
             return None
         return GeneratedImage(k, seed, out.images[0], baseline.images[0], float(out.objective_values[0]),

@@ -10,15 +10,16 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
+from datetime import date, datetime
 from pathlib import Path
 from typing import Callable
 
 import gradio as gr
-import numpy as np
 
 from braindive.catalog import Entry, Export, Page
 from braindive.description import describe_record, measured_baseline
 
+from . import activation as act
 from . import evaluate as evaluation_panel
 from . import stimuli as stimuli_panel
 from .charts import roi_chart
@@ -57,11 +58,37 @@ def export_stimuli(service: Service, ids, keep: int = KEEP_EXPORTS) -> Export:
     return export
 
 
+def check_dates(since, until) -> tuple[str, str]:
+    """The From / To filters stripped; ``ValueError`` naming the field (by its label) for a bad or reversed date."""
+    dates = []
+    for value, label in ((since, "From"), (until, "To")):
+        text = str(value or "").strip()
+        if text:
+            try:
+                (date.fromisoformat if len(text) == 10 else datetime.fromisoformat)(text)
+            except ValueError:
+                raise ValueError(f"'{label}' must be a date YYYY-MM-DD (or an ISO timestamp), got {text[:40]!r}.") from None
+        dates.append(text)
+    if dates[0] and dates[1] and dates[0][:10] > dates[1][:10]:
+        raise ValueError(f"'From' ({dates[0]}) is after 'To' ({dates[1]}): no date can match; swap them.")
+    return dates[0], dates[1]
+
+
+def thumbnail_caption(entry: Entry) -> str:
+    """What tells thumbnails apart: target, seed, subject, encoder, guidance mode, prompt and date."""
+    d = entry.description
+    prompt = (d.prompt or "").strip()
+    prompt = f' · "{prompt[:24]}{"…" if len(prompt) > 24 else ""}"' if prompt else ""
+    return (f"{entry.caption} · {d.subject} · {d.encoder} · {d.mode or 'exact'}{prompt} · "
+            f"{str(entry.created)[:16].replace('T', ' ')}")
+
+
 def find(service: Service, subject="", label="", since="", until="", encoder="", page: int = 0,
          owner: str | None = None, page_size: int = PAGE_SIZE) -> Page:
     """One page of matching entries (``page`` from 0; ``page_size`` None: all); a bad date is a ``ValueError``."""
+    since, until = check_dates(since, until)
     return service.catalog.page(subject=subject or None, label=label or None, encoder=encoder or None,
-                                since=(since or "").strip() or None, until=(until or "").strip() or None,
+                                since=since or None, until=until or None,
                                 limit=page_size, offset=max(0, int(page)) * (page_size or 0), owner=owner)
 
 
@@ -109,22 +136,17 @@ def _parameters(entry: Entry, record: dict) -> str:
 
 
 def _activation_map(service: Service, entry: Entry):
-    """The predicted-activation flatmap of an entry (robust colour limits, target outlined), or None if unavailable."""
+    """The entry's predicted-activation flatmap as Explore shows it (``ui.activation.result_map``), or None."""
     try:
-        acts = service.catalog.activations(entry.id)
+        maps = act.load_maps(service.catalog, entry.id)
     except ValueError as exc:  # a damaged .npy: the rest of the result still opens
         gr.Warning(str(exc))
         return None
-    if acts is None:
+    except (KeyError, OSError):  # no activations stored
         return None
     try:
-        subject = service.subject(entry.subject)
-        limit = float(np.nanpercentile(np.abs(acts), 99)) or 1.0
-        base = entry.target.split(".")[0]
-        highlight = entry.target if base in subject.roi_names else None
-        return service.flatmap(entry.subject, acts, highlight=highlight, vmin=-limit, vmax=limit,
-                               title=f"{entry.description.label} · seed {entry.seed}")
-    except ServiceError as exc:
+        return act.result_map(service, entry.subject, maps, "guided", act.LIMITS[0])
+    except (ServiceError, ValueError, KeyError, OSError) as exc:
         gr.Warning(f"No activation map for {entry.id}: {exc}")
         return None
 
@@ -158,7 +180,9 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
             image = gr.Image(label="Image", interactive=False, elem_id="history-image", height=280)
             parameters = gr.Markdown("Click a thumbnail to open it.", elem_id="history-params")
         with gr.Row():
-            activation_map = gr.Image(label="Predicted activation (guided image)", interactive=False, elem_id="history-map")
+            # no label over the map, as in Explore: it would hide the hemisphere names in its top corners
+            activation_map = gr.Image(label="Predicted activation (guided image)", show_label=False, buttons=[],
+                                      interactive=False, elem_id="history-map", format="png")
             chart = gr.Plot(label="Per-ROI prediction", elem_id="history-chart")
         files = gr.File(label="Image, record (JSON), predicted activation (.npy)", file_count="multiple",
                         elem_id="history-files")
@@ -185,9 +209,10 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
         who = owner_of(request)
         try:
             result = find(service, subj, tgt, start, end, enc, page, owner=who)
-        except ValueError as exc:
-            raise gr.Error(str(exc))
-        items = [(str(e.image_path), e.caption, e.id) for e in result.entries]
+        except ValueError as exc:  # a bad date: said where the entries would be, the page stays as it is
+            gr.Warning(str(exc))
+            return tuple(f"**{exc}**" if component is status else gr.skip() for component in page_outputs)
+        items = [(str(e.image_path), thumbnail_caption(e), e.id) for e in result.entries]
         rows = [[e.label, e.value_text, e.seed, e.subject, e.encoder, e.guidance_scale, e.steps,
                  e.description.scheduler, e.description.mode, e.created, e.id] for e in result.entries]
         choices = {c: [""] + service.catalog.distinct(c, owner=who) for c in ("subject", "label", "encoder")}

@@ -234,7 +234,7 @@ class TrainingJob:
                     break
                 self.state.step, self.state.step_name, self.state.percent = index, name, 0
                 self._save()
-                out.write(f"$ {' '.join(argv)}\n")
+                out.write(f"$ {Path(sys.executable).name} {' '.join(argv)}\n")  # the interpreter by name, not path
                 out.flush()
                 with self._lock:
                     if self._cancelled.is_set():

@@ -18,6 +18,7 @@ from .validation import whole
 __all__ = ["TrainingLauncher", "DATASET_KINDS"]
 
 DATASET_KINDS = ("synthetic", "nsd", "generic")
+SYNTHETIC_SUBJECTS = ("S1", "S1-fullhead")  # built-in voxel spaces a synthetic dataset can be drawn on
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}")  # an OpenCLIP pretrained tag; anything else is a file path
 _MODEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")  # an OpenCLIP model name
@@ -60,10 +61,14 @@ class TrainingLauncher:
         return backbone, pretrained
 
     def start(self, dataset_kind: str, dataset_path: str = "", name: str = "", n_train: int = 600, n_test: int = 150,
-              backbone: str = "braindive-tiny-vit", pretrained: str = "none", cv: int = 5) -> TrainingJob:
-        """Launch dataset preparation (synthetic) + ``train_encoder`` + ``eval_encoder`` in the background."""
+              backbone: str = "braindive-tiny-vit", pretrained: str = "none", cv: int = 5,
+              subject: str = "S1") -> TrainingJob:
+        """Launch dataset preparation (synthetic, on ``subject``) + ``train_encoder`` + ``eval_encoder`` in the background."""
         if dataset_kind not in DATASET_KINDS:
             raise ServiceError(f"`dataset` must be synthetic, nsd or generic, got {str(dataset_kind)[:40]!r}.")
+        if subject not in SYNTHETIC_SUBJECTS:
+            raise ServiceError(f"`subject` of a synthetic dataset must be one of {SYNTHETIC_SUBJECTS}, "
+                               f"got {str(subject)[:40]!r}.")
         name = (name or "").strip() or f"encoder-{uuid.uuid4().hex[:6]}"
         if not _NAME.fullmatch(name):
             shown = name if len(name) <= 40 else name[:40] + "…"
@@ -80,21 +85,22 @@ class TrainingLauncher:
             checkpoint = self.settings.models_dir / name
             if checkpoint.exists():
                 raise ServiceError(f"An encoder named {name!r} already exists; choose another name.")
-            job = self._job(dataset_kind, data, name, n_train, n_test, backbone, pretrained, cv)
+            job = self._job(dataset_kind, data, name, n_train, n_test, backbone, pretrained, cv, subject)
             self.jobs[job.state.id] = job
             return job.start()
 
-    def _job(self, dataset_kind, data, name, n_train, n_test, backbone, pretrained, cv) -> TrainingJob:
+    def _job(self, dataset_kind, data, name, n_train, n_test, backbone, pretrained, cv, subject) -> TrainingJob:
         s = self.settings
         checkpoint, report = s.models_dir / name, s.reports_dir / name
         commands = []
         if data is None:
             data = s.jobs_dir / f"data-{name}" / "synthetic.h5"
-            commands.append(("synthetic dataset", ["-m", "training.synthetic", "--out", str(data), "--n-train",
-                                                   str(n_train), "--n-test", str(n_test)]))
+            commands.append(("synthetic dataset", ["-m", "training.synthetic", "--out", str(data), "--subject", subject,
+                                                   "--n-train", str(n_train), "--n-test", str(n_test)]))
         commands.append(("train encoder", ["-m", "training.train_encoder", "--data", str(data), "--out", str(checkpoint),
                                            "--backbone", backbone, "--pretrained", pretrained, "--cv", str(cv)]))
         commands.append(("evaluate", ["-m", "training.eval_encoder", "--encoder", str(checkpoint), "--data", str(data),
                                       "--out", str(report), "--relative-to", str(s.data_dir)]))
-        return TrainingJob(s.jobs_dir, f"{name} on {dataset_kind}", commands,
+        on = f"synthetic {subject}" if dataset_kind == "synthetic" else dataset_kind
+        return TrainingJob(s.jobs_dir, f"{name} on {on}", commands,
                            outputs={"encoder": name, "checkpoint": str(checkpoint), "report": str(report)})

@@ -24,10 +24,12 @@ import braindive as bd
 from braindive.encoders import BACKBONE_NAME, CONFIG_NAME, HEAD_NAME, SUBJECT_NAME, build_clip_tower
 from braindive.presets import PRESETS
 
-__all__ = ["ModelRegistry", "Backend", "ServiceError", "DEMO_ENCODER", "subject_label", "MAX_NAME"]
+__all__ = ["ModelRegistry", "Backend", "ServiceError", "DEMO_ENCODER", "DEMO_VOLUME_ENCODER", "subject_label",
+           "MAX_NAME"]
 
 log = logging.getLogger(__name__)
 DEMO_ENCODER = "demo"
+DEMO_VOLUME_ENCODER = "demo-fullhead"  # the demo encoder on the volume subject S1-fullhead (derived, cached)
 MAX_NAME = 100  # characters of an encoder name or path a request may carry
 
 
@@ -64,6 +66,7 @@ class ModelRegistry:
         self._subjects: dict[str, bd.Subject] = {}  # by name, label and file path
         self._configs: dict[Path, tuple[float, dict]] = {}  # config.json -> (mtime, contents)
         self._hashes: dict[tuple, str] = {}
+        self._volume_folder: Path | None = None
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ backend
@@ -106,12 +109,12 @@ class ModelRegistry:
     # ------------------------------------------------------------------ encoders: discovery (config.json only)
 
     def encoder_names(self) -> list[str]:
-        names = [DEMO_ENCODER] if self.preset == "demo" else []
+        names = [DEMO_ENCODER, DEMO_VOLUME_ENCODER] if self.preset == "demo" else []
         if self.settings.encoder:
             names.append(self.settings.encoder)
         models = self.settings.models_dir
-        if models.is_dir():
-            names += sorted(p.name for p in models.iterdir() if (p / CONFIG_NAME).is_file())
+        if models.is_dir():  # a trained encoder cannot hide a built-in one of the same name
+            names += sorted(p.name for p in models.iterdir() if (p / CONFIG_NAME).is_file() and p.name not in names)
         return names
 
     def folder(self, name: str) -> Path:
@@ -121,12 +124,24 @@ class ModelRegistry:
             raise ServiceError(f"Unknown encoder {shown!r}; available: {self.encoder_names()}.")
         if name == DEMO_ENCODER:
             return bd.demo.ASSET_ENCODER
+        if name == DEMO_VOLUME_ENCODER and self.preset == "demo":
+            return self._volume_demo_folder()
         if name != self.settings.encoder:
             return self.settings.models_dir / name
         try:
             return bd.encoders._resolve(name)
         except FileNotFoundError as exc:
             raise ServiceError(f"Could not load encoder {name!r}: {exc}") from exc
+
+    def _volume_demo_folder(self) -> Path:
+        """The demo encoder on S1-fullhead: derived from the S1 one once (seconds), then read from the cache."""
+        with self._lock:
+            if self._volume_folder is None:
+                try:
+                    self._volume_folder = bd.demo.volume_encoder_folder()
+                except (ValueError, OSError, RuntimeError, KeyError) as exc:
+                    raise ServiceError(f"Could not derive encoder {DEMO_VOLUME_ENCODER!r}: {exc}") from exc
+            return self._volume_folder
 
     def config(self, name: str) -> dict:
         """The encoder's ``config.json`` as a dict (re-read when the file changes)."""

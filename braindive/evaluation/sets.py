@@ -41,19 +41,29 @@ def _group(items: list[tuple[str, dict, object]], what: str) -> list[ImageSet]:
     """(label, record, image) triples -> one ``ImageSet`` per target; one subject only."""
     if not items:
         raise ValueError(f"No generated images in {what}: select at least one result.")
-    subjects = sorted({record["subject"] for _, record, _ in items})
-    if len(subjects) > 1:
-        raise ValueError(f"The selection mixes subjects {subjects}; evaluate one subject at a time.")
+    by_subject: dict[str, list[str]] = {}
+    for label, record, _ in items:
+        by_subject.setdefault(record["subject"], []).append(label)
+    if len(by_subject) > 1:  # every image named, by subject
+        mixed = "; ".join(f"{subject}: {', '.join(labels)}" for subject, labels in sorted(by_subject.items()))
+        raise ValueError(f"The selection mixes subjects ({mixed}); evaluate one subject at a time.")
+    subject = next(iter(by_subject))
     sets: dict[str, ImageSet] = {}
+    odd: dict[str, list[str]] = {}  # target -> the images whose objective differs from the target's first one
     for label, record, image in items:
         target = record["target"]
         objective = Objective.from_description(record["objective"]) if "positive" in record.get("objective", {}) else None
-        current = sets.setdefault(target, ImageSet(BRAINDIVE, subjects[0], target, [], [], objective))
+        current = sets.setdefault(target, ImageSet(BRAINDIVE, subject, target, [], [], objective))
         if objective is not None and current.objective is not None and objective.describe() != current.objective.describe():
-            raise ValueError(f"Images of target {target!r} were generated for different objectives ({label}); "
-                             "evaluate them separately.")
+            odd.setdefault(target, []).append(label)
+            continue
         current.images.append(image)
         current.ids.append(label)
+    if odd:
+        named = "; ".join(f"target {target!r}: {', '.join(labels)} differ from {sets[target].ids[0]}"
+                          for target, labels in sorted(odd.items()))
+        raise ValueError(f"Images of one target were generated for different objectives ({named}); "
+                         "evaluate them separately.")
     return [sets[t] for t in sorted(sets)]
 
 
