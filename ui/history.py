@@ -18,9 +18,11 @@ import numpy as np
 
 from braindive.catalog import Entry, Export, Page
 from braindive.description import describe_record, measured_baseline
+from braindive.targets import Target
 
 from . import evaluate as evaluation_panel
 from .charts import roi_chart
+from .registry import subject_label as subject_label_of
 from .service import CUSTOM, Service, ServiceError
 
 __all__ = ["build", "export_stimuli", "run_again_values", "find", "status_text", "PAGE_SIZE"]
@@ -58,8 +60,13 @@ def export_stimuli(service: Service, ids, keep: int = KEEP_EXPORTS) -> Export:
 
 def find(service: Service, subject="", label="", since="", until="", encoder="", page: int = 0,
          owner: str | None = None, page_size: int = PAGE_SIZE) -> Page:
-    """One page of matching entries (``page`` from 0; ``page_size`` None: all); a bad date is a ``ValueError``."""
-    return service.catalog.page(subject=subject or None, label=label or None, encoder=encoder or None,
+    """One page of matching entries (``page`` from 0; ``page_size`` None: all); a bad date is a ``ValueError``.
+
+    ``subject`` is a voxel-space fingerprint (what the subject list offers: two spaces of one person stay
+    apart), or a subject name for entries recorded without one."""
+    space = subject if _is_fingerprint(subject) else None
+    return service.catalog.page(subject=None if space else subject or None, subject_space=space,
+                                label=label or None, encoder=encoder or None,
                                 since=(since or "").strip() or None, until=(until or "").strip() or None,
                                 limit=page_size, offset=max(0, int(page)) * (page_size or 0), owner=owner)
 
@@ -82,15 +89,19 @@ def status_text(page: Page, page_size: int = PAGE_SIZE) -> str:
 def run_again_values(record: dict) -> dict:
     """The ``GenerationRequest`` fields (= the Explore fields) that reproduce a catalog record (one image, same seed).
 
-    A custom voxel set (the service names it ``custom(N voxels)``) comes back as ``target=CUSTOM`` with its voxels.
+    The record's ``Target`` gives the objective fields (a voxel set comes back as ``target=CUSTOM`` with its
+    voxels); ``subject_space`` (the voxel-space fingerprint) says which space the subject must be.
     """
-    d = describe_record(record)
-    custom = d.target.startswith("custom")
-    values = dict(subject=d.subject, encoder=d.encoder, target=CUSTOM if custom else d.target,
-                  voxels=tuple(int(v) for v in record["objective"]["positive"]) if custom else (),
-                  objective=d.kind, contrast_target=d.target_b, weight=d.weight, scale=d.scale, steps=d.steps,
+    d, t = describe_record(record), Target.from_record(record)
+    values = dict(subject=d.subject, subject_space=d.subject_space, encoder=d.encoder,
+                  target=CUSTOM if t.voxels is not None else t.region_a, voxels=t.voxels or (),
+                  objective=t.kind, contrast_target=t.region_b, weight=t.weight, scale=d.scale, steps=d.steps,
                   scheduler=d.scheduler, seed=d.seed, n_images=1, prompt=d.prompt, sag_scale=d.sag, mode=d.mode)
     return {k: v for k, v in values.items() if v is not None and v != ""}
+
+
+def _is_fingerprint(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def _parameters(entry: Entry, record: dict) -> str:
@@ -113,12 +124,12 @@ def _activation_map(service: Service, entry: Entry):
     if acts is None:
         return None
     try:
-        subject = service.subject(entry.subject)
+        subject = service.subject_in_space(entry.subject, entry.description.subject_space)
         limit = float(np.nanpercentile(np.abs(acts), 99)) or 1.0
-        base = entry.target.split(".")[0]
-        highlight = entry.target if base in subject.roi_names else None
-        return service.flatmap(entry.subject, acts, highlight=highlight, vmin=-limit, vmax=limit,
-                               title=f"{entry.description.label} · seed {entry.seed}")
+        target = Target.from_record(service.catalog.record(entry.id))
+        highlight = np.asarray(target.voxels) if target.voxels is not None else target.region_a
+        return service.flatmap(subject_label_of(subject), acts, highlight=highlight, highlight_b=target.region_b or None,
+                               vmin=-limit, vmax=limit, title=f"{target.label} · seed {entry.seed}")
     except ServiceError as exc:
         gr.Warning(f"No activation map for {entry.id}: {exc}")
         return None
@@ -155,7 +166,8 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
         with gr.Row():
             activation_map = gr.Image(label="Predicted activation (guided image)", interactive=False, elem_id="history-map")
             chart = gr.Plot(label="Per-ROI prediction", elem_id="history-chart")
-        files = gr.File(label="Image, record (JSON), predicted activation (.npy)", file_count="multiple",
+        files = gr.File(label="Image, record (JSON), predicted activation (.npy), unguided image and activation",
+                        file_count="multiple",
                         elem_id="history-files")
         run_again = gr.Button("Run again with these settings", elem_id="history-run-again")
         run_again_json = gr.JSON(label="Settings for Explore (GenerationRequest fields)", elem_id="history-run-again-values")
@@ -185,9 +197,11 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
         items = [(str(e.image_path), e.caption, e.id) for e in result.entries]
         rows = [[e.label, e.value_text, e.seed, e.subject, e.encoder, e.guidance_scale, e.steps,
                  e.description.scheduler, e.description.mode, e.created, e.id] for e in result.entries]
-        choices = {c: [""] + service.catalog.distinct(c, owner=who) for c in ("subject", "label", "encoder")}
+        choices = {c: [""] + service.catalog.distinct(c, owner=who) for c in ("label", "encoder")}
+        spaces = [("", "")] + [(f"{name} · space {space[:8]}" if space else name, space or name)
+                               for name, space in service.catalog.subject_spaces(owner=who)]
         return (gallery_items(items, picked or []), rows, status_text(result), page, items,
-                gr.update(choices=choices["subject"]), gr.update(choices=choices["label"]),
+                gr.update(choices=spaces), gr.update(choices=choices["label"]),
                 gr.update(choices=choices["encoder"]))
 
     filters = [subject, target, since, until, encoder]
@@ -215,10 +229,11 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
             record = service.catalog.record(entry_id)
         except (KeyError, ValueError, OSError) as exc:
             raise gr.Error(f"Cannot open {entry_id}: {exc}")
-        plot = (roi_chart(record["roi_means"], record["baseline_roi_means"], entry.target)
+        plot = (roi_chart(record["roi_means"], record["baseline_roi_means"], Target.from_record(record))
                 if "roi_means" in record and "baseline_roi_means" in record else None)
         npy = entry.image_path.with_suffix(".npy")
-        downloads = [str(p) for p in (entry.image_path, entry.record_path, npy) if p.is_file()]
+        unguided = [p for p in service.catalog.unguided_paths(entry_id) if p is not None]
+        downloads = [str(p) for p in (entry.image_path, entry.record_path, npy, *unguided) if p.is_file()]
         return str(entry.image_path), _parameters(entry, record), _activation_map(service, entry), plot, downloads, entry_id
 
     current = gr.State("")

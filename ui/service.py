@@ -16,14 +16,14 @@ import numpy as np
 
 import braindive as bd
 from braindive.catalog import Catalog, Entry
-from braindive.records import generation_record
+from braindive.generate import SeedResult, seed_record
+from braindive.targets import Target
 
-from .activation import save_unguided
 from .generation import GeneratedImage, GenerationRequest, Progress, Runner, Slots, Waiting
 from .launcher import TrainingLauncher
 from .registry import DEMO_ENCODER, ModelRegistry, ServiceError, subject_label
 from .settings import Settings
-from .validation import CUSTOM, MODES, OBJECTIVES, check_request, objective_of
+from .validation import CUSTOM, MODES, OBJECTIVES, check_request, target_of
 from .zerogpu import gpu_duration, gpu_task
 
 __all__ = ["Service", "ServiceError", "GenerationRequest", "Progress", "Waiting", "ImageResult", "Finished",
@@ -39,7 +39,13 @@ class ImageResult(GeneratedImage):
     roi_means: dict
     baseline_roi_means: dict
     entry: Entry
-    target: str
+    target: Target
+
+    @property
+    def caption(self) -> str:
+        """``seed 0 · min PPA · PPA mean -1.72 (unguided 1.40)``: the label and the signed measure, as records keep them."""
+        return (f"seed {self.seed} · {self.target.label} · {self.target.value_text(self.measure)} "
+                f"(unguided {self.baseline_measure:.2f})")
 
 
 @dataclass
@@ -54,7 +60,7 @@ class Service:
         self.settings = settings
         self.catalog = Catalog(settings.catalog_dir)
         self.models = ModelRegistry(settings)
-        self.runner = Runner(self.models, settings)
+        self.runner = Runner(self.models, settings, self.catalog)
         self.slots = Slots(settings.concurrency)
         self.training = TrainingLauncher(settings)
         self.jobs = self.training.jobs
@@ -88,6 +94,10 @@ class Service:
 
     def subject_names(self) -> list[str]:
         return self.models.subject_names()
+
+    def subject_in_space(self, name: str, fingerprint: str = "") -> bd.Subject:
+        """The subject a record names, by its voxel-space fingerprint (names are for people; "" : by name)."""
+        return self.models.subject_in_space(name, fingerprint)
 
     def encoders_for(self, subject_label: str) -> list[str]:
         return self.models.encoders_for(subject_label)
@@ -141,8 +151,8 @@ class Service:
 
     # ------------------------------------------------------------------ generation
 
-    def validate(self, request: GenerationRequest) -> tuple[GenerationRequest, bd.Objective, bd.Subject]:
-        """Re-check every bound the UI enforces; returns the completed request, its objective and subject."""
+    def validate(self, request: GenerationRequest) -> tuple[GenerationRequest, Target, bd.Subject]:
+        """Re-check every bound the UI enforces; returns the completed request, its target and subject."""
         request = check_request(request, self.settings, self.backend().defaults["brain_guidance_scale"])
         encoder = self.encoder(request.encoder)
         subject = self.subject_of(request.encoder)
@@ -151,11 +161,11 @@ class Service:
                                f"not {str(request.subject)[:60]!r}.")
         try:
             encoder.check_subject(subject)
-            return request, objective_of(request, subject), subject
+            return request, target_of(request, subject), subject
         except ValueError as exc:
             raise ServiceError(str(exc)) from exc
 
-    def gpu_seconds(self, request: GenerationRequest, objective=None, slot=None) -> int:
+    def gpu_seconds(self, request: GenerationRequest, target=None, slot=None) -> int:
         """The ZeroGPU budget of one request: guided + unguided run of every image, every step."""
         return gpu_duration(request.steps, request.n_images, self.settings.gpu_step_seconds)
 
@@ -175,7 +185,7 @@ class Service:
         and items are plain data) on a pipeline slot. ``cancel(session)`` takes a waiting request out
         of the queue, or stops a running one after its current step; images already finished are kept.
         """
-        request, objective, subject = self.validate(request)
+        request, target, subject = self.validate(request)
         if self.slots.waiting >= self.settings.queue_size and self.slots.running >= self.slots.n:
             raise ServiceError(f"The queue is full ({self.slots.waiting} generations waiting); please retry shortly.")
         cancel = threading.Event()
@@ -190,7 +200,7 @@ class Service:
                 if slot is None and not cancel.is_set():
                     yield Waiting(ahead)
             if slot is not None:
-                yield from self._run(request, objective, subject, slot, run_id, owner, cancel, results)
+                yield from self._run(request, target, subject, slot, run_id, owner, cancel, results)
         finally:
             self.slots.leave(ticket)
             if slot is not None:
@@ -204,14 +214,14 @@ class Service:
         message = f"Stopped: kept {len(results)} finished image(s)." if interrupted else f"Done: {len(results)} image(s)."
         yield Finished(results, interrupted, message)
 
-    def _run(self, request, objective, subject, slot, run_id, owner, cancel, results) -> Iterator:
-        stream = self._stream(request, objective, slot)
+    def _run(self, request, target, subject, slot, run_id, owner, cancel, results) -> Iterator:
+        stream = self._stream(request, target, slot)
         try:
             for item in stream:
                 if isinstance(item, ServiceError):
                     raise item
                 if isinstance(item, GeneratedImage):
-                    item = self._store(item, request, objective, subject, run_id, owner)
+                    item = self._store(item, request, target, subject, run_id, owner)
                     results.append(item)
                 yield item
                 if cancel.is_set():
@@ -219,29 +229,19 @@ class Service:
         finally:
             stream.close()
 
-    def _store(self, generated: GeneratedImage, request, objective, subject, run_id, owner) -> ImageResult:
-        """Catalog a finished image with its record; the ``ImageResult`` the UI shows."""
-        contrast = objective.kind == "contrast"
-        record = generation_record(
-            seed=generated.seed, subject=subject.name, target=objective.label.split("-vs-")[0] if contrast else objective.label,
-            target_b=request.contrast_target if contrast else None, objective=objective.describe(),
-            parameters={**self.runner.call_params(request), "scheduler": request.scheduler},
-            objective_value=generated.objective, model=self.backend().name, encoder=request.encoder,
-            subject_space=subject.fingerprint, baseline_value=generated.baseline_objective,
-        )
+    def _store(self, generated: GeneratedImage, request, target, subject, run_id, owner) -> ImageResult:
+        """Catalog a finished image with its record (``braindive.generate.seed_record``, as the CLI and batch)."""
+        result = SeedResult(generated.seed, generated.image, generated.activations, generated.measure,
+                            generated.baseline_image, generated.baseline_activations, generated.baseline_measure,
+                            generated.baseline_key, generated.baseline_reused)
+        record = seed_record(result, target, subject, self.runner.generation_settings(request),
+                             model=self.backend().name, encoder=request.encoder)
         record["owner"] = owner
-        record["roi_means"] = _roi_means(subject, generated.activations)
-        record["baseline_roi_means"] = _roi_means(subject, generated.baseline_activations)
         entry = self.catalog.add(generated.image, record, run_id=run_id, activations=generated.activations, owner=owner)
-        save_unguided(entry, generated.baseline_image, generated.baseline_activations)
         return ImageResult(**vars(generated), roi_means=record["roi_means"],
-                           baseline_roi_means=record["baseline_roi_means"], entry=entry, target=objective.label)
+                           baseline_roi_means=record["baseline_roi_means"], entry=entry, target=target)
 
     # ------------------------------------------------------------------ training jobs (see ui.launcher)
 
     def start_training(self, *args, **kwargs):
         return self.training.start(*args, **kwargs)
-
-
-def _roi_means(subject: bd.Subject, activations: np.ndarray) -> dict:
-    return {name: float(activations[subject.rois[name]].mean()) for name in subject.roi_names}
