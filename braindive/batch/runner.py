@@ -27,8 +27,7 @@ from PIL import Image
 
 from ..catalog import Catalog
 from ..generate import baseline_key
-from ..presets import PRESETS
-from .sweep import DEMO, Sweep
+from .sweep import Sweep, model_name
 from .worker import BatchWorker, Faults, ImageOut, Unit
 
 __all__ = ["run_sweep", "RunReport", "WorkerPool", "plan_units", "connect"]
@@ -151,14 +150,9 @@ def run_sweep(sweep: Sweep, *, catalog_dir=None, address: str | None = None, wor
     return report
 
 
-def model_name(sweep: Sweep) -> str:
-    """The model name workers record (and baseline keys use)."""
-    return PRESETS["demo"].model_id if sweep.model == DEMO else sweep.model
-
-
 def _baseline_keys(sweep: Sweep, unit: Unit) -> dict[int, str]:
     job = unit.job
-    return {s: baseline_key(model_name(sweep), job.settings, s, job.encoder.identity, job.target_key["subject_space"])
+    return {s: baseline_key(model_name(sweep.model), job.settings, s, job.encoder.identity, job.target_key["subject_space"])
             for s in unit.seeds}
 
 

@@ -29,7 +29,7 @@ from ..generate import encoder_identity, image_id_from_key, target_key
 from ..presets import LIMITS, LimitError
 from ..targets import Target
 
-__all__ = ["Sweep", "Job", "Settings", "EncoderSpec", "SweepError", "load_sweep", "parse_sweep", "image_id",
+__all__ = ["Sweep", "Job", "Settings", "EncoderSpec", "SweepError", "load_sweep", "parse_sweep", "image_id", "model_name",
            "DEMO", "SETTING_LIMITS"]
 
 DEMO = "demo"  # model / encoder name of the offline demo bundle
@@ -116,7 +116,15 @@ class Sweep:
 
 def image_id(model: str, job: Job, seed: int) -> str:
     """Deterministic catalog id of one image: ``generate.image_id`` of the job's encoder, target, settings and seed."""
-    return image_id_from_key(model, job.encoder.identity or job.encoder.path, job.target_key, job.settings, seed)
+    return image_id_from_key(model_name(model), job.encoder.identity or job.encoder.path, job.target_key,
+                             job.settings, seed)
+
+
+def model_name(model: str) -> str:
+    """The model's name in records and ids (``demo`` -> the demo preset's model id, as the app and CLI record it)."""
+    from ..presets import PRESETS
+
+    return PRESETS["demo"].model_id if model == DEMO else model
 
 
 def load_sweep(path) -> Sweep:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..generate import generate_seeds, seed_record, unguided_seeds
-from .sweep import DEMO, EncoderSpec, Job
+from .sweep import DEMO, EncoderSpec, Job, model_name
 
 __all__ = ["BatchWorker", "Unit", "Faults", "ImageOut", "BaselineOut"]
 
@@ -87,7 +87,7 @@ class BatchWorker:
                 from .. import demo
 
                 bundle = demo.load(self.device)
-                self._pipe, self._model_name = bundle.pipe, "demo:tiny-sd"
+                self._pipe, self._model_name = bundle.pipe, model_name(DEMO)
                 self._encoders[DEMO] = (bundle.encoder, bundle.subject)
             else:
                 from ..pipeline import BrainDiVEPipeline
