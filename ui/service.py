@@ -30,6 +30,7 @@ __all__ = ["Service", "ServiceError", "GenerationRequest", "Progress", "Waiting"
            "OBJECTIVES", "MODES", "CUSTOM", "DEMO_ENCODER"]
 
 VIEW = "voxels"  # flatmaps zoomed to the subject's voxels
+EVALUATION_GPU_SECONDS = 120  # ZeroGPU budget of one CLIP evaluation of a selection
 
 
 @dataclass
@@ -66,6 +67,7 @@ class Service:
         self.jobs = self.training.jobs
         self._cancel: dict[str, threading.Event] = {}
         self._stream = gpu_task(self.runner.stream, duration=self.gpu_seconds)
+        self._classify = gpu_task(_classify, duration=EVALUATION_GPU_SECONDS)
         settings.models_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ models (see ui.registry)
@@ -241,7 +243,28 @@ class Service:
         return ImageResult(**vars(generated), roi_means=record["roi_means"],
                            baseline_roi_means=record["baseline_roi_means"], entry=entry, target=target)
 
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, ids, config=None):
+        """CLIP 5-way evaluation of the catalog entries ``ids``: the classifier is built once per settings and runs
+        as a GPU task; the evaluation is stored in the catalog. Returns ``(evaluation, report paths)``."""
+        from braindive.evaluation import ZeroShotConfig
+        from braindive.evaluation.report import EVALUATIONS_DIR, store, write_report
+        from braindive.evaluation.sets import generated_sets
+
+        evaluation = self._classify(generated_sets(ids, self.catalog), config or ZeroShotConfig())
+        store(evaluation, self.catalog.root)
+        return evaluation, write_report(evaluation, self.catalog.root / EVALUATIONS_DIR / evaluation.id)
+
     # ------------------------------------------------------------------ training jobs (see ui.launcher)
 
     def start_training(self, *args, **kwargs):
         return self.training.start(*args, **kwargs)
+
+
+def _classify(sets, config):
+    """The GPU part of an evaluation: classify every image set with the (cached) zero-shot classifier."""
+    from braindive.evaluation import load_classifier
+    from braindive.evaluation.report import evaluate
+
+    return evaluate(sets, load_classifier(config))
