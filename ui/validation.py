@@ -97,6 +97,8 @@ def target_of(request: GenerationRequest, subject: bd.Subject) -> Target:
     if request.target == CUSTOM and not len(request.voxels):
         raise ValueError("The custom voxel set is empty: click or paint on the flatmap to add voxels.")
     region_b = request.contrast_target if request.objective == "contrast" else ""
+    if request.objective == "contrast":
+        subject.roi(region_b)  # "" or an unknown ROI: the subject's message lists its ROIs
     if request.target == CUSTOM:
         target = Target.voxel_set(request.voxels, kind=request.objective, region_b=region_b, weight=request.weight)
     elif request.objective == "contrast":
