@@ -48,6 +48,7 @@ class GenerationRequest:
     prompt: str = ""
     sag_scale: float = 0.75
     mode: str = "exact"               # the published computation, executed well (benchmarks/RESULTS.md)
+    subject_space: str = ""           # the subject's voxel-space fingerprint, when known: it must match the encoder's
 
 
 @dataclass

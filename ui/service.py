@@ -161,6 +161,9 @@ class Service:
         if request.subject not in (subject.name, subject_label(subject)):
             raise ServiceError(f"Encoder {request.encoder!r} is for subject {subject_label(subject)!r}, "
                                f"not {str(request.subject)[:60]!r}.")
+        if request.subject_space and request.subject_space != subject.fingerprint:  # names are for people
+            raise ServiceError(f"Encoder {request.encoder!r} is in voxel space {subject.fingerprint[:12]}… of "
+                               f"{subject_label(subject)!r}, not the requested space {str(request.subject_space)[:12]}….")
         try:
             encoder.check_subject(subject)
             return request, target_of(request, subject), subject
