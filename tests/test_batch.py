@@ -211,7 +211,7 @@ def test_catalog_add_is_exactly_once_per_entry_id(tmp_path):
     (("width = 64", "width = 64\nwidht = 64"), 17, "unknown key 'widht' in [settings]"),
     (("keep = 0.5", "keep = 1.5"), 23, "`Keep fraction` must be a number from 0.001 to 1, got 1.5."),
     (("seeds = { start = 0, count = 6 }", "seeds = { start = 0, count = 0 }"), 3, "`seeds.count`"),
-    (("seeds = { start = 0, count = 6 }", "seeds = [0, 2.5]"), 3, "`seeds` must be"),
+    (("seeds = { start = 0, count = 6 }", "seeds = [0, 2.5]"), 3, "`Seed` must be a whole number from 0 to 2147483647, got 2.5."),
     (("[execution]", "[execution]\nbatch = 2"), 19, "unknown key 'batch'"),
     (("height = 64", "height = 60"), 15, "multiple of 8"),
 ])

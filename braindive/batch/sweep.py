@@ -258,10 +258,11 @@ class _Reader:
             count = self.number(value.get("count", 0), int, 1, 10**7, "", "seeds", name="seeds.count")
             self.limit("seed", start + count - 1, "", "seeds")
             return list(range(start, start + count))
-        if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
-            if len(set(value)) != len(value):
+        if isinstance(value, list) and value:
+            seeds = [self.limit("seed", s, "", "seeds") for s in value]
+            if len(set(seeds)) != len(seeds):
                 self.fail("`seeds` has repeated seeds.", "", "seeds")
-            return [self.limit("seed", s, "", "seeds") for s in value]
+            return seeds
         self.fail(f"`seeds` must be {{start = S, count = N}} or a list of seeds >= 0, got {value!r}.", "", "seeds")
 
     def execution(self, table: dict) -> dict:
