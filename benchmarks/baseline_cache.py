@@ -52,7 +52,8 @@ def markdown(report: dict) -> str:
     return "\n".join([
         SECTION, "",
         f"CPU only ({m['cpu']}, {m['cores']} cores shared with other jobs; load average {report['load_start']} at "
-        f"start). Command: `{report['command']}`. Date: {report['date']}. Demo preset ({report['size']} px, "
+        f"start; {report['threads']} torch thread). Command: `{report['command']}`. Date: {report['date']}. Demo preset "
+        f"({report['size']} px, "
         f"{report['steps']} DPM-Solver steps, exact mode, SAG 0.75, brain scale 20), {len(REGIONS)} regions "
         f"({', '.join(REGIONS)}) x {report['n_seeds']} seeds through `braindive.generate.generate_seeds`, the routine of "
         "the app, `generate` and the batch worker. Ratios are from this one run.", "",
@@ -74,6 +75,8 @@ def main(argv=None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--size", type=int, default=None, help="image side (default: the demo preset's, 128)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest on a shared machine)")
     parser.add_argument("--results-md", default=str(HERE / "RESULTS.md"), help="RESULTS.md to update ('' = none)")
     args = parser.parse_args(argv)
 
@@ -82,12 +85,16 @@ def main(argv=None) -> dict:
     from braindive.generate import GenerationSettings
     from braindive.presets import PRESETS
 
+    import torch
+
+    torch.set_num_threads(args.threads)
     bd.set_cache_dir(HERE.parent / ".cache" / "braindive")
     bundle = bd.demo.load("cpu")
-    settings = GenerationSettings.from_preset(PRESETS["demo"], steps=args.steps)
+    settings = GenerationSettings.from_preset(PRESETS["demo"], steps=args.steps, height=args.size, width=args.size)
     seeds = list(range(args.seeds))
     load_start = round(os.getloadavg()[0], 1)
-    run(bundle, [10**6], GenerationSettings.from_preset(PRESETS["demo"], steps=2), None)  # warm-up, not counted
+    run(bundle, [10**6], GenerationSettings.from_preset(PRESETS["demo"], steps=1, height=args.size, width=args.size),
+        None)  # warm-up, not counted
     with tempfile.TemporaryDirectory() as tmp:
         cached = run(bundle, seeds, settings, Catalog(tmp))
     plain = run(bundle, seeds, settings, None)
@@ -95,7 +102,7 @@ def main(argv=None) -> dict:
     report = {"command": "python -m benchmarks.baseline_cache " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": dt.date.today().isoformat(), "load_start": load_start,
               "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()},
-              "n_seeds": args.seeds, "steps": args.steps, "size": settings.height, "regions": list(REGIONS),
+              "n_seeds": args.seeds, "steps": args.steps, "threads": args.threads, "size": settings.height, "regions": list(REGIONS),
               "cached": cached, "uncached": plain, "max_baseline_difference": difference}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "baseline_cache.json").write_text(json.dumps(report, indent=2))

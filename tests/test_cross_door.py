@@ -168,7 +168,7 @@ def test_every_door_makes_the_same_result(app_results, cli_results, sweep_result
     if target.kind == "minimize":
         assert values["app"] < baselines["app"]  # guidance lowered PPA's mean: shown as a fall, never as a gain
     caption = doors["app"]["caption"]
-    assert caption == (f"seed {SEED} · {target.label} · {target.value_text(values['app'])} "
+    assert caption == (f"#1 · seed {SEED} · {target.label} · {target.value_text(values['app'])} "
                        f"(unguided {baselines['app']:.2f})")
     summary = doors["sweep"]["summary"]
     assert summary["objective"]["mean"] == pytest.approx(values["sweep"], abs=1e-9)
