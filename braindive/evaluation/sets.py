@@ -79,11 +79,17 @@ def _read_record(path: Path) -> dict:
 
 
 def generated_sets(results, catalog=None) -> list[ImageSet]:
-    """Folders of generated PNG + JSON and/or catalog entry ids (with ``catalog``) -> sets by target."""
+    """Catalog folders, folders of generated PNG + JSON and/or catalog entry ids (with ``catalog``) -> sets by target
+    (its label: ``max PPA`` and ``min PPA`` are two sets)."""
     items = []
     for item in results:
         folder = Path(item)
-        if folder.is_dir():
+        if (folder / "index.sqlite").is_file():  # a catalog (``generate --out``, the app's, a sweep's): all its entries
+            from ..catalog import Catalog
+
+            found = Catalog(folder)
+            items += [(e.id, _read_record(e.record_path), e.image_path) for e in found.query()]
+        elif folder.is_dir():
             pngs = sorted(folder.glob("*.png"))
             if not pngs:
                 raise ValueError(f"Folder {folder} has no PNG images.")
