@@ -68,10 +68,12 @@ def test_accuracy_at_the_edges():
 def test_roi_table_variants_and_bad_names(tmp_path):
     table = load_roi_table()
     assert [category_of(r, table) for r in ("FFA", "FFA-1", "OFA.rh", "VWFA-2.lh", "mTL-bodies", "RSC", "food",
-                                            "FBA-2", "PPA-vs-FFA", "owfa")] == \
-        ["faces", "faces", "faces", "words", "bodies", "places", "food", "bodies", "places", "words"]
+                                            "FBA-2", "owfa")] == \
+        ["faces", "faces", "faces", "words", "bodies", "places", "food", "bodies", "words"]
     with pytest.raises(ValueError, match="ROI 'V1' has no category"):
         category_of("V1", table)
+    with pytest.raises(ValueError, match="has no category"):  # a contrast's label is no ROI: its Target has none
+        category_of("PPA-vs-FFA", table)
     bad = tmp_path / "table.json"
     bad.write_text(json.dumps({"FFA": "faces", "LO": "objects"}))
     with pytest.raises(ValueError, match="category of 'LO' must be one of"):
