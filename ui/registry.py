@@ -82,12 +82,12 @@ class ModelRegistry:
     def _load_backend(self) -> Backend:
         n = self.settings.concurrency
         if self.preset == "demo":
-            bundle = bd.demo.load()
-            self._demo_encoder = bundle.encoder
-            self._remember_subject(bundle.subject)
+            loaded = PRESETS["demo"].load("cpu")
+            self._demo_encoder = loaded.encoder
+            self._remember_subject(loaded.subject)
             extra = [bd.demo.configure_fast(self._pipeline(str(bd.demo.diffusion_bundle_path()), torch.float32, "cpu"))
                      for _ in range(n - 1)]
-            return Backend([bundle.pipe, *extra], "demo:tiny-sd", bundle.label, bundle.defaults)
+            return Backend([loaded.pipe, *extra], loaded.model_name, loaded.label, _pipeline_defaults(PRESETS["demo"]))
         if not self.settings.encoder:
             raise ServiceError("The sd21 preset needs an encoder: start the app with --encoder PATH_OR_HUB_ID "
                                "(train one in the Train tab or with `python -m training.train_encoder`).")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..generate import generate_seeds, seed_record, unguided_seeds
-from .sweep import DEMO, EncoderSpec, Job, model_name
+from .sweep import DEMO, EncoderSpec, Job
 
 __all__ = ["BatchWorker", "Unit", "Faults", "ImageOut", "BaselineOut"]
 
@@ -84,11 +84,11 @@ class BatchWorker:
     def _pipeline(self):
         if self._pipe is None:
             if self.model == DEMO:
-                from .. import demo
+                from ..presets import PRESETS
 
-                bundle = demo.load(self.device)
-                self._pipe, self._model_name = bundle.pipe, model_name(DEMO)
-                self._encoders[DEMO] = (bundle.encoder, bundle.subject)
+                loaded = PRESETS["demo"].load(self.device)
+                self._pipe, self._model_name = loaded.pipe, loaded.model_name
+                self._encoders[DEMO] = (loaded.encoder, loaded.subject)
             else:
                 from ..pipeline import BrainDiVEPipeline
 
