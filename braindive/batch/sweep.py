@@ -312,6 +312,11 @@ class _Reader:
                 self.fail(f"encoder folder {folder} has no config.json.", "encoders", "path", index)
             return
         cfg = json.loads(config.read_text())
+        fingerprint = cfg.get("subject_fingerprint")
+        if fingerprint and fingerprint != subject.fingerprint:  # identity by voxel space, not by name
+            self.fail(f"encoder {folder} was fit on voxel space {fingerprint[:12]}…, but subject {subject.name!r} is "
+                      f"{subject.fingerprint[:12]}…; pair each encoder with its own subject file.", "encoders",
+                      "subject", index)
         theirs = (cfg.get("voxel_space"), cfg.get("n_voxels"))
         if theirs != (subject.space, subject.n_voxels):
             self.fail(f"encoder {folder} is in voxel space {theirs[0]!r} with {theirs[1]} voxels, but subject "
