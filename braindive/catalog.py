@@ -5,6 +5,8 @@ Layout under the catalog root::
     images/<id>.png      the image
     images/<id>.json     its full provenance record (see ``braindive.records``)
     images/<id>.npy      optional: the encoder's predicted activity per voxel (float32)
+    unguided/<key>.png   the unguided image of a seed, and ``.npy`` its activity: shared by every target of that
+                         seed (``key``: ``braindive.generate.baseline_key``, named by the record's ``baseline_key``)
     index.sqlite         one row per image (WAL mode: safe with concurrent writers), one per stimulus package
 
 Each row holds the generation's ``GenerationDescription`` (objective kind, regions, hemisphere, label,
@@ -12,7 +14,7 @@ encoder, subject space, scheduler, mode, scales, prompt, seed), its owner and th
 its measure (e.g. FFA's mean, negative after minimising FFA). Catalogs written before these columns
 existed are migrated on open from their JSON records.
 
-Export writes a ZIP with the PNGs, their JSON, and ``manifest.csv`` — a stimulus list for an fMRI
+Export writes a ZIP with the PNGs, their JSON, their unguided image and map, and ``manifest.csv`` — a stimulus list for an fMRI
 experiment (file name, the description's columns, the measure and its predicted value). Rows that
 cannot be read and images whose files are missing are skipped and reported, never fatal.
 """
@@ -24,7 +26,6 @@ import errno
 import io
 import json
 import logging
-import os
 import re
 import sqlite3
 import uuid
@@ -80,7 +81,7 @@ MANIFEST_COLUMNS = ("file", "id", "created", "label", "objective_kind", "target"
                     "objective", "predicted_objective", "subject", "subject_space", "encoder", "model", "scheduler",
                     "guidance_mode", "brain_guidance_scale", "num_inference_steps", "sag_scale", "prompt", "seed",
                     "run_id")
-_FILTERS = ("subject", "target", "label", "kind", "encoder")
+_FILTERS = ("subject", "subject_space", "target", "label", "kind", "encoder")
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ class Catalog:
         self.root = Path(root)
         (self.root / "images").mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "index.sqlite"
-        for folder in (self.root / "images", self.root / "evaluations", *(self.root / "runs").glob("*/")):
+        for folder in (self.root / "images", self.root / "unguided", self.root / "evaluations", *(self.root / "runs").glob("*/")):
             for path in remove_stale_temp_files(folder):  # left by a killed writer (kill -9 of the app, batch driver)
                 log.info("removed a stale temporary file: %s", path.relative_to(self.root))
         try:
@@ -276,14 +277,14 @@ class Catalog:
             return None
 
     def page(self, subject=None, target=None, since=None, until=None, limit: int | None = None, offset: int = 0, *,
-             label=None, kind=None, encoder=None, owner: str | None = None) -> Page:
+             label=None, kind=None, encoder=None, subject_space=None, owner: str | None = None) -> Page:
         """Matching entries, newest first, ``limit`` of them from ``offset`` (None: all).
 
         ``since``/``until`` are dates ``YYYY-MM-DD`` or ISO timestamps (inclusive); ``owner`` None means
         everyone's. Rows that cannot be read and entries whose image file is missing are in ``skipped``.
         """
         where, args = self._where(subject=subject, target=target, label=label, kind=kind, encoder=encoder,
-                                  owner=owner, since=since, until=until)
+                                  subject_space=subject_space, owner=owner, since=since, until=until)
         if limit is not None and (int(limit) < 0 or int(offset) < 0):
             raise ValueError(f"`limit` and `offset` must be >= 0, got {limit!r} and {offset!r}.")
         with closing(self._reader()) as db:
@@ -325,6 +326,38 @@ class Catalog:
     def record(self, entry_id: str) -> dict:
         return json.loads(self.get(entry_id).record_path.read_text())
 
+    # ------------------------------------------------------------------ unguided baselines (one per seed, any target)
+
+    def baseline_paths(self, key: str) -> tuple[Path, Path]:
+        if not re.fullmatch(r"[0-9a-f]{16}", str(key)):
+            raise ValueError(f"`key` must be a baseline key (16 hex digits), got {key!r}.")
+        return self.root / "unguided" / f"{key}.png", self.root / "unguided" / f"{key}.npy"
+
+    def get_baseline(self, key: str):
+        """``(PIL image, activations)`` stored under ``key``, or None."""
+        from PIL import Image
+
+        png, npy = self.baseline_paths(key)
+        if not (png.is_file() and npy.is_file()):
+            return None
+        with Image.open(png) as image:
+            return image.convert("RGB"), np.load(npy, allow_pickle=False)
+
+    def put_baseline(self, key: str, image, activations) -> None:
+        """Store a seed's unguided image and activations (map first: a PNG present means both are)."""
+        png, npy = self.baseline_paths(key)
+        png.parent.mkdir(exist_ok=True)
+        _atomic(npy, lambda f: np.save(f, np.asarray(activations, dtype=np.float32)))
+        _atomic(png, lambda f: image.save(f, format="PNG"))
+
+    def unguided_paths(self, entry_id: str) -> tuple[Path | None, Path | None]:
+        """The entry's unguided image and map, where stored (older entries kept them beside their image)."""
+        key = self.record(entry_id).get("baseline_key")
+        image_path = self.get(entry_id).image_path
+        png, npy = self.baseline_paths(key) if key else (image_path.with_suffix(".unguided.png"),
+                                                         image_path.with_suffix(".unguided.npy"))
+        return (png if png.is_file() else None), (npy if npy.is_file() else None)
+
     def get(self, entry_id: str) -> Entry:
         """The entry ``entry_id``; ``KeyError`` if absent, ``ValueError`` if its row cannot be read."""
         with closing(self._reader()) as db:
@@ -360,6 +393,14 @@ class Catalog:
         with closing(self._connect()) as db:
             rows = db.execute("SELECT record FROM packages ORDER BY created DESC, rowid DESC").fetchall()
         return [json.loads(r["record"]) for r in rows]
+
+    def subject_spaces(self, owner: str | None = None) -> list[tuple[str, str]]:
+        """Distinct ``(subject name, voxel-space fingerprint)`` pairs ('' for entries recorded without one)."""
+        where, args = self._where(owner=owner)
+        with closing(self._reader()) as db:
+            rows = db.execute(f"SELECT DISTINCT subject, COALESCE(subject_space, '') FROM images {where} "
+                              "ORDER BY subject, 2", args)
+            return [(str(a), str(b)) for a, b in rows]
 
     def export_zip(self, entry_ids, path) -> Export:
         """ZIP of the chosen images + JSON records + ``manifest.csv`` (+ ``skipped.csv`` naming what was left out).
@@ -397,6 +438,9 @@ class Catalog:
                     name = f"{_slug(e.subject)}_{_slug(e.label)}_seed{e.seed:06d}_{e.id}.png"
                     zf.write(e.image_path, f"stimuli/{name}")
                     zf.write(e.record_path, f"metadata/{Path(name).with_suffix('.json')}")
+                    for file in self.unguided_paths(e.id):
+                        if file is not None:
+                            zf.write(file, f"unguided/{Path(name).stem}{file.suffix}")
                     rows.append(_manifest_row(e, f"stimuli/{name}"))
                 zf.writestr("manifest.csv", _csv(MANIFEST_COLUMNS, rows))
                 if skipped:

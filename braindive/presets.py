@@ -48,7 +48,12 @@ class Limit:
         return f"{what} from {_num(self.lo)} to {_num(self.hi)}{extra}"
 
     def error(self, value) -> LimitError:
-        shown = f"{len(value)} characters" if self.kind is str and isinstance(value, str) else _shown(value)
+        if self.kind is str and isinstance(value, str):
+            shown = f"{len(value)} characters"
+        elif isinstance(value, str) and _number(value) is not None:
+            shown = value.strip()  # numeric text (a command-line flag) reads as the number the API would show
+        else:
+            shown = _shown(value)
         return LimitError(f"`{self.label}` must be {self.range_text}, got {shown}.")
 
     def check(self, value):
@@ -89,7 +94,7 @@ def _shown(value) -> str:
     return text if len(text) <= 40 else text[:40] + "…"
 
 
-MAX_SEED = 2**31 - 1
+MAX_SEED = 2**31 - 1  # torch generators take more; the app's seed box and image ids use this
 LIMITS = {limit.field: limit for limit in (
     Limit("steps", "Steps", int, 1, 200),
     Limit("n_images", "Generate N images", int, 1, 1000),
@@ -132,7 +137,7 @@ class Loaded:
     subject: object
     encoder: object
     model_name: str
-    encoder_name: str
+    encoder_name: str  # what records store: "demo" for the demo encoder (as the app and sweeps name it)
     label: str
 
 
@@ -162,8 +167,7 @@ class Preset:
             from . import demo
 
             bundle = demo.load(device)
-            return Loaded(bundle.pipe, bundle.subject, bundle.encoder, self.model_id,
-                          "demo:" + bundle.encoder.config.training.get("kind", "encoder"), bundle.label)
+            return Loaded(bundle.pipe, bundle.subject, bundle.encoder, self.model_id, "demo", bundle.label)
         import torch
 
         from .encoders import load_encoder

@@ -68,10 +68,12 @@ def test_accuracy_at_the_edges():
 def test_roi_table_variants_and_bad_names(tmp_path):
     table = load_roi_table()
     assert [category_of(r, table) for r in ("FFA", "FFA-1", "OFA.rh", "VWFA-2.lh", "mTL-bodies", "RSC", "food",
-                                            "FBA-2", "PPA-vs-FFA", "owfa")] == \
-        ["faces", "faces", "faces", "words", "bodies", "places", "food", "bodies", "places", "words"]
+                                            "FBA-2", "owfa")] == \
+        ["faces", "faces", "faces", "words", "bodies", "places", "food", "bodies", "words"]
     with pytest.raises(ValueError, match="ROI 'V1' has no category"):
         category_of("V1", table)
+    with pytest.raises(ValueError, match="has no category"):  # a contrast's label is no ROI: its Target has none
+        category_of("PPA-vs-FFA", table)
     bad = tmp_path / "table.json"
     bad.write_text(json.dumps({"FFA": "faces", "LO": "objects"}))
     with pytest.raises(ValueError, match="category of 'LO' must be one of"):
@@ -136,11 +138,11 @@ def test_cli_evaluate_against_nsd_and_encoder_ranked_natural_images(tmp_path, cl
                  "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     with open(out / "comparison.csv", newline="") as fh:
-        rows = {r["target"]: r for r in csv.DictReader(fh)}
-    assert rows["FFA"]["BrainDiVE accuracy %"] == "75.0" and rows["FFA"]["BrainDiVE n"] == "4"
-    assert rows["PPA"]["BrainDiVE accuracy %"] == "50.0"
-    assert rows["FFA"]["NSD top-2 (measured) accuracy %"] == "100.0"
-    assert rows["PPA"]["NSD top-2 (measured) accuracy %"] == "100.0"
+        rows = {r["target"]: r for r in csv.DictReader(fh)}  # targets as labelled everywhere
+    assert rows["max FFA"]["BrainDiVE accuracy %"] == "75.0" and rows["max FFA"]["BrainDiVE n"] == "4"
+    assert rows["max PPA"]["BrainDiVE accuracy %"] == "50.0"
+    assert rows["max FFA"]["NSD top-2 (measured) accuracy %"] == "100.0"
+    assert rows["max PPA"]["NSD top-2 (measured) accuracy %"] == "100.0"
     # the encoder's top-2 natural images, scored here one by one
     for target, voxels in (("FFA", np.arange(0, 8)), ("PPA", np.arange(8, 16))):
         with torch.no_grad():
@@ -148,7 +150,7 @@ def test_cli_evaluate_against_nsd_and_encoder_ranked_natural_images(tmp_path, cl
                       for k, (name, c) in enumerate(COLOURS.items())}
         top = sorted(scores, key=lambda n: -scores[n])[:2]
         expected = 100.0 * sum(category_of(target) == name for name in top) / 2
-        assert float(rows[target]["top-2 by encoder (natural) accuracy %"]) == expected
+        assert float(rows[f"max {target}"]["top-2 by encoder (natural) accuracy %"]) == expected
     with open(out / "per_image.csv", newline="") as fh:
         per_image = list(csv.DictReader(fh))
     assert len(per_image) == 4 + 2 + 2 * 2 + 2 * 2
@@ -181,7 +183,7 @@ def test_catalog_ids_and_stored_evaluation(tmp_path, classifier):
               "objective": bd.Objective.maximize([3, 4]).describe(), "parameters": {}}
     ids = [catalog.add(swatch(c), {**record, "seed": k}).id for k, c in enumerate([COLOURS["bodies"], COLOURS["food"]])]
     sets = generated_sets(ids, catalog)
-    assert [s.target for s in sets] == ["EBA"] and sets[0].ids == ids
+    assert [s.target for s in sets] == ["max EBA"] and sets[0].ids == ids and sets[0].category_roi == "EBA"
     result = evaluate(sets, classifier)
     path = store(result, catalog.root)
     assert path == tmp_path / "catalog" / "evaluations" / f"{result.id}.json"
@@ -210,15 +212,18 @@ def test_batch_evaluation_stage_classifies_each_job(tmp_path, clip_config):
 
     catalog = Catalog(tmp_path / "catalog")
     record = {"created": "2026-01-01T00:00:00+00:00", "subject": "S1", "seed": 0, "parameters": {}}
-    jobs = {"demo/FFA": ("FFA", ["faces", "faces", "places"]), "demo/PPA": ("PPA", ["places", "food"])}
+    jobs = {"demo/max FFA": ("FFA", "maximize", ["faces", "faces", "places"]),
+            "demo/max PPA": ("PPA", "maximize", ["places", "food"]),
+            "demo/min PPA": ("PPA", "minimize", ["places", "places"])}  # no category: left out, never scored as places
     groups = {label: [{"id": catalog.add(swatch(COLOURS[c]), {**record, "target": roi, "seed": k,
-                                                              "objective": bd.Objective.maximize([1]).describe()}).id}
+                                                              "objective": getattr(bd.Objective, kind)([1]).describe()}).id}
                       for k, c in enumerate(colours)]
-              for label, (roi, colours) in jobs.items()}
+              for label, (roi, kind, colours) in jobs.items()}
     out = evaluate_batch(catalog, groups, **clip_config.to_dict())
     rows = {row["target"]: row for row in out["table"]}
-    assert rows["FFA"]["demo/FFA accuracy %"] == round(100 * 2 / 3, 1) and rows["FFA"]["demo/FFA n"] == 3
-    assert rows["PPA"]["demo/PPA accuracy %"] == 50.0 and rows["PPA"]["demo/PPA n"] == 2
+    assert set(rows) == {"max FFA", "max PPA"}
+    assert rows["max FFA"]["demo/max FFA accuracy %"] == round(100 * 2 / 3, 1) and rows["max FFA"]["demo/max FFA n"] == 3
+    assert rows["max PPA"]["demo/max PPA accuracy %"] == 50.0 and rows["max PPA"]["demo/max PPA n"] == 2
     assert [e["id"] for e in stored(catalog.root)] == [out["id"]]
     assert (catalog.root / "evaluations" / out["id"] / "comparison.csv").is_file()
     with pytest.raises(ValueError, match="unknown"):

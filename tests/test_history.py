@@ -77,7 +77,8 @@ def test_open_shows_parameters_map_chart_and_files_and_run_again_reproduces(serv
     assert current == entry_id and image.endswith(f"{entry_id}.png")
     assert "### min FFA · seed 5" in params and "| Objective | minimise |" in params and "unguided, same seed" in params
     assert activation_map.ndim == 3 and chart is not None
-    assert sorted(p.rsplit(".", 1)[1] for p in files) == ["json", "npy", "png"]
+    assert sorted(p.rsplit(".", 1)[1] for p in files) == ["json", "npy", "npy", "png", "png"]  # + unguided image, map
+    assert {str(p) for p in service.catalog.unguided_paths(entry_id)} <= set(files)
     values = handler(app, "run_again_settings")(current)
     assert values["objective"] == "minimize" and values["target"] == "FFA" and values["seed"] == 5
     again = [i for i in service.generate(GenerationRequest(**values)) if isinstance(i, ImageResult)][0]

@@ -150,7 +150,7 @@ def test_stale_gallery_click_is_a_warning_not_an_error(app, service, entry_id):
     assert {Path(f).name.rsplit("_", 1)[-1] for f in files[2:]} >= {"guided.npy", "unguided.npy"}
 
 
-@pytest.mark.parametrize("position,label", [(7, "Steps"), (10, "Images"), (5, "Weight of B")])
+@pytest.mark.parametrize("position,label", [(7, "Steps"), (10, "Generate N images"), (5, "Weight of B")])
 def test_an_emptied_number_field_is_named(app, position, label):
     run, _ = handler(app, "run")
     args = ["S1", "demo", {"target": "FFA", "voxels": [], "results": []}, "maximize", "EBA", 1.0, 20.0, 3, "dpm",
@@ -272,11 +272,13 @@ def test_exports_go_to_the_data_dir_and_only_the_latest_are_kept(app, service, e
 # ---------------------------------------------------------------- issue 14: bad numbers in the UI, per-user History
 
 @pytest.mark.parametrize("position,value,message", [
-    (7, 2.5, "`steps` must be a whole number from 1 to 50, got 2.5."),
-    (7, 100000, "`steps` must be a whole number from 1 to 50, got 100000."),
-    (10, 50, "`n_images` must be a whole number from 1 to 4, got 50."),
-    (9, "abc", "`seed` must be a whole number from 0 to 2147483647, got 'abc'."),
-    (12, "x" * 10_000, "`prompt` must be text of at most 300 characters, got 10000 characters."),
+    (7, 2.5, "`Steps` must be a whole number from 1 to 50, got 2.5."),
+    (7, 100000, "`Steps` must be a whole number from 1 to 50, got 100000."),
+    (10, 50, "`Generate N images` must be a whole number from 1 to 4, got 50."),
+    (9, "abc", "`Seed` must be a whole number from 0 to 2147483647, got 'abc'."),
+    (9, 2.5, "`Seed` must be a whole number from 0 to 2147483647, got 2.5."),
+    (11, 0, "`…keep the best k` must be a whole number from 1 to 1000, got 0."),
+    (12, "x" * 10_000, "`Prompt` must be text of at most 300 characters, got 10000 characters."),
     (4, "FFA", "`contrast_target` must differ from the target 'FFA'"),
 ])
 def test_the_generate_button_rejects_what_the_api_rejects(app, position, value, message):

@@ -5,8 +5,8 @@ The target is outlined (region B of a contrast too, in a second colour) rather t
 limits are chosen for the view (robust over the map, or fitted to the target), the colour bar says
 what the numbers are, a click gives the values under it (a volume voxel's grid position and scanner
 coordinates too), and the maps download as ``.npy`` (and GIfTI for surface subjects, NIfTI on the grid
-for volume subjects). The unguided image and activations are stored beside the catalog entry
-(``images/<id>.unguided.png`` / ``.npy``) when the result is cataloged.
+for volume subjects). The unguided image and activations belong to the catalog (one per seed, shared by
+every target: ``Catalog.unguided_paths``).
 """
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-import braindive as bd
 from braindive.cache import private_tmp
 from braindive.flatmap.render import _HIGHLIGHT, _HIGHLIGHT_B
+from braindive.targets import Target
 
 from .registry import ServiceError
 
-__all__ = ["MAPS", "LIMITS", "ResultMaps", "unguided_files", "load_maps", "units", "target_sets", "color_limits",
+__all__ = ["MAPS", "LIMITS", "ResultMaps", "load_maps", "units", "target_sets", "color_limits",
            "render", "result_map", "values_at", "voxel_name", "map_formats", "export_maps", "outline_kwargs",
            "COLOUR_B"]
 
@@ -56,26 +56,15 @@ class ResultMaps:
         return self.unguided if kind == "unguided" else self.guided - self.unguided
 
 
-def _unguided_paths(image_path: Path) -> tuple[Path, Path]:
-    return image_path.with_suffix(".unguided.png"), image_path.with_suffix(".unguided.npy")
-
-
-def unguided_files(image, activations) -> dict:
-    """A result's unguided image and activations, as ``Catalog.add(extra=...)`` files stored beside its entry."""
-    return {".unguided.png": lambda f: image.save(f, format="PNG"),
-            ".unguided.npy": lambda f: np.save(f, np.asarray(activations, np.float32))}
-
-
 def load_maps(catalog, entry_id: str) -> ResultMaps:
     """A cataloged result's maps; ``KeyError`` / ``ValueError`` when it is gone or has no activations."""
     entry = catalog.get(entry_id)
     guided = catalog.activations(entry_id)
     if guided is None:
         raise ValueError(f"Result {entry_id} has no stored activations.")
-    png, npy = _unguided_paths(entry.image_path)
-    unguided = np.load(npy, allow_pickle=False) if npy.is_file() else None
-    return ResultMaps(entry_id, catalog.record(entry_id), guided, unguided, entry.image_path,
-                      png if png.is_file() else None)
+    png, npy = catalog.unguided_paths(entry_id)
+    unguided = np.load(npy, allow_pickle=False) if npy is not None else None
+    return ResultMaps(entry_id, catalog.record(entry_id), guided, unguided, entry.image_path, png)
 
 
 def units(encoder_config) -> str:
@@ -85,16 +74,17 @@ def units(encoder_config) -> str:
 
 
 def target_sets(record: dict, subject) -> tuple[object, object]:
-    """The target (A) and contrast region (B) of a result: voxel indices from its objective, else ROI names."""
-    objective = record.get("objective") or {}
-    label_a, _, label_b = str(record.get("target", "")).partition("-vs-")
+    """The target (A) and contrast region (B) of a result: ROI names of its ``Target``, voxel indices for a voxel
+    set (or an ROI this subject does not have, from the record's objective)."""
+    target, objective = Target.from_record(record), record.get("objective") or {}
 
-    def region(voxels, label):
-        if voxels is not None and len(voxels):
-            return np.asarray(voxels, np.int64)
-        return label if label and label.split(".")[0] in subject.roi_names else None
+    def region(name, voxels):
+        if name and target.voxels is None and name.split(".")[0] in subject.roi_names:
+            return name
+        return np.asarray(voxels, np.int64) if voxels is not None and len(voxels) else None
 
-    return region(objective.get("positive"), label_a), region(objective.get("negative"), label_b)
+    b = target.region_b if target.region_b and target.region_b.split(".")[0] in subject.roi_names else None
+    return region(target.region_a, objective.get("positive", target.voxels)), b or region("", objective.get("negative"))
 
 
 def _voxels(subject, region) -> np.ndarray:
@@ -126,7 +116,7 @@ def render(service, subject_name: str, maps: ResultMaps, kind: str, limits: str,
     target, region_b = target_sets(maps.record, subject)
     values = maps.values(kind)
     vmin, vmax = color_limits(values, limits, subject, target)
-    title = f"{kind} · seed {maps.record.get('seed')} · {maps.record.get('target')}"
+    title = f"{kind} · seed {maps.record.get('seed')} · {Target.from_record(maps.record).label}"
     image = service.flatmap(subject_name, values, vmin=vmin, vmax=vmax, title=title, **outline_kwargs(target, region_b))
     return _with_units(image, f"colour: {kind} predicted response · {unit}")
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from braindive.evaluation import ZeroShotConfig, load_classifier
+from braindive.evaluation import ZeroShotConfig
 from braindive.evaluation.zeroshot import weights_unavailable
-from braindive.evaluation.report import EVALUATIONS_DIR, evaluate, store, write_report
 from braindive.evaluation.sets import generated_sets
 from braindive.evaluation.study import StudyConfig, export_study, zip_folder
 
@@ -28,11 +27,9 @@ WEIGHTS_NOTE = ("CLIP zero-shot classification needs the OpenCLIP weights {model
 
 
 def evaluate_selection(service: Service, ids: list[str], config: ZeroShotConfig | None = None):
-    """Classify the catalog entries ``ids``; store the evaluation; return (table rows, columns, plot path, evaluation)."""
-    sets = generated_sets(ids, service.catalog)
-    evaluation = evaluate(sets, load_classifier(config or ZeroShotConfig()))
-    store(evaluation, service.catalog.root)
-    paths = write_report(evaluation, service.catalog.root / EVALUATIONS_DIR / evaluation.id)
+    """Classify the catalog entries ``ids`` through the service (cached classifier, GPU task), stored in the catalog;
+    return (table rows, columns, plot path, evaluation)."""
+    evaluation, paths = service.evaluate(ids, config)
     table = evaluation.table()
     return [list(row.values()) for row in table], list(table[0]), paths["plot"], evaluation
 
@@ -99,5 +96,5 @@ def build(service: Service, selection, filters: list, chosen_ids) -> None:
         except (KeyError, ValueError, OSError) as exc:
             raise gr.Error(f"Study export failed: {exc}")
 
-    run.click(on_run, [selection, *filters], [table, chart])
+    run.click(on_run, [selection, *filters], [table, chart], concurrency_id="gpu")
     study.click(on_study, [selection, *filters], study_file)

@@ -6,7 +6,9 @@ import random
 import gradio as gr
 import numpy as np
 
+from braindive.presets import LIMITS, LimitError
 from braindive.rerank import rank_scores
+from braindive.targets import Target
 from braindive.tiny_decoder import fast_description
 
 from . import activation as act
@@ -15,7 +17,6 @@ from .charts import roi_chart
 from .memory import trim_heap
 from .updates import unchanged
 from .service import CUSTOM, OBJECTIVES, Finished, GenerationRequest, ImageResult, Progress, Service, ServiceError, Waiting
-from .validation import check_keep
 
 CLICK_MODES = ("Select ROI", "Grow voxel set")
 MAP_MIN_WIDTH = 560  # px of a map column; with the 320 px of the column beside it, a window under ~960 px stacks them
@@ -83,17 +84,16 @@ def build(service: Service, settings) -> dict:
             with gr.Row(visible=False) as contrast_box:
                 contrast = gr.Dropdown(roi_names, value=roi_names[0], label="Contrast against (B, outlined cyan)",
                                        elem_id="contrast")
-                weight = gr.Slider(0, 3, value=1.0, step=0.1, label="Weight of B")
+                weight = gr.Number(value=1.0, label=LIMITS["weight"].label)
             scale = gr.Number(value=defaults["brain_guidance_scale"], label="Brain guidance scale", elem_id="scale")
-            steps = gr.Slider(1, settings.max_steps, value=defaults["num_inference_steps"], step=1, label="Steps", elem_id="steps")
+            steps = gr.Number(value=defaults["num_inference_steps"], label=LIMITS["steps"].label, elem_id="steps")
             with gr.Row():
                 scheduler = gr.Dropdown(["dpm", "ddim", "pndm", "lms", "euler"], value="dpm", label="Scheduler")
-                seed = gr.Number(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="Seed", elem_id="seed")
+                seed = gr.Number(value=0, label=LIMITS["seed"].label, elem_id="seed")
                 dice = gr.Button("Random seed", size="sm", min_width=80)
             with gr.Row():
-                n_images = gr.Slider(1, settings.max_images, value=1, step=1, label="Generate N images", elem_id="n-images")
-                keep = gr.Slider(1, settings.max_images, value=settings.max_images, step=1, elem_id="keep",
-                                 label="…keep the best k (re-ranked by the encoder)")
+                n_images = gr.Number(value=1, label=LIMITS["n_images"].label, elem_id="n-images")
+                keep = gr.Number(value=settings.max_images, elem_id="keep", label=LIMITS["keep_k"].label)
             mode = gr.Radio(["exact", "fast"], value="exact", label="Guidance computation", elem_id="mode",
                             info="exact: the published computation (same numbers, batched). " + fast_description())
             prompt = gr.Textbox(value="", label="Prompt (optional; the paper uses none)", max_length=300)
@@ -127,13 +127,13 @@ def build(service: Service, settings) -> dict:
         """The activation view of one result."""
         maps = act.load_maps(service.catalog, entry_id)
         image, note = sel.safe_map(service, subj, lambda: act.result_map(service, subj, maps, kind, lim))
-        label_a, _, label_b = str(maps.record.get("target", "")).partition("-vs-")
+        spec = Target.from_record(maps.record)
         out_dir = service.settings.catalog_dir / "images" / "maps" / entry_id  # served: catalog images are allowed
         downloads = [str(maps.image_path), str(maps.image_path.with_suffix(".json"))]
         downloads += act.export_maps(maps, service.subject(subj), out_dir)
         return {activation_map: image, guided_image: str(maps.image_path),
                 unguided_image: None if maps.unguided_image is None else str(maps.unguided_image),
-                chart: roi_chart(maps.record["roi_means"], maps.record["baseline_roi_means"], label_a, label_b or None),
+                chart: roi_chart(maps.record["roi_means"], maps.record["baseline_roi_means"], spec),
                 files: downloads, values: note or "Click the map to read the values under the pointer."}
 
     # ------------------------------------------------------------ selection
@@ -238,9 +238,13 @@ def build(service: Service, settings) -> dict:
         """History's "run again": every field set to a stored result's settings (one image, same seed)."""
         if not values:
             return unchanged(run_again_outputs)
-        labels = [label for label in service.subject_names() if service.subject(label).name == values.get("subject")]
+        space = values.get("subject_space")  # the voxel space, when recorded; names are for people
+        labels = [label for label in service.subject_names()
+                  if (service.subject(label).fingerprint == space if space
+                      else service.subject(label).name == values.get("subject"))]
         if not labels:
-            raise gr.Error(f"Subject {values.get('subject')!r} of that result is not available in this app.")
+            raise gr.Error(f"Subject {values.get('subject')!r} of that result (voxel space {str(space)[:12]}) is not "
+                           "available in this app.")
         subj, obj = labels[0], values.get("objective", "maximize")
         names = service.subject(subj).roi_names
         base, _, side = str(values.get("target", "")).partition(".")
@@ -268,13 +272,14 @@ def build(service: Service, settings) -> dict:
     def run(subj, enc, st, obj, con, w, sc, n_steps, sched, sd, n, k, text, guidance, kind, lim, request: gr.Request):
         # numbers go to the service as typed: it rejects, never rounds or clamps (the same checks as the API)
         req = GenerationRequest(subject=subj, encoder=enc, target=sel.target_name(st), voxels=tuple(st["voxels"]),
-                                objective=obj, contrast_target=con, weight=_number(w, "Weight of B"),
-                                scale=sc, steps=_number(n_steps, "Steps"),
-                                scheduler=sched, seed=_number(sd, "Seed"), n_images=_number(n, "Images"), prompt=text or "",
+                                objective=obj, contrast_target=con, weight=_number(w, LIMITS["weight"].label),
+                                scale=sc, steps=_number(n_steps, LIMITS["steps"].label),
+                                scheduler=sched, seed=_number(sd, LIMITS["seed"].label),
+                                n_images=_number(n, LIMITS["n_images"].label), prompt=text or "",
                                 mode=guidance)
+        keep_k = _keep_best(k)
         results: list[ImageResult] = []
         try:
-            keep_k = check_keep(_number(k, "Keep the best k"), settings)  # before anything runs
             for item in service.generate(req, session=request.session_hash, owner=service.owner_of(request)):
                 if isinstance(item, Waiting):
                     yield {step_counter: item.message}
@@ -366,15 +371,22 @@ def _downloads_label(service: Service, subject_name: str) -> str:
 
 
 def _caption(result: ImageResult, rank: int | None = None) -> str:
-    head = f"#{rank} · " if rank else ""
-    return (f"{head}seed {result.seed} · {result.target} {result.objective:+.2f} "
-            f"(unguided {result.baseline_objective:+.2f})")
+    return (f"#{rank} · " if rank else "") + result.caption
 
 
 def _rank(results: list, keep: int) -> list[tuple[ImageResult, float]]:
-    """The results best first by the objective the pipeline's own encoder call gave them, the best ``keep``."""
-    ranking = rank_scores([r.objective for r in results], keep=None, top_k=min(keep, len(results)))
-    return [(results[i], ranking.all_scores[i]) for i in ranking.indices]
+    """The results best first by the target's measure in the direction asked (lowest first for a minimise)."""
+    sign = -1.0 if results[0].target.kind == "minimize" else 1.0
+    ranking = rank_scores([sign * r.measure for r in results], keep=None, top_k=min(keep, len(results)))
+    return [(results[i], results[i].measure) for i in ranking.indices]
+
+
+def _keep_best(value) -> int:
+    """The 'keep the best k' field, checked by ``presets.LIMITS`` (a message naming it, never rounded)."""
+    try:
+        return LIMITS["keep_k"].check(_number(value, LIMITS["keep_k"].label))
+    except LimitError as exc:
+        raise gr.Error(str(exc)) from None
 
 
 def _painted_mask(edited: dict) -> np.ndarray:

@@ -11,18 +11,19 @@ import shutil
 import time
 import uuid
 from datetime import date, datetime
-from pathlib import Path
 from typing import Callable
 
 import gradio as gr
 
 from braindive.catalog import Entry, Export, Page
 from braindive.description import describe_record, measured_baseline
+from braindive.targets import Target
 
 from . import activation as act
 from . import evaluate as evaluation_panel
 from . import stimuli as stimuli_panel
 from .charts import roi_chart
+from .registry import subject_label as subject_label_of
 from .service import CUSTOM, Service, ServiceError, storage_error
 
 __all__ = ["build", "export_stimuli", "run_again_values", "find", "status_text", "PAGE_SIZE"]
@@ -85,9 +86,14 @@ def thumbnail_caption(entry: Entry) -> str:
 
 def find(service: Service, subject="", label="", since="", until="", encoder="", page: int = 0,
          owner: str | None = None, page_size: int = PAGE_SIZE) -> Page:
-    """One page of matching entries (``page`` from 0; ``page_size`` None: all); a bad date is a ``ValueError``."""
+    """One page of matching entries (``page`` from 0; ``page_size`` None: all); a bad date is a ``ValueError``.
+
+    ``subject`` is a voxel-space fingerprint (what the subject list offers: two spaces of one person stay
+    apart), or a subject name for entries recorded without one."""
     since, until = check_dates(since, until)
-    return service.catalog.page(subject=subject or None, label=label or None, encoder=encoder or None,
+    space = subject if _is_fingerprint(subject) else None
+    return service.catalog.page(subject=None if space else subject or None, subject_space=space,
+                                label=label or None, encoder=encoder or None,
                                 since=since or None, until=until or None,
                                 limit=page_size, offset=max(0, int(page)) * (page_size or 0), owner=owner)
 
@@ -110,15 +116,19 @@ def status_text(page: Page, page_size: int = PAGE_SIZE) -> str:
 def run_again_values(record: dict) -> dict:
     """The ``GenerationRequest`` fields (= the Explore fields) that reproduce a catalog record (one image, same seed).
 
-    A custom voxel set (the service names it ``custom(N voxels)``) comes back as ``target=CUSTOM`` with its voxels.
+    The record's ``Target`` gives the objective fields (a voxel set comes back as ``target=CUSTOM`` with its
+    voxels); ``subject_space`` (the voxel-space fingerprint) says which space the subject must be.
     """
-    d = describe_record(record)
-    custom = d.target.startswith("custom")
-    values = dict(subject=d.subject, encoder=d.encoder, target=CUSTOM if custom else d.target,
-                  voxels=tuple(int(v) for v in record["objective"]["positive"]) if custom else (),
-                  objective=d.kind, contrast_target=d.target_b, weight=d.weight, scale=d.scale, steps=d.steps,
+    d, t = describe_record(record), Target.from_record(record)
+    values = dict(subject=d.subject, subject_space=d.subject_space, encoder=d.encoder,
+                  target=CUSTOM if t.voxels is not None else t.region_a, voxels=t.voxels or (),
+                  objective=t.kind, contrast_target=t.region_b, weight=t.weight, scale=d.scale, steps=d.steps,
                   scheduler=d.scheduler, seed=d.seed, n_images=1, prompt=d.prompt, sag_scale=d.sag, mode=d.mode)
     return {k: v for k, v in values.items() if v is not None and v != ""}
+
+
+def _is_fingerprint(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def _parameters(entry: Entry, record: dict) -> str:
@@ -145,7 +155,8 @@ def _activation_map(service: Service, entry: Entry):
     except (KeyError, OSError):  # no activations stored
         return None
     try:
-        return act.result_map(service, entry.subject, maps, "guided", act.LIMITS[0])
+        subject = service.subject_in_space(entry.subject, entry.description.subject_space)
+        return act.result_map(service, subject_label_of(subject), maps, "guided", act.LIMITS[0])
     except (ServiceError, ValueError, KeyError, OSError) as exc:
         gr.Warning(f"No activation map for {entry.id}: {exc}")
         return None
@@ -184,7 +195,8 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
             activation_map = gr.Image(label="Predicted activation (guided image)", show_label=False, buttons=[],
                                       interactive=False, elem_id="history-map", format="png")
             chart = gr.Plot(label="Per-ROI prediction", elem_id="history-chart")
-        files = gr.File(label="Image, record (JSON), predicted activation (.npy)", file_count="multiple",
+        files = gr.File(label="Image, record (JSON), predicted activation (.npy), unguided image and activation",
+                        file_count="multiple",
                         elem_id="history-files")
         run_again = gr.Button("Run again with these settings", elem_id="history-run-again")
         run_again_json = gr.JSON(label="Settings for Explore (GenerationRequest fields)", elem_id="history-run-again-values")
@@ -215,9 +227,11 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
         items = [(str(e.image_path), thumbnail_caption(e), e.id) for e in result.entries]
         rows = [[e.label, e.value_text, e.seed, e.subject, e.encoder, e.guidance_scale, e.steps,
                  e.description.scheduler, e.description.mode, e.created, e.id] for e in result.entries]
-        choices = {c: [""] + service.catalog.distinct(c, owner=who) for c in ("subject", "label", "encoder")}
+        choices = {c: [""] + service.catalog.distinct(c, owner=who) for c in ("label", "encoder")}
+        spaces = [("", "")] + [(f"{name} · space {space[:8]}" if space else name, space or name)
+                               for name, space in service.catalog.subject_spaces(owner=who)]
         return (gallery_items(items, picked or []), rows, status_text(result), page, items,
-                gr.update(choices=choices["subject"]), gr.update(choices=choices["label"]),
+                gr.update(choices=spaces), gr.update(choices=choices["label"]),
                 gr.update(choices=choices["encoder"]))
 
     filters = [subject, target, since, until, encoder]
@@ -245,10 +259,11 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
             record = service.catalog.record(entry_id)
         except (KeyError, ValueError, OSError) as exc:
             raise gr.Error(f"Cannot open {entry_id}: {exc}")
-        plot = (roi_chart(record["roi_means"], record["baseline_roi_means"], entry.target)
+        plot = (roi_chart(record["roi_means"], record["baseline_roi_means"], Target.from_record(record))
                 if "roi_means" in record and "baseline_roi_means" in record else None)
         npy = entry.image_path.with_suffix(".npy")
-        downloads = [str(p) for p in (entry.image_path, entry.record_path, npy) if p.is_file()]
+        unguided = [p for p in service.catalog.unguided_paths(entry_id) if p is not None]
+        downloads = [str(p) for p in (entry.image_path, entry.record_path, npy, *unguided) if p.is_file()]
         return str(entry.image_path), _parameters(entry, record), _activation_map(service, entry), plot, downloads, entry_id
 
     current = gr.State("")

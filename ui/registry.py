@@ -9,11 +9,9 @@ before fingerprints existed fall back to the subject's name. Subjects are listed
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,8 @@ from pathlib import Path
 import torch
 
 import braindive as bd
-from braindive.encoders import BACKBONE_NAME, CONFIG_NAME, HEAD_NAME, SUBJECT_NAME, build_clip_tower
+from braindive.encoders import CONFIG_NAME, SUBJECT_NAME
+from braindive.generate import encoder_identity
 from braindive.presets import PRESETS
 
 __all__ = ["ModelRegistry", "Backend", "ServiceError", "DEMO_ENCODER", "DEMO_VOLUME_ENCODER", "subject_label",
@@ -62,10 +61,10 @@ class ModelRegistry:
         self._backend: Backend | None = None
         self._demo_encoder: bd.BrainEncoder | None = None
         self._encoders: OrderedDict[str, bd.BrainEncoder] = OrderedDict()  # least recently used first
-        self._towers: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # backbone key -> shared tower
+        self._towers = bd.encoders.TowerCache()  # encoders of one backbone share its frozen tower
+        self._identities: dict[tuple, str] = {}
         self._subjects: dict[str, bd.Subject] = {}  # by name, label and file path
         self._configs: dict[Path, tuple[float, dict]] = {}  # config.json -> (mtime, contents)
-        self._hashes: dict[tuple, str] = {}
         self._volume_folder: Path | None = None
         self._lock = threading.RLock()
 
@@ -86,12 +85,12 @@ class ModelRegistry:
     def _load_backend(self) -> Backend:
         n = self.settings.concurrency
         if self.preset == "demo":
-            bundle = bd.demo.load()
-            self._demo_encoder = bundle.encoder
-            self._remember_subject(bundle.subject)
+            loaded = PRESETS["demo"].load("cpu")
+            self._demo_encoder = loaded.encoder
+            self._remember_subject(loaded.subject)
             extra = [bd.demo.configure_fast(self._pipeline(str(bd.demo.diffusion_bundle_path()), torch.float32, "cpu"))
                      for _ in range(n - 1)]
-            return Backend([bundle.pipe, *extra], "demo:tiny-sd", bundle.label, bundle.defaults)
+            return Backend([loaded.pipe, *extra], loaded.model_name, loaded.label, _pipeline_defaults(PRESETS["demo"]))
         if not self.settings.encoder:
             raise ServiceError("The sd21 preset needs an encoder: start the app with --encoder PATH_OR_HUB_ID "
                                "(train one in the Train tab or with `python -m training.train_encoder`).")
@@ -129,7 +128,7 @@ class ModelRegistry:
         if name != self.settings.encoder:
             return self.settings.models_dir / name
         try:
-            return bd.encoders._resolve(name)
+            return bd.encoders.resolve_checkpoint(name)
         except FileNotFoundError as exc:
             raise ServiceError(f"Could not load encoder {name!r}: {exc}") from exc
 
@@ -220,6 +219,26 @@ class ModelRegistry:
                 log.warning("skipping encoder %s: %s", name, exc)
         return sorted(labels)
 
+    def subject_in_space(self, name: str, fingerprint: str = "") -> bd.Subject:
+        """A subject of voxel space ``fingerprint`` (any encoder's, or loaded by ``name``); by name when it is ""."""
+        if not fingerprint:
+            return self.subject(name)
+        candidates = []
+        for encoder_name in self.encoder_names():
+            try:
+                candidates.append(self.subject_of(encoder_name))
+            except ServiceError:
+                continue
+        try:
+            candidates.append(self.subject(name))
+        except ServiceError:
+            pass
+        for subject in candidates:
+            if subject.fingerprint == fingerprint:
+                return subject
+        raise ServiceError(f"No subject of voxel space {fingerprint[:12]}… ({name!r}) is available in this app: "
+                           "load the encoder or subject file of that space.")
+
     def encoders_for(self, label: str) -> list[str]:
         found = []
         for name in self.encoder_names():
@@ -260,35 +279,18 @@ class ModelRegistry:
         return len(self._towers)
 
     def _load(self, folder: Path) -> bd.BrainEncoder:
-        config = bd.encoders._read_config(folder)
-        if config.encoder_type != "clip_linear":
-            return bd.load_encoder(folder)
-        key = self._tower_key(config, folder)
-        tower = self._towers.get(key)
-        if tower is None:
-            tower = build_clip_tower(config.backbone, config.pretrained, config.backbone_config)
-            if config.pretrained is None:
-                bd.encoders._load_weights(tower, folder / BACKBONE_NAME, "backbone")
-            self._towers[key] = tower
-        encoder = bd.ClipLinearEncoder(config, tower=tower)
-        bd.encoders._load_weights(encoder.head, folder / HEAD_NAME, "head")
-        return encoder.eval()
+        return self._towers.load(folder)
 
-    def _tower_key(self, config, folder: Path) -> tuple:
-        """Identity of a frozen tower: backbone + weights (the tag, or the hash of the checkpoint's own tower file)."""
-        weights = config.pretrained
-        if weights is None:
-            path = folder / BACKBONE_NAME
-            stat = path.stat()
-            cache_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-            if cache_key not in self._hashes:
-                digest = hashlib.sha256()
-                with open(path, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(block)
-                self._hashes[cache_key] = digest.hexdigest()
-            weights = "sha256:" + self._hashes[cache_key]
-        return config.backbone, weights, json.dumps(config.backbone_config, sort_keys=True)
+    def identity(self, name: str) -> str:
+        """The encoder's identity in baseline keys and image ids (``braindive.generate.encoder_identity``)."""
+        subject = self.subject_of(name)
+        folder = self.folder(name)
+        config = folder / CONFIG_NAME
+        key = (str(folder), subject.fingerprint, config.stat().st_mtime_ns if config.is_file() else 0)
+        with self._lock:
+            if key not in self._identities:
+                self._identities[key] = encoder_identity(name, subject, folder)
+            return self._identities[key]
 
 
 def _pipeline_defaults(preset) -> dict:

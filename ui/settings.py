@@ -26,7 +26,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 7860
     image_size: int = 0           # generated image side in pixels; 0 = the model's default
-    max_steps: int = 100
+    max_steps: int = 200          # this server's caps (braindive.presets.LIMITS; lower values only tighten them)
     max_images: int = 8
     max_prompt: int = 300         # prompt characters
     concurrency: int = 1          # generations running at once (one pipeline each); the rest wait in a queue
