@@ -135,7 +135,7 @@ def generate_seeds(pipe, target: Target, seeds, settings: GenerationSettings, *,
     splits on out-of-memory); it returns ``(images, activations [B, V], interrupted)``. ``baselines`` (with
     ``get_baseline(key)`` / ``put_baseline(key, image, activations)``) keeps unguided images keyed by
     ``baseline_key(model, settings, seed, encoder, subject.fingerprint)``. ``on_step`` gets the pipeline's
-    ``x0_preview`` if ``preview``. Returns None if interrupted.
+    ``x0_preview`` if ``preview`` (``on_baseline_step`` too). Returns None if interrupted.
     """
     objective = target.build(subject)
     pipe.set_scheduler(settings.scheduler)
@@ -147,7 +147,7 @@ def generate_seeds(pipe, target: Target, seeds, settings: GenerationSettings, *,
     if not baseline:
         return results
     found = unguided_seeds(pipe, target, seeds, settings, subject=subject, baselines=baselines, model=model,
-                           encoder=encoder, on_baseline_step=on_baseline_step, batch=batch)
+                           encoder=encoder, on_baseline_step=on_baseline_step, batch=batch, preview=preview)
     if found is None:
         return None
     for result in results:
@@ -158,7 +158,8 @@ def generate_seeds(pipe, target: Target, seeds, settings: GenerationSettings, *,
 
 
 def unguided_seeds(pipe, target: Target, seeds, settings: GenerationSettings, *, subject, baselines=None,
-                   model: str = "", encoder: str = "", on_baseline_step=None, batch=None) -> dict | None:
+                   model: str = "", encoder: str = "", on_baseline_step=None, batch=None,
+                   preview: bool = False) -> dict | None:
     """``{seed: (key, image, activations, reused)}``: the unguided images of ``seeds``, from ``baselines`` where
     stored, else made (brain scale 0; the target only names the pipeline's objective, it changes no pixel)
     and stored. None if interrupted."""
@@ -167,7 +168,7 @@ def unguided_seeds(pipe, target: Target, seeds, settings: GenerationSettings, *,
     missing = [s for s in keys if stored[s] is None]
     if missing:
         pipe.set_scheduler(settings.scheduler)
-        run = batch or (lambda obj, s, p, callback: _call(pipe, obj, s, p, callback))
+        run = batch or (lambda obj, s, p, callback: _call(pipe, obj, s, p, callback, preview))
         params = {**settings.pipeline_kwargs(), "brain_guidance_scale": 0.0}
         images, acts, interrupted = run(target.build(subject), missing, params, on_baseline_step)
         if interrupted:
