@@ -42,8 +42,9 @@ from benchmarks.machine import write_section
 bundle = bd.demo.load()
 load = time.perf_counter() - t
 objective = bd.Objective.maximize(bundle.subject.roi("FFA"))
-kwargs = dict(num_inference_steps=25, guidance_mode="exact", **{k: v for k, v in bundle.defaults.items()
-              if k not in ("num_inference_steps",)})
+from braindive.presets import PRESETS
+kwargs = dict(num_inference_steps=25, guidance_mode="exact", **{k: v for k, v in PRESETS["demo"].defaults.items()
+              if k not in ("num_inference_steps", "scheduler")})
 times, cpu = [], []
 for seed in range(int(sys.argv[1]) + 1):
     t, c = time.perf_counter(), time.process_time()

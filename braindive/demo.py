@@ -24,18 +24,14 @@ from .cache import cache_dir, private_tmp
 from .demo_components import DEMO_TOWER_CONFIG, DEMO_TOWER_NAME, build_demo_tower
 from .encoders import BrainEncoder, ClipLinearEncoder, EncoderConfig, load_encoder
 from .pipeline import BrainDiVEPipeline, FastGuidance
-from .presets import PRESETS
 from .subjects import Subject, load_subject
 
 __all__ = ["DemoBundle", "load", "configure_fast", "build_diffusion_bundle", "volume_encoder_folder", "DEMO_LABEL",
-           "DEMO_DEFAULTS", "DEMO_VOLUME_SUBJECT"]
+           "DEMO_VOLUME_SUBJECT"]
 
 BUNDLE_VERSION = 1
 DEMO_LABEL = "DEMO: tiny diffusion model trained on toy shapes + synthetic encoder on pycortex S1 (not real brain data)"
 RANDOM_DEMO_LABEL = "DEMO: tiny random-weight diffusion model + synthetic encoder on pycortex S1 (not real brain data)"
-_DEMO_PRESET = PRESETS["demo"]  # the demo's defaults live in braindive.presets
-DEMO_DEFAULTS = {"height": _DEMO_PRESET.height, "width": _DEMO_PRESET.width, "num_inference_steps": _DEMO_PRESET.steps,
-                 "brain_guidance_scale": _DEMO_PRESET.scale, "sag_scale": _DEMO_PRESET.sag}
 ASSETS = Path(__file__).resolve().parent / "assets"
 ASSET_ENCODER = ASSETS / "demo-encoder"
 ASSET_DIFFUSION = ASSETS / "demo-sd"
@@ -55,11 +51,7 @@ class DemoBundle:
     pipe: BrainDiVEPipeline
     encoder: BrainEncoder
     subject: Subject
-    label: str = DEMO_LABEL
-    defaults: dict = None
-
-    def __post_init__(self):
-        self.defaults = dict(DEMO_DEFAULTS) if self.defaults is None else self.defaults
+    label: str = DEMO_LABEL  # its defaults (size, steps, scale) are braindive.presets.PRESETS["demo"]
 
 
 def _tiny_components(seed: int = 0) -> dict:

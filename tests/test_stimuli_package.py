@@ -14,6 +14,8 @@ from braindive.catalog import Catalog
 from braindive.cli import main
 from braindive.objectives import Objective
 from braindive.records import generation_record
+from braindive.subjects import load_subject
+from braindive.targets import Target
 from braindive.stimuli.design import Design, balanced_latin_square, runs
 from braindive.stimuli.equalise import channel
 from braindive.stimuli.package import PackageSettings, build_package
@@ -38,20 +40,18 @@ def synthetic(seed, tint):
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory, scorer):
     """Four targets (max FFA, max PPA, min RSC, EBA − 0.5×V1) x 4 seeds of synthetic images, with unguided images."""
-    from ui.activation import save_unguided
-
     cat = Catalog(tmp_path_factory.mktemp("catalog"))
     subject = scorer.subject
     ids = {}
     for k, (roi, (kind, other)) in enumerate(TARGETS.items()):
-        objective = (Objective.contrast(subject.roi(roi), subject.roi(other), 0.5, label=f"{roi}-vs-{other}")
-                     if kind == "contrast" else getattr(Objective, kind)(subject.roi(roi), label=roi))
+        target = Target.contrast(roi, other, 0.5) if kind == "contrast" else Target(kind, roi)
         for seed in range(4):
-            record = generation_record(seed=seed, subject="S1", target=roi, objective=objective.describe(),
-                                       parameters={"num_inference_steps": 5}, objective_value=1.0, model="demo",
-                                       encoder="demo", target_b=other)
+            record = generation_record(seed=seed, subject=subject, target=target,
+                                       objective=target.build(subject).describe(),
+                                       parameters={"num_inference_steps": 5}, measure=1.0, model="demo", encoder="demo")
+            record["baseline_key"] = f"{seed:016x}"  # one unguided image per seed, shared by every target
+            cat.put_baseline(record["baseline_key"], synthetic(100 + seed, [0.5, 0.5, 0.5]), np.zeros(subject.n_voxels))
             entry = cat.add(synthetic(10 * k + seed, [0.2 + 0.2 * k, 0.5, 0.8 - 0.2 * k]), record)
-            save_unguided(entry, synthetic(100 + seed, [0.5, 0.5, 0.5]), np.zeros(subject.n_voxels))
             ids.setdefault(roi, []).append(entry.id)
     return cat, ids
 
@@ -272,6 +272,7 @@ def test_cli_builds_a_package_from_catalog_ids(catalog, tmp_path, capsys):
 
 def test_sweep_stimuli_table_is_checked_and_builds_the_runs_package(catalog, tmp_path):
     from braindive.batch.sweep import SweepError, parse_sweep
+    from braindive.batch.summary import job_results
     from braindive.stimuli.sweep import package_run
 
     base = ('name = "s"\nmodel = "demo"\nseeds = [0, 1, 2]\n[[encoders]]\nsubject = "S1"\npath = "demo"\n'
@@ -287,16 +288,18 @@ def test_sweep_stimuli_table_is_checked_and_builds_the_runs_package(catalog, tmp
     cat = Catalog(tmp_path / "catalog")
     for job in sweep.jobs:  # the run's images, as the runner stores them (synthetic pixels)
         for seed, entry_id in zip(sweep.seeds, sweep.image_ids(job)):
-            record = generation_record(seed=seed, subject="S1", target=job.target, objective=job.objective.describe(),
-                                       parameters={}, objective_value=float(seed), model="demo", encoder="demo")
+            subject = load_subject("S1")
+            record = generation_record(seed=seed, subject=subject, target=job.target,
+                                       objective=job.target.build(subject).describe(), parameters={},
+                                       measure=float(seed), model="demo", encoder="demo")
             cat.add(synthetic(seed, [0.3, 0.4, 0.5]), record, run_id=sweep.run_id, entry_id=entry_id)
     logs = []
-    path = package_run(sweep, cat, log=logs.append)
+    path = package_run(sweep, cat, job_results(sweep, cat), log=logs.append)
     assert path == cat.root / "packages" / sweep.run_id
     rows = read_csv(path / "conditions.csv")
     assert sorted(r["condition"] for r in rows) == ["max FFA"] * 3 + ["max PPA"] * 3
     assert cat.packages()[0]["path"] == str(path.resolve())
-    assert package_run(sweep, cat, log=logs.append) == path and "left as it is" in logs[-1]
+    assert package_run(sweep, cat, job_results(sweep, cat), log=logs.append) == path and "left as it is" in logs[-1]
     # the runner calls it at the end of a run (here every image is in the catalog already: no worker starts)
     from braindive.batch.runner import run_sweep
 
@@ -319,9 +322,10 @@ def test_history_panel_builds_a_package_zip(tmp_path):
     ids = []
     for k, roi in enumerate(("FFA", "PPA")):
         for seed in range(2):
-            record = generation_record(seed=seed, subject=subject.name, target=roi,
-                                       objective=Objective.maximize(subject.roi(roi), label=roi).describe(),
-                                       parameters={}, objective_value=0.0, model="demo", encoder=encoder)
+            target = Target.maximize(roi)
+            record = generation_record(seed=seed, subject=subject, target=target,
+                                       objective=target.build(subject).describe(), parameters={}, measure=0.0,
+                                       model="demo", encoder=encoder)
             ids.append(service.catalog.add(synthetic(seed + 5 * k, [0.3 + 0.3 * k, 0.4, 0.5]), record).id)
     rows, columns, plot, path, text = build_package_zip(service, ids, unguided=False, size=32, equalise=["luminance"])
     table = {row[0]: dict(zip(columns, row)) for row in rows}

@@ -3,6 +3,7 @@ import numpy as np
 import torch
 
 import braindive as bd
+from braindive.presets import PRESETS
 
 
 def test_demo_encoder_resampled_onto_the_volume_guides_ffa_up(tmp_path):
@@ -28,11 +29,11 @@ def test_demo_encoder_resampled_onto_the_volume_guides_ffa_up(tmp_path):
     try:
         objective = bd.Objective.maximize(ffa)
         values = {}
-        for scale in (0.0, bd.demo.DEMO_DEFAULTS["brain_guidance_scale"]):
+        for scale in (0.0, PRESETS["demo"].scale):
             out = pipe(objective=objective, num_inference_steps=8, brain_guidance_scale=scale, num_images_per_prompt=2,
                        generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
             values[scale] = np.asarray(out.objective_values)
             assert out.activations.shape == (2, volume.n_voxels)
-        assert (values[bd.demo.DEMO_DEFAULTS["brain_guidance_scale"]] > values[0.0]).all(), values
+        assert (values[PRESETS["demo"].scale] > values[0.0]).all(), values
     finally:
         pipe.set_encoder(demo.encoder)

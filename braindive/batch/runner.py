@@ -134,13 +134,13 @@ def run_sweep(sweep: Sweep, *, catalog_dir=None, address: str | None = None, wor
         if report.stopped:
             log(f"stopped: {report.stopped}. {report.existing + report.added} of {report.total} images are in the "
                 "catalog, each complete; run the same command again to resume.")
-    from .summary import write_summary
+    from .summary import job_results, write_summary
 
     report.summary = write_summary(sweep, catalog, log=log)
     if sweep.stimuli is not None and not report.stopped:
         from ..stimuli.sweep import package_run
 
-        report.package = package_run(sweep, catalog, log=log)
+        report.package = package_run(sweep, catalog, job_results(sweep, catalog), log=log)
     return report
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..targets import Target
+
 __all__ = ["Scorer", "Scores", "load_scorer", "diversity", "target_measure", "category_roi"]
 
 
@@ -90,54 +92,22 @@ def diversity(embeddings: np.ndarray) -> float:
 
 def target_measure(record: dict | None, subject, activations: np.ndarray) -> float | None:
     """The signed measure a record's target is reported as (mean of region A; A − w × B for a contrast), or None
-    for images without a generation record (natural images, unguided baselines of an unknown target).
+    for images without a generation record (natural images) or whose target is not on ``subject``.
 
-    Records carrying ``target_spec`` (``braindive.targets``) are measured by their ``Target``; older records by
-    their description (a custom voxel set by the voxels its objective stored).
+    The target is the record's ``Target`` (``Target.from_record`` also reads the older record formats).
     """
     if not record:
         return None
-    if "target_spec" in record:
-        try:
-            from ..targets import Target
-        except ImportError:
-            pass
-        else:
-            return float(Target.from_dict(record["target_spec"]).measure(activations))
-    from ..description import describe_record
-
-    d = describe_record(record)
-    positive = (record.get("objective") or {}).get("positive")
     try:
-        a = activations[subject.roi(d.target)].mean()
+        return float(Target.from_record(record).measure(activations, subject))
     except (ValueError, KeyError):
-        if positive is None:
-            return None
-        a = activations[np.asarray(positive, dtype=int)].mean()
-    if d.kind == "contrast":
-        return float(a - d.weight * activations[subject.roi(d.target_b)].mean())
-    return float(a)
+        return None
 
 
 def category_roi(record: dict | None, subject) -> str | None:
-    """The ROI whose category an image stands for: only a maximise of one of ``subject``'s ROIs (as
-    ``Target.category_roi``); minimise, contrast and custom voxel-set images imply no category."""
+    """The ROI whose category an image stands for: ``Target.category_roi`` (only a maximise of an ROI) when
+    ``subject`` has that ROI; minimise, contrast and custom voxel-set images imply no category."""
     if not record:
         return None
-    if "target_spec" in record:
-        try:
-            from ..targets import Target
-        except ImportError:
-            pass
-        else:
-            return Target.from_dict(record["target_spec"]).category_roi
-    from ..description import describe_record
-
-    d = describe_record(record)
-    if d.kind != "maximize":
-        return None
-    try:
-        subject.roi(d.target)
-    except (ValueError, KeyError):
-        return None
-    return d.target
+    roi = Target.from_record(record).category_roi
+    return roi if roi in subject.roi_names else None

@@ -56,11 +56,11 @@ def from_catalog(catalog, ids, unguided: bool = False) -> tuple[list[Stimulus], 
             continue
         out.append(Stimulus(image, entry.label, entry_id, entry.seed, record))
         if unguided:
-            baseline = entry.image_path.with_suffix(".unguided.png")
-            if baseline.is_file():
+            baseline, _ = catalog.unguided_paths(entry_id)  # the seed's unguided image, kept by the catalog
+            if baseline is not None:
                 out.append(Stimulus(_open(baseline), UNGUIDED, f"{entry_id}.unguided", entry.seed, record, True))
             else:
-                skipped.append((f"{entry_id}.unguided", "no unguided image stored (batch runs and older results)"))
+                skipped.append((f"{entry_id}.unguided", "no unguided image stored (a run without baselines)"))
     return out, skipped
 
 

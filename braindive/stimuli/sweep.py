@@ -70,10 +70,10 @@ def settings(table: dict):
     return PackageSettings(**{k: table[k] for k in _PACKAGE_KEYS if k in table}, design=design)
 
 
-def package_run(sweep, catalog, log=print):
-    """Build the run's package from its images in ``catalog`` (``braindive.batch`` calls this at the end of a run);
-    returns the package folder, or None with a logged reason when it cannot be built."""
-    from ..batch.summary import job_results
+def package_run(sweep, catalog, groups: dict, log=print):
+    """Build the run's package from its images in ``catalog`` (``braindive.batch`` calls this at the end of a run,
+    with ``groups`` = ``braindive.batch.summary.job_results``: each job's rows, best first); returns the package
+    folder, or None with a logged reason when it cannot be built."""
     from .package import build_package
     from .scoring import load_scorer
     from .sources import from_catalog
@@ -83,7 +83,6 @@ def package_run(sweep, catalog, log=print):
     if out.exists():
         log(f"stimulus package {out} exists already; left as it is.")
         return out
-    groups = job_results(sweep, catalog)
     several = len({job.settings for job in sweep.jobs}) > 1
     stimuli, skipped = [], []
     for job in sweep.jobs:
