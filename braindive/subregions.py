@@ -31,7 +31,7 @@ from .objectives import Objective
 from .subjects import HEMISPHERES, Subject
 
 __all__ = ["BY", "AXES", "K_RANGE", "Part", "Split", "split_region", "kmeans", "voxel_coordinates",
-           "weight_profiles", "response_profiles", "folder_images", "part_objective", "report",
+           "weight_profiles", "response_profiles", "folder_images", "part_objective", "PART_KINDS", "report",
            "profile_similarity", "cross_prediction", "CrossPrediction"]
 
 BY = ("weights", "responses", "anatomy")
@@ -282,11 +282,19 @@ def _sq_dist(x, centres) -> np.ndarray:
 # ---------------------------------------------------------------------------------------- use and report
 
 
-def part_objective(part: Part, kind: str = "maximize") -> Objective:
-    """What the pipeline ascends for ``part`` (the one place a part becomes an objective; ``braindive.targets``'
-    ``Target.voxel_set(part.voxels, name=part.name, kind=kind)`` describes the same request)."""
-    if kind not in ("maximize", "minimize"):
-        raise ValueError(f"`kind` must be 'maximize' or 'minimize' for a sub-region, got {kind!r}.")
+PART_KINDS = ("maximize", "minimize", "contrast")
+
+
+def part_objective(part: Part, kind: str = "maximize", rest: np.ndarray | None = None) -> Objective:
+    """What the pipeline ascends for ``part``: its mean up or down, or (``"contrast"``) its mean minus the mean of
+    ``rest`` (the region's other parts). The one place a part becomes an objective; ``braindive.targets``'
+    ``Target.voxel_set(part.voxels, name=part.name, kind=kind)`` describes the same maximise/minimise request."""
+    if kind not in PART_KINDS:
+        raise ValueError(f"`kind` must be one of {list(PART_KINDS)} for a sub-region, got {kind!r}.")
+    if kind == "contrast":
+        if rest is None:
+            raise ValueError("A sub-region contrast needs `rest`, the voxels of the region's other parts.")
+        return Objective.contrast(part.voxels, rest, 1.0, label=f"{part.name} − rest")
     make = Objective.maximize if kind == "maximize" else Objective.minimize
     return make(part.voxels, label=f"{kind[:3]} {part.name}")
 
@@ -354,7 +362,8 @@ class CrossPrediction:
 
 def cross_prediction(pipe, parts, seeds, kind: str = "maximize", batch_size: int = 8, **call_kwargs) -> CrossPrediction:
     """Generate each part's images with the same ``seeds`` (and the unguided images of those seeds) through
-    ``pipe`` and measure every part's predicted mean on them. ``call_kwargs`` go to the pipeline."""
+    ``pipe`` and measure every part's predicted mean on them. ``kind``: each part maximised (the paper's
+    sub-ROI runs), minimised, or contrasted against the region's other parts. ``call_kwargs`` go to the pipeline."""
     import torch
 
     seeds = tuple(int(s) for s in seeds)
@@ -376,8 +385,9 @@ def cross_prediction(pipe, parts, seeds, kind: str = "maximize", batch_size: int
 
     base_images, base = run(part_objective(parts[0]), 0.0)
     images, gains = [], []
-    for part in parts:
-        part_images, measured = run(part_objective(part, kind))
+    for i, part in enumerate(parts):
+        rest = np.concatenate([p.voxels for j, p in enumerate(parts) if j != i])
+        part_images, measured = run(part_objective(part, kind, rest))
         images.append(part_images)
         gains.append(measured - base)
     return CrossPrediction(tuple(p.name for p in parts), seeds, np.stack(gains), images, base_images)
