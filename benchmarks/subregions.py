@@ -5,7 +5,7 @@ part; the gain is the part's predicted mean minus its mean for the unguided imag
 counts for part i when its own gain is the largest. Two guidance targets per part: the part's mean (the
 paper's sub-ROI runs) and the part's mean minus the other part's (``kind="contrast"``).
 
-    python -m benchmarks.subregions [--seeds 16]
+    python -m benchmarks.subregions [--seeds 16] [--mode fast]
 
 Writes ``benchmarks/results/subregions.json`` and the "## Sub-regions" section of ``benchmarks/RESULTS.md``.
 """
@@ -27,7 +27,7 @@ SPLITS = [("FFA", "weights"), ("OPA", "weights"), ("FFA", "anatomy"), ("OPA", "a
 KINDS = ("maximize", "contrast")
 
 
-def run(n_seeds: int) -> dict:
+def run(n_seeds: int, mode: str) -> dict:
     import braindive as bd
     from braindive import subregions as sr
     from braindive.demo import DEMO_DEFAULTS
@@ -39,13 +39,14 @@ def run(n_seeds: int) -> dict:
         split = sr.split_region(demo.subject, roi, 2, by, encoder=demo.encoder, seed=0)
         similarity = sr.report(split, demo.subject, sr.weight_profiles(demo.encoder, split.voxels))
         for kind in KINDS:
-            cp = sr.cross_prediction(demo.pipe, split.parts, range(n_seeds), kind=kind, **DEMO_DEFAULTS)
+            cp = sr.cross_prediction(demo.pipe, split.parts, range(n_seeds), kind=kind, batch_size=n_seeds,
+                                     guidance_mode=mode, **DEMO_DEFAULTS)
             load.append(os.getloadavg()[0])
             for i, row in enumerate(cp.table()):
                 rows.append({"roi": roi, "by": by, "guided": kind, **row, **similarity[i],
                              "margin_min": float(cp.margins[i].min()), "margin_max": float(cp.margins[i].max())})
             print(roi, by, kind, [(r["images for"], r["own largest"], r["margin"]) for r in cp.table()], flush=True)
-    return {"seeds": n_seeds, "settings": {**DEMO_DEFAULTS, "guidance_mode": "exact"}, "rows": rows,
+    return {"seeds": n_seeds, "settings": {**DEMO_DEFAULTS, "guidance_mode": mode}, "rows": rows,
             "seconds": time.perf_counter() - start, "cpu": cpu_name(), "cores": os.cpu_count(),
             "load_1min": [min(load), max(load)]}
 
@@ -54,7 +55,7 @@ def markdown(report: dict) -> str:
     lines = [SECTION, "",
              f"`python -m benchmarks.subregions --seeds {report['seeds']}`: the demo (S1, demo encoder, "
              f"{report['settings']['num_inference_steps']} steps, scale {report['settings']['brain_guidance_scale']:g}, "
-             f"128 px, exact guidance), each region split in 2, seeds 0-{report['seeds'] - 1} for every part. "
+             f"128 px, {report['settings']['guidance_mode']} guidance), each region split in 2, seeds 0-{report['seeds'] - 1} for every part. "
              "*own largest*: share of seeds whose image raised its own part more than the other part (gain = predicted "
              "part mean minus that of the unguided image of the same seed); *margin*: own gain minus the other part's "
              "gain (mean, min..max over seeds). *within/between*: mean cosine of the unit weight profiles inside a part "
@@ -76,8 +77,9 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=16)
+    parser.add_argument("--mode", default="fast", help="guidance mode (the demo's fast recipe by default: CPU time)")
     args = parser.parse_args(argv)
-    report = run(args.seeds)
+    report = run(args.seeds, args.mode)
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "subregions.json").write_text(json.dumps(report, indent=2))
     write_section(HERE / "RESULTS.md", SECTION, markdown(report))

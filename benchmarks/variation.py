@@ -1,11 +1,12 @@
 """Reference-image variations on the demo: FFA pushed up and down from 16 reference images.
 
 References: the demo model's own unguided images of seeds 1000-1015 (no natural images offline). For each
-reference, a strength x scale grid (``braindive.variation.variations``, seed 0, controls included); the
-change is the predicted FFA mean minus the control's (same strength and seed, no brain guidance).
+reference, a strength x scale grid (the pipeline's ``image=``/``strength=``, seed 0, all references in one
+batch; what ``braindive.variation.variations`` runs per reference); the change is the predicted FFA mean
+minus the control's (same reference, strength and seed, no brain guidance).
 Full-generation gain: guided minus unguided from pure noise, seeds 0-15.
 
-    python -m benchmarks.variation [--references 16]
+    python -m benchmarks.variation [--references 16] [--mode fast]
 
 Writes ``benchmarks/results/variation.json`` and the "## Reference-image variations" section of
 ``benchmarks/RESULTS.md``.
@@ -29,33 +30,43 @@ SCALES = (-20.0, -10.0, 10.0, 20.0)
 ROI = "FFA"
 
 
-def run(n_refs: int) -> dict:
+def run(n_refs: int, mode: str) -> dict:
     import torch
 
     import braindive as bd
+    from braindive import variation as V
     from braindive.demo import DEMO_DEFAULTS
-    from braindive.variation import variations
 
     demo = bd.demo.load()
-    settings = {k: v for k, v in DEMO_DEFAULTS.items() if k != "brain_guidance_scale"}
+    settings = {**{k: v for k, v in DEMO_DEFAULTS.items() if k != "brain_guidance_scale"}, "guidance_mode": mode}
     objective = bd.Objective.maximize(demo.subject.roi(ROI), label=f"max {ROI}")
     load, start = [os.getloadavg()[0]], time.perf_counter()
 
-    def generate(seeds, scale):
+    def generate(seeds, scale, **kwargs):
         return demo.pipe(objective=objective, generator=[torch.Generator().manual_seed(s) for s in seeds],
-                         num_images_per_prompt=len(seeds), brain_guidance_scale=scale, output_type="pt", **settings)
+                         num_images_per_prompt=len(seeds), brain_guidance_scale=scale, output_type="pt",
+                         **settings, **kwargs)
 
-    refs = generate(range(1000, 1000 + n_refs), 0.0).images
-    full = {scale: float((generate(range(n_refs), scale).objective_values - generate(range(n_refs), 0.0).objective_values).mean())
-            for scale in SCALES}
-    cells = []
-    for r in range(n_refs):
-        grid = variations(demo.pipe, objective, refs[r:r + 1], STRENGTHS, SCALES, seeds=(0,), **settings)
-        cells += [{"reference": r, **row} for row in grid.table() if not row["control"]]
+    refs = generate(range(1000, 1000 + n_refs), 0.0).images  # all references batched in every call below
+    plain = generate(range(n_refs), 0.0).objective_values
+    full = {scale: float((generate(range(n_refs), scale).objective_values - plain).mean()) for scale in SCALES}
+    cells, same_seed = [], [0] * n_refs
+    for strength in STRENGTHS:
+        values = {}
+        for scale in (0.0, *SCALES):
+            out = generate(same_seed, scale, image=refs, strength=strength)
+            values[scale] = V.measure(objective, out.activations)
+            if scale == 0.0:
+                continue
+            ssim = V.ssim(out.images, refs)
+            cosine = V.clip_cosine(demo.encoder, out.images, refs)
+            cells += [{"reference": r, "strength": strength, "scale": scale, "control": False,
+                       "change_vs_control": float(values[scale][r] - values[0.0][r]), "ssim": float(ssim[r]),
+                       "clip_cosine": float(cosine[r])} for r in range(n_refs)]
         load.append(os.getloadavg()[0])
-        print(f"reference {r}: done", flush=True)
+        print(f"strength {strength}: done", flush=True)
     return {"references": n_refs, "strengths": STRENGTHS, "scales": SCALES, "roi": ROI, "full_gain": full,
-            "settings": {**settings, "guidance_mode": "exact"}, "cells": cells, "seconds": time.perf_counter() - start,
+            "settings": settings, "cells": cells, "seconds": time.perf_counter() - start,
             "cpu": cpu_name(), "cores": os.cpu_count(), "load_1min": [min(load), max(load)]}
 
 
@@ -95,7 +106,7 @@ def markdown(report: dict, summ: dict) -> str:
     st = report["strengths"]
     lines = [SECTION, "",
              f"`python -m benchmarks.variation --references {report['references']}`: the demo (S1, demo encoder, "
-             f"{report['settings']['num_inference_steps']} steps, 128 px, exact guidance), target max {report['roi']}; "
+             f"{report['settings']['num_inference_steps']} steps, 128 px, {report['settings']['guidance_mode']} guidance), target max {report['roi']}; "
              f"references: the demo model's unguided images of seeds 1000-{999 + report['references']}; seed 0 for every "
              "variation. *change*: predicted FFA mean minus the control's (same reference, strength and seed, no brain "
              "guidance), mean over references; SSIM and CLIP cosine (the encoder's tower) to the reference. "
@@ -122,8 +133,9 @@ def markdown(report: dict, summ: dict) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--references", type=int, default=16)
+    parser.add_argument("--mode", default="fast", help="guidance mode (the demo's fast recipe by default: CPU time)")
     args = parser.parse_args(argv)
-    report = run(args.references)
+    report = run(args.references, args.mode)
     summ = summary(report)
     text = markdown(report, summ)
     (HERE / "results").mkdir(exist_ok=True)
