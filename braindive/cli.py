@@ -82,6 +82,7 @@ def generate(args) -> list[Path]:
     params = dict(num_inference_steps=args.steps, brain_guidance_scale=args.scale, sag_scale=args.sag,
                   guidance_scale=args.cfg, prompt=args.prompt, height=args.height, width=args.width,
                   guidance_mode=args.mode)
+    image, reference = _init_image(args)
     candidates = []
 
     def advance(*_):
@@ -92,7 +93,7 @@ def generate(args) -> list[Path]:
         for k in range(args.n):
             seed = args.seed + k
             result = pipe(objective=objective, generator=torch.Generator().manual_seed(seed),
-                          callback_on_step_end=advance, **params)
+                          callback_on_step_end=advance, **params, **image)
             candidates.append((seed, result.images[0], float(result.objective_values[0])))
     # The pipeline's objective values come from the encoder call on its final decoded pixels: rank those.
     ranking = rank_scores([score for _, _, score in candidates], keep=args.keep)
@@ -106,7 +107,7 @@ def generate(args) -> list[Path]:
             continue
         record = generation_record(
             seed=seed, subject=subject.name, target=target, objective=objective.describe(),
-            parameters={**params, "scheduler": args.scheduler}, objective_value=score,
+            parameters={**params, "scheduler": args.scheduler, **reference}, objective_value=score,
             model=model_name, encoder=encoder_name,
         )
         record["rerank"] = {**ranking.record(i), "keep": args.keep, "ranking": RANKING_CSV}
@@ -117,6 +118,66 @@ def generate(args) -> list[Path]:
         written.append(stem.with_suffix(".png"))
     write_csv(out / RANKING_CSV, sorted(rows, key=lambda r: r["rank"]))
     return written
+
+
+def _init_image(args) -> tuple[dict, dict]:
+    """``--init-image``/``--strength``: the pipeline's ``image``/``strength`` and what the record keeps of them."""
+    if args.init_image is None:
+        if args.strength is not None:
+            raise ValueError("--strength needs --init-image (the image the generation starts from).")
+        return {}, {}
+    from .evaluation.sets import open_rgb
+    from .variation import check_strengths, image_hash
+
+    strength = check_strengths(1.0 if args.strength is None else args.strength, "--strength")[0]
+    image = open_rgb(Path(args.init_image))
+    return ({"image": image, "strength": strength},
+            {"strength": strength, "reference": {"file": Path(args.init_image).name, "sha256": image_hash(image)}})
+
+
+def subregions(args) -> Path:
+    """Split an ROI (``braindive.subregions``), write ``split.json``; with ``--generate N`` also each part's
+    images (the same seeds for every part) and ``cross_prediction.csv``."""
+    import torch
+
+    from . import subregions as sr
+    from .evaluation.files import write_atomic, write_csv
+
+    pipe, subject, model_name, encoder_name = PRESETS[args.preset](args)
+    split = sr.split_region(subject, args.roi, args.k, args.by, encoder=pipe.encoder, images=args.images,
+                            axis=args.axis, seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    features = split.features if split.features is not None else sr.weight_profiles(pipe.encoder, split.voxels)
+    rows = sr.report(split, subject, features)
+    write_atomic(out / "split.json", json.dumps({**split.to_dict(), "subject": subject.name, "report": rows}, indent=2))
+    for row in rows:
+        print(", ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.items()))
+    if not args.generate:
+        return out / "split.json"
+    pipe.set_scheduler(args.scheduler)
+    params = dict(num_inference_steps=args.steps, brain_guidance_scale=args.scale, sag_scale=args.sag,
+                  height=args.height, width=args.width, guidance_mode=args.mode)
+    seeds = range(args.gen_seed, args.gen_seed + args.generate)
+    cp = sr.cross_prediction(pipe, split.parts, seeds, kind=args.kind, **params)
+    for i, part in enumerate(split.parts):
+        rest = np.concatenate([p.voxels for j, p in enumerate(split.parts) if j != i])
+        objective = sr.part_objective(part, args.kind, rest)
+        for seed, image, gain, value in zip(seeds, cp.images[i], cp.gains[i, i], cp.objective_values[i]):
+            stem = out / f"{subject.name}_{part.name.replace('/', 'of')}_seed{seed:06d}"
+            record = generation_record(seed=seed, subject=subject.name, target=part.name, objective=objective.describe(),
+                                       parameters={**params, "scheduler": args.scheduler}, objective_value=float(value),
+                                       model=model_name, encoder=encoder_name)
+            record["subregion"] = {"roi": split.roi, "k": split.k, "by": split.by, "axis": split.axis,
+                                   "seed": split.seed, "part": part.name, "own_gain": float(gain)}
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            write_atomic(stem.with_suffix(".png"), buffer.getvalue())
+            write_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2))
+    write_csv(out / "cross_prediction.csv", cp.table())
+    for row in cp.table():
+        print(f"{row['images for']}: own gain largest on {100 * row['own largest']:.0f}% of seeds, margin {row['margin']:+.4f}")
+    return out / "cross_prediction.csv"
 
 
 def evaluate(args) -> Path:
@@ -211,7 +272,35 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--scheduler", default="dpm")
     g.add_argument("--mode", default="exact", help="guidance mode: exact (default), reference or fast")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--init-image", help="start from this image (img2img): its VAE latents noised to --strength")
+    g.add_argument("--strength", type=float, help="with --init-image: noise level in [0, 1] (0 = the image's VAE "
+                   "round trip, 1 = from the noisiest step; default 1)")
     g.add_argument("--out", required=True)
+
+    r = sub.add_parser("subregions", help="split an ROI into parts by weights, responses or anatomy; "
+                       "optionally generate for each part and cross-predict")
+    r.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    r.add_argument("--model", help=f"diffusers model id or folder (sd21 preset; default {SD21_MODEL_ID})")
+    r.add_argument("--encoder", help="encoder checkpoint folder or Hub repo id (needed for sd21)")
+    r.add_argument("--subject", default="S1", help="subject name or subject .npz file")
+    r.add_argument("--roi", required=True, help="ROI to split, e.g. OPA or OPA.lh")
+    r.add_argument("--k", type=int, default=2, help="number of parts, 2-8")
+    r.add_argument("--by", default="weights", help="weights (k-means on encoder weights), responses (k-means on "
+                   "predicted responses to --images) or anatomy (equal-count bins along --axis)")
+    r.add_argument("--axis", default="posterior-anterior", help="posterior-anterior, ventral-dorsal or medial-lateral")
+    r.add_argument("--images", help="folder of images for --by responses")
+    r.add_argument("--seed", type=int, default=0, help="k-means seed")
+    r.add_argument("--generate", type=int, default=0, help="images per part (seeds --gen-seed..); 0: split only")
+    r.add_argument("--gen-seed", type=int, default=0)
+    r.add_argument("--kind", default="maximize", help="per part: maximize, minimize, or contrast (part - rest of the ROI)")
+    r.add_argument("--steps", type=int, default=None)
+    r.add_argument("--scale", type=float, default=None)
+    r.add_argument("--sag", type=float, default=0.75)
+    r.add_argument("--height", type=int, default=None)
+    r.add_argument("--width", type=int, default=None)
+    r.add_argument("--scheduler", default="dpm")
+    r.add_argument("--mode", default="exact", help="guidance mode: exact (default), reference or fast")
+    r.add_argument("--out", required=True)
 
     e = sub.add_parser("evaluate", help="CLIP 5-way zero-shot evaluation of generated images vs top natural images")
     e.add_argument("results", nargs="+", help="folders of generated PNG + JSON, or catalog ids (with --catalog)")
@@ -283,6 +372,9 @@ def main(argv=None) -> int:
             print(f"wrote {evaluate(args)} and the plot beside it")
         elif args.command == "study":
             print(study(args))
+        elif args.command == "subregions":
+            _apply_preset_defaults(args)
+            print(f"wrote {subregions(args)}")
         else:
             _apply_preset_defaults(args)
             written = generate(args)

@@ -331,11 +331,13 @@ def report(split: Split, subject: Subject, features: np.ndarray | None = None) -
 @dataclass(frozen=True)
 class CrossPrediction:
     """``gains[i, j, s]``: predicted mean of part j for part i's guided image of seed s, minus the same for
-    the unguided image of seed s. ``images[i]`` are part i's images, ``baseline`` the unguided ones."""
+    the unguided image of seed s. ``images[i]`` are part i's images, ``baseline`` the unguided ones, and
+    ``objective_values[i, s]`` the pipeline's objective for part i's image of seed s."""
 
     names: tuple[str, ...]
     seeds: tuple[int, ...]
     gains: np.ndarray
+    objective_values: np.ndarray
     images: list = field(repr=False, default_factory=list)
     baseline: list = field(repr=False, default_factory=list)
 
@@ -372,7 +374,7 @@ def cross_prediction(pipe, parts, seeds, kind: str = "maximize", batch_size: int
     call_kwargs = {"output_type": "pil", **call_kwargs}
 
     def run(objective, scale=None):
-        images, acts = [], []
+        images, acts, values = [], [], []
         for start in range(0, len(seeds), batch_size):
             chunk = seeds[start:start + batch_size]
             extra = {} if scale is None else {"brain_guidance_scale": scale}
@@ -380,14 +382,17 @@ def cross_prediction(pipe, parts, seeds, kind: str = "maximize", batch_size: int
                        num_images_per_prompt=len(chunk), **{**call_kwargs, **extra})
             images += list(out.images)
             acts.append(out.activations.double().numpy())
+            values.append(out.objective_values.double().numpy())
         acts = np.concatenate(acts)
-        return images, np.stack([acts[:, p.voxels].mean(1) for p in parts])  # [k, n_seeds]
+        return images, np.stack([acts[:, p.voxels].mean(1) for p in parts]), np.concatenate(values)  # [k, n_seeds]
 
-    base_images, base = run(part_objective(parts[0]), 0.0)
-    images, gains = [], []
+    base_images, base, _ = run(part_objective(parts[0]), 0.0)
+    images, gains, objective_values = [], [], []
     for i, part in enumerate(parts):
         rest = np.concatenate([p.voxels for j, p in enumerate(parts) if j != i])
-        part_images, measured = run(part_objective(part, kind, rest))
+        part_images, measured, part_values = run(part_objective(part, kind, rest))
         images.append(part_images)
         gains.append(measured - base)
-    return CrossPrediction(tuple(p.name for p in parts), seeds, np.stack(gains), images, base_images)
+        objective_values.append(part_values)
+    return CrossPrediction(tuple(p.name for p in parts), seeds, np.stack(gains), np.stack(objective_values), images,
+                           base_images)
