@@ -82,7 +82,7 @@ def split_region(subject: Subject, roi: str, k: int, by: str = "weights", *, enc
                  coordinates: np.ndarray | None = None) -> Split:
     """Split ROI ``roi`` of ``subject`` into ``k`` parts.
 
-    ``by="weights"`` needs ``encoder``; ``by="responses"`` needs ``encoder`` and ``images`` (a folder, or
+    ``by="weights"`` needs ``encoder`` (or its ``[n_voxels, d]`` head weights); ``by="responses"`` needs ``encoder`` and ``images`` (a folder, or
     ``[N, 3, H, W]`` images in [0, 1]); ``by="anatomy"`` uses ``axis`` and the subject's coordinates
     (``coordinates`` overrides them: ``[n_voxels, 3]`` mm, x right, y anterior, z superior).
     """
@@ -102,7 +102,12 @@ def split_region(subject: Subject, roi: str, k: int, by: str = "weights", *, enc
     else:
         if encoder is None:
             raise ValueError(f"Splitting by {by!r} needs an encoder.")
-        encoder.check_subject(subject)
+        if isinstance(encoder, np.ndarray):
+            if by != "weights" or encoder.ndim != 2 or len(encoder) != subject.n_voxels:
+                raise ValueError(f"Head weights must be [{subject.n_voxels}, d] and split by 'weights', got "
+                                 f"{encoder.shape} by {by!r}.")
+        else:
+            encoder.check_subject(subject)
         if by == "weights":
             features = weight_profiles(encoder, voxels)
         else:
@@ -167,8 +172,9 @@ def voxel_coordinates(subject: Subject) -> np.ndarray:
 
 
 def weight_profiles(encoder, voxels: np.ndarray) -> np.ndarray:
-    """The encoder head's rows for ``voxels``, unit-normalised, float64."""
-    rows = encoder.head.weight.detach().double().cpu().numpy()[voxels]
+    """The encoder head's rows (or a ``[n_voxels, d]`` weight array's) for ``voxels``, unit-normalised, float64."""
+    weights = encoder if isinstance(encoder, np.ndarray) else encoder.head.weight.detach().cpu().numpy()
+    rows = np.asarray(weights, np.float64)[voxels]
     return _unit_rows(rows, "weights")
 
 

@@ -7,6 +7,7 @@ a re-run finds what is already in the catalog. Errors name the sweep file and th
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -31,7 +32,7 @@ DEMO = "demo"  # model / encoder name of the offline demo bundle
 _TOP_KEYS = {"name", "model", "catalog", "seeds", "encoders", "targets", "settings", "execution", "rerank", "evaluation"}
 _TABLE_KEYS = {
     "encoders": {"subject", "path", "name"},
-    "targets": {"rois", "minimize", "voxels", "contrasts"},
+    "targets": {"rois", "minimize", "voxels", "contrasts", "subregions"},
     "settings": {"mode", "scale", "steps", "scheduler", "sag", "prompt", "cfg", "height", "width"},
     "execution": {"batch_size", "cpus_per_worker", "gpus_per_worker", "workers", "max_retries", "baseline",
                   "save_activations"},
@@ -44,6 +45,8 @@ SETTING_RANGES = {"scale": (float, 0.0, 1000.0), "steps": (int, 1, 1000), "sag":
 _EXECUTION_RANGES = {"batch_size": (int, 1, 256), "cpus_per_worker": (int, 1, 1024), "gpus_per_worker": (float, 0, 16),
                      "workers": (int, 0, 100000), "max_retries": (int, 0, 100)}
 _PAPER_DEFAULTS = {"height": 512, "width": 512, "steps": 50, "scale": 130.0}
+_IMAGE_SETTINGS = {"init_images", "strength"}  # reference-image variations: start images x strengths
+_SUBREGION_KEYS = {"roi", "k", "by", "axis", "seed"}
 
 
 class SweepError(ValueError):
@@ -69,12 +72,38 @@ class Settings:
     cfg: float = 0.0
     height: int = 512
     width: int = 512
+    init_image: str = ""  # absolute path of the start image ("" = from noise)
+    strength: float = 1.0
 
     def pipeline_kwargs(self) -> dict:
         """Keyword arguments of ``BrainDiVEPipeline.__call__`` (the same names ``generate`` records)."""
         return dict(num_inference_steps=self.steps, brain_guidance_scale=self.scale, sag_scale=self.sag,
                     guidance_scale=self.cfg, prompt=self.prompt, height=self.height, width=self.width,
                     guidance_mode=self.mode)
+
+    def image_kwargs(self) -> dict:
+        """The pipeline's ``image``/``strength`` for a start image (nothing when generating from noise)."""
+        if not self.init_image:
+            return {}
+        from ..evaluation.sets import open_rgb
+
+        return {"image": open_rgb(Path(self.init_image)), "strength": self.strength}
+
+    def image_record(self) -> dict:
+        """What records keep of the start image: its file name, pixel hash and the strength."""
+        if not self.init_image:
+            return {}
+        return {"strength": self.strength, "reference": {"file": Path(self.init_image).name,
+                                                          "sha256": _image_hash(self.init_image)}}
+
+    def key(self) -> dict:
+        """The settings as image ids use them: a start image by its pixel hash; none is not in the key
+        (so sweeps without start images keep their ids)."""
+        out = asdict(self)
+        path, strength = out.pop("init_image"), out.pop("strength")
+        if path:
+            out.update(init_image=_image_hash(path), strength=strength)
+        return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,7 +125,7 @@ class Job:
         o = self.objective
         voxels = hashlib.sha256(o.positive.tobytes() + (b"" if o.negative is None else b"|" + o.negative.tobytes()))
         return {"encoder": self.encoder.identity or self.encoder.path, "objective": o.kind,
-                "weight": o.weight, "voxels": voxels.hexdigest(), "settings": asdict(self.settings)}
+                "weight": o.weight, "voxels": voxels.hexdigest(), "settings": self.settings.key()}
 
 
 @dataclass
@@ -351,6 +380,7 @@ class _Reader:
                 label = f"{c['positive']}-vs-{c['negative']}"
                 found.append((label, Objective.contrast(roi(c["positive"], "contrasts"), roi(c["negative"], "contrasts"),
                                                         weight, label=label)))
+            found += self.subregion_targets(table.get("subregions", []), enc, subject)
             if not found:
                 self.fail("[targets] lists no target.", "targets")
             names = [n for n, _ in found]
@@ -358,6 +388,34 @@ class _Reader:
                 self.fail(f"[targets] names a target twice: {names}.", "targets")
             out[enc] = found
         return out
+
+    def subregion_targets(self, entries, enc: EncoderSpec, subject) -> list[tuple[str, Objective]]:
+        """``subregions = [{roi = "OPA", k = 2, by = "weights", axis = ..., seed = 0}]``: each part maximised.
+        ``by = "weights"`` reads the encoder's head from its local folder; ``"responses"`` is not offered here
+        (split with ``python -m braindive subregions`` and list the parts' voxel files instead)."""
+        from .. import subregions as sr
+
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            self.fail("`targets.subregions` must be a list of {roi, k, by, axis, seed} tables.", "targets", "subregions")
+        found = []
+        for e in entries:
+            if set(e) - _SUBREGION_KEYS or "roi" not in e:
+                self.fail(f"each subregion entry takes {sorted(_SUBREGION_KEYS)} (roi required), got {sorted(e)}.",
+                          "targets", "subregions")
+            by = e.get("by", "weights")
+            if by not in ("weights", "anatomy"):
+                self.fail(f"`subregions.by` must be 'weights' or 'anatomy' in a sweep, got {by!r}.", "targets",
+                          "subregions", needle=f'"{by}"')
+            k = self.number(e.get("k", 2), int, *sr.K_RANGE, "targets", "subregions", name="subregions.k")
+            seed = self.number(e.get("seed", 0), int, 0, 2**32 - 1, "targets", "subregions", name="subregions.seed")
+            try:
+                weights = _head_weights(enc) if by == "weights" else None
+                split = sr.split_region(subject, self.string(e["roi"], "targets", "subregions"), k, by, encoder=weights,
+                                        axis=e.get("axis", "posterior-anterior"), seed=seed)
+            except (OSError, ValueError) as exc:
+                self.fail(f"subregions {e!r}: {exc}", "targets", "subregions")
+            found += [(part.name, sr.part_objective(part)) for part in split.parts]
+        return found
 
     def voxel_file(self, file: str, subject) -> Objective:
         path = self.base_dir / file
@@ -371,7 +429,7 @@ class _Reader:
     def settings(self, table: dict, model: str) -> list[Settings]:
         from ..pipeline import GUIDANCE_MODES, SCHEDULERS
 
-        self.check_keys(table, _TABLE_KEYS["settings"], "settings")
+        self.check_keys(table, _TABLE_KEYS["settings"] | _IMAGE_SETTINGS, "settings")
         defaults = _demo_defaults() if model == DEMO else _PAPER_DEFAULTS
         axes = {}
         for key in _TABLE_KEYS["settings"]:
@@ -396,7 +454,53 @@ class _Reader:
                     self.fail(f"`settings.{side}` must be a multiple of 8, got {checked}.", "settings", key)
             axes[key] = checked
         keys = sorted(axes)
-        return [Settings(**dict(zip(keys, combo))) for combo in itertools.product(*(axes[k] for k in keys))]
+        plain = [Settings(**dict(zip(keys, combo))) for combo in itertools.product(*(axes[k] for k in keys))]
+        return self.image_settings(table, plain)
+
+    def image_settings(self, table: dict, settings: list[Settings]) -> list[Settings]:
+        """``init_images = ["ref.png"]`` (relative to the sweep file) x ``strength = [0.5, 0.8]``: every setting
+        from every start image at every strength; without ``init_images``, from noise (``strength`` refused)."""
+        from dataclasses import replace
+
+        files = table.get("init_images", [])
+        if not files:
+            if "strength" in table:
+                self.fail("`settings.strength` needs `settings.init_images` (the images to start from).", "settings",
+                          "strength")
+            return settings
+        paths = []
+        for file in self.string_list(files, "settings", "init_images"):
+            path = (self.base_dir / file).resolve()
+            try:
+                _image_hash(str(path))
+            except (OSError, ValueError) as exc:
+                self.fail(f"init image {file!r}: {exc}", "settings", "init_images", needle=file)
+            paths.append(str(path))
+        strengths = table.get("strength", [1.0])
+        strengths = [self.number(v, float, 0.0, 1.0, "settings", "strength")
+                     for v in (strengths if isinstance(strengths, list) else [strengths])]
+        return [replace(s, init_image=p, strength=v) for s in settings for p in paths for v in strengths]
+
+
+@functools.lru_cache(maxsize=256)
+def _image_hash(path: str) -> str:
+    from ..evaluation.sets import open_rgb
+    from ..variation import image_hash
+
+    return image_hash(open_rgb(Path(path)))
+
+
+def _head_weights(enc: EncoderSpec) -> np.ndarray:
+    """``[n_voxels, d]`` head weights of a local encoder folder (the demo's included), without its tower."""
+    from safetensors.numpy import load_file
+
+    from ..demo import ASSET_ENCODER
+    from ..encoders import HEAD_NAME
+
+    folder = ASSET_ENCODER if enc.path == DEMO else Path(enc.path)
+    if not (folder / HEAD_NAME).is_file():
+        raise ValueError(f"subregions by weights need a local encoder folder with {HEAD_NAME}; {enc.path!r} has none.")
+    return load_file(str(folder / HEAD_NAME))["weight"]
 
 
 def _identity(path: str, subject) -> str:

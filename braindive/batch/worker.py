@@ -114,14 +114,16 @@ class BatchWorker:
         pipe.set_scheduler(unit.job.settings.scheduler)
         params = unit.job.settings.pipeline_kwargs()
         objective = unit.job.objective
-        guided = self._call(objective, unit.seeds, params)
-        unguided = self._call(objective, unit.seeds, {**params, "brain_guidance_scale": 0.0}) if baseline else None
+        guided = self._call(objective, unit.seeds, {**params, **unit.job.settings.image_kwargs()})
+        unguided = self._call(objective, unit.seeds, {**params, **unit.job.settings.image_kwargs(),
+                                                      "brain_guidance_scale": 0.0}) if baseline else None
         out = []
         for k, (seed, entry_id) in enumerate(zip(unit.seeds, unit.ids)):
             image, acts, value = guided[0][k], guided[1][k], float(guided[2][k])
             record = generation_record(
                 seed=seed, subject=subject.name, target=unit.job.target, objective=objective.describe(),
-                parameters={**params, "scheduler": unit.job.settings.scheduler}, objective_value=value,
+                parameters={**params, "scheduler": unit.job.settings.scheduler, **unit.job.settings.image_record()},
+                objective_value=value,
                 model=self._model_name, encoder=encoder_name)
             record["roi_means"] = roi_means(subject, acts)
             record["batch"] = {"unit_seeds": len(unit.seeds), "pipeline_batch": min(len(unit.seeds), self.max_batch or 10**9)}
