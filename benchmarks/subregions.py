@@ -27,7 +27,7 @@ SPLITS = [("FFA", "weights"), ("OPA", "weights"), ("FFA", "anatomy"), ("OPA", "a
 KINDS = ("maximize", "contrast")
 
 
-def run(n_seeds: int, mode: str) -> dict:
+def run(n_seeds: int, mode: str, contrast_for=("weights", "anatomy")) -> dict:
     import braindive as bd
     from braindive import subregions as sr
     from braindive.demo import DEMO_DEFAULTS
@@ -38,7 +38,7 @@ def run(n_seeds: int, mode: str) -> dict:
     for roi, by in SPLITS:
         split = sr.split_region(demo.subject, roi, 2, by, encoder=demo.encoder, seed=0)
         similarity = sr.report(split, demo.subject, sr.weight_profiles(demo.encoder, split.voxels))
-        for kind in KINDS:
+        for kind in [k for k in KINDS if k != "contrast" or by in contrast_for]:
             cp = sr.cross_prediction(demo.pipe, split.parts, range(n_seeds), kind=kind, batch_size=n_seeds,
                                      guidance_mode=mode, **DEMO_DEFAULTS)
             load.append(os.getloadavg()[0])
@@ -78,8 +78,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=16)
     parser.add_argument("--mode", default="fast", help="guidance mode (the demo's fast recipe by default: CPU time)")
+    parser.add_argument("--contrast-for", nargs="*", default=["weights", "anatomy"],
+                        help="split kinds whose parts are also guided as contrasts (part - other part)")
     args = parser.parse_args(argv)
-    report = run(args.seeds, args.mode)
+    report = run(args.seeds, args.mode, tuple(args.contrast_for))
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "subregions.json").write_text(json.dumps(report, indent=2))
     write_section(HERE / "RESULTS.md", SECTION, markdown(report))

@@ -30,7 +30,7 @@ SCALES = (-20.0, -10.0, 10.0, 20.0)
 ROI = "FFA"
 
 
-def run(n_refs: int, mode: str) -> dict:
+def run(n_refs: int, mode: str, strengths=STRENGTHS, scales=SCALES) -> dict:
     import torch
 
     import braindive as bd
@@ -49,11 +49,11 @@ def run(n_refs: int, mode: str) -> dict:
 
     refs = generate(range(1000, 1000 + n_refs), 0.0).images  # all references batched in every call below
     plain = generate(range(n_refs), 0.0).objective_values
-    full = {scale: float((generate(range(n_refs), scale).objective_values - plain).mean()) for scale in SCALES}
+    full = {scale: float((generate(range(n_refs), scale).objective_values - plain).mean()) for scale in scales}
     cells, same_seed = [], [0] * n_refs
-    for strength in STRENGTHS:
+    for strength in strengths:
         values = {}
-        for scale in (0.0, *SCALES):
+        for scale in (0.0, *scales):
             out = generate(same_seed, scale, image=refs, strength=strength)
             values[scale] = V.measure(objective, out.activations)
             if scale == 0.0:
@@ -65,7 +65,7 @@ def run(n_refs: int, mode: str) -> dict:
                        "clip_cosine": float(cosine[r])} for r in range(n_refs)]
         load.append(os.getloadavg()[0])
         print(f"strength {strength}: done", flush=True)
-    return {"references": n_refs, "strengths": STRENGTHS, "scales": SCALES, "roi": ROI, "full_gain": full,
+    return {"references": n_refs, "strengths": tuple(strengths), "scales": tuple(scales), "roi": ROI, "full_gain": full,
             "settings": settings, "cells": cells, "seconds": time.perf_counter() - start,
             "cpu": cpu_name(), "cores": os.cpu_count(), "load_1min": [min(load), max(load)]}
 
@@ -121,7 +121,7 @@ def markdown(report: dict, summ: dict) -> str:
     lines += ["", "Monotone in strength (mean over references; share of references monotone on their own): " + ", ".join(
         f"scale {s:+g}: {'yes' if summ['monotone_in_strength'][s] else 'no'} "
         f"({100 * summ['per_reference_monotone_in_strength'][s]:.0f}%)" for s in report["scales"]) + ".",
-        "Monotone in scale (mean change ordered -20 < -10 < +10 < +20 at each strength): " + ", ".join(
+        "Monotone in scale (mean change increasing with the scale at each strength): " + ", ".join(
         f"s={s:g}: {'yes' if ok else 'no'}" for s, ok in zip(st, summ["monotone_in_scale_per_strength"])) + ".",
         "Lowest strength reaching 50% of the full-generation gain: " + "; ".join(
         f"scale {s:+g}: " + ("not reached" if h is None else
@@ -134,17 +134,24 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--references", type=int, default=16)
     parser.add_argument("--mode", default="fast", help="guidance mode (the demo's fast recipe by default: CPU time)")
+    parser.add_argument("--strengths", type=float, nargs="+", default=STRENGTHS)
+    parser.add_argument("--scales", type=float, nargs="+", default=SCALES, help="brain guidance scales (not 0: controls run anyway)")
+    parser.add_argument("--from-results", action="store_true", help="only re-write the summary from the results file")
     args = parser.parse_args(argv)
-    report = run(args.references, args.mode)
+    path = HERE / "results" / "variation.json"
+    if args.from_results:
+        report = json.loads(path.read_text())
+        report["strengths"], report["scales"] = tuple(report["strengths"]), tuple(report["scales"])
+        report["full_gain"] = {float(k): v for k, v in report["full_gain"].items()}
+    else:
+        report = run(args.references, args.mode, tuple(args.strengths), tuple(args.scales))
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps({**report, "full_gain": {str(k): v for k, v in report["full_gain"].items()}}, indent=2))
     summ = summary(report)
     text = markdown(report, summ)
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "variation.json").write_text(json.dumps({**report, "summary": {
-        **summ, "table": {str(k): v for k, v in summ["table"].items()},
-        "monotone_in_strength": {str(k): v for k, v in summ["monotone_in_strength"].items()},
-        "per_reference_monotone_in_strength": {str(k): v for k, v in summ["per_reference_monotone_in_strength"].items()},
-        "half_gain": {str(k): v for k, v in summ["half_gain"].items()}},
-        "full_gain": {str(k): v for k, v in report["full_gain"].items()}}, indent=2))
+    saved = json.loads(path.read_text())
+    saved["summary"] = json.loads(json.dumps(summ, default=str), object_hook=lambda d: {str(k): v for k, v in d.items()})
+    path.write_text(json.dumps(saved, indent=2))
     write_section(HERE / "RESULTS.md", SECTION, text)
     print(text)
 

@@ -11,6 +11,7 @@ from braindive.tiny_decoder import fast_description
 
 from . import activation as act
 from . import selection as sel
+from . import subregions as subregion_panels
 from .charts import roi_chart
 from .memory import trim_heap
 from .service import CUSTOM, OBJECTIVES, Finished, GenerationRequest, ImageResult, Progress, Service, ServiceError, Waiting
@@ -119,6 +120,7 @@ def build(service: Service, settings) -> dict:
                             elem_id="downloads")
     state = gr.State(first)
     view = [activation_map, guided_image, unguided_image, chart, files, values]
+    subregion_panels.build(service, settings, subject, encoder, roi)  # Split region…, Start from an image
 
     def show(subj, entry_id, kind, lim) -> dict:
         """The activation view of one result."""
