@@ -23,6 +23,12 @@ BY_CHOICES = {"response profile (encoder weights)": "weights", "response profile
 KINDS = ("maximize", "minimize")
 
 
+def call_defaults(service: Service) -> dict:
+    """The backend's defaults at the app's image size (``--image-size``), as *Generate* uses them."""
+    defaults, size = dict(service.backend().defaults), service.settings.image_size
+    return {**defaults, "height": size or defaults["height"], "width": size or defaults["width"]}
+
+
 @contextmanager
 def pipeline_slot(service: Service, encoder_name: str):
     """A pipeline of the service's queue with ``encoder_name``'s encoder, held for the block."""
@@ -75,7 +81,7 @@ def report_table(rows: list[dict]) -> list[list]:
 def cross_predict(service: Service, encoder_name: str, parts: sr.Split, n_seeds: int, seed: int, kind: str,
                   mode: str) -> tuple[list, list[list]]:
     """Each part's images (same seeds) as gallery items and the cross-prediction table."""
-    defaults = service.backend().defaults
+    defaults = call_defaults(service)
     with pipeline_slot(service, encoder_name) as pipe:
         cp = sr.cross_prediction(pipe, parts.parts, range(int(seed), int(seed) + int(n_seeds)), kind=kind,
                                  guidance_mode=mode, **defaults)
@@ -97,7 +103,7 @@ def vary(service: Service, subject_label: str, encoder_name: str, roi: str, kind
         objective = (Objective.maximize if kind == "maximize" else Objective.minimize)(subject.roi(roi))
     except ValueError as exc:
         raise ServiceError(str(exc)) from exc
-    defaults = {k: v for k, v in service.backend().defaults.items() if k != "brain_guidance_scale"}
+    defaults = {k: v for k, v in call_defaults(service).items() if k != "brain_guidance_scale"}
     with pipeline_slot(service, encoder_name) as pipe:
         grid = V.variations(pipe, objective, image, [strength], [float(scale)], seeds=(int(seed),),
                             guidance_mode=mode, **defaults)
