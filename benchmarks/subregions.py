@@ -71,7 +71,27 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['roi']} | {r['by']} | {r['guided']} | {r['images for']} | {r['n_voxels']} ({r['n_lh']}/{r['n_rh']}) "
                      f"| {r['within']:.3f} / {r['between']:.3f} | {own:.4f} | {other:.4f} | {100 * r['own largest']:.0f}% "
                      f"| {r['margin']:+.4f} ({r['margin_min']:+.4f}..{r['margin_max']:+.4f}) |")
+    lines += ["", "Criterion (each part's images raise their own part more than the other part on >= 80% of the seeds): "
+              + "; ".join(f"{roi} {by} {kind}: {verdict}" for (roi, by, kind), verdict in verdicts(report["rows"]).items())
+              + ".", "",
+              "Reading: on the demo the parts of a region are nearly the same voxel population (within- vs between-part "
+              "cosine of the weight profiles differ by <= 0.012: the demo encoder was fit to `training.synthetic` data, "
+              "where every voxel of an ROI gets the same preferred direction plus noise), so maximising one part raises both parts almost equally "
+              "and which part gains more is decided by the parts' different response scales, not by the target "
+              "(one part wins on most seeds whichever part is guided). Guiding each part against the other part "
+              "(`kind=\"contrast\"`, part minus rest of the region) separates them on every seed, by small margins. "
+              "An anatomical split of the demo has no functional basis at all (chance level), as expected; the maximise "
+              "criterion needs an encoder with real within-region structure (e.g. NSD-fit encoders, not measured here)."]
     return "\n".join(lines) + "\n"
+
+
+def verdicts(rows: list[dict]) -> dict:
+    """``(roi, by, guided) -> "met" / "not met (parts: x%, y%)"`` for the 80% criterion."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["roi"], r["by"], r["guided"]), []).append(r["own largest"])
+    return {key: "met" if min(v) >= 0.8 else "not met (" + ", ".join(f"{100 * x:.0f}%" for x in v) + ")"
+            for key, v in groups.items()}
 
 
 def main(argv=None) -> None:
@@ -80,10 +100,15 @@ def main(argv=None) -> None:
     parser.add_argument("--mode", default="fast", help="guidance mode (the demo's fast recipe by default: CPU time)")
     parser.add_argument("--contrast-for", nargs="*", default=["weights", "anatomy"],
                         help="split kinds whose parts are also guided as contrasts (part - other part)")
+    parser.add_argument("--from-results", action="store_true", help="only re-write the section from the results file")
     args = parser.parse_args(argv)
-    report = run(args.seeds, args.mode, tuple(args.contrast_for))
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "subregions.json").write_text(json.dumps(report, indent=2))
+    path = HERE / "results" / "subregions.json"
+    if args.from_results:
+        report = json.loads(path.read_text())
+    else:
+        report = run(args.seeds, args.mode, tuple(args.contrast_for))
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
     write_section(HERE / "RESULTS.md", SECTION, markdown(report))
     print(markdown(report))
 
