@@ -105,8 +105,11 @@ def summary(report: dict) -> dict:
 def markdown(report: dict, summ: dict) -> str:
     st = report["strengths"]
     lines = [SECTION, "",
-             f"`python -m benchmarks.variation --references {report['references']}`: the demo (S1, demo encoder, "
-             f"{report['settings']['num_inference_steps']} steps, 128 px, {report['settings']['guidance_mode']} guidance), target max {report['roi']}; "
+             f"`python -m benchmarks.variation --references {report['references']} --strengths "
+             f"{' '.join(f'{s:g}' for s in st)} --scales {' '.join(f'{s:g}' for s in report['scales'])} "
+             f"--mode {report['settings']['guidance_mode']}`: the demo (S1, demo encoder, "
+             f"{report['settings']['num_inference_steps']} steps, 128 px, {report['settings']['guidance_mode']} guidance "
+             f"(the demo's fast recipe: CPU time)), target max {report['roi']}; "
              f"references: the demo model's unguided images of seeds 1000-{999 + report['references']}; seed 0 for every "
              "variation. *change*: predicted FFA mean minus the control's (same reference, strength and seed, no brain "
              "guidance), mean over references; SSIM and CLIP cosine (the encoder's tower) to the reference. "
