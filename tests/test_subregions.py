@@ -174,3 +174,15 @@ def test_bad_requests_name_the_field(volume):
     with pytest.raises(ValueError, match="fewer than k=8"):
         sr.split_region(bd.Subject.from_volume("v", np.array([[0, 0, 0], [1, 0, 0]]), np.eye(4), (2, 1, 1),
                                                {"R": [0, 1]}), "R", 8, "anatomy")
+
+
+def test_volume_subject_s1_fullhead_splits_by_weights_and_by_its_affine():
+    s1, volume = bd.load_subject("S1"), bd.load_subject("S1-fullhead")
+    encoder = bd.demo.resampled_encoder(bd.load_encoder(ASSET_ENCODER, subject=s1), s1, volume)
+    weights = sr.split_region(volume, "OPA", 2, "weights", encoder=encoder)
+    assert np.array_equal(np.sort(np.concatenate([p.voxels for p in weights.parts])), volume.roi("OPA"))
+    anatomy = sr.split_region(volume, "OPA", 2, "anatomy")
+    y = (np.c_[volume.ijk, np.ones(volume.n_voxels)] @ volume.affine.T)[:, 1]  # scanner y of each voxel centre
+    for hemi in (False, True):
+        post, ant = (p.voxels[volume.is_right[p.voxels] == hemi] for p in anatomy.parts)
+        assert len(post) and abs(len(post) - len(ant)) <= 1 and y[post].max() <= y[ant].min()

@@ -45,5 +45,10 @@ def test_generate_for_each_part_and_start_from_an_image(service):
     ref, control, guided, text = panels.vary(service, subject, encoder, "FFA", "maximize", reference, 0.5, 20.0, 0, "fast")
     assert ref.size == control.size == guided.size == (64, 64)
     assert "SSIM" in text and "Strength 0.5" in text
+    entry = service.catalog.query(target="FFA")[0]  # History keeps the strength and the reference's pixel hash
+    record = service.catalog.record(entry.id)
+    assert record["parameters"]["strength"] == 0.5
+    assert record["parameters"]["reference"]["sha256"] == panels.V.image_hash(reference)
+    assert entry.objective == pytest.approx(float(text.split("guided ")[1].split(" ")[0]), abs=1e-3)
     with pytest.raises(panels.ServiceError, match="Strength"):
         panels.vary(service, subject, encoder, "FFA", "maximize", reference, 1.5, 20.0, 0, "fast")

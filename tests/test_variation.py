@@ -55,7 +55,7 @@ def test_strength_zero_returns_the_vae_round_trip(reference, scheduler):
         decoded = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample
     expected = (decoded / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).numpy()
     assert out.steps_completed == 0
-    np.testing.assert_allclose(out.images[0], expected, atol=1e-4)  # scaling factor x then /: float rounding
+    np.testing.assert_allclose(out.images[0], expected, atol=5e-4)  # latents x then / the scaling factor; thread counts
 
 
 def test_strength_runs_the_last_steps_of_the_schedule(pipe, reference):

@@ -5,6 +5,7 @@ The work runs on one of the service's pipeline slots (the same first-come queue 
 from __future__ import annotations
 
 import threading
+import uuid
 from contextlib import contextmanager
 
 import gradio as gr
@@ -14,6 +15,7 @@ from matplotlib.colors import ListedColormap
 from braindive import subregions as sr
 from braindive import variation as V
 from braindive.objectives import Objective
+from braindive.records import generation_record
 
 from .service import Service, ServiceError
 
@@ -21,6 +23,7 @@ PART_COLOURS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628"
 BY_CHOICES = {"response profile (encoder weights)": "weights", "response profile (images in a folder)": "responses",
               "anatomy": "anatomy"}
 KINDS = ("maximize", "minimize")
+SCHEDULER = "dpm"  # what these panels run (the records say so)
 
 
 def call_defaults(service: Service) -> dict:
@@ -38,6 +41,7 @@ def pipeline_slot(service: Service, encoder_name: str):
             slot, ahead = service.slots.wait(ticket, threading.Event(), ahead)
         pipe = service.backend().pipes[slot]
         pipe.set_encoder(service.encoder(encoder_name))
+        pipe.set_scheduler(SCHEDULER)
         yield pipe
     finally:
         service.slots.leave(ticket)
@@ -93,8 +97,9 @@ def cross_predict(service: Service, encoder_name: str, parts: sr.Split, n_seeds:
 
 
 def vary(service: Service, subject_label: str, encoder_name: str, roi: str, kind: str, image, strength, scale, seed,
-         mode: str) -> tuple:
-    """Reference (VAE-sized), control and guided images from ``image`` at ``strength``, and a summary line."""
+         mode: str, owner: str = "") -> tuple:
+    """Reference (VAE-sized), control and guided images from ``image`` at ``strength``, and a summary line.
+    The guided image goes to the catalog (History) with the strength and the reference's pixel hash."""
     if image is None:
         raise ServiceError("Upload an image to start from.")
     subject = service.subject(subject_label)
@@ -108,6 +113,14 @@ def vary(service: Service, subject_label: str, encoder_name: str, roi: str, kind
         grid = V.variations(pipe, objective, image, [strength], [float(scale)], seeds=(int(seed),),
                             guidance_mode=mode, **defaults)
     guided, control = grid.get(strength, float(scale), int(seed)), grid.get(strength, 0.0, int(seed))
+    sign = -1.0 if kind == "minimize" else 1.0  # the record takes the objective's value (minimise: minus the mean)
+    params = {**defaults, "brain_guidance_scale": float(scale), "guidance_mode": mode, "scheduler": SCHEDULER,
+              "strength": strength, "reference": {"sha256": grid.reference_hash}}
+    record = generation_record(seed=int(seed), subject=subject.name, target=roi, objective=objective.describe(),
+                               parameters=params, objective_value=sign * guided.value, model=service.backend().name,
+                               encoder=encoder_name, subject_space=subject.fingerprint,
+                               baseline_value=sign * control.value)
+    service.catalog.add(guided.image, record, run_id=uuid.uuid4().hex[:10], owner=owner)
     text = (f"{roi} mean: reference {grid.reference_value:+.3f} → control {control.value:+.3f} → guided "
             f"{guided.value:+.3f} (change {guided.change:+.3f}; vs control {guided.change_vs_control:+.3f}). "
             f"Similarity to the reference: SSIM {guided.ssim:.2f}, CLIP cosine {guided.clip_cosine:.3f}. "
@@ -171,7 +184,10 @@ def build(service: Service, settings, subject: gr.Dropdown, encoder: gr.Dropdown
                        [state, parts_image, parts_legend, parts_report])
     split_generate.click(do_generate, [encoder, state, n_seeds, first_seed, kind, split_mode], [parts_gallery, cross_table],
                          concurrency_limit=settings.concurrency + settings.queue_size, concurrency_id="gpu")
-    vary_button.click(lambda subj, enc, name, *rest: _guard(lambda: vary(service, subj, enc, name, *rest)),
+    def do_vary(subj, enc, name, *rest, request: gr.Request):
+        return _guard(lambda: vary(service, subj, enc, name, *rest, owner=service.owner_of(request)))
+
+    vary_button.click(do_vary,
                       [subject, encoder, roi, var_kind, reference, strength, var_scale, var_seed, var_mode],
                       [ref_out, control_out, guided_out, var_text],
                       concurrency_limit=settings.concurrency + settings.queue_size, concurrency_id="gpu")
