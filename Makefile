@@ -10,10 +10,12 @@ export TRANSFORMERS_OFFLINE ?= 1
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+# The pins, then this checkout as an editable package (its dependencies are those pins: --no-deps).
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip wheel setuptools
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	cp requirements.txt $(STAMP)
 
 run: $(STAMP)

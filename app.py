@@ -26,8 +26,21 @@ def served_paths(settings: Settings) -> dict:
     """
     allowed = [settings.catalog_dir / "images", settings.exports_dir, settings.reports_dir]
     index = settings.catalog_dir / "index.sqlite"
-    blocked = [index, index.with_name("index.sqlite-wal"), index.with_name("index.sqlite-shm"), settings.jobs_dir]
+    blocked = [index, index.with_name("index.sqlite-wal"), index.with_name("index.sqlite-shm"), settings.jobs_dir,
+               settings.owner_key_path]
     return {"allowed_paths": [str(p.resolve()) for p in allowed], "blocked_paths": [str(p.resolve()) for p in blocked]}
+
+
+def launch(app, settings: Settings, **kwargs) -> None:
+    """Serve ``app`` as configured (returns at once): only the data folder's public parts, uploads up to
+    ``--max-upload-mb``, and without Gradio's ``deep_link`` route (it returns a snapshot of any session's
+    UI state to whoever names the session; the app offers no deep links).
+    """
+    options = dict(server_name=settings.host, server_port=settings.port, share=settings.share, ssr_mode=False, css=CSS,
+                   footer_links=["api"], max_file_size=int(settings.max_upload_mb * 1024 * 1024), **served_paths(settings))
+    app.launch(**{**options, **kwargs}, prevent_thread_lock=True)
+    routes = app.server_app.router.routes
+    routes[:] = [r for r in routes if getattr(r, "path", "") != "/gradio_api/deep_link"]
 
 
 def main(argv=None) -> None:
@@ -42,8 +55,8 @@ def main(argv=None) -> None:
         app = build_app(service, settings)
     except ServiceError as exc:  # a set-up the app cannot serve (no encoder, no loadable subject): say why, no traceback
         raise SystemExit(f"BrainDiVE Studio cannot start: {exc}") from None
-    app.launch(server_name=settings.host, server_port=settings.port, share=settings.share, ssr_mode=False,
-               css=CSS, footer_links=["api"], **served_paths(settings))
+    launch(app, settings)
+    app.block_thread()
 
 
 if __name__ == "__main__":

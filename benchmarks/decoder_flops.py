@@ -106,7 +106,8 @@ def _demo_parts() -> dict:
 
     pipe = bd.demo.load().pipe
     if pipe.tiny_decoder is None:
-        raise ValueError("The demo has no distilled decoder (assets/demo-taesd); run training.distill_decoder first.")
+        raise ValueError("The demo has no distilled decoder (braindive/assets/demo-taesd); "
+                         "run training.distill_decoder first.")
     embeds = pipe.encode_prompt("", None, 1, False)
     return parts_gflop(pipe.unet, pipe.vae, pipe.tiny_decoder, pipe.encoder, torch.randn(1, 4, 16, 16), embeds,
                        torch.rand(1, 3, 128, 128))

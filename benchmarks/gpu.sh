@@ -10,7 +10,9 @@
 # copied to $OUT so they come back.
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH="/tmp/site:$PWD" HF_HUB_OFFLINE=1
+# /tmp/site holds only those third-party wheels (pip --target has no other way in); braindive and benchmarks
+# come from the working directory, the repository root (python3 -m)
+export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -m benchmarks.guidance --config sd21 --device cuda --batch 8 "$@"
 mkdir -p "${OUT:-/tmp/out}"

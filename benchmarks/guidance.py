@@ -11,8 +11,8 @@ published; the other modes run ``--batch`` seeds per call. Modes are interleaved
 a busy machine slows them alike; ``--repeats R`` times R such passes and reports medians, the
 speed-up as the median of the per-pass ratios to the reference. Each fast-mode approximation is also
 timed on its own; ``fast`` is the pipeline's default recipe, which on the demo includes its distilled
-tiny decoder (``assets/demo-taesd``), also combined with the other switches. ``--roi`` picks the demo's
-target region (FFA by default; other regions write ``guidance_demo_<ROI>.json`` and their own part of
+tiny decoder (``braindive/assets/demo-taesd``), also combined with the other switches. ``--roi`` picks the
+demo's target region (FFA by default; other regions write ``guidance_demo_<ROI>.json`` and their own part of
 RESULTS.md).
 
 Configs: ``tiny`` (the demo bundle's architecture, random weights, < 1 minute on CPU), ``demo``
@@ -23,7 +23,9 @@ UNet (64, 128, 256) with cross-attention, VAE (32, 64, 128, 128), 256 px, a smal
 names a local SD folder; meaningful on a GPU, a ``--steps 2 --seeds 1`` smoke test on CPU).
 
 Writes ``results/guidance_<config>.json`` and ``.md`` and the config's part of the "## Guided
-generation" section of ``benchmarks/RESULTS.md``.
+generation" section of ``benchmarks/RESULTS.md``. The ``demo`` config's files go to
+``braindive/assets/measured/`` instead: the library reads them (``braindive.tiny_decoder.fast_description``),
+so they are package data.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ import torch
 
 import braindive as bd
 from braindive.pipeline import Acceleration, FastGuidance
-from braindive.tiny_decoder import decoder_name, describe_recipe, load_tiny_decoder
+from braindive.tiny_decoder import RESULTS as DEMO_RESULTS, decoder_name, describe_recipe, load_tiny_decoder
 from benchmarks.counters import FlopCount, PeakMemory
 from benchmarks.guidance_setups import CONFIGS, Config, build, target, tiny_decoder
 from benchmarks.machine import cpu_name
@@ -295,7 +297,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-tiny-decoder", dest="tiny_decoder", action="store_false")
     parser.add_argument("--repeats", type=int, default=1, help="timed passes over all seeds (medians are reported)")
     parser.add_argument("--roi", default="FFA", help="demo config: the S1 region to maximise (FFA, PPA, EBA, ...)")
-    parser.add_argument("--out", default=str(HERE / "results"), help="folder for guidance_<config>.json/.md")
+    parser.add_argument("--out", help="folder for guidance_<config>.json/.md (default: benchmarks/results; the demo "
+                        "config: braindive/assets/measured, which the library reads)")
     parser.add_argument("--results-md", default=str(HERE / "RESULTS.md"), help="RESULTS.md to update ('' = none)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -325,11 +328,12 @@ def main(argv=None) -> dict:
         "date": datetime.date.today().isoformat(), "machine": info, "size": config.size, "steps": steps,
         "scale": config.scale, "batch": batch, "seeds": seeds, "repeats": args.repeats, "n_voxels": config.n_voxels,
         "n_target": len(objective.positive), "target": objective.label,
-        "model": args.model or ("assets/demo-sd (trained on toy scenes)" if config.name == "demo" else "random weights"), "compile": args.compile,
+        "model": args.model or ("braindive/assets/demo-sd (trained on toy scenes)" if config.name == "demo"
+                                else "random weights"), "compile": args.compile,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "modes": summarise(stats, table, len(seeds)),
     }
-    out = Path(args.out)
+    out = Path(args.out or (DEMO_RESULTS.parent if config.name == "demo" else HERE / "results"))
     out.mkdir(parents=True, exist_ok=True)
     name = config.name if args.roi == "FFA" or config.name != "demo" else f"{config.name}_{args.roi}"
     (out / f"guidance_{name}.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -56,7 +56,7 @@ def _rss_mb(pid: int) -> float:
 def _start_app(data: Path, port: int, args) -> subprocess.Popen:
     encoders = data / "encoders"
     for k in range(args.encoders):  # same voxels and tower as the demo encoder: cycled by the users
-        shutil.copytree(REPO / "assets" / "demo-encoder", encoders / f"demo-copy-{k}")
+        shutil.copytree(REPO / "braindive" / "assets" / "demo-encoder", encoders / f"demo-copy-{k}")
     # a 1 s heartbeat: a user who leaves is noticed at once, as when a browser tab closes
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_HEARTBEAT_INTERVAL": "1"}
     probe = ["--probe-out", str(data / "probe.jsonl"), *(["--tracemalloc"] if args.tracemalloc else []), "--"]
@@ -146,7 +146,7 @@ def service_memory(args, n: int = 200, every: int = 50) -> dict:
     data = Path(tempfile.mkdtemp(prefix="braindive-service-"))
     try:
         for k in range(args.encoders):
-            shutil.copytree(REPO / "assets" / "demo-encoder", data / "encoders" / f"demo-copy-{k}")
+            shutil.copytree(REPO / "braindive" / "assets" / "demo-encoder", data / "encoders" / f"demo-copy-{k}")
         service = Service(Settings(data_dir=str(data), image_size=args.image_size, max_encoders=args.max_encoders))
         names = ["demo", *(f"demo-copy-{k}" for k in range(args.encoders))]
         rss = []

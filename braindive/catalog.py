@@ -5,14 +5,16 @@ Layout under the catalog root::
     images/<id>.png      the image
     images/<id>.json     its full provenance record (see ``braindive.records``)
     images/<id>.npy      optional: the encoder's predicted activity per voxel (float32)
-    index.sqlite         one row per image (WAL mode: safe with concurrent writers)
+    unguided/<key>.png   the unguided image of a seed, and ``.npy`` its activity: shared by every target of that
+                         seed (``key``: ``braindive.generate.baseline_key``, named by the record's ``baseline_key``)
+    index.sqlite         one row per image (WAL mode: safe with concurrent writers), one per stimulus package
 
 Each row holds the generation's ``GenerationDescription`` (objective kind, regions, hemisphere, label,
 encoder, subject space, scheduler, mode, scales, prompt, seed), its owner and the predicted value of
 its measure (e.g. FFA's mean, negative after minimising FFA). Catalogs written before these columns
 existed are migrated on open from their JSON records.
 
-Export writes a ZIP with the PNGs, their JSON, and ``manifest.csv`` — a stimulus list for an fMRI
+Export writes a ZIP with the PNGs, their JSON, their unguided image and map, and ``manifest.csv`` — a stimulus list for an fMRI
 experiment (file name, the description's columns, the measure and its predicted value). Rows that
 cannot be read and images whose files are missing are skipped and reported, never fatal.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import errno
 import io
 import json
 import logging
@@ -33,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import private_tmp
+from .cache import private_tmp, remove_stale_temp_files
 
 from .description import GenerationDescription, describe_record, measured_value
 
@@ -56,6 +59,14 @@ CREATE TABLE IF NOT EXISTS images (
     run_id TEXT
 );
 CREATE INDEX IF NOT EXISTS images_subject_target ON images (subject, target, created);
+CREATE TABLE IF NOT EXISTS packages (
+    id TEXT PRIMARY KEY,
+    created TEXT NOT NULL,
+    path TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    n_images INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
 """
 # columns added after the first release (migrated with ALTER TABLE; ``kind IS NULL`` marks rows to backfill)
 _NEW_COLUMNS = {"kind": "TEXT", "target_b": "TEXT", "weight": "REAL", "hemisphere": "TEXT", "label": "TEXT",
@@ -70,7 +81,7 @@ MANIFEST_COLUMNS = ("file", "id", "created", "label", "objective_kind", "target"
                     "objective", "predicted_objective", "subject", "subject_space", "encoder", "model", "scheduler",
                     "guidance_mode", "brain_guidance_scale", "num_inference_steps", "sag_scale", "prompt", "seed",
                     "run_id")
-_FILTERS = ("subject", "target", "label", "kind", "encoder")
+_FILTERS = ("subject", "subject_space", "target", "label", "kind", "encoder")
 
 
 @dataclass(frozen=True)
@@ -127,15 +138,39 @@ class Catalog:
         self.root = Path(root)
         (self.root / "images").mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "index.sqlite"
-        with closing(self._connect()) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            self._migrate(db)
+        for folder in (self.root / "images", self.root / "unguided", self.root / "evaluations", *(self.root / "runs").glob("*/")):
+            for path in remove_stale_temp_files(folder):  # left by a killed writer (kill -9 of the app, batch driver)
+                log.info("removed a stale temporary file: %s", path.relative_to(self.root))
+        try:
+            with closing(self._connect()) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+                self._migrate(db)
+        except sqlite3.OperationalError as exc:  # a full disk: SQLite cannot create its WAL files
+            if "disk" not in str(exc) or not self.db_path.is_file():
+                raise
+            log.warning("catalog %s opened for reading only (%s); new results cannot be stored", self.root, exc)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.db_path, timeout=30.0)
         db.row_factory = sqlite3.Row
         return db
+
+    def _reader(self) -> sqlite3.Connection:
+        """A connection to read with. On a full disk SQLite cannot create its WAL files to open the index
+        ("disk I/O error"): then the index file itself is read, as immutable, so History stays readable."""
+        db = self._connect()
+        try:
+            db.execute("SELECT 1 FROM images LIMIT 1").fetchall()
+            return db
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if not self.db_path.is_file():
+                raise
+            log.warning("catalog index read as immutable: %s", exc)
+            db = sqlite3.connect(f"{self.db_path.resolve().as_uri()}?immutable=1", uri=True)
+            db.row_factory = sqlite3.Row
+            return db
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         """Add the description columns to an older index and fill them from each row's JSON record."""
@@ -161,13 +196,15 @@ class Catalog:
             raise
 
     def add(self, image, record: dict, run_id: str = "", activations=None, owner: str = "",
-            entry_id: str | None = None) -> Entry:
+            entry_id: str | None = None, extra: dict | None = None) -> Entry:
         """Store one image, its record and optionally its predicted activity; files first, then the index row.
 
         ``record`` is a ``generation_record``; ``owner`` scopes History on a shared server ('' = anyone's).
         Exactly once per ``entry_id`` (a deterministic id, e.g. from ``braindive.batch``): if that id is already
         indexed nothing is written and the stored entry is returned. Files are written under private names and
-        renamed into place, and the row comes last, so an indexed entry always has complete files.
+        renamed into place, and the row comes last, so an indexed entry always has complete files. ``extra``
+        maps more file suffixes (``".unguided.png"``) to ``write(file)`` functions. If anything fails (e.g. a
+        full disk: ``OSError`` ENOSPC, also when SQLite reports it) the entry's files are removed and no row is added.
         """
         if entry_id is not None:
             existing = self.find(entry_id)
@@ -177,17 +214,60 @@ class Catalog:
         image_path = self._image_path(entry_id)
         record_path = image_path.with_suffix(".json")
         description = describe_record(record)
-        record = {**record, "id": entry_id, "run_id": run_id}
-        _atomic(image_path, lambda f: image.save(f, format="PNG"))
-        _atomic(record_path, lambda f: f.write(json.dumps(record, indent=2).encode()))
+        # the owner lives in the index only: records are served and exported, an owner may be a secret's hash
+        record = {**{k: v for k, v in record.items() if k != "owner"}, "id": entry_id, "run_id": run_id}
+        files = {".png": lambda f: image.save(f, format="PNG"),
+                 ".json": lambda f: f.write(json.dumps(record, indent=2).encode()), **(extra or {})}
         if activations is not None:
-            _atomic(image_path.with_suffix(".npy"), lambda f: np.save(f, np.asarray(activations, dtype=np.float32)))
+            files[".npy"] = lambda f: np.save(f, np.asarray(activations, dtype=np.float32))
         row = {"id": entry_id, "created": record["created"], "run_id": run_id, "owner": owner,
                **_columns(description, measured_value(record))}
-        with closing(self._connect()) as db, db:
-            db.execute(f"INSERT OR IGNORE INTO images ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                       tuple(row.values()))
+        try:
+            for suffix, write in files.items():
+                _atomic(image_path.with_name(entry_id + suffix), write)
+            with closing(self._connect()) as db, db:
+                db.execute(f"INSERT OR IGNORE INTO images ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                           tuple(row.values()))
+        except BaseException as exc:
+            for suffix in files:
+                image_path.with_name(entry_id + suffix).unlink(missing_ok=True)
+            if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+                raise OSError(errno.ENOSPC, f"catalog index: {exc}") from exc
+            raise
         return self.get(entry_id)
+
+    def remove(self, entry_ids) -> None:
+        """Delete entries (e.g. the results of a request that failed): their files first (space for SQLite on a
+        full disk), then their rows."""
+        entry_ids = list(entry_ids)
+        if not entry_ids:
+            return
+        for entry_id in entry_ids:
+            for path in self._image_path(entry_id).parent.glob(f"{entry_id}.*"):
+                path.unlink(missing_ok=True)
+        with closing(self._connect()) as db, db:
+            db.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in entry_ids])
+
+    def hash_owners(self, keyed, prefix: str) -> int:
+        """Replace every owner stored in the clear (not starting with ``prefix``) by ``keyed(owner)``; returns how many rows.
+
+        Their records lose the ``owner`` field older versions wrote there (records are served and exported).
+        """
+        with closing(self._reader()) as db:
+            rows = db.execute("SELECT id, owner FROM images WHERE owner != '' AND substr(owner, 1, ?) != ?",
+                              (len(prefix), prefix)).fetchall()
+        for row in rows:
+            path = self._image_path(row["id"]).with_suffix(".json")
+            try:
+                record = json.loads(path.read_text())
+                if isinstance(record, dict) and "owner" in record:
+                    del record["owner"]
+                    _atomic(path, lambda f: f.write(json.dumps(record, indent=2).encode()))
+            except (OSError, ValueError) as exc:
+                log.warning("catalog record %s keeps its owner field: %s", row["id"], exc)
+            with closing(self._connect()) as db, db:
+                db.execute("UPDATE images SET owner = ? WHERE id = ?", (keyed(row["owner"]), row["id"]))
+        return len(rows)
 
     def find(self, entry_id: str) -> Entry | None:
         """The entry with ``entry_id``, or None."""
@@ -197,17 +277,17 @@ class Catalog:
             return None
 
     def page(self, subject=None, target=None, since=None, until=None, limit: int | None = None, offset: int = 0, *,
-             label=None, kind=None, encoder=None, owner: str | None = None) -> Page:
+             label=None, kind=None, encoder=None, subject_space=None, owner: str | None = None) -> Page:
         """Matching entries, newest first, ``limit`` of them from ``offset`` (None: all).
 
         ``since``/``until`` are dates ``YYYY-MM-DD`` or ISO timestamps (inclusive); ``owner`` None means
         everyone's. Rows that cannot be read and entries whose image file is missing are in ``skipped``.
         """
         where, args = self._where(subject=subject, target=target, label=label, kind=kind, encoder=encoder,
-                                  owner=owner, since=since, until=until)
+                                  subject_space=subject_space, owner=owner, since=since, until=until)
         if limit is not None and (int(limit) < 0 or int(offset) < 0):
             raise ValueError(f"`limit` and `offset` must be >= 0, got {limit!r} and {offset!r}.")
-        with closing(self._connect()) as db:
+        with closing(self._reader()) as db:
             total = db.execute(f"SELECT COUNT(*) FROM images {where}", args).fetchone()[0]
             rows = db.execute(f"SELECT * FROM images {where} ORDER BY created DESC, rowid DESC LIMIT ? OFFSET ?",
                               (*args, -1 if limit is None else int(limit), int(offset))).fetchall()
@@ -218,10 +298,11 @@ class Catalog:
             except ValueError as exc:
                 skipped.append((row["id"], f"unreadable catalog row: {exc}"))
                 continue
-            if not entry.image_path.is_file():
-                skipped.append((entry.id, f"image file missing: {entry.image_path}"))
-                continue
-            entries.append(entry)
+            problem = _problem(entry)
+            if problem:
+                skipped.append((entry.id, problem))
+            else:
+                entries.append(entry)
         return Page(entries, skipped, total, int(offset))
 
     def query(self, subject=None, target=None, since=None, until=None, limit: int | None = None, **filters) -> list[Entry]:
@@ -232,15 +313,54 @@ class Catalog:
         return page.entries
 
     def activations(self, entry_id: str) -> np.ndarray | None:
+        """The stored predicted activity (None if none was stored); ``ValueError`` when its file is damaged."""
         path = self.get(entry_id).image_path.with_suffix(".npy")
-        return np.load(path, allow_pickle=False) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ValueError(f"The predicted activations of {entry_id} ({path.name}) cannot be read: the file is "
+                             f"truncated or corrupt ({type(exc).__name__}).") from None
 
     def record(self, entry_id: str) -> dict:
         return json.loads(self.get(entry_id).record_path.read_text())
 
+    # ------------------------------------------------------------------ unguided baselines (one per seed, any target)
+
+    def baseline_paths(self, key: str) -> tuple[Path, Path]:
+        if not re.fullmatch(r"[0-9a-f]{16}", str(key)):
+            raise ValueError(f"`key` must be a baseline key (16 hex digits), got {key!r}.")
+        return self.root / "unguided" / f"{key}.png", self.root / "unguided" / f"{key}.npy"
+
+    def get_baseline(self, key: str):
+        """``(PIL image, activations)`` stored under ``key``, or None."""
+        from PIL import Image
+
+        png, npy = self.baseline_paths(key)
+        if not (png.is_file() and npy.is_file()):
+            return None
+        with Image.open(png) as image:
+            return image.convert("RGB"), np.load(npy, allow_pickle=False)
+
+    def put_baseline(self, key: str, image, activations) -> None:
+        """Store a seed's unguided image and activations (map first: a PNG present means both are)."""
+        png, npy = self.baseline_paths(key)
+        png.parent.mkdir(exist_ok=True)
+        _atomic(npy, lambda f: np.save(f, np.asarray(activations, dtype=np.float32)))
+        _atomic(png, lambda f: image.save(f, format="PNG"))
+
+    def unguided_paths(self, entry_id: str) -> tuple[Path | None, Path | None]:
+        """The entry's unguided image and map, where stored (older entries kept them beside their image)."""
+        key = self.record(entry_id).get("baseline_key")
+        image_path = self.get(entry_id).image_path
+        png, npy = self.baseline_paths(key) if key else (image_path.with_suffix(".unguided.png"),
+                                                         image_path.with_suffix(".unguided.npy"))
+        return (png if png.is_file() else None), (npy if npy.is_file() else None)
+
     def get(self, entry_id: str) -> Entry:
         """The entry ``entry_id``; ``KeyError`` if absent, ``ValueError`` if its row cannot be read."""
-        with closing(self._connect()) as db:
+        with closing(self._reader()) as db:
             row = db.execute("SELECT * FROM images WHERE id = ?", (entry_id,)).fetchone()
         if row is None:
             raise KeyError(f"No catalog entry with id {entry_id!r}.")
@@ -252,10 +372,35 @@ class Catalog:
             raise ValueError(f"`column` must be one of {sorted(_FILTERS)}, got {column!r}.")
         where, args = self._where(owner=owner)
         where = f"{where} AND" if where else "WHERE"
-        with closing(self._connect()) as db:
+        with closing(self._reader()) as db:
             rows = db.execute(f"SELECT DISTINCT {column} FROM images {where} {column} IS NOT NULL AND {column} != '' "
                               f"ORDER BY {column}", args)
             return [str(r[0]) for r in rows]
+
+    def record_package(self, record: dict) -> None:
+        """Index a stimulus package (``braindive.stimuli``): ``record`` holds its ``id``, ``created``, ``path``,
+        ``hash`` (SHA-256 of its file list with each file's SHA-256), ``n_images``, what went in and the settings."""
+        missing = [k for k in ("id", "created", "path", "hash", "n_images") if k not in record]
+        if missing:
+            raise ValueError(f"A package record needs {missing}.")
+        with closing(self._connect()) as db, db:
+            db.execute("INSERT INTO packages (id, created, path, hash, n_images, record) VALUES (?, ?, ?, ?, ?, ?)",
+                       (record["id"], record["created"], str(record["path"]), record["hash"], int(record["n_images"]),
+                        json.dumps(record, default=str)))
+
+    def packages(self) -> list[dict]:
+        """Every recorded stimulus package's record, newest first."""
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT record FROM packages ORDER BY created DESC, rowid DESC").fetchall()
+        return [json.loads(r["record"]) for r in rows]
+
+    def subject_spaces(self, owner: str | None = None) -> list[tuple[str, str]]:
+        """Distinct ``(subject name, voxel-space fingerprint)`` pairs ('' for entries recorded without one)."""
+        where, args = self._where(owner=owner)
+        with closing(self._reader()) as db:
+            rows = db.execute(f"SELECT DISTINCT subject, COALESCE(subject_space, '') FROM images {where} "
+                              "ORDER BY subject, 2", args)
+            return [(str(a), str(b)) for a, b in rows]
 
     def export_zip(self, entry_ids, path) -> Export:
         """ZIP of the chosen images + JSON records + ``manifest.csv`` (+ ``skipped.csv`` naming what was left out).
@@ -270,12 +415,15 @@ class Catalog:
         for entry_id in entry_ids:
             try:
                 entry = self.get(entry_id)
-            except (KeyError, ValueError) as exc:
+            except KeyError as exc:
                 skipped.append((entry_id, str(exc).strip("'\"")))
                 continue
-            missing = [p.name for p in (entry.image_path, entry.record_path) if not p.is_file()]
-            if missing:
-                skipped.append((entry_id, f"file missing: {', '.join(missing)}"))
+            except ValueError as exc:
+                skipped.append((entry_id, f"unreadable catalog row: {exc}"))  # as History lists it
+                continue
+            problem = _problem(entry)
+            if problem:
+                skipped.append((entry_id, problem))
             else:
                 entries.append(entry)
         if not entries:
@@ -283,13 +431,16 @@ class Catalog:
             raise ValueError(f"Nothing to export: none of the {len(entry_ids)} selected image(s) is readable ({reasons}).")
         path = Path(path)
         rows = []
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp = private_tmp(path)
         try:
             with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
                 for e in entries:
                     name = f"{_slug(e.subject)}_{_slug(e.label)}_seed{e.seed:06d}_{e.id}.png"
                     zf.write(e.image_path, f"stimuli/{name}")
                     zf.write(e.record_path, f"metadata/{Path(name).with_suffix('.json')}")
+                    for file in self.unguided_paths(e.id):
+                        if file is not None:
+                            zf.write(file, f"unguided/{Path(name).stem}{file.suffix}")
                     rows.append(_manifest_row(e, f"stimuli/{name}"))
                 zf.writestr("manifest.csv", _csv(MANIFEST_COLUMNS, rows))
                 if skipped:
@@ -341,6 +492,21 @@ def _columns(description: GenerationDescription, value: float | None) -> dict:
     values = description.as_dict()
     return {**{_COLUMN_OF.get(f, f): values[f] for f in (*_DESCRIPTION_FIELDS, "hemisphere", "label")},
             "objective": value}
+
+
+def _problem(entry: Entry) -> str | None:
+    """Why History and exports skip an entry (one reason for both, naming files by name only), or None."""
+    for path, what in ((entry.image_path, "image"), (entry.record_path, "record")):
+        if not path.is_file():
+            return f"{what} file missing: {path.name}"
+    try:
+        if not isinstance(json.loads(entry.record_path.read_text()), dict):
+            raise ValueError("not a JSON object")
+    except OSError as exc:
+        return f"record {entry.record_path.name} cannot be read: {exc.strerror or type(exc).__name__}"
+    except ValueError as exc:
+        return f"record {entry.record_path.name} is corrupt: {exc}"
+    return None
 
 
 def _manifest_row(entry: Entry, file: str) -> dict:

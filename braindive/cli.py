@@ -5,145 +5,134 @@ torch, diffusers and the models are imported inside the commands, so ``--help`` 
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from .batch import cli as batch_cli
-from .records import generation_record
+from .presets import PRESETS, SD21_MODEL_ID
+from .stimuli import cli as stimuli_cli
 
-__all__ = ["main", "PRESETS", "SD21_MODEL_ID"]
+__all__ = ["main", "build_target", "check_limits"]
 
-SD21_MODEL_ID = "stabilityai/stable-diffusion-2-1-base"
-RANKING_CSV = "ranking.csv"  # every candidate's score and rank, beside the kept images
-
-
-def _load_demo(args):
-    from . import demo
-
-    bundle = demo.load()
-    return bundle.pipe, bundle.subject, "demo:tiny-sd", "demo:" + bundle.encoder.config.training.get("kind", "encoder")
-
-
-def _load_sd21(args):
-    import torch
-
-    from .encoders import load_encoder
-    from .pipeline import BrainDiVEPipeline
-    from .subjects import load_subject
-
-    if not args.encoder:
-        raise SystemExit("--preset sd21 needs --encoder PATH_OR_HUB_ID (an encoder checkpoint from training.train_encoder).")
-    subject = load_subject(args.subject)
-    encoder = load_encoder(args.encoder, subject=subject)
-    cuda = torch.cuda.is_available()
-    pipe = BrainDiVEPipeline.from_pretrained(args.model or SD21_MODEL_ID, encoder=encoder,
-                                             torch_dtype=torch.float16 if cuda else torch.float32)
-    pipe.to("cuda" if cuda else "cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, subject, args.model or SD21_MODEL_ID, str(args.encoder)
+RANKING_CSV = "ranking.csv"  # every candidate's score and rank, in the run's folder of the catalog
+# flags checked against braindive.presets.LIMITS (read as text, so nothing is rounded or defaulted by argparse)
+_LIMITED = {"steps": "steps", "scale": "scale", "sag": "sag", "cfg": "cfg", "height": "height", "width": "width",
+            "seed": "seed", "n": "n_images", "keep": "keep", "weight": "weight", "prompt": "prompt",
+            "strength": "strength"}
+_SUBREGION_LIMITED = {"steps": "steps", "scale": "scale", "sag": "sag", "height": "height", "width": "width",
+                      "seed": "seed", "gen_seed": "seed", "generate": "n_images"}
 
 
-PRESETS = {"demo": _load_demo, "sd21": _load_sd21}
+def build_target(args):
+    """The ``Target`` of --roi/--voxels, --minimize, --contrast/--weight."""
+    from .targets import Target
 
-
-def build_objective(subject, args):
-    """The ``Objective`` and a short target name from --roi/--voxels, --minimize, --contrast/--weight."""
-    from .objectives import Objective
-
+    kind = "contrast" if args.contrast else "minimize" if args.minimize else "maximize"
     if args.voxels:
-        positive, target = np.load(args.voxels, allow_pickle=False), Path(args.voxels).stem
-    else:
-        positive, target = subject.roi(args.roi), args.roi
+        return Target.voxel_set(np.load(args.voxels, allow_pickle=False), name=Path(args.voxels).stem, kind=kind,
+                                region_b=args.contrast or "", weight=args.weight)
     if args.contrast:
-        return Objective.contrast(positive, subject.roi(args.contrast), args.weight, label=f"{target}-vs-{args.contrast}"), f"{target}-vs-{args.contrast}"
-    if args.minimize:
-        return Objective.minimize(positive, label=target), target
-    return Objective.maximize(positive, label=target), target
+        return Target.contrast(args.roi, args.contrast, args.weight)
+    return Target(kind, args.roi)
 
 
-def generate(args) -> list[Path]:
-    import torch
+def check_limits(args, flags: dict = _LIMITED) -> None:
+    """Every limited flag through ``presets.LIMITS`` (``LimitError`` names the field's label and range)."""
+    from .presets import LIMITS, LimitError, check
 
-    from .evaluation.files import write_atomic, write_csv
+    for flag, field in flags.items():
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(args, flag, check(field, value))
+    if flags is not _LIMITED:
+        return
+    if args.strength is not None and not args.init_image:
+        raise LimitError("--strength needs --init-image (the image the generation starts from).")
+    last = args.seed + args.n - 1
+    if last > LIMITS["seed"].hi:
+        raise LimitError(f"the last seed (`Seed` + `Generate N images` − 1) must be at most {LIMITS['seed'].hi}, got {last}.")
+
+
+def generate(args) -> list:
+    """Generate ``--n`` seeds of one target into the catalog ``--out`` (the routine the app and batch use)."""
+    from .catalog import Catalog
+    from .demo import ASSET_ENCODER
+    from .evaluation.files import write_csv
+    from .generate import GenerationSettings, encoder_identity, generate_seed, image_id, seed_record
+    from .presets import get_preset
     from .rerank import rank_scores
     from tqdm.auto import tqdm
 
-    pipe, subject, model_name, encoder_name = PRESETS[args.preset](args)
+    preset = get_preset(args.preset)
+    settings = GenerationSettings.from_preset(preset, mode=args.mode, scale=args.scale, steps=args.steps,
+                                              scheduler=args.scheduler, sag=args.sag, prompt=args.prompt,
+                                              cfg=args.cfg, height=args.height, width=args.width,
+                                              init_image=str(Path(args.init_image).resolve()) if args.init_image else None,
+                                              strength=args.strength)
+    target = build_target(args)
+    import torch
+
+    loaded = preset.load("cuda" if torch.cuda.is_available() and args.preset != "demo" else "cpu",
+                         encoder=args.encoder, subject=args.subject, model=args.model)
+    subject = loaded.subject
     if args.preset == "demo" and args.subject != subject.name:
         raise SystemExit(f"--preset demo uses subject {subject.name!r}, got --subject {args.subject!r}.")
-    pipe.set_scheduler(args.scheduler)
-    objective, target = build_objective(subject, args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    params = dict(num_inference_steps=args.steps, brain_guidance_scale=args.scale, sag_scale=args.sag,
-                  guidance_scale=args.cfg, prompt=args.prompt, height=args.height, width=args.width,
-                  guidance_mode=args.mode)
-    image, reference = _init_image(args)
-    candidates = []
+    identity = encoder_identity(loaded.encoder_name, subject, ASSET_ENCODER if args.preset == "demo" else None)
+    catalog = Catalog(args.out)
+    seeds = [args.seed + k for k in range(args.n)]
+    ids = [image_id(loaded.model_name, identity, target, subject, settings, s) for s in seeds]
+    run_id = "generate-" + ids[0][:8]
+    results = []
 
     def advance(*_):
         bar.update()
         return {}
 
-    with tqdm(total=args.n * args.steps, desc=f"{target} x{args.n}", unit="step") as bar:
-        for k in range(args.n):
-            seed = args.seed + k
-            result = pipe(objective=objective, generator=torch.Generator().manual_seed(seed),
-                          callback_on_step_end=advance, **params, **image)
-            candidates.append((seed, result.images[0], float(result.objective_values[0])))
-    # The pipeline's objective values come from the encoder call on its final decoded pixels: rank those.
-    ranking = rank_scores([score for _, _, score in candidates], keep=args.keep)
+    with tqdm(total=args.n * settings.steps, desc=f"{target.label} x{args.n}", unit="step") as bar:
+        for seed in seeds:
+            results.append(generate_seed(loaded.pipe, target, seed, settings, subject=subject, baseline=args.baseline,
+                                         baselines=catalog, model=loaded.model_name, encoder=identity,
+                                         on_step=advance))
+    # rank by the signed measure, best = the direction asked for (lowest first for a minimise)
+    sign = -1.0 if target.kind == "minimize" else 1.0
+    ranking = rank_scores([sign * r.measure for r in results], keep=args.keep)
     rows, written = [], []
-    for i, (seed, image, score) in enumerate(candidates):
-        stem = out / f"{subject.name}_{target}_seed{seed:06d}"
+    for i, (result, entry_id) in enumerate(zip(results, ids)):
         kept = ranking.kept[i]
-        rows.append({"rank": ranking.ranks[i], "seed": seed, "score": score, "kept": int(kept),
-                     "file": stem.with_suffix(".png").name if kept else ""})
+        rows.append({"rank": ranking.ranks[i], "seed": result.seed, "measure": result.measure, "kept": int(kept),
+                     "id": entry_id if kept else ""})
         if not kept:
             continue
-        record = generation_record(
-            seed=seed, subject=subject.name, target=target, objective=objective.describe(),
-            parameters={**params, "scheduler": args.scheduler, **reference}, objective_value=score,
-            model=model_name, encoder=encoder_name,
-        )
-        record["rerank"] = {**ranking.record(i), "keep": args.keep, "ranking": RANKING_CSV}
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        write_atomic(stem.with_suffix(".png"), buffer.getvalue())
-        write_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2))
-        written.append(stem.with_suffix(".png"))
-    write_csv(out / RANKING_CSV, sorted(rows, key=lambda r: r["rank"]))
+        record = seed_record(result, target, subject, settings, model=loaded.model_name, encoder=loaded.encoder_name)
+        record["rerank"] = {"rank": ranking.ranks[i], "n_candidates": len(results), "measure": result.measure,
+                            "keep": args.keep, "ranking": f"runs/{run_id}/{RANKING_CSV}"}
+        entry = catalog.add(result.image, record, run_id=run_id, activations=result.activations, entry_id=entry_id)
+        written.append(entry.image_path)
+    (catalog.root / "runs" / run_id).mkdir(parents=True, exist_ok=True)
+    write_csv(catalog.root / "runs" / run_id / RANKING_CSV, sorted(rows, key=lambda r: r["rank"]))
     return written
-
-
-def _init_image(args) -> tuple[dict, dict]:
-    """``--init-image``/``--strength``: the pipeline's ``image``/``strength`` and what the record keeps of them."""
-    if args.init_image is None:
-        if args.strength is not None:
-            raise ValueError("--strength needs --init-image (the image the generation starts from).")
-        return {}, {}
-    from .evaluation.sets import open_rgb
-    from .variation import check_strengths, image_hash
-
-    strength = check_strengths(1.0 if args.strength is None else args.strength, "--strength")[0]
-    image = open_rgb(Path(args.init_image))
-    return ({"image": image, "strength": strength},
-            {"strength": strength, "reference": {"file": Path(args.init_image).name, "sha256": image_hash(image)}})
 
 
 def subregions(args) -> Path:
     """Split an ROI (``braindive.subregions``), write ``split.json``; with ``--generate N`` also each part's
-    images (the same seeds for every part) and ``cross_prediction.csv``."""
+    images (the same seeds for every part) into the catalog ``--out`` and ``cross_prediction.csv``."""
+    import json
+
     import torch
 
     from . import subregions as sr
+    from .catalog import Catalog
     from .evaluation.files import write_atomic, write_csv
+    from .generate import GenerationSettings
+    from .presets import get_preset
+    from .records import generation_record
 
-    pipe, subject, model_name, encoder_name = PRESETS[args.preset](args)
+    preset = get_preset(args.preset)
+    loaded = preset.load("cuda" if torch.cuda.is_available() and args.preset != "demo" else "cpu",
+                         encoder=args.encoder, subject=args.subject, model=args.model)
+    pipe, subject = loaded.pipe, loaded.subject
     split = sr.split_region(subject, args.roi, args.k, args.by, encoder=pipe.encoder, images=args.images,
                             axis=args.axis, seed=args.seed)
     out = Path(args.out)
@@ -155,25 +144,26 @@ def subregions(args) -> Path:
         print(", ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.items()))
     if not args.generate:
         return out / "split.json"
-    pipe.set_scheduler(args.scheduler)
-    params = dict(num_inference_steps=args.steps, brain_guidance_scale=args.scale, sag_scale=args.sag,
-                  height=args.height, width=args.width, guidance_mode=args.mode)
+    settings = GenerationSettings.from_preset(preset, mode=args.mode, scale=args.scale, steps=args.steps,
+                                              scheduler=args.scheduler, sag=args.sag, height=args.height,
+                                              width=args.width)
+    pipe.set_scheduler(settings.scheduler)
     seeds = range(args.gen_seed, args.gen_seed + args.generate)
-    cp = sr.cross_prediction(pipe, split.parts, seeds, kind=args.kind, **params)
+    cp = sr.cross_prediction(pipe, split.parts, seeds, kind=args.kind, **settings.pipeline_kwargs())
+    catalog, run_id = Catalog(out), f"subregions-{split.roi}-{split.k}-{split.by}"
+    parameters = {**settings.pipeline_kwargs(), "scheduler": settings.scheduler}
     for i, part in enumerate(split.parts):
         rest = np.concatenate([p.voxels for j, p in enumerate(split.parts) if j != i])
         objective = sr.part_objective(part, args.kind, rest)
+        target = sr.part_target(part, "maximize" if args.kind == "contrast" else args.kind)
         for seed, image, gain, value in zip(seeds, cp.images[i], cp.gains[i, i], cp.objective_values[i]):
-            stem = out / f"{subject.name}_{part.name.replace('/', 'of')}_seed{seed:06d}"
-            record = generation_record(seed=seed, subject=subject.name, target=part.name, objective=objective.describe(),
-                                       parameters={**params, "scheduler": args.scheduler}, objective_value=float(value),
-                                       model=model_name, encoder=encoder_name)
+            measure = -float(value) if args.kind == "minimize" else float(value)  # the signed measure people read
+            record = generation_record(seed=seed, subject=subject, target=target, objective=objective.describe(),
+                                       parameters=parameters, measure=measure, model=loaded.model_name,
+                                       encoder=loaded.encoder_name)
             record["subregion"] = {"roi": split.roi, "k": split.k, "by": split.by, "axis": split.axis,
-                                   "seed": split.seed, "part": part.name, "own_gain": float(gain)}
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            write_atomic(stem.with_suffix(".png"), buffer.getvalue())
-            write_atomic(stem.with_suffix(".json"), json.dumps(record, indent=2))
+                                   "seed": split.seed, "part": part.name, "kind": args.kind, "own_gain": float(gain)}
+            catalog.add(image, record, run_id=run_id)
     write_csv(out / "cross_prediction.csv", cp.table())
     for row in cp.table():
         print(f"{row['images for']}: own gain largest on {100 * row['own largest']:.0f}% of seeds, margin {row['margin']:+.4f}")
@@ -248,7 +238,7 @@ def study(args) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m braindive", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="generate brain-guided images and write PNG + JSON per image")
+    g = sub.add_parser("generate", help="generate brain-guided images into a results catalog (PNG + JSON + maps)")
     g.add_argument("--preset", choices=sorted(PRESETS), default="demo")
     g.add_argument("--model", help=f"diffusers model id or folder (sd21 preset; default {SD21_MODEL_ID})")
     g.add_argument("--encoder", help="encoder checkpoint folder or Hub repo id (needed for sd21)")
@@ -258,24 +248,26 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--voxels", help=".npy file of voxel indices to drive instead of an ROI")
     g.add_argument("--minimize", action="store_true", help="push the target's activity down")
     g.add_argument("--contrast", help="second ROI: maximise target minus weight x this ROI")
-    g.add_argument("--weight", type=float, default=1.0)
-    g.add_argument("--n", type=_positive, default=4, help="number of candidate images (seeds seed..seed+n-1)")
-    g.add_argument("--keep", type=_fraction, default=1.0,
+    g.add_argument("--weight", default=1.0, help="weight of the --contrast ROI")
+    g.add_argument("--n", default=4, help="number of candidate images (seeds seed..seed+n-1)")
+    g.add_argument("--keep", default=1.0,
                    help="keep the encoder's top fraction of the candidates (paper: 0.2); all are ranked in ranking.csv")
-    g.add_argument("--steps", type=int, default=None)
-    g.add_argument("--scale", type=float, default=None, help="brain guidance scale (paper: ~130 for ViT-B/16)")
-    g.add_argument("--sag", type=float, default=0.75)
-    g.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance scale (0 = off, paper)")
+    g.add_argument("--steps", help="denoising steps (default: the preset's)")
+    g.add_argument("--scale", help="brain guidance scale (default: the preset's; paper: ~130 for ViT-B/16)")
+    g.add_argument("--sag", help="self-attention guidance scale (default: the preset's, 0.75)")
+    g.add_argument("--cfg", help="classifier-free guidance scale (default 0 = off, paper)")
     g.add_argument("--prompt", default="")
-    g.add_argument("--height", type=int, default=None)
-    g.add_argument("--width", type=int, default=None)
-    g.add_argument("--scheduler", default="dpm")
+    g.add_argument("--height", help="image height (default: the preset's)")
+    g.add_argument("--width", help="image width (default: the preset's)")
+    g.add_argument("--scheduler", help="dpm (default), ddim, pndm, lms or euler")
     g.add_argument("--mode", default="exact", help="guidance mode: exact (default), reference or fast")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", default=0)
     g.add_argument("--init-image", help="start from this image (img2img): its VAE latents noised to --strength")
-    g.add_argument("--strength", type=float, help="with --init-image: noise level in [0, 1] (0 = the image's VAE "
-                   "round trip, 1 = from the noisiest step; default 1)")
-    g.add_argument("--out", required=True)
+    g.add_argument("--strength", help="with --init-image: noise level in [0, 1] (0 = the image's VAE round trip, "
+                   "1 = from the noisiest step; default 1)")
+    g.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="skip the unguided image of each seed (kept in the catalog and shared by every target)")
+    g.add_argument("--out", required=True, help="catalog folder (created if needed; the app and batch use the same format)")
 
     r = sub.add_parser("subregions", help="split an ROI into parts by weights, responses or anatomy; "
                        "optionally generate for each part and cross-predict")
@@ -289,18 +281,19 @@ def _parser() -> argparse.ArgumentParser:
                    "predicted responses to --images) or anatomy (equal-count bins along --axis)")
     r.add_argument("--axis", default="posterior-anterior", help="posterior-anterior, ventral-dorsal or medial-lateral")
     r.add_argument("--images", help="folder of images for --by responses")
-    r.add_argument("--seed", type=int, default=0, help="k-means seed")
-    r.add_argument("--generate", type=int, default=0, help="images per part (seeds --gen-seed..); 0: split only")
-    r.add_argument("--gen-seed", type=int, default=0)
+    r.add_argument("--seed", default=0, help="k-means seed")
+    r.add_argument("--generate", help="images per part (seeds --gen-seed..); omitted: split only")
+    r.add_argument("--gen-seed", default=0)
     r.add_argument("--kind", default="maximize", help="per part: maximize, minimize, or contrast (part - rest of the ROI)")
-    r.add_argument("--steps", type=int, default=None)
-    r.add_argument("--scale", type=float, default=None)
-    r.add_argument("--sag", type=float, default=0.75)
-    r.add_argument("--height", type=int, default=None)
-    r.add_argument("--width", type=int, default=None)
-    r.add_argument("--scheduler", default="dpm")
+    r.add_argument("--steps", help="denoising steps (default: the preset's)")
+    r.add_argument("--scale", help="brain guidance scale (default: the preset's)")
+    r.add_argument("--sag", help="self-attention guidance scale (default: the preset's)")
+    r.add_argument("--height", help="image height (default: the preset's)")
+    r.add_argument("--width", help="image width (default: the preset's)")
+    r.add_argument("--scheduler", help="dpm (default), ddim, pndm, lms or euler")
     r.add_argument("--mode", default="exact", help="guidance mode: exact (default), reference or fast")
-    r.add_argument("--out", required=True)
+    r.add_argument("--out", required=True, help="folder for split.json and cross_prediction.csv; the parts' images "
+                   "go to the catalog in it")
 
     e = sub.add_parser("evaluate", help="CLIP 5-way zero-shot evaluation of generated images vs top natural images")
     e.add_argument("results", nargs="+", help="folders of generated PNG + JSON, or catalog ids (with --catalog)")
@@ -335,6 +328,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--out", help="output folder (default STUDY/analysis)")
     a.add_argument("--max-failed-checks", type=int, default=0, help="exclude participants failing more checks")
     batch_cli.add_parser(sub)
+    stimuli_cli.add_parser(sub)
     return parser
 
 
@@ -345,41 +339,25 @@ def _positive(text: str) -> int:
     return value
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text}")
-    return value
-
-
-def _apply_preset_defaults(args) -> None:
-    from .demo import DEMO_DEFAULTS
-
-    defaults = DEMO_DEFAULTS if args.preset == "demo" else {"height": 512, "width": 512, "num_inference_steps": 50,
-                                                              "brain_guidance_scale": 130.0}
-    args.steps = args.steps or defaults["num_inference_steps"]
-    args.scale = defaults["brain_guidance_scale"] if args.scale is None else args.scale
-    args.height = args.height or defaults["height"]
-    args.width = args.width or defaults["width"]
-
-
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "batch":
         return batch_cli.run(args)
+    if args.command == "stimuli":
+        return stimuli_cli.run(args)
     try:
         if args.command == "evaluate":
             print(f"wrote {evaluate(args)} and the plot beside it")
         elif args.command == "study":
             print(study(args))
         elif args.command == "subregions":
-            _apply_preset_defaults(args)
+            check_limits(args, _SUBREGION_LIMITED)
             print(f"wrote {subregions(args)}")
         else:
-            _apply_preset_defaults(args)
+            check_limits(args)
             written = generate(args)
             print(f"wrote {len(written)} images to {args.out}")
-    except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as exc:  # LimitError too
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -1,16 +1,17 @@
 """The offline demo bundle: a tiny SD-family model, a demo encoder on S1, the S1 subject.
 
 ``load()`` works with no network and no GPU, through the same ``BrainDiVEPipeline.from_pretrained``
-path as a real checkpoint. The diffusion model is ``assets/demo-sd``: a tiny Stable-Diffusion-layout
+path as a real checkpoint. The diffusion model is ``braindive/assets/demo-sd``: a tiny Stable-Diffusion-layout
 model (VAE, UNet, CLIP text encoder) trained on procedural toy scenes, coloured shapes on smooth
 backgrounds, by ``training.build_demo_diffusion`` (25 min on 2 CPU cores). Without that folder the
 same architecture is built from config with fixed random weights (colour textures, not scenes) and
-cached. The encoder is ``assets/demo-encoder`` (fit by ``training.build_demo_encoder`` on a synthetic
+cached. The encoder is ``braindive/assets/demo-encoder`` (fit by ``training.build_demo_encoder`` on a synthetic
 subject) when present, otherwise a seeded encoder whose ROIs have distinct tuning. Everything here
 is a demo, and says so.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass, replace
@@ -23,21 +24,26 @@ from .cache import cache_dir, private_tmp
 from .demo_components import DEMO_TOWER_CONFIG, DEMO_TOWER_NAME, build_demo_tower
 from .encoders import BrainEncoder, ClipLinearEncoder, EncoderConfig, load_encoder
 from .pipeline import BrainDiVEPipeline, FastGuidance
+from .presets import PRESETS
 from .subjects import Subject, load_subject
 
-__all__ = ["DemoBundle", "load", "configure_fast", "build_diffusion_bundle", "DEMO_LABEL", "DEMO_DEFAULTS"]
+__all__ = ["DemoBundle", "load", "configure_fast", "build_diffusion_bundle", "volume_encoder_folder", "DEMO_LABEL",
+           "DEMO_DEFAULTS", "DEMO_VOLUME_SUBJECT"]
 
 BUNDLE_VERSION = 1
 DEMO_LABEL = "DEMO: tiny diffusion model trained on toy shapes + synthetic encoder on pycortex S1 (not real brain data)"
 RANDOM_DEMO_LABEL = "DEMO: tiny random-weight diffusion model + synthetic encoder on pycortex S1 (not real brain data)"
-DEMO_DEFAULTS = {"height": 128, "width": 128, "num_inference_steps": 25, "brain_guidance_scale": 20.0, "sag_scale": 0.75}
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+_DEMO_PRESET = PRESETS["demo"]  # the demo's defaults live in braindive.presets
+DEMO_DEFAULTS = {"height": _DEMO_PRESET.height, "width": _DEMO_PRESET.width, "num_inference_steps": _DEMO_PRESET.steps,
+                 "brain_guidance_scale": _DEMO_PRESET.scale, "sag_scale": _DEMO_PRESET.sag}
+ASSETS = Path(__file__).resolve().parent / "assets"
 ASSET_ENCODER = ASSETS / "demo-encoder"
 ASSET_DIFFUSION = ASSETS / "demo-sd"
 ASSET_TINY_DECODER = ASSETS / "demo-taesd"  # training.distill_decoder of its VAE, for fast guidance
+DEMO_VOLUME_SUBJECT = "S1-fullhead"  # the built-in volume space; its demo encoder is derived from the S1 one
 # The demo's `fast`, picked from the guidance benchmark (benchmarks/RESULTS.md, config `demo`), with the tiny decoder
 DEMO_FAST_RECIPE = FastGuidance(skip_unet_backprop=True, guide_every=4, dense_start=0.2, decode_scale=0.5)
-# Scale measured on assets/demo-sd with the demo encoder (128 px, its training size; 25 DPM steps, SAG 0.75,
+# Scale measured on braindive/assets/demo-sd with the demo encoder (128 px, its training size; 25 DPM steps, SAG 0.75,
 # seeds 0-5; mean predicted ROI activation at scales 0 / 10 / 20 / 40 / 130):
 #   FFA 0.42 / 2.36 / 2.67 / 2.76 / 2.70   PPA -0.76 / 1.46 / 1.79 / 1.90 / 1.94
 #   EBA 4.33 / 7.14 / 7.27 / 7.26 / 6.92   RSC 13.10 / 15.03 / 14.96 / 13.75 / 12.47
@@ -128,7 +134,7 @@ def save_diffusion_folder(parts: dict, folder) -> Path:
 
 
 def diffusion_bundle_path() -> Path:
-    """``assets/demo-sd`` (trained), else the seeded random-weight folder in the cache, built on first use."""
+    """``braindive/assets/demo-sd`` (trained), else the seeded random-weight folder in the cache, built on first use."""
     if (ASSET_DIFFUSION / "model_index.json").is_file():
         return ASSET_DIFFUSION
     folder = cache_dir("demo") / f"tiny-sd-v{BUNDLE_VERSION}"
@@ -186,10 +192,34 @@ def resampled_encoder(encoder: ClipLinearEncoder, source: Subject, target: Subje
     return moved
 
 
-def configure_fast(pipe: BrainDiVEPipeline) -> BrainDiVEPipeline:
-    """Give a demo pipeline its measured ``fast`` recipe: ``DEMO_FAST_RECIPE`` through ``assets/demo-taesd``.
+def volume_encoder_folder(target: str = DEMO_VOLUME_SUBJECT) -> Path:
+    """The demo encoder resampled onto the volume subject ``target`` (``resampled_encoder``), as a checkpoint folder.
 
-    With the random-weight model (no ``assets/demo-sd``), or without that decoder, ``fast`` is
+    Derived from ``assets/demo-encoder`` on first use (a few seconds) and cached, keyed by the source
+    checkpoint's files and the target's fingerprint, so a changed asset or voxel space is derived again.
+    """
+    source_subject, volume = load_subject("S1"), load_subject(target)
+    digest = hashlib.sha256(volume.fingerprint.encode())
+    for name in ("config.json", "head.safetensors", "backbone.safetensors"):
+        path = ASSET_ENCODER / name
+        digest.update(path.read_bytes() if path.is_file() else b"seeded")
+    folder = cache_dir("demo") / f"encoder-{target}-{digest.hexdigest()[:16]}"
+    if not (folder / "config.json").is_file():
+        source = (load_encoder(ASSET_ENCODER, subject=source_subject) if (ASSET_ENCODER / "config.json").is_file()
+                  else seeded_demo_encoder(source_subject))
+        tmp = private_tmp(folder)
+        resampled_encoder(source, source_subject, volume).save(tmp)
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process derived it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def configure_fast(pipe: BrainDiVEPipeline) -> BrainDiVEPipeline:
+    """Give a demo pipeline its measured ``fast`` recipe: ``DEMO_FAST_RECIPE`` through ``braindive/assets/demo-taesd``.
+
+    With the random-weight model (no ``braindive/assets/demo-sd``), or without that decoder, ``fast`` is
     ``FastGuidance()`` through the full VAE: the recipe was measured only on the trained model.
     """
     if (ASSET_TINY_DECODER / "config.json").is_file() and diffusion_bundle_path() == ASSET_DIFFUSION:

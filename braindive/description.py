@@ -16,10 +16,10 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-__all__ = ["GenerationDescription", "OBJECTIVE_KINDS", "FIELDS", "describe_record", "measured_value", "measured_baseline"]
+from .targets import TARGET_KINDS as OBJECTIVE_KINDS
+from .targets import Target
 
-OBJECTIVE_KINDS = ("maximize", "minimize", "contrast")  # as braindive.objectives (not imported: it loads torch)
-_PREFIX = {"maximize": "max", "minimize": "min"}
+__all__ = ["GenerationDescription", "OBJECTIVE_KINDS", "FIELDS", "describe_record", "measured_value", "measured_baseline"]
 
 
 @dataclass(frozen=True)
@@ -54,34 +54,32 @@ class GenerationDescription:
     # ------------------------------------------------------------------ what people read
 
     @property
+    def target_spec(self) -> Target:
+        """The ``braindive.targets.Target`` this description's objective fields name (labels and measures live there)."""
+        return Target(self.kind, self.target, self.target_b, self.weight if self.kind == "contrast" else 1.0)
+
+    @property
     def hemisphere(self) -> str:
         """``lh`` / ``rh`` for a one-hemisphere target (``FFA.lh``), else ``both``."""
-        suffix = self.target.rpartition(".")[2]
-        return suffix if suffix in ("lh", "rh") and "." in self.target else "both"
+        return self.target_spec.hemisphere
 
     @property
     def label(self) -> str:
         """What was optimised: ``max FFA``, ``min FFA.lh``, ``FFA − 1.0×PPA``."""
-        if self.kind == "contrast":
-            return f"{self.target} − {_weight(self.weight)}×{self.target_b}"
-        return f"{_PREFIX[self.kind]} {self.target}"
+        return self.target_spec.label
 
     @property
     def measure(self) -> str:
         """The quantity objective values are reported as: ``FFA mean`` or ``FFA mean − 1.0×PPA mean``."""
-        if self.kind == "contrast":
-            return f"{self.target} mean − {_weight(self.weight)}×{self.target_b} mean"
-        return f"{self.target} mean"
+        return self.target_spec.measure_name
 
     def measure_value(self, objective_value: float) -> float:
         """The pipeline's objective value (maximised quantity) as the signed ``measure``."""
-        return -float(objective_value) if self.kind == "minimize" else float(objective_value)
+        return self.target_spec.measure_of(objective_value)
 
     def value_text(self, measured: float | None) -> str:
         """``FFA mean -2.79``; ``FFA mean − 1.0×PPA mean = 0.53`` (``measured`` as from ``measure_value``)."""
-        if measured is None:
-            return f"{self.measure}: not recorded"
-        return f"{self.measure}{' =' if self.kind == 'contrast' else ''} {measured:.2f}"
+        return self.target_spec.value_text(measured)
 
     def caption(self, measured: float | None = None) -> str:
         """A short gallery caption: ``min FFA · seed 3`` (plus the measured value when given)."""
@@ -120,28 +118,20 @@ _CAST = {f: str for f in FIELDS} | {"seed": int, "steps": int, "weight": float, 
 _CAST_NAME = {f: "a number" if cast is float else "an integer" if cast is int else "text" for f, cast in _CAST.items()}
 
 
-def _weight(weight: float) -> str:
-    """``1.0``, ``0.5``, ``0.25``: one decimal at least, no float noise."""
-    return f"{weight:.1f}" if round(weight, 1) == weight else f"{weight:g}"
-
-
 def describe_record(record: dict) -> GenerationDescription:
     """The description of a generation record, including records written before descriptions existed.
 
-    Old records name the contrast target in the objective label (``FFA-vs-PPA``) and keep the scheduler,
-    mode and scales among ``parameters``.
+    The objective fields come from ``Target.from_record`` (which migrates ``FFA-vs-PPA``, ``EBA-min`` and
+    ``custom(N voxels)`` targets); old records keep the scheduler, mode and scales among ``parameters``.
     """
+    target = Target.from_record(record)
+    fields = {"kind": target.kind, "target": target.region_a, "target_b": target.region_b,
+              "weight": target.weight if target.kind == "contrast" else 1.0}
     if "description" in record:
-        return GenerationDescription.from_dict(record["description"])
-    objective = record.get("objective") or {}
+        return GenerationDescription.from_dict({**record["description"], **fields})
     params = record.get("parameters") or {}
-    kind = objective.get("kind", "maximize")
-    target, target_b = str(record.get("target", "")), ""
-    if kind == "contrast":
-        target, _, target_b = target.rpartition("-vs-") if "-vs-" in target else (target, "", "?")
     return GenerationDescription.from_dict({
-        "kind": kind, "target": target, "target_b": target_b, "weight": objective.get("weight", 1.0),
-        "seed": record.get("seed"), "subject": record.get("subject", ""), "encoder": record.get("encoder", ""),
+        **fields, "seed": record.get("seed"), "subject": record.get("subject", ""), "encoder": record.get("encoder", ""),
         "model": record.get("model", ""), "scheduler": params.get("scheduler", ""),
         "mode": params.get("guidance_mode", ""), "scale": params.get("brain_guidance_scale"),
         "steps": params.get("num_inference_steps"), "sag": params.get("sag_scale"), "prompt": params.get("prompt", ""),

@@ -20,9 +20,12 @@ Weights are read only from safetensors; nothing is unpickled.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
+import threading
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,7 +37,8 @@ from torch import nn
 
 from .cache import private_tmp
 
-__all__ = ["EncoderConfig", "BrainEncoder", "ClipLinearEncoder", "PatchEmbedding", "load_encoder", "ENCODERS"]
+__all__ = ["EncoderConfig", "BrainEncoder", "ClipLinearEncoder", "PatchEmbedding", "load_encoder", "ENCODERS",
+           "resolve_checkpoint", "read_config", "TowerCache"]
 
 CONFIG_NAME = "config.json"
 HEAD_NAME = "head.safetensors"
@@ -284,6 +288,61 @@ def _resolve(path_or_hub_id) -> Path:
         raise FileNotFoundError(
             f"Encoder {name!r} is neither a local folder nor a reachable Hugging Face Hub repo: {exc}"
         ) from exc
+
+
+resolve_checkpoint = _resolve  # public names: a checkpoint's folder (a Hub id is fetched) and its config
+read_config = _read_config
+
+
+class TowerCache:
+    """Loads encoders so that checkpoints of one frozen image tower share it (only their linear heads differ).
+
+    A tower is identified by its backbone, its weights (the pretrained tag, or the sha256 of the checkpoint's
+    own tower file) and its config; it lives as long as some encoder holds it (weak references).
+    """
+
+    def __init__(self):
+        self._towers = weakref.WeakValueDictionary()
+        self._hashes: dict[tuple, str] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        """Towers alive now."""
+        return len(self._towers)
+
+    def load(self, folder) -> BrainEncoder:
+        """The encoder in checkpoint ``folder``, its tower shared with encoders already loaded here."""
+        folder = Path(folder)
+        config = _read_config(folder)
+        if config.encoder_type != "clip_linear":
+            return load_encoder(folder)
+        with self._lock:
+            key = self.tower_key(config, folder)
+            tower = self._towers.get(key)
+            if tower is None:
+                tower = build_clip_tower(config.backbone, config.pretrained, config.backbone_config)
+                if config.pretrained is None:
+                    _load_weights(tower, folder / BACKBONE_NAME, "backbone")
+                self._towers[key] = tower
+        encoder = ClipLinearEncoder(config, tower=tower)
+        _load_weights(encoder.head, folder / HEAD_NAME, "head")
+        return encoder.eval()
+
+    def tower_key(self, config: EncoderConfig, folder: Path) -> tuple:
+        """Identity of a frozen tower: backbone + weights (the tag, or the hash of the checkpoint's own tower file)."""
+        weights = config.pretrained
+        if weights is None:
+            path = folder / BACKBONE_NAME
+            stat = path.stat()
+            cache_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+            if cache_key not in self._hashes:
+                digest = hashlib.sha256()
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
+                self._hashes[cache_key] = digest.hexdigest()
+            weights = "sha256:" + self._hashes[cache_key]
+        return config.backbone, weights, json.dumps(config.backbone_config, sort_keys=True)
 
 
 def load_encoder(path_or_hub_id, subject=None, device=None, dtype=None) -> BrainEncoder:

@@ -1,78 +1,45 @@
-"""Subjects built from a pycortex database, and checks of a volume subject's display transform.
+"""The built-in subjects' voxel spaces, read from pycortex's database (reads: ``braindive.pycortex_db``).
+
+Returns the fields of a ``Subject`` rather than one, so that this module does not import
+``braindive.subjects``: ``subjects.load_subject`` builds the ``Subject`` from them and caches it.
 
 * ``S1``: pycortex's bundled subject as a surface space. Its voxels are the surface vertices inside the
   visual ROIs of its ``overlays.svg`` (``VISUAL_ROIS`` that exist there) plus every flat-map vertex
   within ``S1_MARGIN_MM`` millimetres (fiducial surface) of them.
 * ``S1-fullhead``: a volume space on the grid of S1's functional transform ``fullhead`` (reference
   volume 100 x 100 x 31, 2.24 x 2.24 x 4.13 mm): the grid cells that are the dominant cell
-  (``braindive.flatmap.mapping.MAPPER``) of one of S1's voxels (vertices) above, in C order of
+  (``braindive.pycortex_db.MAPPER``) of one of S1's voxels (vertices) above, in C order of
   (i, j, k). An ROI is the dominant cells of that ROI's vertices; hemispheres: ``display_hemispheres``.
   Displayed on S1 through ``fullhead``: the offline stand-in for an NSD
   func1pt8mm subject.
 
 Extracting ROI vertices from the SVG takes seconds, so each built-in subject is cached on disk
-(``cache_dir("subjects")``) and rebuilt when ``overlays.svg`` or these settings change.
+(``cache_dir("subjects")``, by ``subjects``) and rebuilt when ``cache_key`` changes: ``overlays.svg``,
+pycortex, these settings, and for volumes the transform's files and the mapper.
 """
 from __future__ import annotations
 
 import hashlib
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-from .cache import cache_dir
-from .subjects import S1_MARGIN_MM, VISUAL_ROIS, Subject
+from .pycortex_db import (MAPPER, dominant_cells, grid_cells, pycortex_dir, pycortex_mapper, transform_digest,
+                          voxel_of_cell)
 
-__all__ = ["BUILT_IN", "check_transform", "has_display", "pycortex_dir", "display_hemispheres"]
+__all__ = ["BUILT_IN", "VISUAL_ROIS", "S1_MARGIN_MM", "cache_key", "surface_fields", "volume_fields"]
 
+VISUAL_ROIS = ("V1", "V2", "V3", "V3A", "V3B", "V4", "V7", "LO", "OFA", "FFA", "EBA", "PPA", "OPA", "RSC")
+S1_MARGIN_MM = 4.0
+BUILT_IN = {"S1": ("S1", ""), "S1-fullhead": ("S1", "fullhead")}  # name -> pycortex surface, transform
 _BUILD_VERSION = 2  # part of the cache key: bump when a build changes
 
 
-def pycortex_dir(surface: str) -> Path:
-    """The pycortex database folder of ``surface`` (which may not exist)."""
-    import cortex  # noqa: F401  (pycortex reads its config on import)
-    from cortex.options import config
-
-    return Path(config.get("basic", "filestore")) / surface
-
-
-def _transform_dir(surface: str, transform: str) -> Path:
-    return pycortex_dir(surface) / "transforms" / transform
-
-
-def has_display(surface: str, transform: str = "") -> bool:
-    """True when pycortex's database holds ``surface`` (with a flat map) and, if given, its ``transform``."""
-    folder = pycortex_dir(surface)
-    if not (folder / "surfaces").is_dir() or not any((folder / "surfaces").glob("flat_*")):
-        return False
-    return not transform or (_transform_dir(surface, transform) / "matrices.xfm").is_file()
-
-
-def check_transform(subject: Subject, surface: str, transform: str) -> None:
-    """Raise unless pycortex's ``surface``/``transform`` exists and its reference grid is ``subject``'s grid."""
-    import nibabel as nib
-
-    folder = _transform_dir(surface, transform)
-    if not has_display(surface):
-        raise ValueError(f"pycortex database {pycortex_dir(surface)} has no subject {surface!r} with a flat map.")
-    if not (folder / "matrices.xfm").is_file():
-        names = sorted(p.name for p in folder.parent.glob("*") if (p / "matrices.xfm").is_file())
-        raise ValueError(f"pycortex subject {surface!r} has no transform {transform!r} "
-                         f"({folder / 'matrices.xfm'} missing); transforms there: {names}.")
-    reference = folder / "reference.nii.gz"
-    try:
-        image = nib.load(str(reference))
-    except Exception as exc:  # nibabel raises several types for missing/corrupt files
-        raise ValueError(f"Reference volume {reference} of transform {transform!r} is unreadable: {exc}") from exc
-    shape = tuple(int(s) for s in image.shape[:3])
-    if shape != tuple(subject.volume_shape):
-        raise ValueError(f"Transform {surface}/{transform} ({reference}) has grid shape {shape}, but subject "
-                         f"{subject.label!r} has volume_shape {tuple(subject.volume_shape)}.")
-    if not np.allclose(image.affine, subject.affine, atol=1e-3):
-        raise ValueError(f"Transform {surface}/{transform} ({reference}) has a different affine than subject "
-                         f"{subject.label!r}: {np.round(image.affine, 3).tolist()} vs "
-                         f"{np.round(subject.affine, 3).tolist()}.")
+def cache_key(surface: str, transform: str = "") -> str:
+    """What a built-in subject of ``surface`` (through ``transform`` for a volume) is built from, hashed."""
+    if not transform:
+        return _cache_key(surface)
+    return _cache_key(surface, transform, transform_digest(surface, transform), MAPPER, "display-hemispheres")
 
 
 def _cache_key(surface: str, *parts) -> str:
@@ -94,8 +61,8 @@ def _roi_vertices(surface: str) -> dict[str, np.ndarray]:
     return {name: np.asarray(roi_verts[name], np.int64) for name in VISUAL_ROIS if len(roi_verts.get(name, []))}
 
 
-def _build_surface_subject(surface: str) -> Subject:
-    """The visual-cortex vertices of a pycortex subject (+ margin), with ROIs."""
+def surface_fields(surface: str) -> dict:
+    """``Subject`` fields of the visual-cortex vertices of a pycortex subject (+ margin), with ROIs."""
     import cortex
     from scipy.spatial import cKDTree
 
@@ -120,7 +87,7 @@ def _build_surface_subject(surface: str) -> Subject:
         idx = np.unique(idx[idx >= 0])
         if len(idx):
             rois[name] = idx
-    return Subject(
+    return dict(
         name=surface, surface=surface, vertices=vertices, n_vertices_lh=n_lh, n_vertices=n_lh + n_rh, rois=rois,
         space=f"pycortex:{surface}:visual+{S1_MARGIN_MM:g}mm",
         description=(f"pycortex subject {surface}: vertices of visual ROIs {', '.join(rois)} "
@@ -128,76 +95,25 @@ def _build_surface_subject(surface: str) -> Subject:
     )
 
 
-def _cached(name: str, key: str, build) -> Subject:
-    path = cache_dir("subjects") / f"{name}-{key}.npz"
-    if path.is_file():
-        try:
-            return Subject.load(path)
-        except ValueError:
-            path.unlink(missing_ok=True)  # corrupt cache: rebuild below
-    subject = build()
-    subject.save(path)
-    return subject
-
-
-def load_surface_subject(surface: str) -> Subject:
-    return _cached(surface, _cache_key(surface), lambda: _build_surface_subject(surface))
-
-
-def display_hemispheres(ijk: np.ndarray, volume_shape, surface: str, transform: str) -> np.ndarray:
-    """``[n_voxels]`` is_right of grid voxels shown on ``surface`` through ``transform``: the hemisphere of
-    most of the vertices whose dominant cell (pycortex's mapper) the voxel is; a voxel no vertex shows
-    takes the hemisphere of the nearest voxel (in grid steps) that one does."""
-    from scipy.spatial import cKDTree
-
-    from .flatmap.mapping import dominant_cells, grid_cells, pycortex_mapper, voxel_of_cell
-    from .flatmap.surfaces import flat_surface
-
-    full = pycortex_mapper(surface, transform)
-    voxels = voxel_of_cell(grid_cells(ijk, volume_shape), full.shape[1])[dominant_cells(full)]
-    shown = voxels >= 0
-    side = np.where(np.arange(len(voxels)) >= flat_surface(surface).n_vertices_lh, 1.0, -1.0)
-    votes = np.bincount(voxels[shown], weights=side[shown], minlength=len(ijk))
-    counted = np.bincount(voxels[shown], minlength=len(ijk)) > 0
-    if not counted.any():
-        raise ValueError(f"No voxel of this grid is shown on pycortex {surface!r} through {transform!r}.")
-    if not counted.all():
-        _, nearest = cKDTree(ijk[counted]).query(ijk[~counted])
-        votes[~counted] = votes[counted][nearest]
-    return votes > 0
-
-
-def _build_volume_subject(surface: str, transform: str) -> Subject:
-    """The grid cells of ``transform`` that S1-style surface voxels of ``surface`` map onto (see above)."""
+def volume_fields(surface: str, transform: str, vertices: np.ndarray, base_rois: dict) -> dict:
+    """``Subject.from_volume`` arguments: the grid cells of ``transform`` that the voxels (``vertices``, ROIs
+    ``base_rois``) of ``surface``'s built-in surface subject map onto (see above)."""
     import cortex
 
-    from .flatmap.mapping import dominant_cells, grid_cells, pycortex_mapper, voxel_of_cell
-
-    base = load_surface_subject(surface)
     reference = cortex.db.get_xfm(surface, transform).reference
     shape = tuple(int(n) for n in reference.shape[:3])
     full = pycortex_mapper(surface, transform)
-    cells = dominant_cells(full)[base.vertices]
+    cells = dominant_cells(full)[vertices]
     k, j, i = np.unravel_index(np.unique(cells[cells >= 0]), shape[::-1])
     ijk = np.stack([i, j, k], axis=1)[np.lexsort((k, j, i))]
     voxel_of_base = voxel_of_cell(grid_cells(ijk, shape), full.shape[1])[cells]  # -1: maps onto no voxel
     rois = {}
-    for name, idx in base.rois.items():
+    for name, idx in base_rois.items():
         found = voxel_of_base[idx]
         rois[name] = np.unique(found[found >= 0])
-    return Subject.from_volume(
-        f"{surface}-{transform}", ijk, reference.affine, shape, rois, surface=surface, transform=transform,
-        space=transform,
+    return dict(
+        name=f"{surface}-{transform}", ijk=ijk, affine=reference.affine, volume_shape=shape, rois=rois,
+        surface=surface, transform=transform, space=transform,
         description=(f"pycortex {surface}, transform {transform}: grid voxels under the visual ROIs "
                      f"{', '.join(rois)} plus a {S1_MARGIN_MM:g} mm margin (a volume subject for offline tests)"),
     )
-
-
-def load_volume_subject(surface: str, transform: str) -> Subject:
-    from .flatmap.mapping import MAPPER, transform_digest
-
-    key = _cache_key(surface, transform, transform_digest(surface, transform), MAPPER, "display-hemispheres")
-    return _cached(f"{surface}-{transform}", key, lambda: _build_volume_subject(surface, transform))
-
-
-BUILT_IN = {"S1": lambda: load_surface_subject("S1"), "S1-fullhead": lambda: load_volume_subject("S1", "fullhead")}

@@ -5,6 +5,7 @@ import datetime as _dt
 import importlib.metadata as _md
 
 from .description import GenerationDescription
+from .targets import Target
 
 __all__ = ["package_versions", "generation_record"]
 
@@ -24,43 +25,40 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def generation_record(*, seed: int, subject: str, target: str, objective: dict, parameters: dict,
-                      objective_value: float, model: str, encoder: str, target_b: str | None = None,
-                      subject_space: str = "", baseline_value: float | None = None) -> dict:
+def generation_record(*, seed: int, subject, target: Target, objective: dict, parameters: dict, measure: float,
+                      model: str, encoder: str, baseline_measure: float | None = None) -> dict:
     """Everything needed to reproduce and interpret one generated image.
 
-    ``target`` is region A (an ROI name or a custom set's name); ``target_b`` the contrast's region B
-    (when None it is read from a ``"A-vs-B"`` target, the older calling convention). ``objective`` is
-    ``Objective.describe()``; ``objective_value`` (and ``baseline_value``, the unguided image's) is the
-    pipeline's objective value. The record stores them as the signed value of ``objective_measure``
-    (``predicted_objective``, ``baseline_measure``; e.g. FFA's mean after minimising FFA), with the
-    ``description`` and its ``label``.
+    ``subject`` is the ``Subject`` (its name and voxel-space fingerprint are stored), ``target`` the
+    ``braindive.targets.Target`` (stored as ``target_spec``: data, never a string to parse back),
+    ``objective`` is ``Objective.describe()``; ``measure`` and ``baseline_measure`` (the unguided image's)
+    are the target's signed measure, stored as ``predicted_objective`` / ``baseline_measure``.
     """
-    kind = objective["kind"]
-    if kind == "contrast" and target_b is None:
-        target, _, target_b = target.rpartition("-vs-") if "-vs-" in target else (target, "", "")
     description = GenerationDescription(
-        kind=kind, target=target, target_b=target_b or "", weight=float(objective.get("weight", 1.0)), seed=int(seed),
-        subject=subject, subject_space=subject_space, encoder=encoder, model=model,
+        kind=target.kind, target=target.region_a, target_b=target.region_b,
+        weight=target.weight if target.kind == "contrast" else 1.0, seed=int(seed),
+        subject=subject.name, subject_space=subject.fingerprint, encoder=encoder, model=model,
         scheduler=parameters.get("scheduler", ""), mode=parameters.get("guidance_mode", ""),
         scale=parameters.get("brain_guidance_scale"), steps=parameters.get("num_inference_steps"),
         sag=parameters.get("sag_scale"), prompt=parameters.get("prompt") or "",
     )
     record = {
         "seed": int(seed),
-        "subject": subject,
-        "target": target,
-        "label": description.label,
+        "subject": subject.name,
+        "subject_space": subject.fingerprint,
+        "target": target.region_a,
+        "target_spec": target.to_dict(),
+        "label": target.label,
         "description": description.as_dict(),
         "objective": objective,
         "parameters": parameters,
-        "objective_measure": description.measure,
-        "predicted_objective": description.measure_value(objective_value),
+        "objective_measure": target.measure_name,
+        "predicted_objective": float(measure),
         "model": model,
         "encoder": encoder,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": package_versions(),
     }
-    if baseline_value is not None:
-        record["baseline_measure"] = description.measure_value(baseline_value)
+    if baseline_measure is not None:
+        record["baseline_measure"] = float(baseline_measure)
     return record

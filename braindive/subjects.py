@@ -12,8 +12,8 @@ A *voxel* is one response unit of an encoder. A subject's voxels are one of two 
 ``Subject.fingerprint`` identifies the voxel space; encoders record it, and everything that pairs
 voxel indices with an encoder compares fingerprints, never names.
 
-Registered subjects (``available_subjects``) are built from pycortex's bundled database by
-``braindive.pycortex_subjects`` and cached on disk; any other subject is a ``.npz`` file written by
+Registered subjects (``available_subjects``) are built from pycortex's bundled database (read by
+``braindive.pycortex_subjects``) and cached on disk; any other subject is a ``.npz`` file written by
 ``Subject.save`` and loaded with ``load_subject(path)``.
 
 ROIs are addressed as a whole (``"FFA"``) or per hemisphere (``"FFA.lh"``, ``"FFA.rh"``).
@@ -29,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import private_tmp
+from . import pycortex_subjects
+from .cache import cache_dir, private_tmp
+from .pycortex_db import check_transform, display_hemispheres, has_display
 
 __all__ = [
     "Subject",
@@ -37,14 +39,10 @@ __all__ = [
     "available_subjects",
     "is_built_in",
     "check_voxel_indices",
-    "VISUAL_ROIS",
-    "S1_MARGIN_MM",
     "HEMISPHERES",
     "KINDS",
 ]
 
-VISUAL_ROIS = ("V1", "V2", "V3", "V3A", "V3B", "V4", "V7", "LO", "OFA", "FFA", "EBA", "PPA", "OPA", "RSC")
-S1_MARGIN_MM = 4.0
 HEMISPHERES = ("lh", "rh")
 KINDS = ("surface", "volume")
 _FORMAT_VERSION = 3  # 2: surface-only files (still read); 3: adds kind, transform and the volume grid
@@ -147,8 +145,6 @@ class Subject:
         ijk = np.asarray(ijk)
         if is_right is None and ijk.ndim == 2 and ijk.shape[-1] == 3 and np.issubdtype(ijk.dtype, np.integer):
             if surface and transform:
-                from .pycortex_subjects import display_hemispheres
-
                 bare = cls.from_volume(name, ijk, affine, volume_shape, rois, is_right=np.zeros(len(ijk), bool))
                 bare.with_display(surface, transform)  # checks the transform against the grid
                 is_right = display_hemispheres(ijk, volume_shape, surface, transform)
@@ -170,9 +166,7 @@ class Subject:
             raise ValueError(f"A volume subject needs both `surface` and `transform` to be drawn (or neither), "
                              f"got surface={surface!r}, transform={transform!r}.")
         if surface:
-            from .pycortex_subjects import check_transform
-
-            check_transform(self, surface, transform)
+            check_transform(surface, transform, self.volume_shape, self.affine, self.label)
         return dataclasses.replace(self, surface=surface, transform=transform)
 
     @property
@@ -214,8 +208,6 @@ class Subject:
         """True when the pycortex surface (and, for volumes, the transform) to draw this subject exists."""
         if not self.surface or (self.kind == "volume" and not self.transform):
             return False
-        from .pycortex_subjects import has_display
-
         return has_display(self.surface, self.transform if self.kind == "volume" else "")
 
     def hemisphere_of(self, voxel: int) -> str:
@@ -344,14 +336,27 @@ def _contains(sorted_idx: np.ndarray, value: int) -> bool:
 
 def _registered(name: str):
     def build() -> Subject:
-        from . import pycortex_subjects
-
-        return pycortex_subjects.BUILT_IN[name]()
+        """The built-in subject ``name`` from pycortex's database, cached on disk (a corrupt file is rebuilt)."""
+        surface, transform = pycortex_subjects.BUILT_IN[name]
+        path = cache_dir("subjects") / f"{name}-{pycortex_subjects.cache_key(surface, transform)}.npz"
+        if path.is_file():
+            try:
+                return Subject.load(path)
+            except ValueError:
+                path.unlink(missing_ok=True)
+        if transform:
+            base = load_subject(surface)
+            subject = Subject.from_volume(**pycortex_subjects.volume_fields(surface, transform, base.vertices,
+                                                                            base.rois))
+        else:
+            subject = Subject(**pycortex_subjects.surface_fields(surface))
+        subject.save(path)
+        return subject
 
     return build
 
 
-SUBJECTS = {name: _registered(name) for name in ("S1", "S1-fullhead")}
+SUBJECTS = {name: _registered(name) for name in pycortex_subjects.BUILT_IN}
 
 
 def available_subjects() -> list[str]:

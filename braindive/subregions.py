@@ -29,9 +29,10 @@ import numpy as np
 
 from .objectives import Objective
 from .subjects import HEMISPHERES, Subject
+from .targets import Target
 
 __all__ = ["BY", "AXES", "K_RANGE", "Part", "Split", "split_region", "kmeans", "voxel_coordinates",
-           "weight_profiles", "response_profiles", "folder_images", "part_objective", "PART_KINDS", "report",
+           "weight_profiles", "response_profiles", "folder_images", "part_target", "part_objective", "PART_KINDS", "report",
            "profile_similarity", "cross_prediction", "CrossPrediction"]
 
 BY = ("weights", "responses", "anatomy")
@@ -291,18 +292,27 @@ def _sq_dist(x, centres) -> np.ndarray:
 PART_KINDS = ("maximize", "minimize", "contrast")
 
 
+def part_target(part: Part, kind: str = "maximize") -> Target:
+    """``part`` as a request: ``Target.voxel_set(part.voxels, name=part.name, kind=kind)`` (maximize/minimize),
+    what records, History and sweeps store. A contrast against the rest of the region is not a ``Target``
+    (its B is a voxel set, not an ROI): ``part_objective`` builds it, from this target's voxels."""
+    if kind not in ("maximize", "minimize"):
+        raise ValueError(f"`kind` must be 'maximize' or 'minimize' for a sub-region target, got {kind!r}.")
+    return Target.voxel_set(part.voxels, name=part.name, kind=kind)
+
+
 def part_objective(part: Part, kind: str = "maximize", rest: np.ndarray | None = None) -> Objective:
     """What the pipeline ascends for ``part``: its mean up or down, or (``"contrast"``) its mean minus the mean of
-    ``rest`` (the region's other parts). The one place a part becomes an objective; ``braindive.targets``'
-    ``Target.voxel_set(part.voxels, name=part.name, kind=kind)`` describes the same maximise/minimise request."""
+    ``rest`` (the region's other parts). The one place a part becomes an objective, from ``part_target``'s voxels."""
     if kind not in PART_KINDS:
         raise ValueError(f"`kind` must be one of {list(PART_KINDS)} for a sub-region, got {kind!r}.")
+    target = part_target(part, "maximize" if kind == "contrast" else kind)
+    voxels = np.asarray(target.voxels, dtype=np.int64)
     if kind == "contrast":
         if rest is None:
             raise ValueError("A sub-region contrast needs `rest`, the voxels of the region's other parts.")
-        return Objective.contrast(part.voxels, rest, 1.0, label=f"{part.name} − rest")
-    make = Objective.maximize if kind == "maximize" else Objective.minimize
-    return make(part.voxels, label=f"{kind[:3]} {part.name}")
+        return Objective.contrast(voxels, rest, 1.0, label=f"{part.name} − rest")
+    return getattr(Objective, kind)(voxels, label=target.label)
 
 
 def profile_similarity(features: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

@@ -4,7 +4,7 @@ A tiny decoder is a diffusers ``AutoencoderTiny`` (TAESD's layout) that decodes 
 latents into [-1, 1] images at a fraction of the VAE decoder's work. ``guidance_mode="fast"`` uses one
 for the brain gradient only; the final image is always decoded by the full VAE. TAESD
 (``madebyollin/taesd``, MIT) serves SD 1.x/2.x; ``python -m training.distill_decoder`` fits one for any
-other VAE (the demo's is ``assets/demo-taesd``). A decoder folder may carry ``distill.json``, which
+other VAE (the demo's is ``braindive/assets/demo-taesd``). A decoder folder may carry ``distill.json``, which
 records the VAE it was fit for (latent channels, scaling factor) so a mismatch is caught on load.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 # Published TAESD weights by the latent scaling factor of the VAE they reproduce (the SD 1.x/2.x VAE: 0.18215).
 TAESD_FOR_SCALING_FACTOR = {0.18215: "madebyollin/taesd"}
 DISTILL_FILE = "distill.json"
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "guidance_demo.json"
+# Written by ``python -m benchmarks.guidance --config demo``; package data, so an installed braindive reads it too
+RESULTS = Path(__file__).resolve().parent / "assets" / "measured" / "guidance_demo.json"
 
 
 _OWN_KEY_WARNING = re.compile(r"The config attributes \{'block_out_channels': \[[\d, ]*\]\} were passed to AutoencoderTiny,")

@@ -26,10 +26,12 @@ def s1():
 
 @pytest.fixture(scope="session")
 def local_ray():
-    """One local Ray instance (2 CPUs, no dashboard) for the whole test session, shut down at its end."""
+    """One local Ray instance (2 CPUs, no dashboard) for the whole test session, shut down at its end; its workers
+    get ``braindive`` and ``training`` through ``runtime_env`` (``braindive.batch.cluster``)."""
     ray = pytest.importorskip("ray")
-    from braindive.batch.runner import connect
+    import training
+    from braindive.batch.cluster import connect
 
-    connect(num_cpus=2)
+    connect(num_cpus=2, modules=(bd, training))
     yield ray
     ray.shutdown()

@@ -17,7 +17,6 @@ from ui import build_app, explore, selection
 from ui.registry import ModelRegistry
 from ui.service import GenerationRequest, ImageResult, Service
 from ui.settings import Settings
-from ui.train import overall_percent
 from service_support import demo_service
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,21 +121,11 @@ def test_selection_text_counts_voxels_per_hemisphere(service, s1):
     assert f"FFA.lh — {len(s1.roi('FFA.lh'))} voxels ({len(s1.roi('FFA.lh'))} left, 0 right)" in text
 
 
-def test_progress_only_moves_forward():
-    # (command index, its own percentage) as the job reports them: two bars in step 1, one in step 2
-    reports = [(1, 0), (1, 100), (1, 50), (1, 100), (2, 0), (2, 40), (3, 100)]
-    shown, seen = 0, []
-    for step, percent in reports:
-        shown = max(shown, overall_percent(step, 3, percent))
-        seen.append(shown)
-    assert seen == sorted(seen) and seen[-1] == 100 and overall_percent(2, 3, 0) == 33
-
-
 def test_a_subject_without_a_map_still_lists_rois_and_generates(service, s1, tmp_path, monkeypatch):
     """Issue 10 item 5: the app starts, lists the ROIs, notes why there is no map, and generates."""
     subject_file = dataclasses.replace(s1, name="nomap", surface="no-such-surface").save(tmp_path / "nomap.npz")
     folder = tmp_path / "app" / "encoders" / "nomap-encoder"
-    shutil.copytree(REPO / "assets" / "demo-encoder", folder)
+    shutil.copytree(REPO / "braindive" / "assets" / "demo-encoder", folder)
     shutil.copy(subject_file, folder / "subject.npz")
     config = json.loads((folder / "config.json").read_text())
     config["subject"] = "nomap"

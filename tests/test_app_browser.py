@@ -223,7 +223,7 @@ def test_a_reloaded_page_lists_encoders_trained_since_start(page, server):
     """An encoder that appeared after the app started (trained in another tab, or copied in) is listed after a reload."""
     import shutil
 
-    shutil.copytree(REPO_ROOT / "assets" / "demo-encoder", server[1] / "encoders" / "copied-enc")
+    shutil.copytree(REPO_ROOT / "braindive" / "assets" / "demo-encoder", server[1] / "encoders" / "copied-enc")
     page.reload(wait_until="load")
     page.wait_for_selector("#flatmap img", timeout=60_000)
     page.locator("#encoder input").click()
@@ -234,10 +234,9 @@ def test_a_reloaded_page_lists_encoders_trained_since_start(page, server):
 
 def test_volume_subject_click_ffa_and_generate(page, server):
     """Issue 10: the volume subject S1-fullhead (grid voxels drawn through pycortex's fullhead transform) with an
-    encoder of its own voxel space: listed by its label, FFA clicked on its flatmap, a guided image generated."""
-    demo = bd.demo.load()
+    encoder of its own voxel space (built in: issue 22): listed by its label, FFA clicked on its flatmap, a guided
+    image generated."""
     volume = bd.load_subject("S1-fullhead")
-    bd.demo.resampled_encoder(demo.encoder, demo.subject, volume).save(server[1] / "encoders" / "demo-fullhead")
     page.reload(wait_until="load")
     page.wait_for_selector("#flatmap img", timeout=60_000)
     page.locator("#subject input").click()

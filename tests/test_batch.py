@@ -24,6 +24,7 @@ path = "demo"
 
 [targets]
 rois = ["FFA", "PPA"]
+minimize = ["EBA"]
 
 [settings]
 steps = 4
@@ -75,12 +76,16 @@ def first_run(pool, sweep_file, tmp_path_factory):
 def test_sweep_makes_exactly_one_entry_per_target_and_seed(first_run):
     sweep, root, report = first_run
     ids = catalog_ids(root)
-    assert len(ids) == 12 and len(set(ids)) == 12 and report.added == 12 and report.workers == 2
+    assert len(ids) == 18 and len(set(ids)) == 18 and report.added == 18 and report.workers == 2
     expected = {i for job in sweep.jobs for i in sweep.image_ids(job)}
     assert set(ids) == expected
     cat = Catalog(root)
-    pairs = sorted((e.target, e.seed) for e in cat.query(limit=100))
-    assert pairs == sorted((t, s) for t in ("FFA", "PPA") for s in range(6))
+    pairs = sorted((e.label, e.seed) for e in cat.query(limit=100))
+    assert pairs == sorted((t, s) for t in ("max FFA", "max PPA", "min EBA") for s in range(6))
+    # one unguided image per seed, shared by the three targets (not three per seed)
+    assert len(list((root / "unguided").glob("*.png"))) == 6
+    keys = {cat.record(e.id)["baseline_key"] for e in cat.query(limit=100) if e.seed == 2}
+    assert len(keys) == 1
     entry = cat.query(target="FFA", limit=1)[0]
     record = cat.record(entry.id)
     assert entry.run_id == sweep.run_id and record["parameters"]["num_inference_steps"] == 4
@@ -88,21 +93,32 @@ def test_sweep_makes_exactly_one_entry_per_target_and_seed(first_run):
     acts = cat.activations(entry.id)
     assert acts.shape == (37926,)
     assert np.isclose(record["predicted_objective"], acts[record["objective"]["positive"]].mean(), atol=1e-5)
-    assert "baseline_objective" in record
+    # the unguided image's map gives the recorded baseline measure, and the chart's unguided bars
+    unguided = np.load(cat.unguided_paths(entry.id)[1])
+    assert np.isclose(record["baseline_measure"], unguided[record["objective"]["positive"]].mean(), atol=1e-5)
+    assert np.isclose(record["baseline_roi_means"]["FFA"], record["baseline_measure"], atol=1e-5)
+    minimised = cat.record(cat.query(label="min EBA", limit=1)[0].id)
+    assert minimised["target_spec"]["region_a"] == "EBA" and minimised["label"] == "min EBA"
+    assert np.isclose(minimised["predicted_objective"], minimised["roi_means"]["EBA"], atol=1e-5)  # EBA's mean, signed
 
 
 def test_summary_compares_with_unguided_and_reranks(first_run):
     sweep, root, report = first_run
     summary = json.loads((root / "runs" / sweep.run_id / "summary.json").read_text())
     cat = Catalog(root)
+    assert set(summary["jobs"]) == {"demo/max FFA", "demo/max PPA", "demo/min EBA"}
     for label, job in summary["jobs"].items():
+        minimise = label.endswith("min EBA")
         values = sorted((cat.get(i).objective for i in (e for j in sweep.jobs if j.label == label
-                                                         for e in sweep.image_ids(j))), reverse=True)
+                                                         for e in sweep.image_ids(j))), reverse=not minimise)
         assert job["objective"]["n"] == 6 and np.isclose(job["objective"]["mean"], np.mean(values))
-        assert [cat.get(i).objective for i in job["kept"]] == values[:3]  # keep = 0.5
-        assert job["objective"]["mean"] > job["unguided"]["mean"]  # guidance raises the target
+        assert [cat.get(i).objective for i in job["kept"]] == values[:3]  # keep = 0.5: the best in the asked direction
+        if minimise:  # guidance lowers EBA's mean below the unguided images' (same seeds)
+            assert job["objective"]["mean"] < job["unguided"]["mean"]
+        else:
+            assert job["objective"]["mean"] > job["unguided"]["mean"]
     with Image.open(root / "runs" / sweep.run_id / "contact_sheet.png") as sheet:
-        assert sheet.size[1] == 2 * 96
+        assert sheet.size[1] == 3 * 96
 
 
 def test_rerun_adds_nothing_and_starts_no_worker(first_run):
@@ -110,17 +126,19 @@ def test_rerun_adds_nothing_and_starts_no_worker(first_run):
 
     sweep, root, _ = first_run
     report = run_sweep(sweep, catalog_dir=root, log=lambda m: None)
-    assert report.added == 0 and report.existing == 12 and report.workers == 0
-    assert len(catalog_ids(root)) == 12
+    assert report.added == 0 and report.existing == 18 and report.workers == 0
+    assert len(catalog_ids(root)) == 18
 
 
 def test_batch_image_equals_generate(first_run, tmp_path):
     sweep, root, _ = first_run
-    entry = [e for e in Catalog(root).query(target="PPA", limit=100) if e.seed == 4][0]
-    assert main(["generate", "--roi", "PPA", "--n", "1", "--seed", "4", "--steps", "4", "--height", "64",
+    entry = [e for e in Catalog(root).query(label="min EBA", limit=100) if e.seed == 4][0]
+    assert main(["generate", "--roi", "EBA", "--minimize", "--n", "1", "--seed", "4", "--steps", "4", "--height", "64",
                  "--width", "64", "--out", str(tmp_path)]) == 0
-    single = np.asarray(Image.open(tmp_path / "S1_PPA_seed000004.png"), dtype=int)
-    batched = np.asarray(Image.open(entry.image_path), dtype=int)
+    (single_entry,) = Catalog(tmp_path).query()
+    assert single_entry.id == entry.id  # one request, one image id, whichever door made it
+    single = np.asarray(Image.open(single_entry.image_path), dtype=int)
+    batched = np.asarray(Image.open(entry.image_path), dtype=int)  # made in a unit of 3 seeds
     assert np.abs(single - batched).max() <= 1
 
 
@@ -151,7 +169,7 @@ def test_full_disk_then_killed_worker_and_oom_still_end_exactly_once(first_run, 
 
     report = run_sweep(sweep, catalog_dir=tmp_path, pool=pool, on_unit=ctrl_c, log=lambda m: None)
     saved = len(catalog_ids(tmp_path))
-    assert report.stopped == "Ctrl-C" and 4 < saved < 12 and report.added == saved - 4
+    assert report.stopped == "Ctrl-C" and 4 < saved < 18 and report.added == saved - 4
 
     before, killed = set(catalog_ids(tmp_path)), []
 
@@ -163,8 +181,8 @@ def test_full_disk_then_killed_worker_and_oom_still_end_exactly_once(first_run, 
     report = run_sweep(sweep, catalog_dir=tmp_path, pool=pool, faults=Faults(oom_above_batch=1), on_unit=kill_once,
                        log=lambda m: None)
     ids = catalog_ids(tmp_path)
-    assert killed and not report.failed and report.existing == saved and report.added == 12 - saved
-    assert len(ids) == 12 and set(ids) == set(catalog_ids(clean_root))
+    assert killed and not report.failed and report.existing == saved and report.added == 18 - saved
+    assert len(ids) == 18 and set(ids) == set(catalog_ids(clean_root))
     resumed, clean = Catalog(tmp_path), Catalog(clean_root)
     for entry_id in ids:
         mine = np.asarray(Image.open(resumed.get(entry_id).image_path), dtype=int)
@@ -188,13 +206,14 @@ def test_catalog_add_is_exactly_once_per_entry_id(tmp_path):
 # ---------------------------------------------------------------- validation, before anything runs
 
 @pytest.mark.parametrize("change, line, words", [
-    (("steps = 4", "steps = 0"), 13, "`settings.steps` must be an integer in [1, 1000], got 0"),
+    (("steps = 4", "steps = 0"), 14, "`Steps` must be a whole number from 1 to 200, got 0."),
     (("rois = [\"FFA\", \"PPA\"]", "rois = [\"FFA\",\n  \"XYZ\"]"), 11, "unknown ROI 'XYZ'"),
-    (("width = 64", "width = 64\nwidht = 64"), 16, "unknown key 'widht' in [settings]"),
-    (("keep = 0.5", "keep = 1.5"), 22, "`rerank.keep` must be a number"),
+    (("width = 64", "width = 64\nwidht = 64"), 17, "unknown key 'widht' in [settings]"),
+    (("keep = 0.5", "keep = 1.5"), 23, "`Keep fraction` must be a number from 0.001 to 1, got 1.5."),
     (("seeds = { start = 0, count = 6 }", "seeds = { start = 0, count = 0 }"), 3, "`seeds.count`"),
-    (("[execution]", "[execution]\nbatch = 2"), 18, "unknown key 'batch'"),
-    (("height = 64", "height = 60"), 14, "multiple of 8"),
+    (("seeds = { start = 0, count = 6 }", "seeds = [0, 2.5]"), 3, "`Seed` must be a whole number from 0 to 2147483647, got 2.5."),
+    (("[execution]", "[execution]\nbatch = 2"), 19, "unknown key 'batch'"),
+    (("height = 64", "height = 60"), 15, "multiple of 8"),
 ])
 def test_bad_sweep_is_rejected_naming_the_line(change, line, words):
     with pytest.raises(SweepError) as err:
@@ -214,11 +233,14 @@ def test_encoder_of_another_voxel_space_is_rejected(tmp_path):
 
 def test_cli_check_and_bad_file(tmp_path, capsys, sweep_file):
     assert main(["batch", str(sweep_file), "--check"]) == 0
-    assert "2 jobs x 6 seeds = 12 images" in capsys.readouterr().out
+    assert "3 jobs x 6 seeds = 18 images" in capsys.readouterr().out
+    negative = tmp_path / "negative.toml"  # minimising by a negative scale is allowed, as in the app
+    negative.write_text(SWEEP.replace("steps = 4", "steps = 4\nscale = -20"))
+    assert main(["batch", str(negative), "--check"]) == 0
     bad = tmp_path / "bad.toml"
-    bad.write_text(SWEEP.replace("steps = 4", "steps = 4\nscale = -1"))
+    bad.write_text(SWEEP.replace("steps = 4", "steps = 4\nscale = -2000"))
     assert main(["batch", str(bad)]) == 2
-    assert "bad.toml:14: `settings.scale` must be a number in [0, 1000], got -1" in capsys.readouterr().err
+    assert "bad.toml:15: `Brain guidance scale` must be a number from -1000 to 1000, got -2000." in capsys.readouterr().err
 
 
 def test_evaluation_stage_is_pluggable_and_skipped_with_a_message(tmp_path, monkeypatch):
@@ -239,14 +261,15 @@ def test_evaluation_stage_is_pluggable_and_skipped_with_a_message(tmp_path, monk
     monkeypatch.setattr(summary, "EVALUATION_HOOK", ("fake_evaluation", "evaluate_batch"))
     summary.write_summary(sweep, Catalog(tmp_path), log=messages.append)
     written = json.loads((tmp_path / "runs" / sweep.run_id / "summary.json").read_text())
-    assert written["evaluation"] == {"demo/FFA": {"classes": 5, "n": 0}, "demo/PPA": {"classes": 5, "n": 0}}
+    assert written["evaluation"] == {"demo/max FFA": {"classes": 5, "n": 0}, "demo/max PPA": {"classes": 5, "n": 0},
+                                     "demo/min EBA": {"classes": 5, "n": 0}}
 
 
 def test_settings_lists_multiply_jobs_with_distinct_labels_and_ids():
     sweep = parse_sweep(SWEEP.replace("steps = 4", 'steps = [4, 6]\nprompt = ["", "a face"]'))
-    assert len(sweep.jobs) == 8 and sweep.n_images == 48
-    assert len({j.label for j in sweep.jobs}) == 8 and "demo/FFA [steps=6,prompt='a face']" in {j.label for j in sweep.jobs}
+    assert len(sweep.jobs) == 12 and sweep.n_images == 72
+    assert len({j.label for j in sweep.jobs}) == 12 and "demo/max FFA [steps=6,prompt='a face']" in {j.label for j in sweep.jobs}
     ids = [i for job in sweep.jobs for i in sweep.image_ids(job)]
-    assert len(set(ids)) == 48
+    assert len(set(ids)) == 72
     again = parse_sweep(SWEEP.replace("steps = 4", 'steps = [4, 6]\nprompt = ["", "a face"]'))
     assert [i for job in again.jobs for i in again.image_ids(job)] == ids  # the same on every parse

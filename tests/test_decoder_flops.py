@@ -16,7 +16,7 @@ STEPS = 5  # dense_start=0.2 of 5 steps: step 0, then every 4th (1): 2 guided st
 def demo():
     bundle = bd.demo.load()
     if bundle.pipe.tiny_decoder is None:
-        pytest.skip("assets/demo-taesd is not built")
+        pytest.skip("braindive/assets/demo-taesd is not built")
     return bundle
 
 

@@ -11,7 +11,7 @@ from training.train_encoder import train_encoder
 
 from training_support import one_torch_thread  # noqa: F401
 
-pytestmark = pytest.mark.skipif(not (ASSET_ENCODER / "config.json").is_file(), reason="no assets/demo-encoder")
+pytestmark = pytest.mark.skipif(not (ASSET_ENCODER / "config.json").is_file(), reason="no demo encoder (package data)")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The demo's trained diffusion model (assets/demo-sd) and the tool that trains it."""
+"""The demo's trained diffusion model (braindive/assets/demo-sd) and the tool that trains it."""
 import numpy as np
 import pytest
 import torch

@@ -28,8 +28,8 @@ def test_evaluate_selected_entries_stores_the_evaluation(service, tmp_path):
     ids = [e.id for e in service.catalog.query()]
     rows, columns, plot, evaluation = evaluate_selection(service, ids, tiny_config(tmp_path))
     table = {row[columns.index("target")]: dict(zip(columns, row)) for row in rows}
-    assert table["FFA"]["BrainDiVE accuracy %"] == pytest.approx(66.7) and table["FFA"]["BrainDiVE n"] == 3
-    assert table["PPA"]["BrainDiVE accuracy %"] == 100.0
+    assert table["max FFA"]["BrainDiVE accuracy %"] == pytest.approx(66.7) and table["max FFA"]["BrainDiVE n"] == 3
+    assert table["max PPA"]["BrainDiVE accuracy %"] == 100.0
     stored = json.loads((service.catalog.root / "evaluations" / f"{evaluation.id}.json").read_text())
     assert stored["settings"]["zero_shot"]["weights"].endswith("tiny-clip.safetensors")
     assert sorted(stored["results"][0]["ids"]) == sorted(e.id for e in service.catalog.query(target="FFA"))

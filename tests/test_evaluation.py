@@ -68,10 +68,12 @@ def test_accuracy_at_the_edges():
 def test_roi_table_variants_and_bad_names(tmp_path):
     table = load_roi_table()
     assert [category_of(r, table) for r in ("FFA", "FFA-1", "OFA.rh", "VWFA-2.lh", "mTL-bodies", "RSC", "food",
-                                            "FBA-2", "PPA-vs-FFA", "owfa")] == \
-        ["faces", "faces", "faces", "words", "bodies", "places", "food", "bodies", "places", "words"]
+                                            "FBA-2", "owfa")] == \
+        ["faces", "faces", "faces", "words", "bodies", "places", "food", "bodies", "words"]
     with pytest.raises(ValueError, match="ROI 'V1' has no category"):
         category_of("V1", table)
+    with pytest.raises(ValueError, match="has no category"):  # a contrast's label is no ROI: its Target has none
+        category_of("PPA-vs-FFA", table)
     bad = tmp_path / "table.json"
     bad.write_text(json.dumps({"FFA": "faces", "LO": "objects"}))
     with pytest.raises(ValueError, match="category of 'LO' must be one of"):
@@ -136,11 +138,11 @@ def test_cli_evaluate_against_nsd_and_encoder_ranked_natural_images(tmp_path, cl
                  "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     with open(out / "comparison.csv", newline="") as fh:
-        rows = {r["target"]: r for r in csv.DictReader(fh)}
-    assert rows["FFA"]["BrainDiVE accuracy %"] == "75.0" and rows["FFA"]["BrainDiVE n"] == "4"
-    assert rows["PPA"]["BrainDiVE accuracy %"] == "50.0"
-    assert rows["FFA"]["NSD top-2 (measured) accuracy %"] == "100.0"
-    assert rows["PPA"]["NSD top-2 (measured) accuracy %"] == "100.0"
+        rows = {r["target"]: r for r in csv.DictReader(fh)}  # targets as labelled everywhere
+    assert rows["max FFA"]["BrainDiVE accuracy %"] == "75.0" and rows["max FFA"]["BrainDiVE n"] == "4"
+    assert rows["max PPA"]["BrainDiVE accuracy %"] == "50.0"
+    assert rows["max FFA"]["NSD top-2 (measured) accuracy %"] == "100.0"
+    assert rows["max PPA"]["NSD top-2 (measured) accuracy %"] == "100.0"
     # the encoder's top-2 natural images, scored here one by one
     for target, voxels in (("FFA", np.arange(0, 8)), ("PPA", np.arange(8, 16))):
         with torch.no_grad():
@@ -148,7 +150,7 @@ def test_cli_evaluate_against_nsd_and_encoder_ranked_natural_images(tmp_path, cl
                       for k, (name, c) in enumerate(COLOURS.items())}
         top = sorted(scores, key=lambda n: -scores[n])[:2]
         expected = 100.0 * sum(category_of(target) == name for name in top) / 2
-        assert float(rows[target]["top-2 by encoder (natural) accuracy %"]) == expected
+        assert float(rows[f"max {target}"]["top-2 by encoder (natural) accuracy %"]) == expected
     with open(out / "per_image.csv", newline="") as fh:
         per_image = list(csv.DictReader(fh))
     assert len(per_image) == 4 + 2 + 2 * 2 + 2 * 2
@@ -159,8 +161,9 @@ def test_cli_evaluate_against_nsd_and_encoder_ranked_natural_images(tmp_path, cl
 def test_selection_errors(tmp_path, classifier):
     a = _result_folder(tmp_path / "a", "S1", "FFA", [1, 2], [COLOURS["faces"]])
     b = _result_folder(tmp_path / "b", "subj02", "FFA", [1, 2], [COLOURS["faces"]])
-    with pytest.raises(ValueError, match=r"mixes subjects \['S1', 'subj02'\]"):
+    with pytest.raises(ValueError, match=r"mixes subjects \(S1: .*; subj02: .*\)") as mixed:
         generated_sets([a, b])
+    assert all(png.name in str(mixed.value) for png in [*a.glob("*.png"), *b.glob("*.png")])  # every image named
     with pytest.raises(ValueError, match="No generated images"):
         generated_sets([])
     next(a.glob("*.json")).unlink()
@@ -180,7 +183,7 @@ def test_catalog_ids_and_stored_evaluation(tmp_path, classifier):
               "objective": bd.Objective.maximize([3, 4]).describe(), "parameters": {}}
     ids = [catalog.add(swatch(c), {**record, "seed": k}).id for k, c in enumerate([COLOURS["bodies"], COLOURS["food"]])]
     sets = generated_sets(ids, catalog)
-    assert [s.target for s in sets] == ["EBA"] and sets[0].ids == ids
+    assert [s.target for s in sets] == ["max EBA"] and sets[0].ids == ids and sets[0].category_roi == "EBA"
     result = evaluate(sets, classifier)
     path = store(result, catalog.root)
     assert path == tmp_path / "catalog" / "evaluations" / f"{result.id}.json"
@@ -209,16 +212,45 @@ def test_batch_evaluation_stage_classifies_each_job(tmp_path, clip_config):
 
     catalog = Catalog(tmp_path / "catalog")
     record = {"created": "2026-01-01T00:00:00+00:00", "subject": "S1", "seed": 0, "parameters": {}}
-    jobs = {"demo/FFA": ("FFA", ["faces", "faces", "places"]), "demo/PPA": ("PPA", ["places", "food"])}
+    jobs = {"demo/max FFA": ("FFA", "maximize", ["faces", "faces", "places"]),
+            "demo/max PPA": ("PPA", "maximize", ["places", "food"]),
+            "demo/min PPA": ("PPA", "minimize", ["places", "places"])}  # no category: left out, never scored as places
     groups = {label: [{"id": catalog.add(swatch(COLOURS[c]), {**record, "target": roi, "seed": k,
-                                                              "objective": bd.Objective.maximize([1]).describe()}).id}
+                                                              "objective": getattr(bd.Objective, kind)([1]).describe()}).id}
                       for k, c in enumerate(colours)]
-              for label, (roi, colours) in jobs.items()}
+              for label, (roi, kind, colours) in jobs.items()}
     out = evaluate_batch(catalog, groups, **clip_config.to_dict())
     rows = {row["target"]: row for row in out["table"]}
-    assert rows["FFA"]["demo/FFA accuracy %"] == round(100 * 2 / 3, 1) and rows["FFA"]["demo/FFA n"] == 3
-    assert rows["PPA"]["demo/PPA accuracy %"] == 50.0 and rows["PPA"]["demo/PPA n"] == 2
+    assert set(rows) == {"max FFA", "max PPA"}
+    assert rows["max FFA"]["demo/max FFA accuracy %"] == round(100 * 2 / 3, 1) and rows["max FFA"]["demo/max FFA n"] == 3
+    assert rows["max PPA"]["demo/max PPA accuracy %"] == 50.0 and rows["max PPA"]["demo/max PPA n"] == 2
     assert [e["id"] for e in stored(catalog.root)] == [out["id"]]
     assert (catalog.root / "evaluations" / out["id"] / "comparison.csv").is_file()
     with pytest.raises(ValueError, match="unknown"):
         evaluate_batch(catalog, groups, classes=5)
+
+
+@pytest.mark.parametrize("n", [5, 10, 13, 17])  # sizes whose Wilson bounds round past 0 or 1
+def test_sets_at_zero_and_full_accuracy_evaluate_end_to_end(tmp_path, clip_config, capsys, n):
+    from braindive.catalog import Catalog
+
+    low, high = accuracy([False] * n), accuracy([True] * n)
+    assert (low.low, high.high) == (0.0, 1.0)
+    assert low.high == pytest.approx(binomtest(0, n).proportion_ci(method="wilson").high, abs=1e-12)
+    catalog = Catalog(tmp_path / "catalog")
+    record = {"created": "2026-01-01T00:00:00+00:00", "subject": "S1", "seed": 0, "parameters": {}}
+    ids = [catalog.add(swatch(COLOURS["faces"]), {**record, "target": "FFA", "seed": k,  # faces for FFA: n of n
+                                                  "objective": bd.Objective.maximize([1]).describe()}).id
+           for k in range(n)]
+    ids += [catalog.add(swatch(COLOURS["food"]), {**record, "target": "PPA", "seed": k,  # food for PPA: 0 of n
+                                                  "objective": bd.Objective.maximize([2]).describe()}).id
+            for k in range(n)]
+    settings = tmp_path / "zeroshot.json"
+    settings.write_text(json.dumps(clip_config.to_dict()))
+    out = tmp_path / "report"
+    code = main(["evaluate", *ids, "--catalog", str(catalog.root), "--zeroshot-config", str(settings), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    with open(out / "comparison.csv", newline="") as fh:
+        rows = {r["target"]: r for r in csv.DictReader(fh)}
+    assert (rows["FFA"]["BrainDiVE accuracy %"], rows["PPA"]["BrainDiVE accuracy %"]) == ("100.0", "0.0")
+    assert (out / "evaluation.png").stat().st_size > 10_000 and len(stored(catalog.root)) == 1

@@ -51,7 +51,7 @@ def test_minimise_is_listed_as_min_ffa_and_exported_with_its_objective_columns(s
     app, parts = tab(service)
     load = parts["refresh"][0]
     gallery, rows, status, *_ , targets, _enc = load("", "min FFA", "", "", "", 0, [])
-    assert [r[0] for r in rows] == ["min FFA"] and gallery[0][1] == "min FFA · seed 5"
+    assert [r[0] for r in rows] == ["min FFA"] and gallery[0][1].startswith("min FFA · seed 5 · S1 · demo · exact · ")
     assert "min FFA" in targets["choices"] and "max FFA" in targets["choices"]
     assert [r[-1] for r in load("", "max FFA", "", "", "", 0, [])[1]] == [runs["maximize"].entry.id]
     # the stored value is FFA's predicted mean itself (negative direction), checked against the saved activations
@@ -77,7 +77,8 @@ def test_open_shows_parameters_map_chart_and_files_and_run_again_reproduces(serv
     assert current == entry_id and image.endswith(f"{entry_id}.png")
     assert "### min FFA · seed 5" in params and "| Objective | minimise |" in params and "unguided, same seed" in params
     assert activation_map.ndim == 3 and chart is not None
-    assert sorted(p.rsplit(".", 1)[1] for p in files) == ["json", "npy", "png"]
+    assert sorted(p.rsplit(".", 1)[1] for p in files) == ["json", "npy", "npy", "png", "png"]  # + unguided image, map
+    assert {str(p) for p in service.catalog.unguided_paths(entry_id)} <= set(files)
     values = handler(app, "run_again_settings")(current)
     assert values["objective"] == "minimize" and values["target"] == "FFA" and values["seed"] == 5
     again = [i for i in service.generate(GenerationRequest(**values)) if isinstance(i, ImageResult)][0]
@@ -101,8 +102,9 @@ def test_thumbnails_pick_the_export_selection(service, runs):
 
 def test_bad_dates_are_clear_errors(service):
     _, parts = tab(service)
-    with pytest.raises(gr.Error, match=r"`since` must be a date YYYY-MM-DD .*'2026-02-30'"):
-        parts["refresh"][0]("", "", "2026-02-30", "", "", 0, [])
+    with pytest.warns(UserWarning, match=r"'From' must be a date YYYY-MM-DD .*'2026-02-30'"):
+        out = parts["refresh"][0]("", "", "2026-02-30", "", "", 0, [])
+    assert "'From' must be a date" in out[2]
 
 
 def test_pages_bad_rows_and_missing_images(tmp_path):

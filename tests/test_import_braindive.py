@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -17,6 +21,7 @@ import braindive as bd
 from braindive.encoders import build_clip_tower
 from training import import_braindive as ib
 
+REPO = Path(__file__).resolve().parents[1]
 SHAPE = (9, 11, 8)
 SUBJECT = 1
 TINY_CLIP = {  # an OpenCLIP ViT-B/16-layout tower, tiny: 2 layers of width 64, 512-d output like the release's
@@ -301,3 +306,53 @@ def test_unreadable_timm_weights_are_named(release, tmp_path):
     with pytest.raises(ValueError, match=f"--timm-weights {bad} does not fit OpenCLIP {TINY_NAME}: Missing key"):
         _convert(release, tmp_path / "enc", timm_weights=bad)
     assert not (tmp_path / "enc").exists()
+
+
+def _copy_release(release, tmp_path) -> Path:
+    """A copy of the release's NSD folder and masks, to damage."""
+    shutil.copytree(release.root / "nsddata", tmp_path / "nsddata")
+    for name in ("food_S1.npy", "best_HCP.npy"):
+        shutil.copy(release.root / name, tmp_path / name)
+    return tmp_path / "nsddata" / "ppdata" / "subj01" / "func1pt8mm" / "roi"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+@pytest.mark.parametrize("name", ["prf-visualrois.nii.gz", "floc-faces.nii.gz", "nsdgeneral.nii.gz"])
+def test_a_damaged_roi_volume_is_one_line_naming_the_file(release, tmp_path, name, damage):
+    roi_dir = _copy_release(release, tmp_path)
+    path = roi_dir / name
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else data[:40] + bytes(255 - b for b in data[40:]))
+    with pytest.raises(SystemExit) as exc:
+        ib.main(["--checkpoint", str(release.ckpt), "--subject", "subj01", "--nsd-root", str(tmp_path),
+                 "--food-mask", str(tmp_path / "food_S1.npy"), "--hcp-ranking", str(tmp_path / "best_HCP.npy"),
+                 "--out", str(tmp_path / "enc")])
+    text = str(exc.value)
+    assert text.startswith("error: ") and "\n" not in text and str(path) in text, text
+    assert not (tmp_path / "enc").exists()
+
+
+@pytest.mark.parametrize("flag,attr", [("food_mask", "food"), ("hcp_ranking", "hcp"), ("union_mask", None)])
+@pytest.mark.parametrize("damage", ["truncated", "pickled"])
+def test_a_damaged_mask_file_names_the_file(release, tmp_path, flag, attr, damage):
+    bad = tmp_path / f"{flag}.npy"
+    source = np.load(getattr(release, attr)) if attr else release.functional
+    if damage == "truncated":
+        np.save(bad, source)
+        bad.write_bytes(bad.read_bytes()[:100])
+    else:
+        np.save(bad, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError) as exc:
+        ib.release_voxels(release.roi_dir, **{flag: bad})
+    assert str(bad) in str(exc.value) and "--" + flag.replace("_", "-") in str(exc.value), str(exc.value)
+
+
+def test_the_summary_line_is_printed_under_python_m(release, tmp_path):
+    """``python -m training.import_braindive``: its logger is ``__main__``; the summary must still be shown."""
+    args = [sys.executable, "-m", "training.import_braindive", "--checkpoint", str(release.ckpt), "--subject", "subj01",
+            "--nsd-root", str(release.root), "--food-mask", str(release.food), "--hcp-ranking", str(release.hcp),
+            "--out", str(tmp_path / "enc")]  # the default tower is built at random (OpenCLIP fetches it on use)
+    done = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"[training.import_braindive] Imported {release.ckpt.name}" in done.stderr, done.stderr[-2000:]

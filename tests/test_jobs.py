@@ -182,3 +182,30 @@ def test_only_one_of_many_simultaneous_starts_runs(launcher):
     jobs = [o for o in outcomes if isinstance(o, TrainingJob)]
     assert len(outcomes) == 8 and len(jobs) == 1 and list(launcher.jobs.values()) == jobs
     assert all("already running" in o for o in outcomes if isinstance(o, str))
+
+
+def test_refusals_name_no_server_folder_and_never_depend_on_what_exists(launcher, tmp_path):
+    """A refusal lists no allowed folder; a pretrained value is judged by its text (app.py exists, apq.py not)."""
+    messages = []
+    for pretrained in ("app.py", "apq.py", "ui/service.py", "ui/servicf.py"):
+        with pytest.raises(ServiceError) as err:
+            launcher.start("synthetic", name="x", pretrained=pretrained)
+        messages.append(str(err.value).replace(repr(pretrained), "VALUE"))
+        assert str(tmp_path) not in str(err.value) and "/" not in messages[-1]
+    assert len(set(messages)) == 1, messages
+    for tag in ("Makefile", "Makefilx", "laion2b_s34b_b88k"):  # bare tags are tags, whatever the folder holds
+        job = launcher.start("synthetic", name=f"t-{tag}", pretrained=tag)
+        assert _argv(job, "train encoder")[-3] == tag
+        job.state.status = "done"
+
+
+def test_the_app_asks_for_a_report_naming_files_relative_to_the_data_folder(launcher, tmp_path):
+    from training.eval_encoder import public_name
+
+    job = launcher.start("synthetic", name="rel")
+    argv = _argv(job, "evaluate")
+    base = argv[argv.index("--relative-to") + 1]
+    assert Path(base).resolve() == (tmp_path / "data").resolve()
+    assert public_name(argv[argv.index("--encoder") + 1], base) == "encoders/rel"
+    assert public_name(argv[argv.index("--data") + 1], base) == "jobs/data-rel/synthetic.h5"
+    assert public_name("/etc/hosts", base) == "hosts"  # outside the data folder: its name only

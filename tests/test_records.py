@@ -5,13 +5,12 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from braindive.catalog import Catalog, description_from_manifest
 from braindive.description import GenerationDescription, describe_record
-from braindive.objectives import Objective
 from braindive.records import generation_record
+from braindive.targets import Target
 
 PARAMS = {"num_inference_steps": 25, "brain_guidance_scale": 20.0, "sag_scale": 0.75, "prompt": "a photo, of a face",
           "guidance_mode": "exact", "scheduler": "ddim", "height": 128, "width": 128}
@@ -20,27 +19,38 @@ ACTIVATIONS = RNG.standard_normal(40).astype(np.float32)
 ACTIVATIONS[:10] -= 2.5  # FFA's mean is negative: minimising it reports a negative mean, never +|mean|
 A, A_LH, B = np.arange(0, 10), np.arange(0, 5), np.arange(20, 30)
 
-# (objective, target A, target B, expected label, expected measured value computed with numpy)
+# (target, target A, target B, expected label, expected measured value computed with numpy)
 CASES = {
-    "maximize": (Objective.maximize(A, label="FFA"), "FFA", None, "max FFA", ACTIVATIONS[A].mean()),
-    "maximize.lh": (Objective.maximize(A_LH, label="FFA.lh"), "FFA.lh", None, "max FFA.lh", ACTIVATIONS[A_LH].mean()),
-    "minimize": (Objective.minimize(A, label="FFA"), "FFA", None, "min FFA", ACTIVATIONS[A].mean()),
-    "contrast": (Objective.contrast(A, B, 1.0, label="FFA-vs-PPA"), "FFA", "PPA", "FFA − 1.0×PPA",
+    "maximize": (Target.maximize("FFA"), "FFA", None, "max FFA", ACTIVATIONS[A].mean()),
+    "maximize.lh": (Target.maximize("FFA.lh"), "FFA.lh", None, "max FFA.lh", ACTIVATIONS[A_LH].mean()),
+    "minimize": (Target.minimize("FFA"), "FFA", None, "min FFA", ACTIVATIONS[A].mean()),
+    "contrast": (Target.contrast("FFA", "PPA", 1.0), "FFA", "PPA", "FFA − 1.0×PPA",
                  ACTIVATIONS[A].mean() - ACTIVATIONS[B].mean()),
-    "contrast 0.25": (Objective.contrast(A, B, 0.25), "FFA", "PPA", "FFA − 0.25×PPA",
+    "contrast 0.25": (Target.contrast("FFA", "PPA", 0.25), "FFA", "PPA", "FFA − 0.25×PPA",
                       ACTIVATIONS[A].mean() - 0.25 * ACTIVATIONS[B].mean()),
 }
+
+
+class Subject:
+    """A 40-voxel space with FFA, FFA.lh and PPA."""
+
+    name, fingerprint = "S1", "surface:S1:abc123"
+
+    def roi(self, name):
+        return {"FFA": A, "FFA.lh": A_LH, "PPA": B}[name]
+
+    def check_voxels(self, voxels, argument="voxels"):
+        return np.asarray(voxels)
 
 MEASURES = {"FFA − 1.0×PPA": "FFA mean − 1.0×PPA mean", "FFA − 0.25×PPA": "FFA mean − 0.25×PPA mean",
             "max FFA.lh": "FFA.lh mean"}
 
 
 def make_record(case, seed=7):
-    objective, target, target_b, _, _ = CASES[case]
-    value = float(objective(torch.from_numpy(ACTIVATIONS)[None])[0])  # what the pipeline reports: minimise negates
-    return generation_record(seed=seed, subject="S1", target=target, target_b=target_b, objective=objective.describe(),
-                             parameters=PARAMS, objective_value=value, model="demo:tiny-sd", encoder="demo",
-                             subject_space="surface:S1:abc123")
+    target, subject = CASES[case][0], Subject()
+    return generation_record(seed=seed, subject=subject, target=target, objective=target.build(subject).describe(),
+                             parameters=PARAMS, measure=target.measure(ACTIVATIONS, subject), model="demo:tiny-sd",
+                             encoder="demo")
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +104,12 @@ def test_minimise_is_never_shown_as_a_plain_roi_run(catalog):
     assert [e.id for e in cat.query(target="FFA", kind="minimize")] == [ids["minimize"]]
 
 
-def test_old_calling_convention_names_the_contrast_region():
-    objective = Objective.contrast(A, B, 2.0, label="FFA-vs-PPA")
-    record = generation_record(seed=1, subject="S1", target="FFA-vs-PPA", objective=objective.describe(),
-                               parameters=PARAMS, objective_value=0.5, model="m", encoder="e")
-    assert (record["target"], record["description"]["target_b"], record["label"]) == ("FFA", "PPA", "FFA − 2.0×PPA")
+def test_records_before_targets_read_with_their_contrast_region_and_measure():
+    old = {"seed": 1, "subject": "S1", "target": "FFA-vs-PPA", "objective": {"kind": "contrast", "weight": 2.0},
+           "parameters": PARAMS, "predicted_objective": 0.5, "model": "m", "encoder": "e"}
+    d = describe_record(old)
+    assert (d.target, d.target_b, d.label, d.measure) == ("FFA", "PPA", "FFA − 2.0×PPA", "FFA mean − 2.0×PPA mean")
+    assert make_record("contrast")["target_spec"] == Target.contrast("FFA", "PPA").to_dict()
 
 
 @pytest.mark.parametrize("row, message", [

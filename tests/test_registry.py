@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import braindive as bd
-import ui.registry
 from braindive.demo_components import DEMO_TOWER_CONFIG, DEMO_TOWER_NAME, build_demo_tower
 from ui.registry import ModelRegistry, ServiceError
 from ui.settings import Settings
@@ -58,7 +57,7 @@ def test_listing_reads_configs_only(registry, monkeypatch):
     def no_weights(*args, **kwargs):
         raise AssertionError("listing encoders must not load weights")
 
-    monkeypatch.setattr(ui.registry, "build_clip_tower", no_weights)
+    monkeypatch.setattr(bd.encoders, "build_clip_tower", no_weights)
     monkeypatch.setattr(bd.encoders, "_load_weights", no_weights)
     monkeypatch.setattr(bd.encoders, "load_file", no_weights)
     assert registry.subject_names() == [FS, VOL]  # two spaces of one person, side by side

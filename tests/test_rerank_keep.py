@@ -1,43 +1,47 @@
 """Re-ranking in the workflow: ``generate --keep`` and the ranking API the app uses."""
 import csv
-import json
 
 import numpy as np
 import PIL.Image
 import pytest
 
 import braindive as bd
+from braindive.catalog import Catalog
 from braindive.cli import main
 from braindive.rerank import rank_scores, score_images
 
 
-def test_generate_keep_writes_exactly_the_top_fraction_by_recorded_score(tmp_path):
+@pytest.mark.parametrize("minimize", [False, True])
+def test_generate_keep_catalogs_exactly_the_best_fraction_in_the_direction_asked(tmp_path, minimize):
     code = main(["generate", "--preset", "demo", "--roi", "FFA", "--n", "5", "--keep", "0.4", "--steps", "1",
-                 "--height", "64", "--width", "64", "--seed", "3", "--out", str(tmp_path)])
+                 "--height", "64", "--width", "64", "--seed", "3", "--no-baseline", "--out", str(tmp_path),
+                 *(["--minimize"] if minimize else [])])
     assert code == 0
-    with open(tmp_path / "ranking.csv", newline="") as fh:
+    (ranking,) = tmp_path.glob("runs/*/ranking.csv")
+    with open(ranking, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert sorted(int(r["seed"]) for r in rows) == [3, 4, 5, 6, 7]
-    scores = {int(r["seed"]): float(r["score"]) for r in rows}
-    best_two = sorted(scores, key=lambda s: -scores[s])[:2]  # ceil(0.4 * 5) = 2
-    pngs = sorted(tmp_path.glob("*.png"))
-    assert sorted(int(p.stem[-6:]) for p in pngs) == sorted(best_two)
-    assert {r["file"] for r in rows if r["kept"] == "1"} == {p.name for p in pngs}
+    measures = {int(r["seed"]): float(r["measure"]) for r in rows}
+    # ceil(0.4 * 5) = 2: the highest FFA means, or the lowest after minimising FFA
+    best_two = sorted(measures, key=lambda s: measures[s] if minimize else -measures[s])[:2]
+    catalog = Catalog(tmp_path)
+    entries = catalog.query()
+    assert sorted(e.seed for e in entries) == sorted(best_two)
+    assert {r["id"] for r in rows if r["kept"] == "1"} == {e.id for e in entries}
     for rank, seed in enumerate(best_two, start=1):
-        record = json.loads((tmp_path / f"S1_FFA_seed{seed:06d}.json").read_text())
+        record = catalog.record([e.id for e in entries if e.seed == seed][0])
         assert record["rerank"]["rank"] == rank and record["rerank"]["n_candidates"] == 5
-        assert record["rerank"]["score"] == pytest.approx(scores[seed]) == record["predicted_objective"]
-    # the recorded score is the encoder's objective of the image (re-scored from the saved 8-bit PNG)
+        assert record["rerank"]["measure"] == pytest.approx(measures[seed]) == record["predicted_objective"]
+    # the recorded measure is the encoder's FFA mean of the image (re-scored from the saved 8-bit PNG)
     demo = bd.demo.load()
     objective = bd.Objective.maximize(demo.subject.roi("FFA"))
-    rescored = score_images([PIL.Image.open(p) for p in pngs], demo.encoder, objective)
-    np.testing.assert_allclose(rescored.numpy(), [scores[int(p.stem[-6:])] for p in pngs], rtol=0.02, atol=0.02)
+    rescored = score_images([PIL.Image.open(e.image_path) for e in entries], demo.encoder, objective)
+    np.testing.assert_allclose(rescored.numpy(), [measures[e.seed] for e in entries], rtol=0.02, atol=0.02)
 
 
 def test_keep_must_be_a_fraction(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["generate", "--keep", "1.5", "--out", str(tmp_path)])
-    assert "must be a fraction in (0, 1]" in capsys.readouterr().err
+    assert main(["generate", "--keep", "1.5", "--out", str(tmp_path)]) == 2
+    assert "`Keep fraction` must be a number from 0.001 to 1, got 1.5." in capsys.readouterr().err
 
 
 def test_rank_scores_ranks_every_candidate_and_keeps_top_k():

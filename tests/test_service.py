@@ -28,7 +28,7 @@ def test_stream_has_progress_then_results_then_finished(service):
     assert [i.stage for i in items if isinstance(i, Progress)][:6] == ["brain-guided"] * 3 + ["unguided comparison"] * 3
     results = [i for i in items if isinstance(i, ImageResult)]
     assert [r.seed for r in results] == [4, 5]
-    assert all(r.objective > r.baseline_objective for r in results)  # guided beats unguided, same seed
+    assert all(r.measure > r.baseline_measure for r in results)  # guided beats unguided, same seed
     stored = service.catalog.get(results[0].entry.id)
     assert stored.target == "FFA" and stored.seed == 4
     np.testing.assert_allclose(service.catalog.activations(stored.id), results[0].activations)
@@ -38,7 +38,7 @@ def test_stream_has_progress_then_results_then_finished(service):
 def test_fast_mode_is_recorded_and_still_guides(service):
     items = collect(service, mode="fast", seed=3)
     result = [i for i in items if isinstance(i, ImageResult)][0]
-    assert result.objective > result.baseline_objective
+    assert result.measure > result.baseline_measure
     assert service.catalog.record(result.entry.id)["parameters"]["guidance_mode"] == "fast"
 
 
@@ -46,30 +46,49 @@ def test_custom_voxel_set_and_contrast(service):
     subject = service.subject("S1")
     voxels = tuple(int(v) for v in service.grow("S1", int(subject.roi("PPA")[0]), 5.0))
     result = [i for i in collect(service, target=CUSTOM, voxels=voxels) if isinstance(i, ImageResult)][0]
-    assert result.target == f"custom({len(voxels)} voxels)"
+    assert result.target.label == f"max voxels ({len(voxels)})" and result.target.voxels == tuple(sorted(voxels))
     result = [i for i in collect(service, objective="contrast", contrast_target="V1") if isinstance(i, ImageResult)][0]
-    assert result.target == "FFA-vs-V1"
+    assert result.target.label == "FFA − 1.0×V1"
+    record = service.catalog.record(result.entry.id)
+    assert record["target_spec"]["region_b"] == "V1" and record["label"] == "FFA − 1.0×V1"
+
+
+def test_a_second_region_on_the_same_seed_skips_the_unguided_stage(service):
+    first = collect(service, seed=21, target="PPA")
+    second = collect(service, seed=21, target="EBA", objective="minimize")
+    assert "unguided comparison" in {i.stage for i in first if isinstance(i, Progress)}
+    assert {i.stage for i in second if isinstance(i, Progress)} == {"brain-guided"}  # no unguided steps
+    a, b = (next(i for i in items if isinstance(i, ImageResult)) for items in (first, second))
+    assert not a.baseline_reused and b.baseline_reused and a.baseline_key == b.baseline_key
+    np.testing.assert_array_equal(np.asarray(a.baseline_image), np.asarray(b.baseline_image))
+    subject = service.subject("S1")  # each target's baseline measure from the one unguided map
+    assert b.baseline_measure == pytest.approx(a.baseline_activations[subject.roi("EBA")].mean(), abs=1e-5)
+    assert b.caption == (f"seed 21 · min EBA · EBA mean {b.measure:.2f} (unguided {b.baseline_measure:.2f})")
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(steps=0), "`steps` must be a whole number from 1 to 50, got 0."),
-    (dict(steps=-5), "`steps` must be a whole number from 1 to 50, got -5."),
-    (dict(steps=100000), "`steps` must be a whole number from 1 to 50, got 100000."),
-    (dict(steps=2.5), "`steps` must be a whole number from 1 to 50, got 2.5."),
-    (dict(n_images=-3), "`n_images` must be a whole number from 1 to 4, got -3."),
-    (dict(n_images=50), "`n_images` must be a whole number from 1 to 4, got 50."),
-    (dict(n_images=1.5), "`n_images` must be a whole number from 1 to 4, got 1.5."),
-    (dict(seed="abc"), "`seed` must be a whole number from 0 to 2147483647, got 'abc'."),
-    (dict(seed=-1), "`seed` must be a whole number from 0 to 2147483647, got -1."),
-    (dict(prompt="x" * 10_000), "`prompt` must be text of at most 300 characters, got 10000 characters."),
+    (dict(steps=0), "`Steps` must be a whole number from 1 to 50, got 0."),  # this server's cap: max_steps=50
+    (dict(steps=-5), "`Steps` must be a whole number from 1 to 50, got -5."),
+    (dict(steps=100000), "`Steps` must be a whole number from 1 to 50, got 100000."),
+    (dict(steps=2.5), "`Steps` must be a whole number from 1 to 50, got 2.5."),
+    (dict(n_images=-3), "`Generate N images` must be a whole number from 1 to 4, got -3."),
+    (dict(n_images=50), "`Generate N images` must be a whole number from 1 to 4, got 50."),
+    (dict(n_images=1.5), "`Generate N images` must be a whole number from 1 to 4, got 1.5."),
+    (dict(seed="abc"), "`Seed` must be a whole number from 0 to 2147483647, got 'abc'."),
+    (dict(seed=-1), "`Seed` must be a whole number from 0 to 2147483647, got -1."),
+    (dict(seed=2.5), "`Seed` must be a whole number from 0 to 2147483647, got 2.5."),
+    (dict(prompt="x" * 10_000), "`Prompt` must be text of at most 300 characters, got 10000 characters."),
     (dict(encoder="e" * 300), "`encoder` must be an encoder name of 1 to 100 characters"),
-    (dict(scale=float("nan")), "`scale` must be a number from -1e+06 to 1e+06, got nan."),
-    (dict(weight=-1.0), "`weight` must be a number from 0 to 10, got -1.0."),
+    (dict(scale=float("nan")), "`Brain guidance scale` must be a number from -1000 to 1000, got nan."),
+    (dict(weight=-1.0), "`Weight of B` must be a number from 0 to 10, got -1.0."),
+    (dict(target=CUSTOM, voxels=(1.5, 2)), "`Custom voxels` must be a list of whole voxel indices"),
+    (dict(target=CUSTOM, voxels=(True, 2)), "`Custom voxels` must be a list of whole voxel indices"),
+    (dict(target=CUSTOM, voxels=("3",)), "`Custom voxels` must be a list of whole voxel indices"),
     (dict(scheduler="heun"), "`scheduler` must be one of"),
     (dict(objective="maximise"), "`objective` must be one of"),
     (dict(mode="turbo"), "`mode` must be one of ('exact', 'fast', 'reference'), got 'turbo'"),
     (dict(target="XYZ"), "`roi` must be one of"),
-    (dict(target=CUSTOM, voxels=()), "The custom voxel set is empty"),
+    (dict(target=CUSTOM, voxels=()), "`Custom voxels` is an empty voxel set"),
     (dict(target=CUSTOM, voxels=(1, 10**7)), "out of range"),
     (dict(objective="contrast", contrast_target=""), "`roi` must be one of"),
     (dict(objective="contrast", contrast_target="FFA"), "`contrast_target` must differ from the target 'FFA'"),
@@ -97,7 +116,7 @@ def test_corrupt_trained_encoder_is_reported_not_fatal(service):
     try:
         with pytest.raises(ServiceError, match="Could not load encoder 'broken'.*corrupt"):
             collect(service, encoder="broken")
-        assert service.subject_names() == ["S1 · pycortex:S1:visual+4mm"]  # the broken encoder is skipped
+        assert service.subject_names() == ["S1 · pycortex:S1:visual+4mm", "S1-fullhead · fullhead"]  # broken: skipped
     finally:
         (broken / "config.json").unlink()
         broken.rmdir()
@@ -141,7 +160,7 @@ def _hold_pipeline_calls(monkeypatch, pipe_type, before_guided):
     calls, original = [], pipe_type.__call__
 
     def call(pipe, *args, **kwargs):
-        seed = kwargs["generator"].initial_seed()
+        seed = kwargs["generator"][0].initial_seed()  # one generator per seed
         calls.append((pipe, seed))
         if kwargs.get("brain_guidance_scale"):
             before_guided(pipe, seed)

@@ -117,7 +117,8 @@ def test_zerogpu_bundle_is_the_project_with_zerogpu_front_matter_and_pins(tmp_pa
     readme, bundled = (REPO / "README.md").read_text(), (out / "README.md").read_text()
     assert bundled.split("\n---\n", 1)[1] == readme.split("\n---\n", 1)[1]  # the page itself is unchanged
     assert {p.relative_to(out) for p in out.rglob("*") if p.is_file()} == _project_files()
-    assert (out / "assets").is_dir() and (out / "app.py").read_bytes() == (REPO / "app.py").read_bytes()
+    assert (out / "braindive" / "assets" / "demo-sd").is_dir()  # the demo's package data
+    assert (out / "app.py").read_bytes() == (REPO / "app.py").read_bytes()
 
 
 def test_plain_bundle_keeps_readme_and_requirements(tmp_path):

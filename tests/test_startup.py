@@ -20,6 +20,7 @@ def imported_modules(*args: str) -> tuple[set, str]:
 
 
 @pytest.mark.parametrize("args", [("-m", "braindive", "--help"), ("-m", "braindive", "generate", "--help"),
+                                  ("-m", "braindive", "stimuli", "--help"),
                                   ("-c", "import braindive; braindive.__version__")])
 def test_help_and_bare_import_load_no_heavy_module(args):
     modules, stdout = imported_modules(*args)

@@ -16,18 +16,32 @@ from tiny_clip import COLOURS, swatch
 ROIS = {"FFA": "faces", "PPA": "places", "EBA": "bodies"}
 
 
-def _results(root: Path, subject="S1", rois=ROIS, n=4, size=48) -> list[Path]:
+def _results(root: Path, subject="S1", rois=ROIS, n=4, size=48, kind="maximize") -> list[Path]:
     folders = []
     for roi, category in rois.items():
-        folder = root / roi
+        folder = root / f"{kind}-{roi}"
         folder.mkdir(parents=True)
         for seed in range(n):
             stem = folder / f"{subject}_{roi}_seed{seed:06d}"
             swatch(COLOURS[category], size).save(stem.with_suffix(".png"))
             stem.with_suffix(".json").write_text(json.dumps({"seed": seed, "subject": subject, "target": roi,
-                                                             "objective": {"kind": "maximize"}}))
+                                                             "objective": {"kind": kind}}))
         folders.append(folder)
     return folders
+
+
+def test_minimised_images_are_no_category_stimuli(tmp_path):
+    """A "min PPA" image is not a places stimulus (nor the right answer to one): only maximised ROIs are exported."""
+    config = StudyConfig(category_trials_per_roi=2, pair_trials_per_roi=2, attention_checks=0, seed=1)
+    sets = generated_sets(_results(tmp_path / "max", rois={"FFA": "faces", "EBA": "bodies"})
+                          + _results(tmp_path / "min", rois={"PPA": "places"}, kind="minimize"))
+    assert sorted(s.target for s in sets) == ["max EBA", "max FFA", "min PPA"]
+    folder = export_study(sets, tmp_path / "study", config)
+    rows = list(csv.DictReader(open(folder / "trials.csv", newline="")))
+    assert {r["roi"] for r in rows} == {"FFA", "EBA"} and "places" not in {r["category"] for r in rows}
+    with pytest.raises(ValueError, match="No images of a maximised ROI"):
+        export_study(generated_sets(_results(tmp_path / "only-min", rois={"PPA": "places"}, kind="minimize")),
+                     tmp_path / "study2", config)
 
 
 def _trials(study: Path) -> dict[int, list[dict]]:
@@ -75,7 +89,7 @@ def test_export_trial_lists_are_counterbalanced(study):
 
 def test_export_bad_input(tmp_path):
     mixed = _results(tmp_path / "a", rois={"FFA": "faces"}) + _results(tmp_path / "b", "subj02", {"PPA": "places"})
-    with pytest.raises(ValueError, match=r"mixes subjects \['S1', 'subj02'\]"):
+    with pytest.raises(ValueError, match=r"mixes subjects \(S1: .*; subj02: .*\)"):
         export_study(generated_sets(mixed), tmp_path / "s")
     sizes = _results(tmp_path / "c", rois={"FFA": "faces"}) + _results(tmp_path / "d", rois={"PPA": "places"}, size=32)
     with pytest.raises(ValueError, match="is 32x32, the study's images are 48x48"):

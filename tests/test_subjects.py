@@ -6,6 +6,7 @@ import pytest
 
 import braindive as bd
 from braindive import pycortex_subjects as pcs
+from braindive import subjects
 
 
 def test_s1_voxels_are_visual_rois_plus_margin(s1):
@@ -89,12 +90,15 @@ def test_roi_cache_key_follows_overlays_svg(tmp_path, monkeypatch):
 def test_corrupt_cache_is_rebuilt(tmp_path, monkeypatch, s1):
     bd.set_cache_dir(tmp_path)
     try:
-        cached = bd.cache_dir("subjects") / f"S1-{pcs._cache_key('S1')}.npz"
+        cached = bd.cache_dir("subjects") / f"S1-{pcs.cache_key('S1')}.npz"
         s1.save(cached)
-        np.testing.assert_array_equal(pcs.load_surface_subject("S1").vertices, s1.vertices)
+        build = subjects.SUBJECTS["S1"]
+        np.testing.assert_array_equal(build().vertices, s1.vertices)  # read from the cache
         cached.write_bytes(b"corrupt")
-        monkeypatch.setattr(pcs, "_build_surface_subject", lambda surface: s1)
-        assert pcs.load_surface_subject("S1") is s1 and cached.stat().st_size > 1000
+        fields = dict(name="S1", surface="S1", vertices=s1.vertices, n_vertices_lh=s1.n_vertices_lh,
+                      n_vertices=s1.n_vertices, rois=s1.rois, space=s1.space, description="rebuilt")
+        monkeypatch.setattr(pcs, "surface_fields", lambda surface: fields)
+        assert build().description == "rebuilt" and bd.Subject.load(cached).description == "rebuilt"
     finally:
         from conftest import REPO
 

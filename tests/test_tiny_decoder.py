@@ -219,7 +219,7 @@ def test_guidance_gradient_matches_finite_differences(pipe):
 @pytest.fixture(scope="module")
 def demo():
     if not (ASSET_TINY_DECODER / "config.json").is_file():
-        pytest.skip("assets/demo-taesd is not built")
+        pytest.skip("braindive/assets/demo-taesd is not built")
     bundle = bd.demo.load()
     bundle.pipe.tiny_decoder = T.load_tiny_decoder(ASSET_TINY_DECODER, bundle.pipe.vae)
     return bundle

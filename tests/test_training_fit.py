@@ -18,7 +18,7 @@ from training.stats import r2_columns
 from training.synthetic import ROI_TUNING, make_synthetic, procedural_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO = os.path.join(REPO, "assets", "demo-encoder")
+DEMO = os.path.join(REPO, "braindive", "assets", "demo-encoder")
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,16 @@ def test_fit_reaches_the_known_ceiling(synthetic, s1):
     assert report["r2"]["mean"] <= ceiling.mean() + 0.02  # cannot beat the truth by more than sampling noise
     png = synthetic["root"] / "report" / "r2_flatmap.png"
     assert report["flatmap"] == png.name and png.stat().st_size > 10_000
+
+
+def test_a_report_for_the_app_names_no_absolute_server_path(synthetic):
+    root = synthetic["root"]
+    eval_encoder.main(["--encoder", str(root / "enc"), "--data", str(root / "syn.h5"), "--out", str(root / "served"),
+                       "--device", "cpu", "--relative-to", str(root)])
+    text = (root / "served" / "report.json").read_text()
+    report = json.loads(text)
+    assert (report["encoder"], report["dataset"]) == ("enc", "syn.h5")
+    assert str(root) not in text and str(root.resolve()) not in text
 
 
 def test_fit_recovers_the_generating_weights(synthetic):
@@ -87,7 +97,7 @@ def test_procedural_images_are_seeded_and_batch_independent():
     assert len({img.tobytes() for img in a}) == 6 and a.std() > 20
 
 
-@pytest.mark.skipif(not os.path.isdir(DEMO), reason="assets/demo-encoder not built")
+@pytest.mark.skipif(not os.path.isdir(DEMO), reason="braindive/assets/demo-encoder not built")
 def test_demo_encoder_asset(s1):
     encoder = bd.load_encoder(DEMO, subject=s1)
     training = encoder.config.training

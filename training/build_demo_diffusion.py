@@ -1,6 +1,6 @@
 """Train the offline demo's tiny Stable-Diffusion-family model on procedural toy scenes (CPU, minutes).
 
-    python -m training.build_demo_diffusion --out assets/demo-sd [--minutes 20]
+    python -m training.build_demo_diffusion --out braindive/assets/demo-sd [--minutes 20]
 
 Toy scenes are smooth colour fields (flat, linear or radial gradients, low-frequency colour noise)
 with a few shapes on top (disks, ellipses, rotated rectangles, blobs), each filled with a flat colour
@@ -331,7 +331,7 @@ def build(out, recipe: Recipe | None = None, minutes: float = 35.0) -> Path:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="assets/demo-sd", help="output folder (SD layout)")
+    parser.add_argument("--out", default="braindive/assets/demo-sd", help="output folder (SD layout)")
     parser.add_argument("--minutes", type=float, default=35.0, help="wall-time cap for training")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

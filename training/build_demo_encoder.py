@@ -1,4 +1,4 @@
-"""Build the demo encoder shipped in ``assets/demo-encoder`` (``python -m training.build_demo_encoder``).
+"""Build the demo encoder shipped in ``braindive/assets/demo-encoder`` (``python -m training.build_demo_encoder``).
 
 Synthetic subject on S1 (``training.synthetic``) -> ``train_encoder`` with the demo's tiny tower ->
 checkpoint folder, with the test R^2 against the known ceiling recorded in ``config.training``, and
@@ -49,7 +49,7 @@ def build_demo_encoder(out, *, n_train: int = 2000, n_test: int = 300, seed: int
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m training.build_demo_encoder", description=__doc__)
-    p.add_argument("--out", default="assets/demo-encoder", help="checkpoint folder")
+    p.add_argument("--out", default="braindive/assets/demo-encoder", help="checkpoint folder")
     p.add_argument("--n-train", type=int, default=2000)
     p.add_argument("--n-test", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)

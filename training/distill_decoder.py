@@ -1,7 +1,7 @@
 """Distil a tiny decoder (diffusers ``AutoencoderTiny`` layout, like TAESD) from a Stable-Diffusion-family VAE.
 
-    python -m training.distill_decoder --model assets/demo-sd --out assets/demo-taesd \\
-        --encoder assets/demo-encoder [--sample 24] [--images DIR] [--steps 450] [--grad-weight 1] [--seed 0]
+    python -m training.distill_decoder --model braindive/assets/demo-sd --out braindive/assets/demo-taesd \\
+        --encoder braindive/assets/demo-encoder [--sample 24] [--images DIR] [--steps 450] [--grad-weight 1] [--seed 0]
 
 Training pairs are latents and the full VAE's decode of them. Latents come from the diffusion model
 itself (``--sample N``: N unguided DPM-Solver trajectories, every step's guidance decoder input, the

@@ -61,8 +61,20 @@ def save_r2_flatmap(r2: np.ndarray, subject, path: Path) -> tuple[str | None, st
     return path.name, None
 
 
-def evaluate(encoder_path, data, out, *, device: str = "auto", batch_size: int = 64) -> dict:
-    """Score encoder ``encoder_path`` on the test split of ``data``; write the report into ``out``."""
+def public_name(path, base) -> str:
+    """``path`` as a report names it: relative to ``base`` when inside it, else its file name (None: as given)."""
+    if base is None:
+        return str(path)
+    resolved, base = Path(path).resolve(), Path(base).resolve()
+    return resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else resolved.name
+
+
+def evaluate(encoder_path, data, out, *, device: str = "auto", batch_size: int = 64, relative_to=None) -> dict:
+    """Score encoder ``encoder_path`` on the test split of ``data``; write the report into ``out``.
+
+    ``relative_to`` (the app's data folder): the report names the encoder and dataset relative to it (or by
+    file name when outside it), never by an absolute server path, since the app serves the report.
+    """
     out = Path(out)
     with open_dataset(data) as ds:
         subject = ds.subject
@@ -89,7 +101,8 @@ def evaluate(encoder_path, data, out, *, device: str = "auto", batch_size: int =
     if note:
         log.info("%s", note)
     report = {
-        "encoder": str(encoder_path), "dataset": str(Path(data).resolve()), "subject": subject.name,
+        "encoder": public_name(encoder_path, relative_to if Path(encoder_path).exists() else None),  # else a Hub id
+        "dataset": public_name(data, relative_to) if relative_to else str(Path(data).resolve()), "subject": subject.name,
         "n_test": int(y_true.shape[0]), "n_voxels": int(y_true.shape[1]),
         "r2": _summary(r2), "pearson_r": _summary(r), "noise_ceiling": _summary(ceiling),
         "r2_normalized": _summary(r2_norm), "rois": rois, "flatmap": flatmap, "flatmap_note": note,
@@ -110,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--relative-to", default=None, help="name the encoder and dataset relative to this folder "
+                   "(the app's data folder), never by absolute path")
     return p
 
 
@@ -117,7 +132,8 @@ def main(argv=None) -> dict:
     args = _parser().parse_args(argv)
     configure_logging()
     with cli_errors():
-        return evaluate(args.encoder, args.data, args.out, device=args.device, batch_size=args.batch_size)
+        return evaluate(args.encoder, args.data, args.out, device=args.device, batch_size=args.batch_size,
+                        relative_to=args.relative_to)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Each dataset (one subject, from ``training.prepare_*``) becomes one Ray task that calls
 ``training.train_encoder.train_encoder``; ``--address`` joins a cluster, otherwise a local Ray instance
-sized to the machine runs them (see docs/batch.md). A task whose worker dies is retried by Ray; a
+sized to the machine runs them (see docs/batch.md). Workers get ``braindive`` and ``training`` through
+Ray's ``runtime_env`` (``braindive.batch.cluster``). A task whose worker dies is retried by Ray; a
 checkpoint folder that already holds an encoder is skipped, so re-running resumes.
 
     python -m training.fanout --data subj01.h5 --data subj02.h5 --out-dir encoders --gpus-per-task 1
@@ -37,7 +38,9 @@ def fit_many(jobs: list[FitJob], *, address: str | None = None, cpus_per_task: i
     import ray
     from ray.exceptions import RayError
 
-    from braindive.batch.runner import connect
+    import braindive
+    import training
+    from braindive.batch.cluster import connect
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     outs = [job.out for job in jobs]
@@ -54,7 +57,7 @@ def fit_many(jobs: list[FitJob], *, address: str | None = None, cpus_per_task: i
     log(f"{len(todo)} encoder fit(s) to run, {len(jobs) - len(todo)} already done")
     if not todo:
         return results
-    started = connect(address)
+    started = connect(address, modules=(braindive, training), log=log)
     try:
         task = ray.remote(_fit).options(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=max_retries)
         pending = {task.remote(job): job for job in todo}

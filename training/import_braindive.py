@@ -29,7 +29,6 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
@@ -37,6 +36,7 @@ from braindive.encoders import SUBJECT_NAME, ClipLinearEncoder, EncoderConfig, b
 from braindive.subjects import Subject
 
 from .logs import cli_errors, configure_logging
+from .nsd_io import read_array, read_header, read_volume
 from .nsd_layout import NSDLayout, parse_subject, read_ctab, require
 from .nsd_spaces import subject_rois
 
@@ -62,7 +62,7 @@ SPACE = "func1pt8mm"
 
 def _volume(path: Path, what: str, shape: tuple | None = None) -> np.ndarray:
     """A 3-D volume as float64 (``get_fdata``, as the published ``load_from_nii``)."""
-    data = np.asarray(nib.load(require(path, what)).get_fdata())
+    data = np.asarray(read_volume(require(path, what), what), dtype=np.float64)
     if data.ndim != 3 or (shape is not None and data.shape != shape):
         raise ValueError(f"{path} has shape {data.shape}, expected {shape or 'a 3-D volume'} like prf-visualrois.")
     return data
@@ -93,7 +93,7 @@ class ReleaseVoxels:
 
 def _food_volume(path: Path, roi_dir: Path, shape: tuple) -> np.ndarray:
     cortex = _volume(roi_dir / "nsdgeneral.nii.gz", "cortex mask (for --food-mask)", shape) > -0.5
-    sel = np.load(require(path, "--food-mask"), allow_pickle=False)
+    sel = read_array(require(path, "--food-mask"), "--food-mask")
     n_cortex = int(cortex.sum())
     if sel.dtype == bool and sel.shape != (n_cortex,):
         raise ValueError(f"--food-mask {path} is a boolean array of shape {sel.shape}; expected ({n_cortex},), "
@@ -110,7 +110,7 @@ def _food_volume(path: Path, roi_dir: Path, shape: tuple) -> np.ndarray:
 
 
 def _hcp_volume(path: Path, roi_dir: Path, shape: tuple, top: int) -> np.ndarray:
-    ranking = np.load(require(path, "--hcp-ranking"), allow_pickle=False)
+    ranking = read_array(require(path, "--hcp-ranking"), "--hcp-ranking")
     if ranking.ndim != 1 or not np.issubdtype(ranking.dtype, np.number) or len(ranking) < top:
         raise ValueError(f"--hcp-ranking {path} must be a 1-D array of at least {top} HCP_MMP1 label ids, "
                          f"got dtype {ranking.dtype}, shape {ranking.shape}.")
@@ -119,7 +119,7 @@ def _hcp_volume(path: Path, roi_dir: Path, shape: tuple, top: int) -> np.ndarray
 
 
 def _union_volume(path: Path, shape: tuple) -> np.ndarray:
-    union = np.load(require(path, "--union-mask"), allow_pickle=False)
+    union = read_array(require(path, "--union-mask"), "--union-mask")
     if union.shape != shape or not (union.dtype == bool or np.isin(union, (0, 1)).all()):
         raise ValueError(f"--union-mask {path} must be a boolean volume of shape {shape} like prf-visualrois, "
                          f"got dtype {union.dtype}, shape {union.shape}.")
@@ -146,7 +146,7 @@ def release_voxels(roi_dir, food_mask=None, hcp_ranking=None, hcp_top: int = HCP
     higher = union & (prf.astype(np.int32) < 0.5)
     if not higher.any():
         raise ValueError(f"{source} has no higher-visual voxels (prf-visualrois < 0.5).")
-    return ReleaseVoxels(union=union, higher=higher, affine=nib.load(prf_path).affine)
+    return ReleaseVoxels(union=union, higher=higher, affine=read_header(prf_path, "ROI file prf-visualrois").affine)
 
 
 def _load_tensors(path: Path) -> dict:

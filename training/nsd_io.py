@@ -19,7 +19,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-__all__ = ["FILE_ERRORS", "reading", "read_header", "read_volume"]
+__all__ = ["FILE_ERRORS", "reading", "read_header", "read_volume", "read_array"]
 
 # What libraries raise on damaged files (FileNotFoundError is reported by ``nsd_layout.require``).
 FILE_ERRORS = (EOFError, OSError, zlib.error, struct.error)
@@ -62,3 +62,9 @@ def read_volume(path, what: str) -> np.ndarray:
             while stream.read(1 << 20):  # reaching the end makes gzip verify the CRC and length
                 pass
         return data
+
+
+def read_array(path, what: str) -> np.ndarray:
+    """A ``.npy`` array (never unpickled), or a one-line error naming the file."""
+    with reading(path, what, FILE_ERRORS + (ValueError,)):  # numpy: ValueError for a short or bad header
+        return np.load(path, allow_pickle=False)

@@ -15,8 +15,8 @@ noise ceiling.
 The simulated brain (``w``, ``b``, ``c``) is one fixed brain per subject, whatever dataset is drawn
 from it: the principal directions and the unit-variance scaling come from a fixed reference set
 (``REFERENCE_IMAGES`` procedural images of seed ``REFERENCE_SEED``, the images the shipped demo
-encoder ``assets/demo-encoder`` was fit on), never from the dataset's own images, whose principal
-directions (and their signs) change with its size and seed. So an encoder trained in the app's Train
+encoder ``braindive/assets/demo-encoder`` was fit on), never from the dataset's own images, whose
+principal directions (and their signs) change with its size and seed. So an encoder trained in the app's Train
 tab on any synthetic dataset agrees with the demo encoder. ``seed`` picks the images and the noise.
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+import braindive
 from braindive.cache import cache_dir, private_tmp
 from braindive.demo_components import DEMO_TOWER_NAME
 from braindive.subjects import load_subject
@@ -52,7 +53,7 @@ OUTSIDE_CEILING = (0.05, 0.3)  # voxels outside every ROI
 _BATCH = 128
 REFERENCE_SEED = 0
 REFERENCE_IMAGES = 2300  # the demo encoder's 2000 training + 300 test images
-REFERENCE_ASSET = Path(__file__).resolve().parents[1] / "assets" / "demo-encoder" / "reference.npz"
+REFERENCE_ASSET = Path(braindive.__file__).resolve().parent / "assets" / "demo-encoder" / "reference.npz"
 
 
 @dataclass
@@ -137,8 +138,8 @@ def _tuning(reference: dict, subject, rng) -> tuple[np.ndarray, np.ndarray]:
 def reference_statistics(encoder) -> dict:
     """Principal directions and covariance of the tower's features of the reference images.
 
-    Shipped for the demo tower beside the demo encoder (``assets/demo-encoder/reference.npz``, written by
-    ``build_demo_encoder``); for any other tower computed once (2,300 images) and cached on disk."""
+    Shipped for the demo tower beside the demo encoder (``braindive/assets/demo-encoder/reference.npz``,
+    written by ``build_demo_encoder``); for any other tower computed once (2,300 images) and cached on disk."""
     key = encoder_key(encoder)
     cached = cache_dir("synthetic") / f"reference-{key[:20]}.npz"
     for path in (REFERENCE_ASSET, cached):

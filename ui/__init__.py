@@ -14,7 +14,7 @@ CSS = """
 #demo-banner {background:#fff4d6;border:1px solid #e0b84c;border-radius:6px;padding:4px 12px;}
 #flatmap img {cursor: crosshair;}
 #preview img {width: 100%; height: 100%; object-fit: contain;}
-#gallery .caption-label {white-space: normal; overflow: visible; text-overflow: clip;}
+#gallery .caption-label, #history-gallery .caption-label {white-space: normal; overflow: visible; text-overflow: clip;}
 """
 
 
@@ -28,8 +28,8 @@ def build_app(service: Service, settings: Settings) -> gr.Blocks:
         with gr.Tabs() as tabs:
             with gr.Tab("Explore", id="explore"):
                 explore_parts = explore.build(service, settings)
-            with gr.Tab("Train", id="train"):
-                train.build(service, explore_parts)
+            with gr.Tab("Train", id="train") as train_tab:
+                train_parts = train.build(service, explore_parts)
             with gr.Tab("History", id="history") as history_tab:
                 history_parts = history.build(service, owner=service.history_owner)
         load, inputs, outputs = history_parts["refresh"]
@@ -39,6 +39,8 @@ def build_app(service: Service, settings: Settings) -> gr.Blocks:
         history_parts["run_again"][1].change(lambda values: {**apply_settings(values), tabs: gr.Tabs(selected="explore")},
                                              history_parts["run_again"][1], [*fields, tabs])
         app.load(*explore_parts["refresh"])  # lists as they are now: encoders trained since the app started
+        app.load(*train_parts["restore"])  # the latest training job, its log and results, after a reload
+        train_tab.select(None, None, None, js=train.FOLLOW_LOG_JS)
 
         def closed(request: gr.Request):
             """The page is gone: stop its generation and drop what Gradio keeps for the session (ui.memory)."""

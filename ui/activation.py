@@ -3,9 +3,10 @@
 Three maps per result: ``guided``, ``unguided`` (same seed, brain guidance off) and their difference.
 The target is outlined (region B of a contrast too, in a second colour) rather than filled, the colour
 limits are chosen for the view (robust over the map, or fitted to the target), the colour bar says
-what the numbers are, a click gives the values under it, and the maps download as ``.npy`` (and
-GIfTI for surface subjects). The unguided image and activations are stored beside the catalog entry
-(``images/<id>.unguided.png`` / ``.npy``) when the result is cataloged.
+what the numbers are, a click gives the values under it (a volume voxel's grid position and scanner
+coordinates too), and the maps download as ``.npy`` (and GIfTI for surface subjects, NIfTI on the grid
+for volume subjects). The unguided image and activations belong to the catalog (one per seed, shared by
+every target: ``Catalog.unguided_paths``).
 """
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-import braindive as bd
 from braindive.cache import private_tmp
 from braindive.flatmap.render import _HIGHLIGHT, _HIGHLIGHT_B
+from braindive.targets import Target
 
-__all__ = ["MAPS", "LIMITS", "ResultMaps", "save_unguided", "load_maps", "units", "target_sets", "color_limits",
-           "render", "values_at", "export_maps", "outline_kwargs",
+from .registry import ServiceError
+
+__all__ = ["MAPS", "LIMITS", "ResultMaps", "load_maps", "units", "target_sets", "color_limits",
+           "render", "result_map", "values_at", "voxel_name", "map_formats", "export_maps", "outline_kwargs",
            "COLOUR_B"]
 
 MAPS = ("guided − unguided", "guided", "unguided")
@@ -53,31 +56,15 @@ class ResultMaps:
         return self.unguided if kind == "unguided" else self.guided - self.unguided
 
 
-def _unguided_paths(image_path: Path) -> tuple[Path, Path]:
-    return image_path.with_suffix(".unguided.png"), image_path.with_suffix(".unguided.npy")
-
-
-def save_unguided(entry, image, activations) -> None:
-    """Store a result's unguided image and activations beside its catalog entry (atomic writes)."""
-    png, npy = _unguided_paths(Path(entry.image_path))
-    tmp = private_tmp(png, ".png")
-    image.save(tmp)
-    tmp.replace(png)
-    tmp = private_tmp(npy, ".npy")
-    np.save(tmp, np.asarray(activations, np.float32))
-    tmp.replace(npy)
-
-
 def load_maps(catalog, entry_id: str) -> ResultMaps:
     """A cataloged result's maps; ``KeyError`` / ``ValueError`` when it is gone or has no activations."""
     entry = catalog.get(entry_id)
     guided = catalog.activations(entry_id)
     if guided is None:
         raise ValueError(f"Result {entry_id} has no stored activations.")
-    png, npy = _unguided_paths(entry.image_path)
-    unguided = np.load(npy, allow_pickle=False) if npy.is_file() else None
-    return ResultMaps(entry_id, catalog.record(entry_id), guided, unguided, entry.image_path,
-                      png if png.is_file() else None)
+    png, npy = catalog.unguided_paths(entry_id)
+    unguided = np.load(npy, allow_pickle=False) if npy is not None else None
+    return ResultMaps(entry_id, catalog.record(entry_id), guided, unguided, entry.image_path, png)
 
 
 def units(encoder_config) -> str:
@@ -87,16 +74,17 @@ def units(encoder_config) -> str:
 
 
 def target_sets(record: dict, subject) -> tuple[object, object]:
-    """The target (A) and contrast region (B) of a result: voxel indices from its objective, else ROI names."""
-    objective = record.get("objective") or {}
-    label_a, _, label_b = str(record.get("target", "")).partition("-vs-")
+    """The target (A) and contrast region (B) of a result: ROI names of its ``Target``, voxel indices for a voxel
+    set (or an ROI this subject does not have, from the record's objective)."""
+    target, objective = Target.from_record(record), record.get("objective") or {}
 
-    def region(voxels, label):
-        if voxels is not None and len(voxels):
-            return np.asarray(voxels, np.int64)
-        return label if label and label.split(".")[0] in subject.roi_names else None
+    def region(name, voxels):
+        if name and target.voxels is None and name.split(".")[0] in subject.roi_names:
+            return name
+        return np.asarray(voxels, np.int64) if voxels is not None and len(voxels) else None
 
-    return region(objective.get("positive"), label_a), region(objective.get("negative"), label_b)
+    b = target.region_b if target.region_b and target.region_b.split(".")[0] in subject.roi_names else None
+    return region(target.region_a, objective.get("positive", target.voxels)), b or region("", objective.get("negative"))
 
 
 def _voxels(subject, region) -> np.ndarray:
@@ -128,9 +116,18 @@ def render(service, subject_name: str, maps: ResultMaps, kind: str, limits: str,
     target, region_b = target_sets(maps.record, subject)
     values = maps.values(kind)
     vmin, vmax = color_limits(values, limits, subject, target)
-    title = f"{kind} · seed {maps.record.get('seed')} · {maps.record.get('target')}"
+    title = f"{kind} · seed {maps.record.get('seed')} · {Target.from_record(maps.record).label}"
     image = service.flatmap(subject_name, values, vmin=vmin, vmax=vmax, title=title, **outline_kwargs(target, region_b))
     return _with_units(image, f"colour: {kind} predicted response · {unit}")
+
+
+def result_map(service, subject_name: str, maps: ResultMaps, kind: str, limits: str) -> np.ndarray:
+    """``render`` with the units of the encoder that made the result: the one activation view of Explore and History."""
+    try:
+        unit = units(service.encoder(maps.record.get("encoder", "")).config)
+    except ServiceError:  # the encoder is gone or cannot load: say what is usual
+        unit = "z-scored betas"
+    return render(service, subject_name, maps, kind, limits, unit)
 
 
 def _font(size: int):
@@ -161,13 +158,30 @@ def values_at(service, subject_name: str, maps: ResultMaps, x: float, y: float) 
     if hit is None or hit.voxel is None:
         return "No voxel of this subject at that point; click on the coloured cortex."
     subject = service.subject(subject_name)
-    lines = [f"**Voxel {hit.voxel}** ({hit.hemisphere}{', ' + ', '.join(hit.rois) if hit.rois else ', no ROI'}): "
-             + _triple(maps, lambda v: float(v[hit.voxel]))]
+    lines = [f"**{voxel_name(subject, hit.voxel)}** ({hit.hemisphere}"
+             f"{', ' + ', '.join(hit.rois) if hit.rois else ', no ROI'}): " + _triple(maps, lambda v: float(v[hit.voxel]))]
     for roi in hit.rois:
         region = subject.roi(f"{roi}.{hit.hemisphere}")
         lines.append(f"**{roi}.{hit.hemisphere} mean** ({len(region)} voxels): "
                      + _triple(maps, lambda v: float(v[region].mean())))
     return "  \n".join(lines)
+
+
+def voxel_name(subject, voxel: int) -> str:
+    """``Voxel 12``; for a volume subject with its grid position and scanner coordinates:
+    ``Voxel 12 · (i, j, k) = (40, 52, 30) · (x, y, z) = (-12.0, 4.5, 8.0) mm``."""
+    text = f"Voxel {voxel}"
+    if getattr(subject, "kind", "surface") != "volume" or subject.ijk is None:
+        return text
+    ijk = np.asarray(subject.ijk[voxel], np.int64)
+    xyz = np.asarray(subject.affine, np.float64) @ np.r_[ijk, 1.0]
+    return (f"{text} · (i, j, k) = ({', '.join(str(int(c)) for c in ijk)}) · "
+            f"(x, y, z) = ({', '.join(f'{c:.1f}' for c in xyz[:3])}) mm")
+
+
+def map_formats(subject) -> str:
+    """The map file formats written for ``subject`` (``export_maps``), as the downloads' header names them."""
+    return ".npy, NIfTI" if getattr(subject, "kind", "surface") == "volume" else ".npy, GIfTI"
 
 
 def _triple(maps: ResultMaps, reduce) -> str:
@@ -198,6 +212,29 @@ def export_maps(maps: ResultMaps, subject, folder) -> list[str]:
         paths.append(str(path))
     if getattr(subject, "kind", "surface") == "surface" and subject.vertices is not None:
         paths += _gifti(arrays, subject, folder, stem)
+    elif getattr(subject, "kind", "surface") == "volume" and subject.ijk is not None:
+        paths += _nifti(arrays, subject, folder, stem)
+    return paths
+
+
+def _nifti(arrays: dict, subject, folder: Path, stem: str) -> list[str]:
+    """One ``.nii.gz`` per map on the subject's grid (its shape and affine; NaN outside its voxels)."""
+    import nibabel as nib
+
+    paths = []
+    i, j, k = np.asarray(subject.ijk, np.int64).T
+    for name, values in arrays.items():
+        path = folder / f"{stem}_{name}.nii.gz"
+        paths.append(str(path))
+        if path.is_file():
+            continue
+        grid = np.full(tuple(subject.volume_shape), np.nan, np.float32)
+        grid[i, j, k] = np.asarray(values, np.float32)
+        image = nib.Nifti1Image(grid, np.asarray(subject.affine, np.float64))
+        image.header.set_xyzt_units("mm")
+        tmp = private_tmp(path, ".nii.gz")
+        nib.save(image, tmp)
+        tmp.replace(path)
     return paths
 
 

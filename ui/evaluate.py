@@ -2,6 +2,7 @@
 human-study export (ZIP). Evaluations are stored with their settings in ``<catalog>/evaluations/``."""
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 import uuid
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from braindive.evaluation import ZeroShotConfig, load_classifier
-from braindive.evaluation.report import EVALUATIONS_DIR, evaluate, store, write_report
+from braindive.evaluation import ZeroShotConfig
+from braindive.evaluation.zeroshot import weights_unavailable
 from braindive.evaluation.sets import generated_sets
 from braindive.evaluation.study import StudyConfig, export_study, zip_folder
 
@@ -18,6 +19,7 @@ from .service import Service
 
 __all__ = ["build", "evaluate_selection", "export_study_zip", "WEIGHTS_NOTE"]
 
+log = logging.getLogger(__name__)
 STUDY_ZIP = "braindive-study.zip"
 WEIGHTS_NOTE = ("CLIP zero-shot classification needs the OpenCLIP weights {model} / {pretrained}, downloaded from "
                 "the Hugging Face Hub on first use (about 600 MB). They are not part of the offline demo: without "
@@ -25,11 +27,9 @@ WEIGHTS_NOTE = ("CLIP zero-shot classification needs the OpenCLIP weights {model
 
 
 def evaluate_selection(service: Service, ids: list[str], config: ZeroShotConfig | None = None):
-    """Classify the catalog entries ``ids``; store the evaluation; return (table rows, columns, plot path, evaluation)."""
-    sets = generated_sets(ids, service.catalog)
-    evaluation = evaluate(sets, load_classifier(config or ZeroShotConfig()))
-    store(evaluation, service.catalog.root)
-    paths = write_report(evaluation, service.catalog.root / EVALUATIONS_DIR / evaluation.id)
+    """Classify the catalog entries ``ids`` through the service (cached classifier, GPU task), stored in the catalog;
+    return (table rows, columns, plot path, evaluation)."""
+    evaluation, paths = service.evaluate(ids, config)
     table = evaluation.table()
     return [list(row.values()) for row in table], list(table[0]), paths["plot"], evaluation
 
@@ -56,15 +56,19 @@ def build(service: Service, selection, filters: list, chosen_ids) -> None:
     the ids to use, those of the selection this visitor may see, or (empty selection) every entry the filters show.
     """
     config = ZeroShotConfig()
+    unavailable = weights_unavailable(config)  # checked once: the button is off when the evaluation cannot run
     with gr.Accordion("Evaluate selection: CLIP 5-way zero-shot, human study", open=False, elem_id="evaluate-panel"):
         note = WEIGHTS_NOTE.format(model=config.model, pretrained=config.pretrained)
-        gr.Markdown(("**Demo:** " if service.preset == "demo" else "") + note, elem_id="evaluate-note")
+        off = f"**Evaluate is off:** {unavailable}. " if unavailable else ""
+        gr.Markdown(off + ("**Demo:** " if service.preset == "demo" else "") + note, elem_id="evaluate-note")
         with gr.Row():
-            run = gr.Button("Evaluate selected (CLIP 5-way)", elem_id="evaluate-run")
+            run = gr.Button("Evaluate selected (CLIP 5-way)", elem_id="evaluate-run", interactive=not unavailable)
             study = gr.Button("Export human study (ZIP)", elem_id="evaluate-study")
+        # shown once there are results: an empty table would show placeholder headers
         table = gr.Dataframe(label="Accuracy per target (% classified as the ROI's category, Wilson 95% CI)",
-                             interactive=False, elem_id="evaluate-table")
-        chart = gr.Image(label="Accuracy and confusion matrix", type="filepath", elem_id="evaluate-chart")
+                             interactive=False, elem_id="evaluate-table", visible=False)
+        chart = gr.Image(label="Accuracy and confusion matrix", type="filepath", elem_id="evaluate-chart",
+                         visible=False)
         study_file = gr.File(label="Human study (open index.html; Prolific: ?PROLIFIC_PID=...&completion_url=...)",
                              elem_id="evaluate-study-zip")
 
@@ -78,11 +82,12 @@ def build(service: Service, selection, filters: list, chosen_ids) -> None:
         values = (subj, label, since, until, encoder)
         try:
             rows, columns, plot, _ = evaluate_selection(service, chosen(ids, values, request), config)
-        except RuntimeError as exc:  # the OpenCLIP weights could not be loaded
-            raise gr.Error(f"{note} ({exc})")
+        except RuntimeError as exc:  # the OpenCLIP weights could not be loaded: the Hub's own error goes to the log
+            log.warning("CLIP evaluation could not load its weights: %s", exc)
+            raise gr.Error(note)
         except (KeyError, ValueError, OSError) as exc:
             raise gr.Error(f"Evaluation failed: {exc}")
-        return gr.update(value=rows, headers=columns), str(plot)
+        return gr.update(value=rows, headers=columns, visible=True), gr.update(value=str(plot), visible=True)
 
     def on_study(ids, subj, label, since, until, encoder, request: gr.Request = None):
         values = (subj, label, since, until, encoder)
@@ -91,5 +96,5 @@ def build(service: Service, selection, filters: list, chosen_ids) -> None:
         except (KeyError, ValueError, OSError) as exc:
             raise gr.Error(f"Study export failed: {exc}")
 
-    run.click(on_run, [selection, *filters], [table, chart])
+    run.click(on_run, [selection, *filters], [table, chart], concurrency_id="gpu")
     study.click(on_study, [selection, *filters], study_file)

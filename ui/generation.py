@@ -3,7 +3,9 @@
 ``Slots`` hands out the backend's pipelines (``Settings.concurrency`` of them) in arrival order; a
 request waits on a condition variable (no polling), learns how many generations are before it, and
 leaves the queue at once when cancelled. ``Runner.stream`` runs one request on one pipeline in a
-worker thread and yields its ``Progress`` / ``GeneratedImage`` items as they arrive.
+worker thread and yields its ``Progress`` / ``GeneratedImage`` items as they arrive. Each image is
+``braindive.generate.generate_seed`` (the routine of the CLI and batch); the unguided baseline of a seed
+is kept in the catalog, so a second region on the same seed skips the unguided stage.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import numpy as np
 import PIL.Image
 import torch
 
-import braindive as bd
+from braindive.generate import GenerationSettings, generate_seed
+from braindive.targets import Target
 
 from .registry import ServiceError
 
@@ -45,6 +48,7 @@ class GenerationRequest:
     prompt: str = ""
     sag_scale: float = 0.75
     mode: str = "exact"               # the published computation, executed well (benchmarks/RESULTS.md)
+    subject_space: str = ""           # the subject's voxel-space fingerprint, when known: it must match the encoder's
 
 
 @dataclass
@@ -70,16 +74,22 @@ class Progress:
 
 @dataclass
 class GeneratedImage:
-    """A finished image as the GPU worker hands it over (plain data: it may cross a process boundary)."""
+    """A finished image as the GPU worker hands it over (plain data: it may cross a process boundary).
+
+    ``measure`` / ``baseline_measure``: the target's signed measure (``Target.measure``) of the guided and the
+    unguided image; ``baseline_reused``: the unguided image came from the catalog (same seed, another target).
+    """
 
     index: int
     seed: int
     image: PIL.Image.Image
     baseline_image: PIL.Image.Image
-    objective: float
-    baseline_objective: float
+    measure: float
+    baseline_measure: float
     activations: np.ndarray
     baseline_activations: np.ndarray
+    baseline_key: str
+    baseline_reused: bool
 
 
 class Slots:
@@ -145,18 +155,20 @@ class Slots:
 class Runner:
     """Runs requests on the registry's pipelines; ``stream`` is the GPU task (plain-data arguments and items)."""
 
-    def __init__(self, registry, settings):
+    def __init__(self, registry, settings, catalog=None):
         self.registry = registry
         self.settings = settings
+        self.catalog = catalog  # keeps the unguided baselines (braindive.generate.baseline_key)
 
-    def call_params(self, request: GenerationRequest) -> dict:
+    def generation_settings(self, request: GenerationRequest) -> GenerationSettings:
+        """The checked request's ``GenerationSettings`` (image size from the app's settings or the model)."""
         defaults = self.registry.backend().defaults
         size = self.settings.image_size
-        return dict(num_inference_steps=request.steps, brain_guidance_scale=float(request.scale),
-                    sag_scale=float(request.sag_scale), prompt=request.prompt, guidance_mode=request.mode,
-                    height=size or defaults["height"], width=size or defaults["width"])
+        return GenerationSettings(mode=request.mode, scale=float(request.scale), steps=request.steps,
+                                  scheduler=request.scheduler, sag=float(request.sag_scale), prompt=request.prompt,
+                                  height=size or defaults["height"], width=size or defaults["width"])
 
-    def stream(self, request: GenerationRequest, objective: bd.Objective, slot: int) -> Iterator:
+    def stream(self, request: GenerationRequest, target: Target, slot: int) -> Iterator:
         """Run the request on pipeline ``slot`` in a worker thread; yield its items as they arrive.
 
         Ends after the last image, or with one ``ServiceError`` item. Closing it stops the worker after
@@ -164,7 +176,7 @@ class Runner:
         """
         stop = threading.Event()
         events: queue.Queue = queue.Queue()
-        worker = threading.Thread(target=self._work, args=(request, objective, slot, stop, events), daemon=True)
+        worker = threading.Thread(target=self._work, args=(request, target, slot, stop, events), daemon=True)
         worker.start()
         try:
             while (item := events.get()) is not _END:  # the worker always ends with _END
@@ -175,14 +187,13 @@ class Runner:
             stop.set()
             worker.join()
 
-    def _work(self, request, objective, slot, stop, events) -> None:
+    def _work(self, request, target, slot, stop, events) -> None:
         """The worker: every image of the request, then ``_END`` (always), errors as ``ServiceError`` items."""
         try:
             pipe = self.registry.backend().pipes[slot]
             pipe.set_encoder(self.registry.encoder(request.encoder))
-            pipe.set_scheduler(request.scheduler)
             for k in range(request.n_images):
-                generated = None if stop.is_set() else self._one_image(pipe, request, objective, k, stop, events)
+                generated = None if stop.is_set() else self._one_image(pipe, request, target, k, stop, events)
                 if generated is None:
                     break
                 events.put(generated)
@@ -191,39 +202,29 @@ class Runner:
         finally:
             events.put(_END)
 
-    def _one_image(self, pipe, request, objective, k, stop, events) -> GeneratedImage | None:
-        """The guided image of seed ``seed + k`` and its unguided baseline; None if stopped."""
-        seed = request.seed + k
-        params = self.call_params(request)
+    def _one_image(self, pipe, request, target, k, stop, events) -> GeneratedImage | None:
+        """The guided image of seed ``seed + k`` and its unguided baseline (from the catalog when kept); None if stopped."""
 
-        def stop_if_asked(pipe, i, t, tensors):
-            if stop.is_set():
-                pipe.interrupt()
-            return {}
+        def progress(stage, preview):
+            def on_step(pipe, i, t, tensors):
+                if stop.is_set():
+                    pipe.interrupt()
+                total = len(pipe.scheduler.timesteps)  # PNDM runs one step more than asked
+                events.put(Progress(k, request.n_images, i + 1, total,
+                                    _preview(tensors["x0_preview"]) if preview else None, stage))
+                return {}
+            return on_step
 
-        def on_step(pipe, i, t, tensors):
-            stop_if_asked(pipe, i, t, tensors)
-            total = len(pipe.scheduler.timesteps)  # PNDM runs one step more than asked
-            events.put(Progress(k, request.n_images, i + 1, total, _preview(tensors["x0_preview"])))
-            return {}
-
-        out = pipe(objective=objective, generator=torch.Generator().manual_seed(seed), callback_on_step_end=on_step,
-                   callback_on_step_end_tensor_inputs=["x0_preview"], **params)
-        if out.interrupted:
+        subject = self.registry.subject_of(request.encoder)
+        result = generate_seed(pipe, target, request.seed + k, self.generation_settings(request), subject=subject,
+                               baselines=self.catalog, model=self.registry.backend().name,
+                               encoder=self.registry.identity(request.encoder), on_step=progress("brain-guided", True),
+                               on_baseline_step=progress("unguided comparison", True), preview=True)
+        if result is None:
             return None
-
-        def on_baseline_step(pipe, i, t, tensors):
-            stop_if_asked(pipe, i, t, tensors)
-            events.put(Progress(k, request.n_images, i + 1, len(pipe.scheduler.timesteps), None, "unguided comparison"))
-            return {}
-
-        baseline = pipe(objective=objective, generator=torch.Generator().manual_seed(seed),
-                        callback_on_step_end=on_baseline_step, **{**params, "brain_guidance_scale": 0.0})
-        if baseline.interrupted:
-            return None
-        return GeneratedImage(k, seed, out.images[0], baseline.images[0], float(out.objective_values[0]),
-                              float(baseline.objective_values[0]), out.activations[0].numpy(),
-                              baseline.activations[0].numpy())
+        return GeneratedImage(k, result.seed, result.image, result.baseline_image, result.measure,
+                              result.baseline_measure, result.activations, result.baseline_activations,
+                              result.baseline_key, result.baseline_reused)
 
 
 def user_error(exc: Exception, request: GenerationRequest) -> ServiceError:

@@ -10,18 +10,21 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from pathlib import Path
+from datetime import date, datetime
 from typing import Callable
 
 import gradio as gr
-import numpy as np
 
 from braindive.catalog import Entry, Export, Page
 from braindive.description import describe_record, measured_baseline
+from braindive.targets import Target
 
+from . import activation as act
 from . import evaluate as evaluation_panel
+from . import stimuli as stimuli_panel
 from .charts import roi_chart
-from .service import CUSTOM, Service, ServiceError
+from .registry import subject_label as subject_label_of
+from .service import CUSTOM, Service, ServiceError, storage_error
 
 __all__ = ["build", "export_stimuli", "run_again_values", "find", "status_text", "PAGE_SIZE"]
 
@@ -56,11 +59,42 @@ def export_stimuli(service: Service, ids, keep: int = KEEP_EXPORTS) -> Export:
     return export
 
 
+def check_dates(since, until) -> tuple[str, str]:
+    """The From / To filters stripped; ``ValueError`` naming the field (by its label) for a bad or reversed date."""
+    dates = []
+    for value, label in ((since, "From"), (until, "To")):
+        text = str(value or "").strip()
+        if text:
+            try:
+                (date.fromisoformat if len(text) == 10 else datetime.fromisoformat)(text)
+            except ValueError:
+                raise ValueError(f"'{label}' must be a date YYYY-MM-DD (or an ISO timestamp), got {text[:40]!r}.") from None
+        dates.append(text)
+    if dates[0] and dates[1] and dates[0][:10] > dates[1][:10]:
+        raise ValueError(f"'From' ({dates[0]}) is after 'To' ({dates[1]}): no date can match; swap them.")
+    return dates[0], dates[1]
+
+
+def thumbnail_caption(entry: Entry) -> str:
+    """What tells thumbnails apart: target, seed, subject, encoder, guidance mode, prompt and date."""
+    d = entry.description
+    prompt = (d.prompt or "").strip()
+    prompt = f' · "{prompt[:24]}{"…" if len(prompt) > 24 else ""}"' if prompt else ""
+    return (f"{entry.caption} · {d.subject} · {d.encoder} · {d.mode or 'exact'}{prompt} · "
+            f"{str(entry.created)[:16].replace('T', ' ')}")
+
+
 def find(service: Service, subject="", label="", since="", until="", encoder="", page: int = 0,
          owner: str | None = None, page_size: int = PAGE_SIZE) -> Page:
-    """One page of matching entries (``page`` from 0; ``page_size`` None: all); a bad date is a ``ValueError``."""
-    return service.catalog.page(subject=subject or None, label=label or None, encoder=encoder or None,
-                                since=(since or "").strip() or None, until=(until or "").strip() or None,
+    """One page of matching entries (``page`` from 0; ``page_size`` None: all); a bad date is a ``ValueError``.
+
+    ``subject`` is a voxel-space fingerprint (what the subject list offers: two spaces of one person stay
+    apart), or a subject name for entries recorded without one."""
+    since, until = check_dates(since, until)
+    space = subject if _is_fingerprint(subject) else None
+    return service.catalog.page(subject=None if space else subject or None, subject_space=space,
+                                label=label or None, encoder=encoder or None,
+                                since=since or None, until=until or None,
                                 limit=page_size, offset=max(0, int(page)) * (page_size or 0), owner=owner)
 
 
@@ -82,15 +116,19 @@ def status_text(page: Page, page_size: int = PAGE_SIZE) -> str:
 def run_again_values(record: dict) -> dict:
     """The ``GenerationRequest`` fields (= the Explore fields) that reproduce a catalog record (one image, same seed).
 
-    A custom voxel set (the service names it ``custom(N voxels)``) comes back as ``target=CUSTOM`` with its voxels.
+    The record's ``Target`` gives the objective fields (a voxel set comes back as ``target=CUSTOM`` with its
+    voxels); ``subject_space`` (the voxel-space fingerprint) says which space the subject must be.
     """
-    d = describe_record(record)
-    custom = d.target.startswith("custom")
-    values = dict(subject=d.subject, encoder=d.encoder, target=CUSTOM if custom else d.target,
-                  voxels=tuple(int(v) for v in record["objective"]["positive"]) if custom else (),
-                  objective=d.kind, contrast_target=d.target_b, weight=d.weight, scale=d.scale, steps=d.steps,
+    d, t = describe_record(record), Target.from_record(record)
+    values = dict(subject=d.subject, subject_space=d.subject_space, encoder=d.encoder,
+                  target=CUSTOM if t.voxels is not None else t.region_a, voxels=t.voxels or (),
+                  objective=t.kind, contrast_target=t.region_b, weight=t.weight, scale=d.scale, steps=d.steps,
                   scheduler=d.scheduler, seed=d.seed, n_images=1, prompt=d.prompt, sag_scale=d.sag, mode=d.mode)
     return {k: v for k, v in values.items() if v is not None and v != ""}
+
+
+def _is_fingerprint(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def _parameters(entry: Entry, record: dict) -> str:
@@ -108,18 +146,18 @@ def _parameters(entry: Entry, record: dict) -> str:
 
 
 def _activation_map(service: Service, entry: Entry):
-    """The predicted-activation flatmap of an entry (robust colour limits, target outlined), or None if unavailable."""
-    acts = service.catalog.activations(entry.id)
-    if acts is None:
+    """The entry's predicted-activation flatmap as Explore shows it (``ui.activation.result_map``), or None."""
+    try:
+        maps = act.load_maps(service.catalog, entry.id)
+    except ValueError as exc:  # a damaged .npy: the rest of the result still opens
+        gr.Warning(str(exc))
+        return None
+    except (KeyError, OSError):  # no activations stored
         return None
     try:
-        subject = service.subject(entry.subject)
-        limit = float(np.nanpercentile(np.abs(acts), 99)) or 1.0
-        base = entry.target.split(".")[0]
-        highlight = entry.target if base in subject.roi_names else None
-        return service.flatmap(entry.subject, acts, highlight=highlight, vmin=-limit, vmax=limit,
-                               title=f"{entry.description.label} · seed {entry.seed}")
-    except ServiceError as exc:
+        subject = service.subject_in_space(entry.subject, entry.description.subject_space)
+        return act.result_map(service, subject_label_of(subject), maps, "guided", act.LIMITS[0])
+    except (ServiceError, ValueError, KeyError, OSError) as exc:
         gr.Warning(f"No activation map for {entry.id}: {exc}")
         return None
 
@@ -153,9 +191,12 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
             image = gr.Image(label="Image", interactive=False, elem_id="history-image", height=280)
             parameters = gr.Markdown("Click a thumbnail to open it.", elem_id="history-params")
         with gr.Row():
-            activation_map = gr.Image(label="Predicted activation (guided image)", interactive=False, elem_id="history-map")
+            # no label over the map, as in Explore: it would hide the hemisphere names in its top corners
+            activation_map = gr.Image(label="Predicted activation (guided image)", show_label=False, buttons=[],
+                                      interactive=False, elem_id="history-map", format="png")
             chart = gr.Plot(label="Per-ROI prediction", elem_id="history-chart")
-        files = gr.File(label="Image, record (JSON), predicted activation (.npy)", file_count="multiple",
+        files = gr.File(label="Image, record (JSON), predicted activation (.npy), unguided image and activation",
+                        file_count="multiple",
                         elem_id="history-files")
         run_again = gr.Button("Run again with these settings", elem_id="history-run-again")
         run_again_json = gr.JSON(label="Settings for Explore (GenerationRequest fields)", elem_id="history-run-again-values")
@@ -180,14 +221,17 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
         who = owner_of(request)
         try:
             result = find(service, subj, tgt, start, end, enc, page, owner=who)
-        except ValueError as exc:
-            raise gr.Error(str(exc))
-        items = [(str(e.image_path), e.caption, e.id) for e in result.entries]
+        except ValueError as exc:  # a bad date: said where the entries would be, the page stays as it is
+            gr.Warning(str(exc))
+            return tuple(f"**{exc}**" if component is status else gr.skip() for component in page_outputs)
+        items = [(str(e.image_path), thumbnail_caption(e), e.id) for e in result.entries]
         rows = [[e.label, e.value_text, e.seed, e.subject, e.encoder, e.guidance_scale, e.steps,
                  e.description.scheduler, e.description.mode, e.created, e.id] for e in result.entries]
-        choices = {c: [""] + service.catalog.distinct(c, owner=who) for c in ("subject", "label", "encoder")}
+        choices = {c: [""] + service.catalog.distinct(c, owner=who) for c in ("label", "encoder")}
+        spaces = [("", "")] + [(f"{name} · space {space[:8]}" if space else name, space or name)
+                               for name, space in service.catalog.subject_spaces(owner=who)]
         return (gallery_items(items, picked or []), rows, status_text(result), page, items,
-                gr.update(choices=choices["subject"]), gr.update(choices=choices["label"]),
+                gr.update(choices=spaces), gr.update(choices=choices["label"]),
                 gr.update(choices=choices["encoder"]))
 
     filters = [subject, target, since, until, encoder]
@@ -215,10 +259,11 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
             record = service.catalog.record(entry_id)
         except (KeyError, ValueError, OSError) as exc:
             raise gr.Error(f"Cannot open {entry_id}: {exc}")
-        plot = (roi_chart(record["roi_means"], record["baseline_roi_means"], entry.target)
+        plot = (roi_chart(record["roi_means"], record["baseline_roi_means"], Target.from_record(record))
                 if "roi_means" in record and "baseline_roi_means" in record else None)
         npy = entry.image_path.with_suffix(".npy")
-        downloads = [str(p) for p in (entry.image_path, entry.record_path, npy) if p.is_file()]
+        unguided = [p for p in service.catalog.unguided_paths(entry_id) if p is not None]
+        downloads = [str(p) for p in (entry.image_path, entry.record_path, npy, *unguided) if p.is_file()]
         return str(entry.image_path), _parameters(entry, record), _activation_map(service, entry), plot, downloads, entry_id
 
     current = gr.State("")
@@ -259,7 +304,9 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
     def _export(ids) -> tuple[str, str]:
         try:
             result = export_stimuli(service, ids)
-        except (KeyError, ValueError, OSError) as exc:
+        except OSError as exc:
+            raise gr.Error(f"Export failed: {storage_error(exc)}")
+        except (KeyError, ValueError) as exc:
             raise gr.Error(f"Export failed: {exc}")
         report = f"Exported {len(result.exported)} image(s)."
         if result.skipped:
@@ -268,12 +315,13 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
             gr.Warning(report)
         return str(result.path), report
 
-    def all_matching(subj, tgt, start, end, enc, request) -> list[str]:
+    def all_matching(subj, tgt, start, end, enc, request, skipped: bool = False) -> list[str]:
+        """Every matching readable id; ``skipped``: the skipped ones too (an export lists them, as History does)."""
         try:
             page = find(service, subj, tgt, start, end, enc, owner=owner_of(request), page_size=None)
         except ValueError as exc:
             raise gr.Error(str(exc))
-        return [e.id for e in page.entries]
+        return [e.id for e in page.entries] + ([i for i, _ in page.skipped] if skipped else [])
 
     def visible(request, ids) -> list[str]:
         """The ids of a selection that this visitor may see (any ids a caller sends, on a per-user History)."""
@@ -285,19 +333,20 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
 
     def export_zip(subj, tgt, start, end, ids, enc="", request: gr.Request = None):
         """The selection's ZIP path; with no selection, every entry matching the filters."""
-        ids = visible(request, ids) if ids else all_matching(subj, tgt, start, end, enc, request)
+        ids = visible(request, ids) if ids else all_matching(subj, tgt, start, end, enc, request, skipped=True)
         if not ids:
             raise gr.Error("Nothing to export: no entries match the filters.")
         return _export(ids)[0]
 
     def export_all(subj, tgt, start, end, enc, request: gr.Request = None):
-        ids = all_matching(subj, tgt, start, end, enc, request)
+        ids = all_matching(subj, tgt, start, end, enc, request, skipped=True)
         if not ids:
             raise gr.Error("Nothing to export: no entries match the filters.")
         return _export(ids)
 
     export.click(export_zip, [subject, target, since, until, selected, encoder], zip_file)
     export_all_button.click(export_all, filters, [zip_file, export_report])
-    evaluation_panel.build(service, selected, filters, lambda request, ids, *values: visible(request, ids) or
-                           all_matching(*values, request))
+    chosen = lambda request, ids, *values: visible(request, ids) or all_matching(*values, request)  # noqa: E731
+    evaluation_panel.build(service, selected, filters, chosen)
+    stimuli_panel.build(service, selected, filters, chosen)
     return {"refresh": (load, [*filters, page_index, selected], page_outputs), "run_again": (run_again, run_again_json)}

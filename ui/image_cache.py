@@ -13,9 +13,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import gradio as gr
 from gradio import processing_utils
 
 from braindive.cache import private_tmp
+
+from .service import storage_error
 
 __all__ = ["install", "save_pil_to_cache"]
 
@@ -30,8 +33,13 @@ def save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "w
         os.utime(path)  # files (delete_cache ages them by ctime)
         return str(path)
     tmp = private_tmp(path)
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as exc:  # e.g. a full disk: no partial file stays, and the page says why
+        raise gr.Error(str(storage_error(exc))) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
     return str(path)
 
 

@@ -1,5 +1,9 @@
 """Background training jobs: a chain of ``training`` CLI commands run as child processes.
 
+Each command runs with the app's Python in the app's working directory (so relative data paths mean
+the same to both) and imports ``training`` and ``braindive`` as installed packages (``pip install -e .``,
+which ``make run`` does); no ``PYTHONPATH`` is set.
+
 Each job has a folder with ``log.txt`` (stdout and stderr of every command) and ``job.json`` (its
 state). A crashed command ends the job as ``failed`` with the log kept; so does an error of the job
 runner itself (a command that cannot be started, an unwritable job folder), with the error in
@@ -8,7 +12,8 @@ that lands while a command is being started still stops it. The app keeps runnin
 
 Jobs end with the app: on Linux each command gets ``PR_SET_PDEATHSIG`` (SIGTERM when the app dies, even
 by ``kill -9``), and ``shutdown_jobs`` (registered with ``atexit``) terminates every running job on a
-normal exit. A command killed by a signal it was not sent by ``cancel`` ends the job as ``killed``.
+normal exit. A command killed by a signal it was not sent by ``cancel`` ends the job as ``killed``; so
+does a job whose ``job.json`` still says running after its app died (``read_job``, ``mark_orphans``).
 """
 from __future__ import annotations
 
@@ -28,10 +33,9 @@ import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-__all__ = ["TrainingJob", "JobState", "shutdown_jobs"]
+__all__ = ["TrainingJob", "JobState", "shutdown_jobs", "read_job", "mark_orphans"]
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # pycortex prints this on import; braindive draws ROI outlines itself, so it only confuses a training log
 _NOTICES = ("Inkscape not found. Some tests will be skipped.",)
 _PERCENT = re.compile(r"(\d{1,3})%\|")
@@ -86,6 +90,51 @@ class JobState:
     pid: int | None = None  # of the running command
     outputs: dict = field(default_factory=dict)
     error: str = ""  # why the job runner itself failed (not a command's non-zero exit)
+    app_pid: int = field(default_factory=os.getpid)  # the app that runs the job (its commands die with it)
+
+
+ORPHANED = "killed: the app stopped while the job ran"
+
+
+def _process_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_job(folder) -> JobState:
+    """The state saved in ``folder/job.json``; a job left queued or running by an app that is gone is ``killed``.
+
+    ``OSError`` / ``ValueError`` when the file cannot be read.
+    """
+    saved = json.loads((Path(folder) / "job.json").read_text())
+    known = {k: v for k, v in saved.items() if k in JobState.__dataclass_fields__}
+    known.setdefault("app_pid", None)  # written before app_pid existed: judged by its command's process
+    state = JobState(**known)
+    if state.status in ("queued", "running") and not _process_alive(state.app_pid or state.pid):
+        state.status, state.error = "killed", ORPHANED
+    return state
+
+
+def mark_orphans(root) -> list[JobState]:
+    """Save as ``killed`` every job under ``root`` whose app died while it ran (e.g. ``kill -9`` of the app)."""
+    marked = []
+    for path in sorted(Path(root).glob("*/job.json")):
+        try:
+            state = read_job(path.parent)
+            if state.error == ORPHANED and json.loads(path.read_text()).get("status") != "killed":
+                state.finished = state.finished or path.stat().st_mtime
+                path.write_text(json.dumps(asdict(state), indent=2))
+                marked.append(state)
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("training job state %s cannot be read: %s", path, exc)
+    return marked
 
 
 class TrainingJob:
@@ -178,20 +227,20 @@ class TrainingJob:
             pass
 
     def _run_commands(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO_ROOT)}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "a") as out:
             for index, (name, argv) in enumerate(self.commands, start=1):
                 if self._cancelled.is_set():
                     break
                 self.state.step, self.state.step_name, self.state.percent = index, name, 0
                 self._save()
-                out.write(f"$ {' '.join(argv)}\n")
+                out.write(f"$ {Path(sys.executable).name} {' '.join(argv)}\n")  # the interpreter by name, not path
                 out.flush()
                 with self._lock:
                     if self._cancelled.is_set():
                         break
                     self._process = subprocess.Popen([sys.executable, *argv], stdout=out, stderr=subprocess.STDOUT,
-                                                     cwd=REPO_ROOT, env=env, start_new_session=True,
+                                                     env=env, start_new_session=True,
                                                      preexec_fn=_die_with_parent if sys.platform == "linux" else None)
                 process = self._process
                 self.state.pid = process.pid

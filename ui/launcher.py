@@ -2,7 +2,7 @@
 
 The Train tab may read datasets and backbones only under the data folder and the folders named at
 start-up (``Settings.train_roots``). Every refusal of a path is the same message, whether or not the
-path exists, so the form cannot be used to probe the server's files.
+path exists, and names no server folder, so the form cannot be used to probe the server's files.
 """
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ import threading
 import uuid
 from pathlib import Path
 
-from .jobs import REPO_ROOT, TrainingJob
+from .jobs import TrainingJob, mark_orphans
 from .registry import ServiceError
 from .validation import whole
 
 __all__ = ["TrainingLauncher", "DATASET_KINDS"]
 
 DATASET_KINDS = ("synthetic", "nsd", "generic")
+SYNTHETIC_SUBJECTS = ("S1", "S1-fullhead")  # built-in voxel spaces a synthetic dataset can be drawn on
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")  # an OpenCLIP pretrained tag, not a path
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}")  # an OpenCLIP pretrained tag; anything else is a file path
 _MODEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")  # an OpenCLIP model name
 _HUB = re.compile(r"hf-hub:[A-Za-z0-9_.-]{1,96}/[A-Za-z0-9_.-]{1,96}")
 
@@ -29,12 +30,12 @@ class TrainingLauncher:
         self.settings = settings
         self.jobs: dict[str, TrainingJob] = {}
         self._lock = threading.Lock()  # the "already running" check, the name check and the start are one step
+        mark_orphans(settings.jobs_dir)  # jobs of an app that was killed: their job.json said "running"
 
     def _refused(self, what: str, value: str) -> ServiceError:
-        roots = ", ".join(str(r) for r in self.settings.allowed_roots)
         shown = value if len(value) <= 80 else value[:80] + "…"
-        return ServiceError(f"{what} {shown!r} is not available to the app: use a {what.lower()} under {roots} "
-                            "(more folders can be allowed at start-up with --train-roots).")
+        return ServiceError(f"{what} {shown!r} is not available to the app: use a {what.lower()} inside the app's data "
+                            "folder or a folder allowed at start-up (--train-roots).")
 
     def _inside_roots(self, raw: str, what: str, want_dir: bool) -> Path:
         """``raw`` resolved (symlinks too) when it is an existing file/folder under an allowed root; else one refusal."""
@@ -55,15 +56,19 @@ class TrainingLauncher:
             backbone = "local-dir:" + str(self._inside_roots(backbone[len("local-dir:"):], "Backbone", want_dir=True))
         elif not (_MODEL.fullmatch(backbone) or _HUB.fullmatch(backbone)):
             raise self._refused("Backbone", backbone)
-        if not _TAG.fullmatch(pretrained) or (REPO_ROOT / pretrained).exists():
+        if not _TAG.fullmatch(pretrained):  # decided by the text alone: the answer never says what exists
             pretrained = str(self._inside_roots(pretrained, "Pretrained file", want_dir=False))
         return backbone, pretrained
 
     def start(self, dataset_kind: str, dataset_path: str = "", name: str = "", n_train: int = 600, n_test: int = 150,
-              backbone: str = "braindive-tiny-vit", pretrained: str = "none", cv: int = 5) -> TrainingJob:
-        """Launch dataset preparation (synthetic) + ``train_encoder`` + ``eval_encoder`` in the background."""
+              backbone: str = "braindive-tiny-vit", pretrained: str = "none", cv: int = 5,
+              subject: str = "S1") -> TrainingJob:
+        """Launch dataset preparation (synthetic, on ``subject``) + ``train_encoder`` + ``eval_encoder`` in the background."""
         if dataset_kind not in DATASET_KINDS:
             raise ServiceError(f"`dataset` must be synthetic, nsd or generic, got {str(dataset_kind)[:40]!r}.")
+        if subject not in SYNTHETIC_SUBJECTS:
+            raise ServiceError(f"`subject` of a synthetic dataset must be one of {SYNTHETIC_SUBJECTS}, "
+                               f"got {str(subject)[:40]!r}.")
         name = (name or "").strip() or f"encoder-{uuid.uuid4().hex[:6]}"
         if not _NAME.fullmatch(name):
             shown = name if len(name) <= 40 else name[:40] + "…"
@@ -80,21 +85,22 @@ class TrainingLauncher:
             checkpoint = self.settings.models_dir / name
             if checkpoint.exists():
                 raise ServiceError(f"An encoder named {name!r} already exists; choose another name.")
-            job = self._job(dataset_kind, data, name, n_train, n_test, backbone, pretrained, cv)
+            job = self._job(dataset_kind, data, name, n_train, n_test, backbone, pretrained, cv, subject)
             self.jobs[job.state.id] = job
             return job.start()
 
-    def _job(self, dataset_kind, data, name, n_train, n_test, backbone, pretrained, cv) -> TrainingJob:
+    def _job(self, dataset_kind, data, name, n_train, n_test, backbone, pretrained, cv, subject) -> TrainingJob:
         s = self.settings
         checkpoint, report = s.models_dir / name, s.reports_dir / name
         commands = []
         if data is None:
             data = s.jobs_dir / f"data-{name}" / "synthetic.h5"
-            commands.append(("synthetic dataset", ["-m", "training.synthetic", "--out", str(data), "--n-train",
-                                                   str(n_train), "--n-test", str(n_test)]))
+            commands.append(("synthetic dataset", ["-m", "training.synthetic", "--out", str(data), "--subject", subject,
+                                                   "--n-train", str(n_train), "--n-test", str(n_test)]))
         commands.append(("train encoder", ["-m", "training.train_encoder", "--data", str(data), "--out", str(checkpoint),
                                            "--backbone", backbone, "--pretrained", pretrained, "--cv", str(cv)]))
         commands.append(("evaluate", ["-m", "training.eval_encoder", "--encoder", str(checkpoint), "--data", str(data),
-                                      "--out", str(report)]))
-        return TrainingJob(s.jobs_dir, f"{name} on {dataset_kind}", commands,
+                                      "--out", str(report), "--relative-to", str(s.data_dir)]))
+        on = f"synthetic {subject}" if dataset_kind == "synthetic" else dataset_kind
+        return TrainingJob(s.jobs_dir, f"{name} on {on}", commands,
                            outputs={"encoder": name, "checkpoint": str(checkpoint), "report": str(report)})

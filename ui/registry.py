@@ -9,11 +9,9 @@ before fingerprints existed fall back to the subject's name. Subjects are listed
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +19,17 @@ from pathlib import Path
 import torch
 
 import braindive as bd
-from braindive.encoders import BACKBONE_NAME, CONFIG_NAME, HEAD_NAME, SUBJECT_NAME, build_clip_tower
+from braindive.encoders import CONFIG_NAME, SUBJECT_NAME
+from braindive.generate import encoder_identity
+from braindive.presets import PRESETS
 
-__all__ = ["ModelRegistry", "Backend", "ServiceError", "DEMO_ENCODER", "subject_label", "MAX_NAME"]
+__all__ = ["ModelRegistry", "Backend", "ServiceError", "DEMO_ENCODER", "DEMO_VOLUME_ENCODER", "subject_label",
+           "MAX_NAME"]
 
 log = logging.getLogger(__name__)
 DEMO_ENCODER = "demo"
+DEMO_VOLUME_ENCODER = "demo-fullhead"  # the demo encoder on the volume subject S1-fullhead (derived, cached)
 MAX_NAME = 100  # characters of an encoder name or path a request may carry
-SD21_DEFAULTS = {"height": 512, "width": 512, "num_inference_steps": 50, "brain_guidance_scale": 130.0, "sag_scale": 0.75}
 
 
 class ServiceError(Exception):
@@ -60,10 +61,11 @@ class ModelRegistry:
         self._backend: Backend | None = None
         self._demo_encoder: bd.BrainEncoder | None = None
         self._encoders: OrderedDict[str, bd.BrainEncoder] = OrderedDict()  # least recently used first
-        self._towers: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # backbone key -> shared tower
+        self._towers = bd.encoders.TowerCache()  # encoders of one backbone share its frozen tower
+        self._identities: dict[tuple, str] = {}
         self._subjects: dict[str, bd.Subject] = {}  # by name, label and file path
         self._configs: dict[Path, tuple[float, dict]] = {}  # config.json -> (mtime, contents)
-        self._hashes: dict[tuple, str] = {}
+        self._volume_folder: Path | None = None
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ backend
@@ -83,19 +85,19 @@ class ModelRegistry:
     def _load_backend(self) -> Backend:
         n = self.settings.concurrency
         if self.preset == "demo":
-            bundle = bd.demo.load()
-            self._demo_encoder = bundle.encoder
-            self._remember_subject(bundle.subject)
+            loaded = PRESETS["demo"].load("cpu")
+            self._demo_encoder = loaded.encoder
+            self._remember_subject(loaded.subject)
             extra = [bd.demo.configure_fast(self._pipeline(str(bd.demo.diffusion_bundle_path()), torch.float32, "cpu"))
                      for _ in range(n - 1)]
-            return Backend([bundle.pipe, *extra], "demo:tiny-sd", bundle.label, bundle.defaults)
+            return Backend([loaded.pipe, *extra], loaded.model_name, loaded.label, _pipeline_defaults(PRESETS["demo"]))
         if not self.settings.encoder:
             raise ServiceError("The sd21 preset needs an encoder: start the app with --encoder PATH_OR_HUB_ID "
                                "(train one in the Train tab or with `python -m training.train_encoder`).")
         cuda = torch.cuda.is_available()
         pipes = [self._pipeline(self.settings.model, torch.float16 if cuda else torch.float32, "cuda" if cuda else "cpu")
                  for _ in range(n)]
-        return Backend(pipes, self.settings.model, f"{self.settings.model} + your encoder", dict(SD21_DEFAULTS))
+        return Backend(pipes, self.settings.model, f"{self.settings.model} + your encoder", _pipeline_defaults(PRESETS["sd21"]))
 
     @staticmethod
     def _pipeline(model: str, dtype, device) -> bd.BrainDiVEPipeline:
@@ -106,12 +108,12 @@ class ModelRegistry:
     # ------------------------------------------------------------------ encoders: discovery (config.json only)
 
     def encoder_names(self) -> list[str]:
-        names = [DEMO_ENCODER] if self.preset == "demo" else []
+        names = [DEMO_ENCODER, DEMO_VOLUME_ENCODER] if self.preset == "demo" else []
         if self.settings.encoder:
             names.append(self.settings.encoder)
         models = self.settings.models_dir
-        if models.is_dir():
-            names += sorted(p.name for p in models.iterdir() if (p / CONFIG_NAME).is_file())
+        if models.is_dir():  # a trained encoder cannot hide a built-in one of the same name
+            names += sorted(p.name for p in models.iterdir() if (p / CONFIG_NAME).is_file() and p.name not in names)
         return names
 
     def folder(self, name: str) -> Path:
@@ -121,12 +123,24 @@ class ModelRegistry:
             raise ServiceError(f"Unknown encoder {shown!r}; available: {self.encoder_names()}.")
         if name == DEMO_ENCODER:
             return bd.demo.ASSET_ENCODER
+        if name == DEMO_VOLUME_ENCODER and self.preset == "demo":
+            return self._volume_demo_folder()
         if name != self.settings.encoder:
             return self.settings.models_dir / name
         try:
-            return bd.encoders._resolve(name)
+            return bd.encoders.resolve_checkpoint(name)
         except FileNotFoundError as exc:
             raise ServiceError(f"Could not load encoder {name!r}: {exc}") from exc
+
+    def _volume_demo_folder(self) -> Path:
+        """The demo encoder on S1-fullhead: derived from the S1 one once (seconds), then read from the cache."""
+        with self._lock:
+            if self._volume_folder is None:
+                try:
+                    self._volume_folder = bd.demo.volume_encoder_folder()
+                except (ValueError, OSError, RuntimeError, KeyError) as exc:
+                    raise ServiceError(f"Could not derive encoder {DEMO_VOLUME_ENCODER!r}: {exc}") from exc
+            return self._volume_folder
 
     def config(self, name: str) -> dict:
         """The encoder's ``config.json`` as a dict (re-read when the file changes)."""
@@ -205,6 +219,26 @@ class ModelRegistry:
                 log.warning("skipping encoder %s: %s", name, exc)
         return sorted(labels)
 
+    def subject_in_space(self, name: str, fingerprint: str = "") -> bd.Subject:
+        """A subject of voxel space ``fingerprint`` (any encoder's, or loaded by ``name``); by name when it is ""."""
+        if not fingerprint:
+            return self.subject(name)
+        candidates = []
+        for encoder_name in self.encoder_names():
+            try:
+                candidates.append(self.subject_of(encoder_name))
+            except ServiceError:
+                continue
+        try:
+            candidates.append(self.subject(name))
+        except ServiceError:
+            pass
+        for subject in candidates:
+            if subject.fingerprint == fingerprint:
+                return subject
+        raise ServiceError(f"No subject of voxel space {fingerprint[:12]}… ({name!r}) is available in this app: "
+                           "load the encoder or subject file of that space.")
+
     def encoders_for(self, label: str) -> list[str]:
         found = []
         for name in self.encoder_names():
@@ -245,32 +279,20 @@ class ModelRegistry:
         return len(self._towers)
 
     def _load(self, folder: Path) -> bd.BrainEncoder:
-        config = bd.encoders._read_config(folder)
-        if config.encoder_type != "clip_linear":
-            return bd.load_encoder(folder)
-        key = self._tower_key(config, folder)
-        tower = self._towers.get(key)
-        if tower is None:
-            tower = build_clip_tower(config.backbone, config.pretrained, config.backbone_config)
-            if config.pretrained is None:
-                bd.encoders._load_weights(tower, folder / BACKBONE_NAME, "backbone")
-            self._towers[key] = tower
-        encoder = bd.ClipLinearEncoder(config, tower=tower)
-        bd.encoders._load_weights(encoder.head, folder / HEAD_NAME, "head")
-        return encoder.eval()
+        return self._towers.load(folder)
 
-    def _tower_key(self, config, folder: Path) -> tuple:
-        """Identity of a frozen tower: backbone + weights (the tag, or the hash of the checkpoint's own tower file)."""
-        weights = config.pretrained
-        if weights is None:
-            path = folder / BACKBONE_NAME
-            stat = path.stat()
-            cache_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-            if cache_key not in self._hashes:
-                digest = hashlib.sha256()
-                with open(path, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(block)
-                self._hashes[cache_key] = digest.hexdigest()
-            weights = "sha256:" + self._hashes[cache_key]
-        return config.backbone, weights, json.dumps(config.backbone_config, sort_keys=True)
+    def identity(self, name: str) -> str:
+        """The encoder's identity in baseline keys and image ids (``braindive.generate.encoder_identity``)."""
+        subject = self.subject_of(name)
+        folder = self.folder(name)
+        config = folder / CONFIG_NAME
+        key = (str(folder), subject.fingerprint, config.stat().st_mtime_ns if config.is_file() else 0)
+        with self._lock:
+            if key not in self._identities:
+                self._identities[key] = encoder_identity(name, subject, folder)
+            return self._identities[key]
+
+
+def _pipeline_defaults(preset) -> dict:
+    """The preset's defaults the app uses (pipeline argument names)."""
+    return {k: preset.defaults[k] for k in ("height", "width", "num_inference_steps", "brain_guidance_scale", "sag_scale")}

@@ -11,13 +11,18 @@ import numpy as np
 
 from .service import CUSTOM
 
-__all__ = ["HEMISPHERES", "HEMISPHERE_CHOICE", "PAINT_WIDTH", "target_name", "highlight", "selection_text",
+__all__ = ["HEMISPHERES", "HEMISPHERE_CHOICE", "PAINT_WIDTH", "default_roi", "target_name", "highlight", "selection_text",
            "selection_map", "safe_map", "painter_value", "subject_label", "subject_choices"]
 
 log = logging.getLogger(__name__)
 HEMISPHERES = {"both": "", "left (.lh)": ".lh", "right (.rh)": ".rh"}
 HEMISPHERE_CHOICE = {"lh": "left (.lh)", "rh": "right (.rh)"}
 PAINT_WIDTH = 760  # the paint canvas's image width: fits the editor at 100% zoom
+
+
+def default_roi(roi_names) -> str:
+    """The ROI selected when nothing else is: FFA where the subject has it, else its first."""
+    return "FFA" if "FFA" in roi_names else roi_names[0]
 
 
 def target_name(st: dict) -> str:

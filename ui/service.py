@@ -7,29 +7,41 @@ it with ``gr.Error``.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 import braindive as bd
+from braindive.cache import private_tmp, remove_stale_temp_files
 from braindive.catalog import Catalog, Entry
-from braindive.records import generation_record
+from braindive.generate import SeedResult, seed_record
+from braindive.targets import Target
 
-from .activation import save_unguided
 from .generation import GeneratedImage, GenerationRequest, Progress, Runner, Slots, Waiting
 from .launcher import TrainingLauncher
 from .registry import DEMO_ENCODER, ModelRegistry, ServiceError, subject_label
 from .settings import Settings
-from .validation import CUSTOM, MODES, OBJECTIVES, check_request, objective_of
+from .validation import CUSTOM, MODES, OBJECTIVES, check_request, target_of
 from .zerogpu import gpu_duration, gpu_task
 
 __all__ = ["Service", "ServiceError", "GenerationRequest", "Progress", "Waiting", "ImageResult", "Finished",
            "OBJECTIVES", "MODES", "CUSTOM", "DEMO_ENCODER"]
 
+log = logging.getLogger(__name__)
 VIEW = "voxels"  # flatmaps zoomed to the subject's voxels
+OWNER_PREFIX = "key:"  # a catalog owner that is a keyed hash (``Service.owner_of``)
+EVALUATION_GPU_SECONDS = 120  # ZeroGPU budget of one CLIP evaluation of a selection
 
 
 @dataclass
@@ -39,7 +51,13 @@ class ImageResult(GeneratedImage):
     roi_means: dict
     baseline_roi_means: dict
     entry: Entry
-    target: str
+    target: Target
+
+    @property
+    def caption(self) -> str:
+        """``seed 0 · min PPA · PPA mean -1.72 (unguided 1.40)``: the label and the signed measure, as records keep them."""
+        return (f"seed {self.seed} · {self.target.label} · {self.target.value_text(self.measure)} "
+                f"(unguided {self.baseline_measure:.2f})")
 
 
 @dataclass
@@ -54,13 +72,18 @@ class Service:
         self.settings = settings
         self.catalog = Catalog(settings.catalog_dir)
         self.models = ModelRegistry(settings)
-        self.runner = Runner(self.models, settings)
+        self.runner = Runner(self.models, settings, self.catalog)
         self.slots = Slots(settings.concurrency)
         self.training = TrainingLauncher(settings)
         self.jobs = self.training.jobs
         self._cancel: dict[str, threading.Event] = {}
         self._stream = gpu_task(self.runner.stream, duration=self.gpu_seconds)
+        self._classify = gpu_task(_classify, duration=EVALUATION_GPU_SECONDS)
         settings.models_dir.mkdir(parents=True, exist_ok=True)
+        self._owner_secret = owner_secret(settings.owner_key_path)
+        self.catalog.hash_owners(self._keyed, OWNER_PREFIX)  # catalogs written when owners were stored in the clear
+        for folder in settings.exports_dir.glob("*/"):  # ZIPs being written when the app was killed
+            remove_stale_temp_files(folder)
 
     # ------------------------------------------------------------------ models (see ui.registry)
 
@@ -88,6 +111,10 @@ class Service:
 
     def subject_names(self) -> list[str]:
         return self.models.subject_names()
+
+    def subject_in_space(self, name: str, fingerprint: str = "") -> bd.Subject:
+        """The subject a record names, by its voxel-space fingerprint (names are for people; "" : by name)."""
+        return self.models.subject_in_space(name, fingerprint)
 
     def encoders_for(self, subject_label: str) -> list[str]:
         return self.models.encoders_for(subject_label)
@@ -125,15 +152,20 @@ class Service:
     # ------------------------------------------------------------------ who sees which results
 
     def owner_of(self, request) -> str:
-        """The owner recorded with a result and used to filter History: "" when History is shared.
+        """The owner recorded in the catalog index and used to filter History: "" when History is shared.
 
-        ``session``: the browser session; ``account``: the signed-in user (else the session).
+        ``session``: the browser session; ``account``: the signed-in user (else the session). A session id
+        is a bearer secret (it can stop runs, read the session's state), so only its keyed hash
+        (``owner_key``) is stored: never the id, and never in a served record.
         """
         mode = self.settings.history
         if mode == "shared" or request is None:
             return ""
         user = getattr(request, "username", None) if mode == "account" else None
-        return f"user:{user}" if user else f"session:{getattr(request, 'session_hash', None) or 'anonymous'}"
+        return self._keyed(f"user:{user}" if user else f"session:{getattr(request, 'session_hash', None) or 'anonymous'}")
+
+    def _keyed(self, owner: str) -> str:
+        return OWNER_PREFIX + hmac.new(self._owner_secret, owner.encode(), hashlib.sha256).hexdigest()
 
     def history_owner(self, request) -> str | None:
         """The ``owner=`` filter for the catalog: None (everyone's results) when History is shared."""
@@ -141,21 +173,24 @@ class Service:
 
     # ------------------------------------------------------------------ generation
 
-    def validate(self, request: GenerationRequest) -> tuple[GenerationRequest, bd.Objective, bd.Subject]:
-        """Re-check every bound the UI enforces; returns the completed request, its objective and subject."""
+    def validate(self, request: GenerationRequest) -> tuple[GenerationRequest, Target, bd.Subject]:
+        """Re-check every bound the UI enforces; returns the completed request, its target and subject."""
         request = check_request(request, self.settings, self.backend().defaults["brain_guidance_scale"])
         encoder = self.encoder(request.encoder)
         subject = self.subject_of(request.encoder)
         if request.subject not in (subject.name, subject_label(subject)):
             raise ServiceError(f"Encoder {request.encoder!r} is for subject {subject_label(subject)!r}, "
                                f"not {str(request.subject)[:60]!r}.")
+        if request.subject_space and request.subject_space != subject.fingerprint:  # names are for people
+            raise ServiceError(f"Encoder {request.encoder!r} is in voxel space {subject.fingerprint[:12]}… of "
+                               f"{subject_label(subject)!r}, not the requested space {str(request.subject_space)[:12]}….")
         try:
             encoder.check_subject(subject)
-            return request, objective_of(request, subject), subject
+            return request, target_of(request, subject), subject
         except ValueError as exc:
             raise ServiceError(str(exc)) from exc
 
-    def gpu_seconds(self, request: GenerationRequest, objective=None, slot=None) -> int:
+    def gpu_seconds(self, request: GenerationRequest, target=None, slot=None) -> int:
         """The ZeroGPU budget of one request: guided + unguided run of every image, every step."""
         return gpu_duration(request.steps, request.n_images, self.settings.gpu_step_seconds)
 
@@ -175,7 +210,7 @@ class Service:
         and items are plain data) on a pipeline slot. ``cancel(session)`` takes a waiting request out
         of the queue, or stops a running one after its current step; images already finished are kept.
         """
-        request, objective, subject = self.validate(request)
+        request, target, subject = self.validate(request)
         if self.slots.waiting >= self.settings.queue_size and self.slots.running >= self.slots.n:
             raise ServiceError(f"The queue is full ({self.slots.waiting} generations waiting); please retry shortly.")
         cancel = threading.Event()
@@ -190,7 +225,7 @@ class Service:
                 if slot is None and not cancel.is_set():
                     yield Waiting(ahead)
             if slot is not None:
-                yield from self._run(request, objective, subject, slot, run_id, owner, cancel, results)
+                yield from self._run(request, target, subject, slot, run_id, owner, cancel, results)
         finally:
             self.slots.leave(ticket)
             if slot is not None:
@@ -204,14 +239,18 @@ class Service:
         message = f"Stopped: kept {len(results)} finished image(s)." if interrupted else f"Done: {len(results)} image(s)."
         yield Finished(results, interrupted, message)
 
-    def _run(self, request, objective, subject, slot, run_id, owner, cancel, results) -> Iterator:
-        stream = self._stream(request, objective, slot)
+    def _run(self, request, target, subject, slot, run_id, owner, cancel, results) -> Iterator:
+        stream = self._stream(request, target, slot)
         try:
             for item in stream:
                 if isinstance(item, ServiceError):
                     raise item
                 if isinstance(item, GeneratedImage):
-                    item = self._store(item, request, objective, subject, run_id, owner)
+                    try:
+                        item = self._store(item, request, target, subject, run_id, owner)
+                    except ServiceError:  # a request that fails leaves no results behind
+                        self._discard(results)
+                        raise
                     results.append(item)
                 yield item
                 if cancel.is_set():
@@ -219,23 +258,39 @@ class Service:
         finally:
             stream.close()
 
-    def _store(self, generated: GeneratedImage, request, objective, subject, run_id, owner) -> ImageResult:
-        """Catalog a finished image with its record; the ``ImageResult`` the UI shows."""
-        contrast = objective.kind == "contrast"
-        record = generation_record(
-            seed=generated.seed, subject=subject.name, target=objective.label.split("-vs-")[0] if contrast else objective.label,
-            target_b=request.contrast_target if contrast else None, objective=objective.describe(),
-            parameters={**self.runner.call_params(request), "scheduler": request.scheduler},
-            objective_value=generated.objective, model=self.backend().name, encoder=request.encoder,
-            subject_space=subject.fingerprint, baseline_value=generated.baseline_objective,
-        )
-        record["owner"] = owner
-        record["roi_means"] = _roi_means(subject, generated.activations)
-        record["baseline_roi_means"] = _roi_means(subject, generated.baseline_activations)
-        entry = self.catalog.add(generated.image, record, run_id=run_id, activations=generated.activations, owner=owner)
-        save_unguided(entry, generated.baseline_image, generated.baseline_activations)
+    def _discard(self, results: list) -> None:
+        try:
+            self.catalog.remove([r.entry.id for r in results])
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("results of a failed request stay in the catalog: %s", exc)
+        results.clear()
+
+    def _store(self, generated: GeneratedImage, request, target, subject, run_id, owner) -> ImageResult:
+        """Catalog a finished image with its record (``braindive.generate.seed_record``, as the CLI and batch)."""
+        result = SeedResult(generated.seed, generated.image, generated.activations, generated.measure,
+                            generated.baseline_image, generated.baseline_activations, generated.baseline_measure,
+                            generated.baseline_key, generated.baseline_reused)
+        record = seed_record(result, target, subject, self.runner.generation_settings(request),
+                             model=self.backend().name, encoder=request.encoder)
+        try:
+            entry = self.catalog.add(generated.image, record, run_id=run_id, activations=generated.activations, owner=owner)
+        except OSError as exc:  # nothing of this image is kept (Catalog.add); a full disk says so
+            raise storage_error(exc) from exc
         return ImageResult(**vars(generated), roi_means=record["roi_means"],
-                           baseline_roi_means=record["baseline_roi_means"], entry=entry, target=objective.label)
+                           baseline_roi_means=record["baseline_roi_means"], entry=entry, target=target)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, ids, config=None):
+        """CLIP 5-way evaluation of the catalog entries ``ids``: the classifier is built once per settings and runs
+        as a GPU task; the evaluation is stored in the catalog. Returns ``(evaluation, report paths)``."""
+        from braindive.evaluation import ZeroShotConfig
+        from braindive.evaluation.report import EVALUATIONS_DIR, store, write_report
+        from braindive.evaluation.sets import generated_sets
+
+        evaluation = self._classify(generated_sets(ids, self.catalog), config or ZeroShotConfig())
+        store(evaluation, self.catalog.root)
+        return evaluation, write_report(evaluation, self.catalog.root / EVALUATIONS_DIR / evaluation.id)
 
     # ------------------------------------------------------------------ training jobs (see ui.launcher)
 
@@ -243,5 +298,42 @@ class Service:
         return self.training.start(*args, **kwargs)
 
 
-def _roi_means(subject: bd.Subject, activations: np.ndarray) -> dict:
-    return {name: float(activations[subject.rois[name]].mean()) for name in subject.roi_names}
+DISK_FULL = "The disk of the server is full: nothing was saved. Free some space in the data folder and try again."
+
+
+def storage_error(exc: OSError) -> ServiceError:
+    """A failed write as a message for people: a full disk says so; no server path is shown."""
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return ServiceError(DISK_FULL)
+    return ServiceError(f"The result could not be saved: {exc.strerror or type(exc).__name__}.")
+
+
+def owner_secret(path: Path) -> bytes:
+    """The server's secret for owner hashes, created once (mode 0600) in the data folder, which is never served."""
+    if not path.exists():
+        tmp = private_tmp(path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+            os.link(tmp, path)  # atomic, and never over a key another process made first
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    try:
+        secret = bytes.fromhex(path.read_text().strip())
+    except ValueError:
+        secret = b""
+    if len(secret) < 32:
+        raise ServiceError(f"The owner key {path.name} in the data folder is damaged: delete it (History's "
+                           "per-session owners then start afresh).")
+    return secret
+
+
+def _classify(sets, config):
+    """The GPU part of an evaluation: classify every image set with the (cached) zero-shot classifier."""
+    from braindive.evaluation import load_classifier
+    from braindive.evaluation.report import evaluate
+
+    return evaluate(sets, load_classifier(config))

@@ -26,7 +26,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 7860
     image_size: int = 0           # generated image side in pixels; 0 = the model's default
-    max_steps: int = 100
+    max_steps: int = 200          # this server's caps (braindive.presets.LIMITS; lower values only tighten them)
     max_images: int = 8
     max_prompt: int = 300         # prompt characters
     concurrency: int = 1          # generations running at once (one pipeline each); the rest wait in a queue
@@ -34,6 +34,7 @@ class Settings:
     max_encoders: int = 4         # encoders kept loaded (least recently used evicted)
     history: str = "shared"       # shared (lab server) | session | account ; "session" on a Space
     train_roots: str = ""         # extra folders (os.pathsep-separated) the Train tab may read datasets/backbones from
+    max_upload_mb: float = 10.0   # largest file a visitor may upload (Gradio's max_file_size), in MB
     gpu_step_seconds: float = 0.5  # ZeroGPU budget per denoising step (guided or unguided) of one image
     share: bool = False
 
@@ -41,7 +42,8 @@ class Settings:
         checks = [(self.history in HISTORY_MODES, f"`history` must be one of {HISTORY_MODES}, got {self.history!r}."),
                   (self.concurrency >= 1, f"`concurrency` must be at least 1, got {self.concurrency}."),
                   (self.queue_size >= 0, f"`queue_size` must be at least 0, got {self.queue_size}."),
-                  (self.max_encoders >= 1, f"`max_encoders` must be at least 1, got {self.max_encoders}.")]
+                  (self.max_encoders >= 1, f"`max_encoders` must be at least 1, got {self.max_encoders}."),
+                  (0 < self.max_upload_mb <= 1024, f"`max_upload_mb` must be from 0 to 1024, got {self.max_upload_mb}.")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -62,6 +64,11 @@ class Settings:
     def reports_dir(self) -> Path:
         """Evaluation reports of training jobs (R² flatmap PNG + JSON): served to the Train tab."""
         return Path(self.data_dir) / "reports"
+
+    @property
+    def owner_key_path(self) -> Path:
+        """The secret that keys History's owner hashes (``Service.owner_of``): in the data folder, never served."""
+        return Path(self.data_dir) / "owner.key"
 
     @property
     def exports_dir(self) -> Path:

@@ -44,5 +44,5 @@ def run(args) -> int:
         print(f"error: {len(report.failed)} unit(s) failed; re-run to retry them.", file=sys.stderr)
         return 1
     print(f"run {report.run_id}: {report.added} new, {report.existing + report.added}/{report.total} images in the "
-          f"catalog; summary {report.summary}")
+          f"catalog; summary {report.summary}" + (f"; stimulus package {report.package}" if report.package else ""))
     return 0

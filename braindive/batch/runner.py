@@ -6,6 +6,10 @@ so returning them through Ray's object store costs little and leaves one writer.
 image has a deterministic id; the driver skips ids already in the catalog, and ``Catalog.add`` ignores
 an id it holds, so a unit that Ray retries after a worker dies, or a re-run after a crash, Ctrl-C or a
 full disk, never duplicates an image, and an image is indexed only once its files are complete.
+
+Unguided baselines depend on the seed, encoder and settings, not on the target: a first stage makes each
+missing one once (``BatchWorker.unguided``) and the catalog stores it; every unit then gets its seeds'
+baselines with it, so a 5-region sweep runs one unguided image per seed, not five.
 """
 from __future__ import annotations
 
@@ -14,14 +18,17 @@ import math
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from io import BytesIO
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from ..catalog import Catalog
-from .sweep import Sweep
+from ..generate import baseline_key
+from .cluster import connect
+from .sweep import Sweep, model_name
 from .worker import BatchWorker, Faults, ImageOut, Unit
 
 __all__ = ["run_sweep", "RunReport", "WorkerPool", "plan_units", "connect"]
@@ -40,6 +47,7 @@ class RunReport:
     seconds: float = 0.0
     workers: int = 0
     summary: Path | None = None
+    package: Path | None = None  # the [stimuli] package, when the sweep has one
 
 
 def plan_units(sweep: Sweep, catalog: Catalog) -> tuple[list[Unit], int]:
@@ -52,18 +60,6 @@ def plan_units(sweep: Sweep, catalog: Catalog) -> tuple[list[Unit], int]:
             chunk = todo[start:start + sweep.batch_size]
             units.append(Unit(job, tuple(s for s, _ in chunk), tuple(i for _, i in chunk)))
     return units, existing
-
-
-def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Join Ray at ``address`` or start a local instance sized to the machine; True if this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    repo = str(Path(__file__).resolve().parents[2])  # workers import braindive from the same checkout
-    ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": repo}})
-    return True
 
 
 class WorkerPool:
@@ -120,11 +116,14 @@ def run_sweep(sweep: Sweep, *, catalog_dir=None, address: str | None = None, wor
     log(f"run {sweep.run_id}: {sweep.n_images} images ({len(sweep.jobs)} jobs x {len(sweep.seeds)} seeds), "
         f"{existing} already in {catalog.root}, {sum(len(u.seeds) for u in units)} to make in {len(units)} units")
     if units:
-        started = connect(address)
+        started = connect(address, log=log)
         own = pool is None
         try:
             pool = pool or WorkerPool.for_sweep(sweep, len(units), workers)
-            _execute(sweep, units, catalog, report, pool, faults, on_unit, log)
+            if sweep.baseline:
+                _make_baselines(sweep, units, catalog, report, pool, log)
+            if not report.stopped:
+                _execute(sweep, units, catalog, report, pool, faults, on_unit, log)
         finally:
             if own and pool is not None:
                 pool.close()
@@ -138,10 +137,71 @@ def run_sweep(sweep: Sweep, *, catalog_dir=None, address: str | None = None, wor
     from .summary import write_summary
 
     report.summary = write_summary(sweep, catalog, log=log)
+    if sweep.stimuli is not None and not report.stopped:
+        from ..stimuli.sweep import package_run
+
+        report.package = package_run(sweep, catalog, log=log)
     return report
 
 
+def _baseline_keys(sweep: Sweep, unit: Unit) -> dict[int, str]:
+    job = unit.job
+    return {s: baseline_key(model_name(sweep.model), job.settings, s, job.encoder.identity, job.target_key["subject_space"])
+            for s in unit.seeds}
+
+
+def _make_baselines(sweep, units, catalog, report, pool, log) -> None:
+    """Stage 1: each unguided image the units need and the catalog lacks, made once (one unit per seed batch)."""
+    todo = {}
+    for unit in units:
+        for seed, key in _baseline_keys(sweep, unit).items():
+            if key not in todo and catalog.get_baseline(key) is None:
+                todo[key] = (unit.job, seed)
+    groups = {}
+    for key, (job, seed) in todo.items():  # one encoder + settings: seeds batched together
+        groups.setdefault((job.encoder.identity, job.settings), (job, []))[1].append(seed)
+    tasks = [Unit(job, tuple(seeds[i:i + sweep.batch_size]), ())
+             for job, seeds in groups.values() for i in range(0, len(seeds), sweep.batch_size)]
+    if not tasks:
+        return
+    log(f"unguided baselines: {len(todo)} to make (one per seed, shared by every target)")
+
+    def store(unit, baselines):
+        for out in baselines:
+            catalog.put_baseline(out.key, Image.open(BytesIO(out.png)), out.activations)
+        return len(baselines)
+
+    _dispatch(tasks, pool, report, lambda actor, unit: actor.unguided.remote(unit.job, unit.seeds), store, log)
+
+
+def _with_baselines(sweep: Sweep, unit: Unit, catalog: Catalog) -> Unit:
+    """The unit carrying its seeds' stored baselines (PNG bytes + activations)."""
+    found = {}
+    for key in _baseline_keys(sweep, unit).values():
+        png, npy = catalog.baseline_paths(key)
+        if png.is_file() and npy.is_file():
+            found[key] = (png.read_bytes(), np.load(npy, allow_pickle=False))
+    return replace(unit, baselines=found)
+
+
 def _execute(sweep, units, catalog, report, pool, faults, on_unit, log) -> None:
+    done = _existing_per_job(sweep, units)
+    t0 = time.perf_counter()
+
+    def submit(actor, unit):
+        unit = _with_baselines(sweep, unit, catalog) if sweep.baseline else unit
+        return actor.run.remote(unit, sweep.save_activations, sweep.baseline, faults)
+
+    def handle(unit, images):
+        _store(catalog, images, sweep.run_id, report)
+        done[unit.job.label] += len(images)
+        _progress(sweep, report, done, unit, time.perf_counter() - t0, log)
+
+    _dispatch(units, pool, report, submit, handle, log, on_unit)
+
+
+def _dispatch(units, pool, report, submit, handle, log, on_unit=None) -> None:
+    """Run ``units`` on the pool's actors (``submit(actor, unit)`` -> Ray ref), ``handle(unit, result)`` each."""
     import ray
     from ray.exceptions import RayActorError, RayError
 
@@ -149,13 +209,12 @@ def _execute(sweep, units, catalog, report, pool, faults, on_unit, log) -> None:
     actors = list(pool.actors)
     report.workers = len(actors)
     log(f"{len(actors)} worker(s), each {pool.num_gpus:g} GPU + {pool.num_cpus} CPU")
-    done = _existing_per_job(sweep, units)
     queue, pending = list(reversed(units)), {}
 
     def feed(actor):
         while queue and sum(a is actor for a, _ in pending.values()) < _IN_FLIGHT:
             unit = queue.pop()
-            pending[actor.run.remote(unit, sweep.save_activations, sweep.baseline, faults)] = (actor, unit)
+            pending[submit(actor, unit)] = (actor, unit)
 
     try:
         for actor in actors:
@@ -176,9 +235,7 @@ def _execute(sweep, units, catalog, report, pool, faults, on_unit, log) -> None:
                 for a in actors:
                     feed(a)
                 continue
-            _store(catalog, images, sweep.run_id, report)
-            done[unit.job.label] += len(images)
-            _progress(sweep, report, done, unit, time.perf_counter() - t0, log)
+            handle(unit, images)
             if on_unit is not None:
                 on_unit(report, actors)
             feed(actor)
@@ -189,7 +246,7 @@ def _execute(sweep, units, catalog, report, pool, faults, on_unit, log) -> None:
             raise
         report.stopped = f"disk full ({exc.strerror})"
     finally:
-        report.seconds = time.perf_counter() - t0
+        report.seconds += time.perf_counter() - t0
         for ref in pending:  # queued units of a stopped run: dropped, a re-run makes them
             ray.cancel(ref)
 
@@ -204,6 +261,8 @@ class _Actor(BatchWorker):
 
 def _store(catalog: Catalog, images: list[ImageOut], run_id: str, report: RunReport) -> None:
     for out in images:
+        if out.baseline is not None and catalog.get_baseline(out.baseline.key) is None:
+            catalog.put_baseline(out.baseline.key, Image.open(BytesIO(out.baseline.png)), out.baseline.activations)
         before = catalog.find(out.id)
         if before is None:
             catalog.add(Image.open(BytesIO(out.png)), out.record, run_id=run_id, activations=out.activations,

@@ -2,8 +2,9 @@
 
 Written from the catalog (so a resumed or repeated run summarises everything it holds) under
 ``<catalog>/runs/<run id>/``: ``summary.json``, ``summary.md`` and ``contact_sheet.png`` (one row per
-job: its best images, best first). Re-ranking keeps the top ``keep`` fraction of each job by the
-encoder's predicted objective of the final image, the score ``braindive.rerank`` computes.
+job: its best images, best first). Values are each target's signed *measure* (``Target.measure``: FFA's
+mean for max and min FFA), for the guided and the unguided image alike; "best" follows the direction
+asked (lowest first for a minimise), and re-ranking keeps the best ``keep`` fraction of each job.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from PIL import Image, ImageDraw
 
 from ..cache import private_tmp
 from ..catalog import Catalog
+from ..description import measured_baseline
 from .sweep import Sweep
 
 __all__ = ["write_summary", "job_results", "contact_sheet", "run_evaluation", "EVALUATION_HOOK"]
@@ -26,16 +28,18 @@ _THUMB, _LABEL_W, _TOP = 96, 150, 8
 
 
 def job_results(sweep: Sweep, catalog: Catalog) -> dict[str, list[dict]]:
-    """Per job label: ``{id, seed, objective, baseline}`` of each of its images in the catalog, best first."""
+    """Per job label: ``{id, seed, objective, baseline, target}`` of each of its images (``objective`` and
+    ``baseline`` are the target's signed measure), best first in the direction the target asks."""
     groups = {}
     for job in sweep.jobs:
         rows = []
         for seed, entry_id in zip(sweep.seeds, sweep.image_ids(job)):
             entry = catalog.find(entry_id)
             if entry is not None:
-                baseline = catalog.record(entry_id).get("baseline_objective")
-                rows.append({"id": entry_id, "seed": seed, "objective": entry.objective, "baseline": baseline})
-        groups[job.label] = sorted(rows, key=lambda r: -r["objective"])
+                rows.append({"id": entry_id, "seed": seed, "objective": entry.objective, "target": job.target.to_dict(),
+                             "baseline": measured_baseline(catalog.record(entry_id))})
+        sign = 1.0 if job.target.kind == "minimize" else -1.0
+        groups[job.label] = sorted(rows, key=lambda r: sign * r["objective"])
     return groups
 
 
@@ -92,7 +96,9 @@ def write_summary(sweep: Sweep, catalog: Catalog, log=print) -> Path:
     groups = job_results(sweep, catalog)
     summary = {"run_id": sweep.run_id, "sweep": sweep.source, "model": sweep.model, "seeds": len(sweep.seeds), "jobs": {}}
     lines = [f"# Run {sweep.run_id}", "", f"Sweep `{sweep.source}`, model `{sweep.model}`, {len(sweep.seeds)} seeds per job.",
-             "", "| job | images | objective mean ± sd | median | unguided mean ± sd | gain | kept (re-rank) |",
+             "Values are each target's measure (the region's mean for max and min; A − w·B for a contrast); "
+             "best = highest, lowest for a minimise.",
+             "", "| job | images | measure mean ± sd | median | unguided mean ± sd | change | kept (re-rank) |",
              "|---|---|---|---|---|---|---|"]
     for label, rows in groups.items():
         guided, unguided = _stats(r["objective"] for r in rows), _stats(r["baseline"] for r in rows)

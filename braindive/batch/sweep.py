@@ -1,19 +1,20 @@
 """Sweep files: subjects x encoders x targets x seeds x settings, read from TOML and checked before anything runs.
 
-A sweep expands into *jobs* (one encoder, one target, one setting) and each job into images, one per
-seed. Every image has a deterministic id, a hash of (model, encoder, target voxels, settings, seed), so
-a re-run finds what is already in the catalog. Errors name the sweep file and the line of the bad key
+A sweep expands into *jobs* (one encoder, one ``braindive.targets.Target``, one setting) and each job
+into images, one per seed. Every image has a deterministic id, a hash of (model, encoder, target voxels,
+the subject's voxel-space fingerprint, settings, seed; ``braindive.generate.image_id``), so a re-run
+finds what is already in the catalog. Numbers are checked against ``braindive.presets.LIMITS``, with the
+same messages as the app and the CLI. Errors name the sweep file and the line of the bad key
 (``tomllib`` reports no line numbers for values, so the key is looked up in the text).
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +24,17 @@ try:
 except ModuleNotFoundError:  # Python 3.10 (ZeroGPU Spaces): its backport, same API
     import tomli as tomllib
 
-from ..objectives import Objective
+from ..generate import GenerationSettings as Settings
+from ..generate import encoder_identity, image_id_from_key, target_key
+from ..presets import LIMITS, LimitError
+from ..targets import Target
 
-__all__ = ["Sweep", "Job", "Settings", "EncoderSpec", "SweepError", "load_sweep", "parse_sweep", "image_id",
-           "DEMO", "SETTING_RANGES"]
+__all__ = ["Sweep", "Job", "Settings", "EncoderSpec", "SweepError", "load_sweep", "parse_sweep", "image_id", "model_name",
+           "DEMO", "SETTING_LIMITS"]
 
 DEMO = "demo"  # model / encoder name of the offline demo bundle
-_TOP_KEYS = {"name", "model", "catalog", "seeds", "encoders", "targets", "settings", "execution", "rerank", "evaluation"}
+_TOP_KEYS = {"name", "model", "catalog", "seeds", "encoders", "targets", "settings", "execution", "rerank", "evaluation",
+             "stimuli"}
 _TABLE_KEYS = {
     "encoders": {"subject", "path", "name"},
     "targets": {"rois", "minimize", "voxels", "contrasts", "subregions"},
@@ -39,12 +44,11 @@ _TABLE_KEYS = {
     "rerank": {"keep"},
     "evaluation": {"enabled", "options"},
 }
-# numeric settings: (type, low, high), inclusive
-SETTING_RANGES = {"scale": (float, 0.0, 1000.0), "steps": (int, 1, 1000), "sag": (float, 0.0, 10.0),
-                  "cfg": (float, 0.0, 30.0), "height": (int, 32, 2048), "width": (int, 32, 2048)}
+# settings checked by braindive.presets.LIMITS: sweep key -> limits field
+SETTING_LIMITS = {"scale": "scale", "steps": "steps", "sag": "sag", "cfg": "cfg", "height": "height", "width": "width",
+                  "prompt": "prompt"}
 _EXECUTION_RANGES = {"batch_size": (int, 1, 256), "cpus_per_worker": (int, 1, 1024), "gpus_per_worker": (float, 0, 16),
                      "workers": (int, 0, 100000), "max_retries": (int, 0, 100)}
-_PAPER_DEFAULTS = {"height": 512, "width": 512, "steps": 50, "scale": 130.0}
 _IMAGE_SETTINGS = {"init_images", "strength"}  # reference-image variations: start images x strengths
 _SUBREGION_KEYS = {"roi", "k", "by", "axis", "seed"}
 
@@ -61,71 +65,23 @@ class EncoderSpec:
     identity: str = ""  # what image ids use: a hash of a local checkpoint's files (so moving it keeps the ids)
 
 
-@dataclass(frozen=True)
-class Settings:
-    mode: str = "exact"
-    scale: float = 130.0
-    steps: int = 50
-    scheduler: str = "dpm"
-    sag: float = 0.75
-    prompt: str = ""
-    cfg: float = 0.0
-    height: int = 512
-    width: int = 512
-    init_image: str = ""  # absolute path of the start image ("" = from noise)
-    strength: float = 1.0
-
-    def pipeline_kwargs(self) -> dict:
-        """Keyword arguments of ``BrainDiVEPipeline.__call__`` (the same names ``generate`` records)."""
-        return dict(num_inference_steps=self.steps, brain_guidance_scale=self.scale, sag_scale=self.sag,
-                    guidance_scale=self.cfg, prompt=self.prompt, height=self.height, width=self.width,
-                    guidance_mode=self.mode)
-
-    def image_kwargs(self) -> dict:
-        """The pipeline's ``image``/``strength`` for a start image (nothing when generating from noise)."""
-        if not self.init_image:
-            return {}
-        from ..evaluation.sets import open_rgb
-
-        return {"image": open_rgb(Path(self.init_image)), "strength": self.strength}
-
-    def image_record(self) -> dict:
-        """What records keep of the start image: its file name, pixel hash and the strength."""
-        if not self.init_image:
-            return {}
-        return {"strength": self.strength, "reference": {"file": Path(self.init_image).name,
-                                                          "sha256": _image_hash(self.init_image)}}
-
-    def key(self) -> dict:
-        """The settings as image ids use them: a start image by its pixel hash; none is not in the key
-        (so sweeps without start images keep their ids)."""
-        out = asdict(self)
-        path, strength = out.pop("init_image"), out.pop("strength")
-        if path:
-            out.update(init_image=_image_hash(path), strength=strength)
-        return out
-
-
 @dataclass(frozen=True, eq=False)
 class Job:
     """One encoder, one target, one setting; its images are one per seed."""
 
     encoder: EncoderSpec
-    target: str  # short name, as the catalog's target column
-    objective: Objective
+    target: Target
     settings: Settings
     variant: str = ""  # the settings that differ between this sweep's jobs, e.g. "scale=10"
+    target_key: dict = field(default_factory=dict, repr=False)  # generate.target_key on the encoder's subject
 
     @property
     def label(self) -> str:
-        return f"{self.encoder.name}/{self.target}" + (f" [{self.variant}]" if self.variant else "")
+        return f"{self.encoder.name}/{self.target.label}" + (f" [{self.variant}]" if self.variant else "")
 
     def key(self) -> dict:
         """What identifies this job's images, besides the model and the seed."""
-        o = self.objective
-        voxels = hashlib.sha256(o.positive.tobytes() + (b"" if o.negative is None else b"|" + o.negative.tobytes()))
-        return {"encoder": self.encoder.identity or self.encoder.path, "objective": o.kind,
-                "weight": o.weight, "voxels": voxels.hexdigest(), "settings": self.settings.key()}
+        return {"encoder": self.encoder.identity or self.encoder.path, **self.target_key, "settings": self.settings.key()}
 
 
 @dataclass
@@ -145,6 +101,7 @@ class Sweep:
     save_activations: bool = True
     rerank_keep: float | None = None
     evaluation: dict | None = None
+    stimuli: dict | None = None  # the [stimuli] table: a stimulus package at the end of the run
     source: str = ""
     fingerprint: str = field(default="", repr=False)
 
@@ -162,9 +119,16 @@ class Sweep:
 
 
 def image_id(model: str, job: Job, seed: int) -> str:
-    """Deterministic catalog id of one image: a hash of the model, the job's key and the seed."""
-    text = json.dumps({"model": model, **job.key(), "seed": int(seed)}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """Deterministic catalog id of one image: ``generate.image_id`` of the job's encoder, target, settings and seed."""
+    return image_id_from_key(model_name(model), job.encoder.identity or job.encoder.path, job.target_key,
+                             job.settings, seed)
+
+
+def model_name(model: str) -> str:
+    """The model's name in records and ids (``demo`` -> the demo preset's model id, as the app and CLI record it)."""
+    from ..presets import PRESETS
+
+    return PRESETS["demo"].model_id if model == DEMO else model
 
 
 def load_sweep(path) -> Sweep:
@@ -234,6 +198,15 @@ class _Reader:
                       index)
         return kind(value)
 
+    def limit(self, field: str, value, table: str, key: str):
+        """``presets.LIMITS[field]`` check, its message (the field's UI label and range) prefixed by file:line."""
+        if field != "prompt" and isinstance(value, str):  # TOML text is not a number, whatever it spells
+            value = [value]
+        try:
+            return LIMITS[field].check(value)
+        except LimitError as exc:
+            self.fail(str(exc), table, key)
+
     def string(self, value, table: str, key: str, index: int = 0) -> str:
         if not isinstance(value, str) or not value:
             self.fail(f"`{table + '.' if table else ''}{key}` must be a non-empty string, got {value!r}.", table, key, index)
@@ -262,37 +235,44 @@ class _Reader:
         targets = self.targets(data.get("targets"), encoders, subjects)
         settings = self.settings(data.get("settings", {}), model)
         varying = [k for k in Settings.__dataclass_fields__ if len({getattr(s, k) for s in settings}) > 1]
-        jobs = [Job(enc, target, objective, s, ",".join(f"{k}={getattr(s, k)!r}" if k == "prompt" else f"{k}={getattr(s, k)}"
-                                                        for k in varying))
-                for enc, s in itertools.product(encoders, settings) for target, objective in targets[enc]]
+        jobs = [Job(enc, target, s, ",".join(_variant(s, k) for k in varying), key)
+                for enc, s in itertools.product(encoders, settings) for target, key in targets[enc]]
         keep = None
         if "rerank" in data:
             self.check_keys(data["rerank"], _TABLE_KEYS["rerank"], "rerank")
-            keep = self.number(data["rerank"].get("keep", 0.2), float, 1e-9, 1.0, "rerank", "keep")
+            keep = self.limit("keep", data["rerank"].get("keep", 0.2), "rerank", "keep")
         evaluation = None
         if "evaluation" in data:
             self.check_keys(data["evaluation"], _TABLE_KEYS["evaluation"], "evaluation")
             if data["evaluation"].get("enabled", True):
                 evaluation = dict(data["evaluation"].get("options", {}))
+        stimuli = self.stimuli(data.get("stimuli"))
         seeds = self.seeds(data.get("seeds"))
         fingerprint = hashlib.sha256(json.dumps({"model": model, "seeds": seeds, "jobs": [j.key() for j in jobs]},
                                                 sort_keys=True).encode()).hexdigest()
         return Sweep(name=name, model=model, catalog=catalog, seeds=seeds, encoders=encoders,
-                     jobs=jobs, **execution, rerank_keep=keep, evaluation=evaluation, source=self.source,
+                     jobs=jobs, **execution, rerank_keep=keep, evaluation=evaluation, stimuli=stimuli, source=self.source,
                      fingerprint=fingerprint)
+
+    def stimuli(self, table) -> dict | None:
+        """``[stimuli]``: checked by ``braindive.stimuli.sweep`` (not part of the fingerprint: it makes no images)."""
+        from ..stimuli.sweep import read_stimuli_table
+
+        return read_stimuli_table(table, lambda message, key: self.fail(message, "stimuli", key))
 
     def seeds(self, value) -> list[int]:
         if isinstance(value, dict):
             if set(value) - {"start", "count"}:
                 self.fail(f"`seeds` takes `start` and `count`, got {sorted(value)}.", "", "seeds")
-            start = self.number(value.get("start", 0), int, 0, 2**62, "", "seeds", name="seeds.start")
+            start = self.limit("seed", value.get("start", 0), "", "seeds")
             count = self.number(value.get("count", 0), int, 1, 10**7, "", "seeds", name="seeds.count")
+            self.limit("seed", start + count - 1, "", "seeds")
             return list(range(start, start + count))
-        if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
-                                                     for s in value):
-            if len(set(value)) != len(value):
+        if isinstance(value, list) and value:
+            seeds = [self.limit("seed", s, "", "seeds") for s in value]
+            if len(set(seeds)) != len(seeds):
                 self.fail("`seeds` has repeated seeds.", "", "seeds")
-            return list(value)
+            return seeds
         self.fail(f"`seeds` must be {{start = S, count = N}} or a list of seeds >= 0, got {value!r}.", "", "seeds")
 
     def execution(self, table: dict) -> dict:
@@ -342,6 +322,11 @@ class _Reader:
                 self.fail(f"encoder folder {folder} has no config.json.", "encoders", "path", index)
             return
         cfg = json.loads(config.read_text())
+        fingerprint = cfg.get("subject_fingerprint")
+        if fingerprint and fingerprint != subject.fingerprint:  # identity by voxel space, not by name
+            self.fail(f"encoder {folder} was fit on voxel space {fingerprint[:12]}…, but subject {subject.name!r} is "
+                      f"{subject.fingerprint[:12]}…; pair each encoder with its own subject file.", "encoders",
+                      "subject", index)
         theirs = (cfg.get("voxel_space"), cfg.get("n_voxels"))
         if theirs != (subject.space, subject.n_voxels):
             self.fail(f"encoder {folder} is in voxel space {theirs[0]!r} with {theirs[1]} voxels, but subject "
@@ -349,50 +334,53 @@ class _Reader:
                       "own subject.", "encoders", "subject", index)
 
     def targets(self, table, encoders, subjects) -> dict:
+        """Per encoder: ``[(Target, target_key)]`` (keys on that encoder's subject)."""
         if not isinstance(table, dict):
             self.fail("the sweep needs a [targets] table (rois, minimize, voxels or contrasts).", "targets")
         self.check_keys(table, _TABLE_KEYS["targets"], "targets")
+        found = [Target.maximize(n) for n in self.string_list(table.get("rois", []), "targets", "rois")]
+        found += [Target.minimize(n) for n in self.string_list(table.get("minimize", []), "targets", "minimize")]
+        files = self.string_list(table.get("voxels", []), "targets", "voxels")
+        contrasts = table.get("contrasts", [])
+        if not isinstance(contrasts, list):
+            self.fail("`targets.contrasts` must be a list of {positive, negative, weight} tables.", "targets", "contrasts")
+        for c in contrasts:
+            if not isinstance(c, dict) or set(c) - {"positive", "negative", "weight"} or not {"positive", "negative"} <= set(c):
+                self.fail(f"each contrast must be {{positive = ROI, negative = ROI, weight = W}}, got {c!r}.",
+                          "targets", "contrasts")
+            weight = self.limit("weight", c.get("weight", 1.0), "targets", "contrasts")
+            try:
+                found.append(Target.contrast(self.string(c["positive"], "targets", "contrasts"),
+                                             self.string(c["negative"], "targets", "contrasts"), weight))
+            except ValueError as exc:
+                self.fail(str(exc), "targets", "contrasts")
         out = {}
         for enc in encoders:
-            subject, found = subjects[enc], []
-
-            def roi(name, key):
-                try:
-                    return subject.roi(name)
-                except (KeyError, ValueError):
-                    self.fail(f"unknown ROI {name!r} for subject {subject.name!r}; known: {subject.roi_names}.",
-                              "targets", key, needle=f'"{name}"')
-
-            for name in self.string_list(table.get("rois", []), "targets", "rois"):
-                found.append((name, Objective.maximize(roi(name, "rois"), label=name)))
-            for name in self.string_list(table.get("minimize", []), "targets", "minimize"):
-                found.append((f"{name}-min", Objective.minimize(roi(name, "minimize"), label=f"{name}-min")))
-            for file in self.string_list(table.get("voxels", []), "targets", "voxels"):
-                found.append((Path(file).stem, self.voxel_file(file, subject)))
-            contrasts = table.get("contrasts", [])
-            if not isinstance(contrasts, list):
-                self.fail("`targets.contrasts` must be a list of {positive, negative, weight} tables.", "targets", "contrasts")
-            for c in contrasts:
-                if not isinstance(c, dict) or set(c) - {"positive", "negative", "weight"} or not {"positive", "negative"} <= set(c):
-                    self.fail(f"each contrast must be {{positive = ROI, negative = ROI, weight = W}}, got {c!r}.",
-                              "targets", "contrasts")
-                weight = self.number(c.get("weight", 1.0), float, -100.0, 100.0, "targets", "contrasts")
-                label = f"{c['positive']}-vs-{c['negative']}"
-                found.append((label, Objective.contrast(roi(c["positive"], "contrasts"), roi(c["negative"], "contrasts"),
-                                                        weight, label=label)))
-            found += self.subregion_targets(table.get("subregions", []), enc, subject)
-            if not found:
+            subject = subjects[enc]
+            targets = found + [self.voxel_file(file, subject) for file in files]
+            targets += self.subregion_targets(table.get("subregions", []), enc, subject)
+            if not targets:
                 self.fail("[targets] lists no target.", "targets")
-            names = [n for n, _ in found]
-            if len(set(names)) != len(names):
-                self.fail(f"[targets] names a target twice: {names}.", "targets")
-            out[enc] = found
+            labels = [t.label for t in targets]
+            if len(set(labels)) != len(labels):
+                self.fail(f"[targets] names a target twice: {labels}.", "targets")
+            out[enc] = []
+            for target in targets:
+                try:
+                    out[enc].append((target, target_key(target, subject)))
+                except ValueError as exc:
+                    bad = target.region_b if target.region_b and target.region_b.split(".")[0] not in subject.roi_names \
+                        else target.region_a
+                    key = {"maximize": "rois", "minimize": "minimize"}.get(target.kind, "contrasts")
+                    self.fail(f"unknown ROI {bad!r} for subject {subject.name!r}; known: {subject.roi_names}. ({exc})",
+                              "targets", key, needle=f'"{bad}"')
         return out
 
-    def subregion_targets(self, entries, enc: EncoderSpec, subject) -> list[tuple[str, Objective]]:
-        """``subregions = [{roi = "OPA", k = 2, by = "weights", axis = ..., seed = 0}]``: each part maximised.
-        ``by = "weights"`` reads the encoder's head from its local folder; ``"responses"`` is not offered here
-        (split with ``python -m braindive subregions`` and list the parts' voxel files instead)."""
+    def subregion_targets(self, entries, enc: EncoderSpec, subject) -> list[Target]:
+        """``subregions = [{roi = "OPA", k = 2, by = "weights", axis = ..., seed = 0}]``: each part of the split
+        maximised (``Target.voxel_set`` named "OPA·1/2"). ``by = "weights"`` reads the encoder's head from its
+        local folder; ``"responses"`` is not offered here (split with ``python -m braindive subregions`` and list
+        the parts' voxel files instead)."""
         from .. import subregions as sr
 
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -407,51 +395,47 @@ class _Reader:
                 self.fail(f"`subregions.by` must be 'weights' or 'anatomy' in a sweep, got {by!r}.", "targets",
                           "subregions", needle=f'"{by}"')
             k = self.number(e.get("k", 2), int, *sr.K_RANGE, "targets", "subregions", name="subregions.k")
-            seed = self.number(e.get("seed", 0), int, 0, 2**32 - 1, "targets", "subregions", name="subregions.seed")
+            seed = self.limit("seed", e.get("seed", 0), "targets", "subregions")
             try:
                 weights = _head_weights(enc) if by == "weights" else None
                 split = sr.split_region(subject, self.string(e["roi"], "targets", "subregions"), k, by, encoder=weights,
                                         axis=e.get("axis", "posterior-anterior"), seed=seed)
             except (OSError, ValueError) as exc:
                 self.fail(f"subregions {e!r}: {exc}", "targets", "subregions")
-            found += [(part.name, sr.part_objective(part)) for part in split.parts]
+            found += [sr.part_target(part) for part in split.parts]
         return found
 
-    def voxel_file(self, file: str, subject) -> Objective:
+    def voxel_file(self, file: str, subject) -> Target:
         path = self.base_dir / file
         try:
             voxels = np.load(path, allow_pickle=False)
             subject.check_voxels(voxels, f"voxels file {file}")
-            return Objective.maximize(voxels, label=Path(file).stem)
+            return Target.voxel_set(voxels, name=Path(file).stem)
         except (OSError, ValueError) as exc:
             self.fail(f"voxel file {file!r}: {exc}", "targets", "voxels", needle=file)
 
     def settings(self, table: dict, model: str) -> list[Settings]:
         from ..pipeline import GUIDANCE_MODES, SCHEDULERS
+        from ..presets import PRESETS
 
         self.check_keys(table, _TABLE_KEYS["settings"] | _IMAGE_SETTINGS, "settings")
-        defaults = _demo_defaults() if model == DEMO else _PAPER_DEFAULTS
+        defaults = Settings.from_preset(PRESETS["demo" if model == DEMO else "sd21"])
         axes = {}
         for key in _TABLE_KEYS["settings"]:
-            values = table.get(key, getattr(Settings, key) if key not in defaults else defaults[key])
+            values = table.get(key, getattr(defaults, key))
             values = values if isinstance(values, list) else [values]
             if not values:
                 self.fail(f"`settings.{key}` is an empty list.", "settings", key)
             checked = []
             for v in values:
-                if key in SETTING_RANGES:
-                    checked.append(self.number(v, *SETTING_RANGES[key], "settings", key))
+                if key in SETTING_LIMITS:
+                    checked.append(self.limit(SETTING_LIMITS[key], v, "settings", key))
                 elif key == "mode" and v not in GUIDANCE_MODES:
                     self.fail(f"`settings.mode` must be one of {GUIDANCE_MODES}, got {v!r}.", "settings", key)
                 elif key == "scheduler" and v not in SCHEDULERS:
                     self.fail(f"`settings.scheduler` must be one of {sorted(SCHEDULERS)}, got {v!r}.", "settings", key)
-                elif key == "prompt" and not isinstance(v, str):
-                    self.fail(f"`settings.prompt` must be a string, got {v!r}.", "settings", key)
                 else:
                     checked.append(v)
-            for side in ("height", "width"):
-                if key == side and any(v % 8 for v in checked):
-                    self.fail(f"`settings.{side}` must be a multiple of 8, got {checked}.", "settings", key)
             axes[key] = checked
         keys = sorted(axes)
         plain = [Settings(**dict(zip(keys, combo))) for combo in itertools.product(*(axes[k] for k in keys))]
@@ -461,6 +445,8 @@ class _Reader:
         """``init_images = ["ref.png"]`` (relative to the sweep file) x ``strength = [0.5, 0.8]``: every setting
         from every start image at every strength; without ``init_images``, from noise (``strength`` refused)."""
         from dataclasses import replace
+
+        from ..generate import start_image_hash
 
         files = table.get("init_images", [])
         if not files:
@@ -472,22 +458,20 @@ class _Reader:
         for file in self.string_list(files, "settings", "init_images"):
             path = (self.base_dir / file).resolve()
             try:
-                _image_hash(str(path))
+                start_image_hash(str(path))
             except (OSError, ValueError) as exc:
                 self.fail(f"init image {file!r}: {exc}", "settings", "init_images", needle=file)
             paths.append(str(path))
         strengths = table.get("strength", [1.0])
-        strengths = [self.number(v, float, 0.0, 1.0, "settings", "strength")
+        strengths = [self.limit("strength", v, "settings", "strength")
                      for v in (strengths if isinstance(strengths, list) else [strengths])]
         return [replace(s, init_image=p, strength=v) for s in settings for p in paths for v in strengths]
 
 
-@functools.lru_cache(maxsize=256)
-def _image_hash(path: str) -> str:
-    from ..evaluation.sets import open_rgb
-    from ..variation import image_hash
-
-    return image_hash(open_rgb(Path(path)))
+def _variant(settings: Settings, key: str) -> str:
+    """``key=value`` of one varying setting (a prompt quoted, a start image by its file name)."""
+    value = getattr(settings, key)
+    return f"{key}={value!r}" if key == "prompt" else f"{key}={Path(value).name}" if key == "init_image" else f"{key}={value}"
 
 
 def _head_weights(enc: EncoderSpec) -> np.ndarray:
@@ -504,22 +488,7 @@ def _head_weights(enc: EncoderSpec) -> np.ndarray:
 
 
 def _identity(path: str, subject) -> str:
-    """The encoder's checkpoint content (a local folder's config and weights) or its name, plus its voxel space."""
+    """The encoder's identity in image ids (``generate.encoder_identity``; the demo's bundled checkpoint)."""
     from ..demo import ASSET_ENCODER
 
-    folder = ASSET_ENCODER if path == DEMO else Path(path)
-    digest = hashlib.sha256(f"{path}|{subject.space}|{subject.n_voxels}".encode())
-    if (folder / "config.json").is_file():
-        digest = hashlib.sha256(f"{subject.space}|{subject.n_voxels}".encode())
-        for file in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
-            with open(file, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()
-
-
-def _demo_defaults() -> dict:
-    from ..demo import DEMO_DEFAULTS
-
-    return {"height": DEMO_DEFAULTS["height"], "width": DEMO_DEFAULTS["width"],
-            "steps": DEMO_DEFAULTS["num_inference_steps"], "scale": DEMO_DEFAULTS["brain_guidance_scale"]}
+    return encoder_identity(path, subject, ASSET_ENCODER if path == DEMO else None)

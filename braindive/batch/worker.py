@@ -1,31 +1,42 @@
 """A batch worker: loads the pipeline and encoders once, then turns work units into finished images.
 
 Plain Python (no Ray here): ``runner`` wraps it in a Ray actor, the benchmark runs it in-process. A
-unit's seeds run in one pipeline call with one generator per seed, so each image equals the one
-``python -m braindive generate`` makes for that seed. An out-of-memory batch is split in half and
-retried, down to one seed; the smaller size is kept for the worker's next units.
+unit runs ``braindive.generate.generate_seeds`` (the routine of the app and ``generate``): its seeds in
+one pipeline call with one generator per seed, so a one-seed unit's image and record equal the ones
+``python -m braindive generate`` makes. Unguided baselines come with the unit (the driver made them
+once per seed with ``unguided``); one missing is made here and returned. An out-of-memory batch is
+split in half and retried, down to one seed; the smaller size is kept for the worker's next units.
 """
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from ..records import generation_record
+from ..generate import generate_seeds, seed_record, unguided_seeds
 from .sweep import DEMO, EncoderSpec, Job
 
-__all__ = ["BatchWorker", "Unit", "Faults", "ImageOut", "roi_means"]
+__all__ = ["BatchWorker", "Unit", "Faults", "ImageOut", "BaselineOut"]
 
 
 @dataclass(frozen=True)
 class Unit:
-    """Seeds of one job; ``ids[i]`` is the catalog id of ``seeds[i]``."""
+    """Seeds of one job; ``ids[i]`` is the catalog id of ``seeds[i]``; ``baselines``: ``{key: (png, activations)}``
+    of the seeds' unguided images already made."""
 
     job: Job
     seeds: tuple[int, ...]
     ids: tuple[str, ...]
+    baselines: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass
+class BaselineOut:
+    key: str
+    png: bytes
+    activations: np.ndarray
 
 
 @dataclass
@@ -35,6 +46,7 @@ class ImageOut:
     png: bytes
     record: dict
     activations: np.ndarray | None = None
+    baseline: BaselineOut | None = None  # the seed's unguided image when this unit made it
 
 
 @dataclass(frozen=True)
@@ -72,12 +84,11 @@ class BatchWorker:
     def _pipeline(self):
         if self._pipe is None:
             if self.model == DEMO:
-                from .. import demo
+                from ..presets import PRESETS
 
-                bundle = demo.load(self.device)
-                self._pipe, self._model_name = bundle.pipe, "demo:tiny-sd"
-                self._encoders[DEMO] = (bundle.encoder, bundle.subject,
-                                        "demo:" + bundle.encoder.config.training.get("kind", "encoder"))
+                loaded = PRESETS["demo"].load(self.device)
+                self._pipe, self._model_name = loaded.pipe, loaded.model_name
+                self._encoders[DEMO] = (loaded.encoder, loaded.subject)
             else:
                 from ..pipeline import BrainDiVEPipeline
 
@@ -94,7 +105,7 @@ class BatchWorker:
             from ..subjects import load_subject
 
             subject = load_subject(spec.subject)
-            self._encoders[spec.path] = (load_encoder(spec.path, subject=subject), subject, spec.path)
+            self._encoders[spec.path] = (load_encoder(spec.path, subject=subject), subject)
         return self._encoders[spec.path]
 
     # ------------------------------------------------------------------ work
@@ -106,33 +117,38 @@ class BatchWorker:
 
     def run(self, unit: Unit, save_activations: bool = True, baseline: bool = True,
             faults: Faults = Faults()) -> list[ImageOut]:
-        """All images of ``unit``, with their records (and the unguided objective of each seed if ``baseline``)."""
+        """All images of ``unit`` with their records (and each seed's unguided baseline if ``baseline``)."""
         self._faults = faults
-        encoder, subject, encoder_name = self._encoder(unit.job.encoder)
+        job, (encoder, subject) = unit.job, self._encoder(unit.job.encoder)
         pipe = self._pipeline()
         pipe.set_encoder(encoder)
-        pipe.set_scheduler(unit.job.settings.scheduler)
-        params = unit.job.settings.pipeline_kwargs()
-        objective = unit.job.objective
-        guided = self._call(objective, unit.seeds, {**params, **unit.job.settings.image_kwargs()})
-        unguided = self._call(objective, unit.seeds, {**params, **unit.job.settings.image_kwargs(),
-                                                      "brain_guidance_scale": 0.0}) if baseline else None
+        store = _Store({k: (_image(png), acts) for k, (png, acts) in unit.baselines.items()})
+        results = generate_seeds(pipe, job.target, unit.seeds, job.settings, subject=subject, baseline=baseline,
+                                 baselines=store, model=self._model_name, encoder=job.encoder.identity,
+                                 batch=self._batch)
         out = []
-        for k, (seed, entry_id) in enumerate(zip(unit.seeds, unit.ids)):
-            image, acts, value = guided[0][k], guided[1][k], float(guided[2][k])
-            record = generation_record(
-                seed=seed, subject=subject.name, target=unit.job.target, objective=objective.describe(),
-                parameters={**params, "scheduler": unit.job.settings.scheduler, **unit.job.settings.image_record()},
-                objective_value=value,
-                model=self._model_name, encoder=encoder_name)
-            record["roi_means"] = roi_means(subject, acts)
+        for result, entry_id in zip(results, unit.ids):
+            record = seed_record(result, job.target, subject, job.settings, model=self._model_name,
+                                 encoder=job.encoder.name)
             record["batch"] = {"unit_seeds": len(unit.seeds), "pipeline_batch": min(len(unit.seeds), self.max_batch or 10**9)}
-            if unguided is not None:
-                record["baseline_objective"] = float(unguided[2][k])
-            png = io.BytesIO()
-            image.save(png, format="PNG")
-            out.append(ImageOut(entry_id, seed, png.getvalue(), record, acts if save_activations else None))
+            made = store.made.get(result.baseline_key)
+            out.append(ImageOut(entry_id, result.seed, _png(result.image), record,
+                                result.activations if save_activations else None,
+                                None if made is None else BaselineOut(result.baseline_key, _png(made[0]), made[1])))
         return out
+
+    def unguided(self, job: Job, seeds: tuple[int, ...]) -> list[BaselineOut]:
+        """The unguided images of ``seeds`` under ``job``'s encoder and settings (any target of them gives the same)."""
+        encoder, subject = self._encoder(job.encoder)
+        pipe = self._pipeline()
+        pipe.set_encoder(encoder)
+        found = unguided_seeds(pipe, job.target, seeds, job.settings, subject=subject, model=self._model_name,
+                               encoder=job.encoder.identity, batch=self._batch)
+        return [BaselineOut(key, _png(image), acts) for key, image, acts, _ in found.values()]
+
+    def _batch(self, objective, seeds, params, callback=None):
+        images, acts, _ = self._call(objective, tuple(seeds), params)
+        return images, acts, False
 
     def _call(self, objective, seeds, params) -> tuple[list, np.ndarray, np.ndarray]:
         """``(PIL images, activations [B, V], objective values [B])``, split in halves on out-of-memory."""
@@ -155,6 +171,28 @@ class BatchWorker:
         return out.images, out.activations.numpy().astype(np.float32), out.objective_values.numpy()
 
 
-def roi_means(subject, activations: np.ndarray) -> dict[str, float]:
-    """Mean predicted activity per ROI of ``subject``."""
-    return {name: float(np.mean(activations[subject.roi(name)])) for name in subject.roi_names}
+class _Store(dict):
+    """A unit's baselines for ``generate_seeds``; ``made`` holds the ones made here."""
+
+    def __init__(self, known):
+        super().__init__(known)
+        self.made = {}
+
+    def get_baseline(self, key):
+        return self.get(key)
+
+    def put_baseline(self, key, image, activations):
+        self[key] = self.made[key] = (image, activations)
+
+
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _image(png: bytes):
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        return image.convert("RGB")

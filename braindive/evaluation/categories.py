@@ -38,12 +38,12 @@ def load_roi_table(path=None, categories=CATEGORIES) -> dict[str, str]:
 
 
 def category_of(roi: str, table: dict[str, str] | None = None) -> str:
-    """The category of ``roi``: exact name, else without ``.lh``/``.rh``, a part number (``FFA-1``), or a contrast's
-    positive side (``FFA-vs-PPA`` -> FFA). Case-insensitive. Raises ``ValueError`` naming the table's ROIs."""
+    """The category of ``roi``: exact name, else without ``.lh``/``.rh`` or a part number (``FFA-1``).
+    Case-insensitive. Raises ``ValueError`` naming the table's ROIs. A target's ROI is
+    ``Target.category_roi`` (a contrast or a minimised region has none: nothing is parsed out of a label)."""
     table = load_roi_table() if table is None else table
     lower = {k.lower(): v for k, v in table.items()}
-    name = roi.split("-vs-")[0]
-    for candidate in (name, re.sub(r"\.(lh|rh)$", "", name)):
+    for candidate in (roi, re.sub(r"\.(lh|rh)$", "", roi)):
         for key in (candidate, _VARIANT.match(candidate).group("base")):
             if key.lower() in lower:
                 return lower[key.lower()]

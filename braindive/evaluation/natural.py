@@ -117,8 +117,9 @@ def comparison_sets(generated: list[ImageSet], nsd_dataset=None, folder=None, en
     for s in generated:
         if (nsd_dataset or folder) and s.objective is None:
             raise ValueError(f"The records of target {s.target!r} carry no voxel indices; cannot select natural images.")
-        if nsd_dataset is not None:
-            out.append(top_measured(nsd_dataset, s.target, s.objective, s.subject, n))
-        if folder is not None:
-            out.append(top_predicted(folder, s.target, s.objective, encoder, s.subject, n))
+        naturals = ([top_measured(nsd_dataset, s.target, s.objective, s.subject, n)] if nsd_dataset is not None else []) \
+            + ([top_predicted(folder, s.target, s.objective, encoder, s.subject, n)] if folder is not None else [])
+        for natural in naturals:
+            natural.spec = s.spec  # selected for the same target: the same category (or none)
+        out += naturals
     return out

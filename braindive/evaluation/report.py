@@ -92,7 +92,10 @@ def evaluate(sets: list[ImageSet], classifier, roi_table: dict | None = None, co
     categories = list(classifier.categories)
     results = []
     for s in sets:
-        category = category_of(s.target, table)
+        if s.category_roi is None:
+            raise ValueError(f"Target {s.target!r} has no CLIP category: only a maximised ROI stands for one "
+                             "(a minimised region, a contrast or a voxel set does not); leave it out of the evaluation.")
+        category = category_of(s.category_roi, table)
         if category not in categories:
             raise ValueError(f"Target {s.target!r} is category {category!r}, which the classifier's categories "
                              f"{categories} lack; add it to `class_names`.")
@@ -147,7 +150,8 @@ def plot(evaluation: Evaluation, path) -> Path:
         err = np.array([[100 * (a.value - a.low) for a in acc], [100 * (a.high - a.value) for a in acc]])
         ax.bar(xs, values, width, yerr=err, capsize=3, label=source)
     ax.axhline(100 / len(evaluation.categories), color="grey", lw=0.8, ls="--", label="chance")
-    ax.set_xticks(range(len(targets)), [f"{t}\n({category_of(t, evaluation.settings['roi_table'])})" for t in targets])
+    categories = {r.target: r.category for r in evaluation.results}
+    ax.set_xticks(range(len(targets)), [f"{t}\n({categories[t]})" for t in targets])
     ax.set_ylabel("CLIP 5-way accuracy (%)")
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8)

@@ -8,6 +8,7 @@ from pathlib import Path
 import PIL.Image
 
 from ..objectives import Objective
+from ..targets import Target
 
 __all__ = ["ImageSet", "generated_sets", "open_rgb", "BRAINDIVE"]
 
@@ -21,11 +22,13 @@ class ImageSet:
     Attributes:
         source: where the images come from (``"BrainDiVE"``, ``"NSD top-50 (measured)"``, ...).
         subject: subject name.
-        target: the ROI name (or voxel-set name) the images are for.
+        target: what the images are for, as people read it (a generated set: the target's label, ``"min PPA"``;
+            a natural set: the ROI or the generated set's label).
         images: image files (or PIL images).
         ids: one label per image (file name, catalog id, NSD image name).
         objective: the objective the images were generated for (from their records), if known.
         scores: per image, the score that selected it (natural images), if any.
+        spec: the ``Target`` (generated sets and their natural comparisons), if known.
     """
 
     source: str
@@ -35,25 +38,42 @@ class ImageSet:
     ids: list[str]
     objective: Objective | None = None
     scores: list[float] = field(default_factory=list)
+    spec: Target | None = None
+
+    @property
+    def category_roi(self) -> str | None:
+        """The ROI whose category the images stand for: only a maximised ROI (``Target.category_roi``)."""
+        return self.spec.category_roi if self.spec is not None else self.target
 
 
 def _group(items: list[tuple[str, dict, object]], what: str) -> list[ImageSet]:
     """(label, record, image) triples -> one ``ImageSet`` per target; one subject only."""
     if not items:
         raise ValueError(f"No generated images in {what}: select at least one result.")
-    subjects = sorted({record["subject"] for _, record, _ in items})
-    if len(subjects) > 1:
-        raise ValueError(f"The selection mixes subjects {subjects}; evaluate one subject at a time.")
+    by_subject: dict[str, list[str]] = {}
+    for label, record, _ in items:
+        by_subject.setdefault(record["subject"], []).append(label)
+    if len(by_subject) > 1:  # every image named, by subject
+        mixed = "; ".join(f"{subject}: {', '.join(labels)}" for subject, labels in sorted(by_subject.items()))
+        raise ValueError(f"The selection mixes subjects ({mixed}); evaluate one subject at a time.")
+    subject = next(iter(by_subject))
     sets: dict[str, ImageSet] = {}
+    odd: dict[str, list[str]] = {}  # target -> the images whose objective differs from the target's first one
     for label, record, image in items:
-        target = record["target"]
+        spec = Target.from_record(record)
+        target = spec.label  # "max PPA" and "min PPA" are different sets
         objective = Objective.from_description(record["objective"]) if "positive" in record.get("objective", {}) else None
-        current = sets.setdefault(target, ImageSet(BRAINDIVE, subjects[0], target, [], [], objective))
+        current = sets.setdefault(target, ImageSet(BRAINDIVE, subject, target, [], [], objective, spec=spec))
         if objective is not None and current.objective is not None and objective.describe() != current.objective.describe():
-            raise ValueError(f"Images of target {target!r} were generated for different objectives ({label}); "
-                             "evaluate them separately.")
+            odd.setdefault(target, []).append(label)
+            continue
         current.images.append(image)
         current.ids.append(label)
+    if odd:
+        named = "; ".join(f"target {target!r}: {', '.join(labels)} differ from {sets[target].ids[0]}"
+                          for target, labels in sorted(odd.items()))
+        raise ValueError(f"Images of one target were generated for different objectives ({named}); "
+                         "evaluate them separately.")
     return [sets[t] for t in sorted(sets)]
 
 
@@ -69,11 +89,17 @@ def _read_record(path: Path) -> dict:
 
 
 def generated_sets(results, catalog=None) -> list[ImageSet]:
-    """Folders of generated PNG + JSON and/or catalog entry ids (with ``catalog``) -> sets by target."""
+    """Catalog folders, folders of generated PNG + JSON and/or catalog entry ids (with ``catalog``) -> sets by target
+    (its label: ``max PPA`` and ``min PPA`` are two sets)."""
     items = []
     for item in results:
         folder = Path(item)
-        if folder.is_dir():
+        if (folder / "index.sqlite").is_file():  # a catalog (``generate --out``, the app's, a sweep's): all its entries
+            from ..catalog import Catalog
+
+            found = Catalog(folder)
+            items += [(e.id, _read_record(e.record_path), e.image_path) for e in found.query()]
+        elif folder.is_dir():
             pngs = sorted(folder.glob("*.png"))
             if not pngs:
                 raise ValueError(f"Folder {folder} has no PNG images.")

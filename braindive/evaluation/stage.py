@@ -31,9 +31,11 @@ def evaluate_batch(catalog, groups: dict, roi_table: str | None = None, confiden
             continue
         for image_set in generated_sets([row["id"] for row in rows], catalog):
             image_set.source = label
-            sets.append(image_set)
+            if image_set.category_roi is not None:  # a minimise, contrast or voxel set stands for no category
+                sets.append(image_set)
     if not sets:
-        raise ValueError("The evaluation stage found no images in this run's catalog entries.")
+        raise ValueError("The evaluation stage found no images of a maximised ROI (the targets a CLIP category "
+                         "stands for) in this run's catalog entries.")
     evaluation = evaluate(sets, load_classifier(ZeroShotConfig(**options)), load_roi_table(roi_table), confidence)
     store(evaluation, catalog.root)
     report = write_report(evaluation, catalog.root / EVALUATIONS_DIR / evaluation.id)

@@ -153,17 +153,21 @@ def export_study(sets: list[ImageSet], out, config: StudyConfig | None = None, r
     if len(subjects) > 1:
         raise ValueError(f"The selection mixes subjects {subjects}; a study covers one subject.")
     table = load_roi_table() if roi_table is None else roi_table
-    categories = {s.target: category_of(s.target, table) for s in sets}
+    sets = [s for s in sets if s.images and s.category_roi is not None]  # a "min PPA" image is no places stimulus
+    if not sets:
+        raise ValueError("No images of a maximised ROI in the selection: a study's stimuli stand for their ROI's "
+                         "category, which a minimised region, a contrast or a voxel set does not.")
+    categories = {s.category_roi: category_of(s.category_roi, table) for s in sets}
     tmp = private_tmp(out)
     (tmp / "images").mkdir(parents=True)
     (tmp / "responses").mkdir()
     try:
         rng = random.Random(config.seed)
-        flat = [(s.target, image, label) for s in sets for image, label in zip(s.images, s.ids)]
+        flat = [(s.category_roi, image, label) for s in sets for image, label in zip(s.images, s.ids)]
         size = _check_image(flat[0][1], None, flat[0][2]).size
         order = list(range(len(flat)))
         rng.shuffle(order)  # file numbers carry no information about the ROI
-        by_roi: dict[str, list[str]] = {s.target: [] for s in sets}
+        by_roi: dict[str, list[str]] = {s.category_roi: [] for s in sets}
         sources = {}
         for number, i in enumerate(order, start=1):
             roi, image, label = flat[i]

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from .categories import CATEGORIES
 from .sets import open_rgb
 
-__all__ = ["ZeroShotConfig", "ZeroShotClassifier", "load_classifier", "DEFAULT_TEMPLATES", "DEFAULT_CLASS_NAMES"]
+__all__ = ["ZeroShotConfig", "ZeroShotClassifier", "load_classifier", "weights_unavailable", "DEFAULT_TEMPLATES",
+           "DEFAULT_CLASS_NAMES"]
 
 DEFAULT_TEMPLATES = ("a photo of {}.", "a picture of {}.", "an image of {}.", "a close-up photo of {}.",
                      "a cropped photo of {}.", "a low resolution photo of {}.")
@@ -170,6 +171,27 @@ def load_classifier(config: ZeroShotConfig | None = None, device=None) -> ZeroSh
         if key not in _CLASSIFIERS:
             _CLASSIFIERS[key] = ZeroShotClassifier(config, device)
         return _CLASSIFIERS[key]
+
+
+def weights_unavailable(config: ZeroShotConfig | None = None) -> str:
+    """Why ``load_classifier(config)`` cannot get its weights without trying ("" when it can): no file for
+    ``weights``, or Hub weights that are neither cached nor downloadable (``HF_HUB_OFFLINE``). Loads nothing."""
+    config = config or ZeroShotConfig()
+    if config.pretrained is None:
+        return "" if config.weights and Path(config.weights).is_file() else f"the weights file {config.weights} is missing"
+    import open_clip
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    hub = (open_clip.get_pretrained_cfg(config.model, config.pretrained) or {}).get("hf_hub", "")
+    if not constants.HF_HUB_OFFLINE or not hub:
+        return ""  # downloadable on first use (or not a Hub tag: OpenCLIP's own error says why)
+    parts = hub.strip("/").split("/", 2)  # "org/repo" or "org/repo/file"
+    repo_id = "/".join(parts[:2])
+    names = parts[2:] or ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]  # OpenCLIP's file names
+    if any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in names):
+        return ""
+    return (f"the OpenCLIP weights {config.model} / {config.pretrained} are not cached and the Hub is off "
+            "(HF_HUB_OFFLINE)")
 
 
 def _load(config: ZeroShotConfig):

@@ -4,33 +4,27 @@
 surface plus, per vertex, its *dominant* voxel (largest weight; -1 where the vertex shows none):
 
 * surface subjects: the identity scatter (vertex ``subject.vertices[v]`` shows voxel ``v``);
-* volume subjects: pycortex's own ``MAPPER`` for the subject's ``transform`` (``line_nearest``: 64
-  points on the segment from white matter to pial surface, each in its nearest grid cell), restricted
-  to the subject's voxels. A vertex shows a voxel only when its dominant grid cell is one of the
-  subject's voxels; its value is then the weight-averaged value of the subject's voxels it samples.
-  Built once per subject, cached on disk keyed by the subject's fingerprint, the surface files, the
-  transform files and the mapper type.
+* volume subjects: pycortex's own mapper (``braindive.pycortex_db.MAPPER``) for the subject's
+  ``transform`` (``line_nearest``: 64 points on the segment from white matter to pial surface, each in
+  its nearest grid cell), restricted to the subject's voxels. A vertex shows a voxel only when its
+  dominant grid cell is one of the subject's voxels; its value is then the weight-averaged value of the
+  subject's voxels it samples. Built once per subject, cached on disk keyed by the subject's fingerprint,
+  the surface files, the transform files and the mapper type.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
-import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
 from ..cache import cache_dir
+from ..pycortex_db import (MAPPER, check_transform, dominant_cells, grid_cells, has_display, pycortex_mapper,
+                           transform_digest, voxel_of_cell)
 from ..subjects import HEMISPHERES, Subject
 from .surfaces import FORMAT_VERSION, cached_arrays, flat_surface, per_subject
 
-__all__ = ["VoxelMapping", "voxel_mapping", "MAPPER", "pycortex_mapper", "dominant_cells", "transform_digest",
-           "grid_cells", "voxel_of_cell"]
-
-MAPPER = "line_nearest"
+__all__ = ["VoxelMapping", "voxel_mapping"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,8 +70,6 @@ def _mapping(subject: Subject) -> VoxelMapping:
     if not subject.surface or (subject.kind == "volume" and not subject.transform):
         raise ValueError(f"Subject {subject.label!r} cannot be drawn: it has no pycortex surface"
                          f"{' and transform' if subject.kind == 'volume' else ''} (see Subject.with_display).")
-    from ..pycortex_subjects import check_transform, has_display
-
     if not has_display(subject.surface):
         raise ValueError(f"Subject {subject.label!r} cannot be drawn: pycortex has no subject {subject.surface!r} "
                          "with a flat map.")
@@ -91,7 +83,7 @@ def _mapping(subject: Subject) -> VoxelMapping:
         lookup = np.full(flat.n_vertices, -1, np.int64)
         lookup[subject.vertices] = np.arange(n)
         return VoxelMapping(matrix, lookup, flat.n_vertices_lh, _key(subject.fingerprint, flat.digest))
-    check_transform(subject, subject.surface, subject.transform)
+    check_transform(subject.surface, subject.transform, subject.volume_shape, subject.affine, subject.label)
     key = _key(subject.fingerprint, flat.digest, subject.surface, subject.transform,
                transform_digest(subject.surface, subject.transform), MAPPER)
     path = cache_dir("flatmap") / f"{subject.name}-mapping-{key}.npz"
@@ -103,17 +95,6 @@ def _mapping(subject: Subject) -> VoxelMapping:
 
 def _key(*parts) -> str:
     return hashlib.sha256("|".join(map(str, (*parts, FORMAT_VERSION))).encode()).hexdigest()[:16]
-
-
-def transform_digest(surface: str, transform: str) -> str:
-    from ..pycortex_subjects import pycortex_dir
-
-    folder = pycortex_dir(surface) / "transforms" / transform
-    digest = hashlib.sha256()
-    for name in ("matrices.xfm", "reference.nii.gz"):
-        if (folder / name).is_file():
-            digest.update((folder / name).read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def _build_volume_mapping(subject: Subject) -> dict[str, np.ndarray]:
@@ -128,41 +109,3 @@ def _build_volume_mapping(subject: Subject) -> dict[str, np.ndarray]:
     sub = (sparse.diags(np.divide(1.0, totals, out=np.zeros_like(totals), where=totals > 0)) @ sub).tocsr()
     sub.eliminate_zeros()
     return {"data": sub.data, "indices": sub.indices, "indptr": sub.indptr, "voxel_of_vertex": voxel_of_vertex}
-
-
-def grid_cells(ijk: np.ndarray, volume_shape) -> np.ndarray:
-    """Column of each voxel in pycortex's mapper: C order of the (k, j, i) volume pycortex uses."""
-    return np.ravel_multi_index((ijk[:, 2], ijk[:, 1], ijk[:, 0]), tuple(volume_shape)[::-1])
-
-
-def voxel_of_cell(cells: np.ndarray, n_cells: int) -> np.ndarray:
-    """``[n_cells + 1]`` voxel index of each grid cell (-1: none); index -1 (no cell) maps to -1 too."""
-    lookup = np.full(n_cells + 1, -1, np.int64)
-    lookup[cells] = np.arange(len(cells))
-    return lookup
-
-
-@lru_cache(maxsize=2)
-def pycortex_mapper(surface: str, transform: str, kind: str = MAPPER):
-    """pycortex's ``kind`` mapper of ``surface``/``transform`` as a csr ``[n_vertices, n_grid_cells]``.
-
-    Built with pycortex's own mapper classes (as ``cortex.get_mapper`` does), written to a temporary
-    file rather than pycortex's database cache, which may be shared and read-only."""
-    from cortex.mapper import line, point
-    from scipy import sparse
-
-    classes = {"nearest": point.PointNN, "line_nearest": line.LineNN}
-    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
-        mapper = classes[kind]._cache(str(Path(tmp) / "mapper.npz"), surface, transform)
-    return sparse.vstack(mapper.masks).tocsr()
-
-
-def dominant_cells(full) -> np.ndarray:
-    """``[n_vertices]`` column of the largest weight of each row of a csr matrix, -1 for empty rows."""
-    counts = np.diff(full.indptr)
-    out = np.full(full.shape[0], -1, np.int64)
-    rows = np.flatnonzero(counts)
-    if len(rows):
-        best = np.asarray(full[rows].argmax(axis=1)).ravel()
-        out[rows] = best
-    return out
