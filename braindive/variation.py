@@ -41,6 +41,7 @@ class Variation:
     change_vs_control: float  # value - the control's value (same strength and seed)
     ssim: float
     clip_cosine: float
+    activations: np.ndarray | None = field(default=None, repr=False, compare=False)  # [V] predicted activity
 
     @property
     def control(self) -> bool:
@@ -106,18 +107,19 @@ def variations(pipe, objective: Objective, reference, strengths, scales, seeds=(
                        generator=[torch.Generator().manual_seed(s) for s in seeds], num_images_per_prompt=len(seeds),
                        height=height, width=width, output_type="pt", **call_kwargs)
             values[scale] = measure(objective, out.activations).numpy()
+            acts = out.activations.float().cpu().numpy()
             embeds = _embed(pipe.encoder, out.images)
             for b, seed in enumerate(seeds):
                 items.append(dict(strength=strength, scale=scale, seed=seed, pixels=out.images[b],
                                   value=float(values[scale][b]), ssim=float(ssim(out.images[b], ref[0])),
-                                  clip_cosine=float(embeds[b] @ ref_embed[0])))
+                                  clip_cosine=float(embeds[b] @ ref_embed[0]), activations=acts[b]))
         for item in items[-len(grid_scales) * len(seeds):]:
             control_value = values[0.0][seeds.index(item["seed"])] if 0.0 in values else np.nan
             item["change_vs_control"] = float(item["value"] - control_value)
     out_items = tuple(Variation(strength=i["strength"], scale=i["scale"], seed=i["seed"], image=_pil(i["pixels"]),
                                 value=i["value"], change=i["value"] - ref_value,
                                 change_vs_control=i["change_vs_control"], ssim=i["ssim"],
-                                clip_cosine=i["clip_cosine"]) for i in items)
+                                clip_cosine=i["clip_cosine"], activations=i["activations"]) for i in items)
     return VariationGrid(_pil(ref[0]), image_hash(reference), ref_value, out_items)
 
 

@@ -4,6 +4,7 @@ import PIL.Image
 import pytest
 
 from braindive import subregions as sr
+from braindive.targets import Target
 from service_support import demo_service
 from ui import subregions as panels
 
@@ -48,6 +49,8 @@ def test_generate_for_each_part_and_start_from_an_image(service):
     entry = service.catalog.query(target="FFA")[0]  # History keeps the strength and the reference's pixel hash
     record = service.catalog.record(entry.id)
     assert record["parameters"]["strength"] == 0.5
+    assert record["target_spec"] == {**Target.maximize("FFA").to_dict()}
+    assert record["baseline_measure"] == pytest.approx(float(text.split("control ")[1].split(" ")[0]), abs=1e-3)
     assert record["parameters"]["reference"]["sha256"] == panels.V.image_hash(reference)
     assert entry.objective == pytest.approx(float(text.split("guided ")[1].split(" ")[0]), abs=1e-3)
     with pytest.raises(panels.ServiceError, match="Strength"):

@@ -14,8 +14,8 @@ from matplotlib.colors import ListedColormap
 
 from braindive import subregions as sr
 from braindive import variation as V
-from braindive.objectives import Objective
-from braindive.records import generation_record
+from braindive.generate import GenerationSettings, SeedResult, seed_record
+from braindive.targets import Target
 
 from .service import Service, ServiceError
 
@@ -103,23 +103,27 @@ def vary(service: Service, subject_label: str, encoder_name: str, roi: str, kind
     if image is None:
         raise ServiceError("Upload an image to start from.")
     subject = service.subject(subject_label)
+    defaults = call_defaults(service)
     try:
         strength = V.check_strengths(float(strength), "Strength")[0]
-        objective = (Objective.maximize if kind == "maximize" else Objective.minimize)(subject.roi(roi))
+        target = (Target.maximize if kind == "maximize" else Target.minimize)(roi)
+        objective = target.build(subject)
+        settings = GenerationSettings(mode=mode, scale=float(scale), steps=defaults["num_inference_steps"],
+                                      scheduler=SCHEDULER, sag=defaults["sag_scale"], height=defaults["height"],
+                                      width=defaults["width"], strength=strength).checked()
     except ValueError as exc:
         raise ServiceError(str(exc)) from exc
-    defaults = {k: v for k, v in call_defaults(service).items() if k != "brain_guidance_scale"}
+    call = {k: v for k, v in settings.pipeline_kwargs().items() if k != "brain_guidance_scale"}
     with pipeline_slot(service, encoder_name) as pipe:
-        grid = V.variations(pipe, objective, image, [strength], [float(scale)], seeds=(int(seed),),
-                            guidance_mode=mode, **defaults)
-    guided, control = grid.get(strength, float(scale), int(seed)), grid.get(strength, 0.0, int(seed))
-    sign = -1.0 if kind == "minimize" else 1.0  # the record takes the objective's value (minimise: minus the mean)
-    params = {**defaults, "brain_guidance_scale": float(scale), "guidance_mode": mode, "scheduler": SCHEDULER,
-              "strength": strength, "reference": {"sha256": grid.reference_hash}}
-    record = generation_record(seed=int(seed), subject=subject.name, target=roi, objective=objective.describe(),
-                               parameters=params, objective_value=sign * guided.value, model=service.backend().name,
-                               encoder=encoder_name, subject_space=subject.fingerprint,
-                               baseline_value=sign * control.value)
+        grid = V.variations(pipe, objective, image, [strength], [settings.scale], seeds=(int(seed),), **call)
+    guided, control = grid.get(strength, settings.scale, int(seed)), grid.get(strength, 0.0, int(seed))
+    result = SeedResult(int(seed), guided.image, guided.activations, target.measure(guided.activations, subject),
+                        baseline_activations=control.activations,
+                        baseline_measure=target.measure(control.activations, subject))
+    record = seed_record(result, target, subject, settings, model=service.backend().name, encoder=encoder_name)
+    # an upload has no file: the record names it by its pixel hash (what ``GenerationSettings.image_record`` keeps)
+    record["parameters"].update(strength=strength, reference={"file": "", "sha256": grid.reference_hash})
+    record.pop("baseline_key", None)  # the control was made here, not taken from the baseline store
     service.catalog.add(guided.image, record, run_id=uuid.uuid4().hex[:10], owner=owner)
     text = (f"{roi} mean: reference {grid.reference_value:+.3f} → control {control.value:+.3f} → guided "
             f"{guided.value:+.3f} (change {guided.change:+.3f}; vs control {guided.change_vs_control:+.3f}). "
