@@ -190,7 +190,7 @@ def generate_seeds(pipe, target: Target, seeds, settings: GenerationSettings, *,
     if not baseline:
         return results
     found = unguided_seeds(pipe, target, seeds, settings, subject=subject, baselines=baselines, model=model,
-                           encoder=encoder, on_baseline_step=on_baseline_step, batch=batch)
+                           encoder=encoder, on_baseline_step=on_baseline_step, batch=batch, preview=preview)
     if found is None:
         return None
     for result in results:
@@ -201,16 +201,17 @@ def generate_seeds(pipe, target: Target, seeds, settings: GenerationSettings, *,
 
 
 def unguided_seeds(pipe, target: Target, seeds, settings: GenerationSettings, *, subject, baselines=None,
-                   model: str = "", encoder: str = "", on_baseline_step=None, batch=None) -> dict | None:
+                   model: str = "", encoder: str = "", on_baseline_step=None, batch=None,
+                   preview: bool = False) -> dict | None:
     """``{seed: (key, image, activations, reused)}``: the unguided images of ``seeds``, from ``baselines`` where
     stored, else made (brain scale 0; the target only names the pipeline's objective, it changes no pixel)
-    and stored. None if interrupted."""
+    and stored (``on_baseline_step`` gets ``x0_preview`` if ``preview``). None if interrupted."""
     keys = {int(s): baseline_key(model, settings, s, encoder, subject.fingerprint) for s in seeds}
     stored = {s: baselines.get_baseline(k) if baselines is not None else None for s, k in keys.items()}
     missing = [s for s in keys if stored[s] is None]
     if missing:
         pipe.set_scheduler(settings.scheduler)
-        run = batch or (lambda obj, s, p, callback: _call(pipe, obj, s, p, callback))
+        run = batch or (lambda obj, s, p, callback: _call(pipe, obj, s, p, callback, preview))
         params = {**settings.pipeline_kwargs(), **settings.image_kwargs(), "brain_guidance_scale": 0.0}
         images, acts, interrupted = run(target.build(subject), missing, params, on_baseline_step)
         if interrupted:
