@@ -145,3 +145,36 @@ def test_image_hash_depends_on_pixels_only(reference):
     changed = as_uint8.copy()
     changed[0, 0, 0] ^= 1
     assert V.image_hash(changed) != V.image_hash(as_uint8)
+
+
+def test_the_generation_routine_starts_guided_and_unguided_images_from_the_start_image(tmp_path):
+    """``generate_seed`` with a start image at strength 0: the guided image and its unguided baseline are both the
+    reference's VAE round trip (computed here from the VAE), recorded with the strength and the pixel hash."""
+    from braindive import demo
+    from braindive.generate import GenerationSettings, baseline_key, generate_seed, seed_record
+    from braindive.presets import PRESETS
+    from braindive.targets import Target
+
+    bundle = demo.load()
+    rng = np.random.default_rng(1)
+    pixels = np.kron(rng.integers(40, 220, (8, 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 64 x 64, blocky
+    path = tmp_path / "start.png"
+    PIL.Image.fromarray(pixels).save(path)
+    settings = GenerationSettings.from_preset(PRESETS["demo"], steps=4, height=64, width=64, init_image=str(path),
+                                              strength=0.0)
+    target = Target.maximize("FFA")
+    result = generate_seed(bundle.pipe, target, 3, settings, subject=bundle.subject)
+    vae = bundle.pipe.vae
+    with torch.no_grad():
+        x = torch.from_numpy(pixels / 255.0).float().permute(2, 0, 1)[None] * 2 - 1
+        decoded = ((vae.decode(vae.encode(x).latent_dist.mean).sample / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0) * 255)
+    for image in (result.image, result.baseline_image):
+        np.testing.assert_allclose(np.asarray(image, np.float64), decoded.numpy(), atol=1.01)
+    from_noise = generate_seed(bundle.pipe, target, 3, GenerationSettings.from_preset(
+        PRESETS["demo"], steps=4, height=64, width=64), subject=bundle.subject)
+    assert np.abs(np.asarray(from_noise.baseline_image, np.float64) - decoded.numpy()).mean() > 10
+    record = seed_record(result, target, bundle.subject, settings, model="m", encoder="e")
+    assert record["parameters"]["strength"] == 0.0
+    assert record["parameters"]["reference"] == {"file": "start.png", "sha256": V.image_hash(pixels)}
+    assert record["target_spec"] == target.to_dict()
+    assert result.baseline_key == baseline_key("", settings, 3, "", bundle.subject.fingerprint)
