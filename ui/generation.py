@@ -9,6 +9,7 @@ is kept in the catalog, so a second region on the same seed skips the unguided s
 """
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import threading
@@ -236,6 +237,10 @@ def user_error(exc: Exception, request: GenerationRequest) -> ServiceError:
         return exc
     if isinstance(exc, (ValueError, FileNotFoundError, FloatingPointError, KeyError)):
         return ServiceError(str(exc))
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # storing the unguided baseline
+        from .service import storage_error
+
+        return storage_error(exc)
     log.exception("generation failed")
     return ServiceError(f"Generation failed ({type(exc).__name__}: {exc}). The app is still running.")
 
