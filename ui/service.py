@@ -243,12 +243,13 @@ class Service:
         stream = self._stream(request, target, slot)
         try:
             for item in stream:
-                if isinstance(item, ServiceError):
+                if isinstance(item, ServiceError):  # a request that fails leaves no results behind
+                    self._discard(results)
                     raise item
                 if isinstance(item, GeneratedImage):
                     try:
                         item = self._store(item, request, target, subject, run_id, owner)
-                    except ServiceError:  # a request that fails leaves no results behind
+                    except ServiceError:
                         self._discard(results)
                         raise
                     results.append(item)
