@@ -177,7 +177,7 @@ def generate_seeds(pipe, target: Target, seeds, settings: GenerationSettings, *,
     splits on out-of-memory); it returns ``(images, activations [B, V], interrupted)``. ``baselines`` (with
     ``get_baseline(key)`` / ``put_baseline(key, image, activations)``) keeps unguided images keyed by
     ``baseline_key(model, settings, seed, encoder, subject.fingerprint)``. ``on_step`` gets the pipeline's
-    ``x0_preview`` if ``preview``. Returns None if interrupted.
+    ``x0_preview`` if ``preview`` (``on_baseline_step`` too). Returns None if interrupted.
     """
     objective = target.build(subject)
     pipe.set_scheduler(settings.scheduler)

@@ -252,5 +252,5 @@ def test_sets_at_zero_and_full_accuracy_evaluate_end_to_end(tmp_path, clip_confi
     assert code == 0, capsys.readouterr().err
     with open(out / "comparison.csv", newline="") as fh:
         rows = {r["target"]: r for r in csv.DictReader(fh)}
-    assert (rows["FFA"]["BrainDiVE accuracy %"], rows["PPA"]["BrainDiVE accuracy %"]) == ("100.0", "0.0")
+    assert (rows["max FFA"]["BrainDiVE accuracy %"], rows["max PPA"]["BrainDiVE accuracy %"]) == ("100.0", "0.0")
     assert (out / "evaluation.png").stat().st_size > 10_000 and len(stored(catalog.root)) == 1

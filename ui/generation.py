@@ -237,12 +237,20 @@ def user_error(exc: Exception, request: GenerationRequest) -> ServiceError:
         return exc
     if isinstance(exc, (ValueError, FileNotFoundError, FloatingPointError, KeyError)):
         return ServiceError(str(exc))
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):  # storing the unguided baseline
-        from .service import storage_error
-
+    if isinstance(exc, OSError):  # the unguided baseline could not be stored
         return storage_error(exc)
     log.exception("generation failed")
     return ServiceError(f"Generation failed ({type(exc).__name__}: {exc}). The app is still running.")
+
+
+DISK_FULL = "The disk of the server is full: nothing was saved. Free some space in the data folder and try again."
+
+
+def storage_error(exc: OSError) -> ServiceError:
+    """A failed write as a message for people: a full disk says so; no server path is shown."""
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return ServiceError(DISK_FULL)
+    return ServiceError(f"The result could not be saved: {exc.strerror or type(exc).__name__}.")
 
 
 def _preview(pixels: torch.Tensor) -> PIL.Image.Image:

@@ -7,7 +7,6 @@ it with ``gr.Error``.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import hmac
 import logging
@@ -28,7 +27,7 @@ from braindive.catalog import Catalog, Entry
 from braindive.generate import SeedResult, seed_record
 from braindive.targets import Target
 
-from .generation import GeneratedImage, GenerationRequest, Progress, Runner, Slots, Waiting
+from .generation import GeneratedImage, GenerationRequest, Progress, Runner, Slots, Waiting, storage_error
 from .launcher import TrainingLauncher
 from .registry import DEMO_ENCODER, ModelRegistry, ServiceError, subject_label
 from .settings import Settings
@@ -249,7 +248,7 @@ class Service:
                 if isinstance(item, GeneratedImage):
                     try:
                         item = self._store(item, request, target, subject, run_id, owner)
-                    except ServiceError:
+                    except ServiceError:  # a request that fails leaves no results behind
                         self._discard(results)
                         raise
                     results.append(item)
@@ -297,16 +296,6 @@ class Service:
 
     def start_training(self, *args, **kwargs):
         return self.training.start(*args, **kwargs)
-
-
-DISK_FULL = "The disk of the server is full: nothing was saved. Free some space in the data folder and try again."
-
-
-def storage_error(exc: OSError) -> ServiceError:
-    """A failed write as a message for people: a full disk says so; no server path is shown."""
-    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
-        return ServiceError(DISK_FULL)
-    return ServiceError(f"The result could not be saved: {exc.strerror or type(exc).__name__}.")
 
 
 def owner_secret(path: Path) -> bytes:
