@@ -19,7 +19,10 @@ __all__ = ["main", "build_target", "check_limits"]
 RANKING_CSV = "ranking.csv"  # every candidate's score and rank, in the run's folder of the catalog
 # flags checked against braindive.presets.LIMITS (read as text, so nothing is rounded or defaulted by argparse)
 _LIMITED = {"steps": "steps", "scale": "scale", "sag": "sag", "cfg": "cfg", "height": "height", "width": "width",
-            "seed": "seed", "n": "n_images", "keep": "keep", "weight": "weight", "prompt": "prompt"}
+            "seed": "seed", "n": "n_images", "keep": "keep", "weight": "weight", "prompt": "prompt",
+            "strength": "strength"}
+_SUBREGION_LIMITED = {"steps": "steps", "scale": "scale", "sag": "sag", "height": "height", "width": "width",
+                      "seed": "seed", "gen_seed": "seed", "generate": "n_images"}
 
 
 def build_target(args):
@@ -35,14 +38,18 @@ def build_target(args):
     return Target(kind, args.roi)
 
 
-def check_limits(args) -> None:
+def check_limits(args, flags: dict = _LIMITED) -> None:
     """Every limited flag through ``presets.LIMITS`` (``LimitError`` names the field's label and range)."""
     from .presets import LIMITS, LimitError, check
 
-    for flag, field in _LIMITED.items():
+    for flag, field in flags.items():
         value = getattr(args, flag)
         if value is not None:
             setattr(args, flag, check(field, value))
+    if flags is not _LIMITED:
+        return
+    if args.strength is not None and not args.init_image:
+        raise LimitError("--strength needs --init-image (the image the generation starts from).")
     last = args.seed + args.n - 1
     if last > LIMITS["seed"].hi:
         raise LimitError(f"the last seed (`Seed` + `Generate N images` − 1) must be at most {LIMITS['seed'].hi}, got {last}.")
@@ -61,7 +68,9 @@ def generate(args) -> list:
     preset = get_preset(args.preset)
     settings = GenerationSettings.from_preset(preset, mode=args.mode, scale=args.scale, steps=args.steps,
                                               scheduler=args.scheduler, sag=args.sag, prompt=args.prompt,
-                                              cfg=args.cfg, height=args.height, width=args.width)
+                                              cfg=args.cfg, height=args.height, width=args.width,
+                                              init_image=str(Path(args.init_image).resolve()) if args.init_image else None,
+                                              strength=args.strength)
     target = build_target(args)
     import torch
 
@@ -104,6 +113,61 @@ def generate(args) -> list:
     (catalog.root / "runs" / run_id).mkdir(parents=True, exist_ok=True)
     write_csv(catalog.root / "runs" / run_id / RANKING_CSV, sorted(rows, key=lambda r: r["rank"]))
     return written
+
+
+def subregions(args) -> Path:
+    """Split an ROI (``braindive.subregions``), write ``split.json``; with ``--generate N`` also each part's
+    images (the same seeds for every part) into the catalog ``--out`` and ``cross_prediction.csv``."""
+    import json
+
+    import torch
+
+    from . import subregions as sr
+    from .catalog import Catalog
+    from .evaluation.files import write_atomic, write_csv
+    from .generate import GenerationSettings
+    from .presets import get_preset
+    from .records import generation_record
+
+    preset = get_preset(args.preset)
+    loaded = preset.load("cuda" if torch.cuda.is_available() and args.preset != "demo" else "cpu",
+                         encoder=args.encoder, subject=args.subject, model=args.model)
+    pipe, subject = loaded.pipe, loaded.subject
+    split = sr.split_region(subject, args.roi, args.k, args.by, encoder=pipe.encoder, images=args.images,
+                            axis=args.axis, seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    features = split.features if split.features is not None else sr.weight_profiles(pipe.encoder, split.voxels)
+    rows = sr.report(split, subject, features)
+    write_atomic(out / "split.json", json.dumps({**split.to_dict(), "subject": subject.name, "report": rows}, indent=2))
+    for row in rows:
+        print(", ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.items()))
+    if not args.generate:
+        return out / "split.json"
+    settings = GenerationSettings.from_preset(preset, mode=args.mode, scale=args.scale, steps=args.steps,
+                                              scheduler=args.scheduler, sag=args.sag, height=args.height,
+                                              width=args.width)
+    pipe.set_scheduler(settings.scheduler)
+    seeds = range(args.gen_seed, args.gen_seed + args.generate)
+    cp = sr.cross_prediction(pipe, split.parts, seeds, kind=args.kind, **settings.pipeline_kwargs())
+    catalog, run_id = Catalog(out), f"subregions-{split.roi}-{split.k}-{split.by}"
+    parameters = {**settings.pipeline_kwargs(), "scheduler": settings.scheduler}
+    for i, part in enumerate(split.parts):
+        rest = np.concatenate([p.voxels for j, p in enumerate(split.parts) if j != i])
+        objective = sr.part_objective(part, args.kind, rest)
+        target = sr.part_target(part, "maximize" if args.kind == "contrast" else args.kind)
+        for seed, image, gain, value in zip(seeds, cp.images[i], cp.gains[i, i], cp.objective_values[i]):
+            measure = -float(value) if args.kind == "minimize" else float(value)  # the signed measure people read
+            record = generation_record(seed=seed, subject=subject, target=target, objective=objective.describe(),
+                                       parameters=parameters, measure=measure, model=loaded.model_name,
+                                       encoder=loaded.encoder_name)
+            record["subregion"] = {"roi": split.roi, "k": split.k, "by": split.by, "axis": split.axis,
+                                   "seed": split.seed, "part": part.name, "kind": args.kind, "own_gain": float(gain)}
+            catalog.add(image, record, run_id=run_id)
+    write_csv(out / "cross_prediction.csv", cp.table())
+    for row in cp.table():
+        print(f"{row['images for']}: own gain largest on {100 * row['own largest']:.0f}% of seeds, margin {row['margin']:+.4f}")
+    return out / "cross_prediction.csv"
 
 
 def evaluate(args) -> Path:
@@ -198,9 +262,38 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--scheduler", help="dpm (default), ddim, pndm, lms or euler")
     g.add_argument("--mode", default="exact", help="guidance mode: exact (default), reference or fast")
     g.add_argument("--seed", default=0)
+    g.add_argument("--init-image", help="start from this image (img2img): its VAE latents noised to --strength")
+    g.add_argument("--strength", help="with --init-image: noise level in [0, 1] (0 = the image's VAE round trip, "
+                   "1 = from the noisiest step; default 1)")
     g.add_argument("--no-baseline", dest="baseline", action="store_false",
                    help="skip the unguided image of each seed (kept in the catalog and shared by every target)")
     g.add_argument("--out", required=True, help="catalog folder (created if needed; the app and batch use the same format)")
+
+    r = sub.add_parser("subregions", help="split an ROI into parts by weights, responses or anatomy; "
+                       "optionally generate for each part and cross-predict")
+    r.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    r.add_argument("--model", help=f"diffusers model id or folder (sd21 preset; default {SD21_MODEL_ID})")
+    r.add_argument("--encoder", help="encoder checkpoint folder or Hub repo id (needed for sd21)")
+    r.add_argument("--subject", default="S1", help="subject name or subject .npz file")
+    r.add_argument("--roi", required=True, help="ROI to split, e.g. OPA or OPA.lh")
+    r.add_argument("--k", type=int, default=2, help="number of parts, 2-8")
+    r.add_argument("--by", default="weights", help="weights (k-means on encoder weights), responses (k-means on "
+                   "predicted responses to --images) or anatomy (equal-count bins along --axis)")
+    r.add_argument("--axis", default="posterior-anterior", help="posterior-anterior, ventral-dorsal or medial-lateral")
+    r.add_argument("--images", help="folder of images for --by responses")
+    r.add_argument("--seed", default=0, help="k-means seed")
+    r.add_argument("--generate", help="images per part (seeds --gen-seed..); omitted: split only")
+    r.add_argument("--gen-seed", default=0)
+    r.add_argument("--kind", default="maximize", help="per part: maximize, minimize, or contrast (part - rest of the ROI)")
+    r.add_argument("--steps", help="denoising steps (default: the preset's)")
+    r.add_argument("--scale", help="brain guidance scale (default: the preset's)")
+    r.add_argument("--sag", help="self-attention guidance scale (default: the preset's)")
+    r.add_argument("--height", help="image height (default: the preset's)")
+    r.add_argument("--width", help="image width (default: the preset's)")
+    r.add_argument("--scheduler", help="dpm (default), ddim, pndm, lms or euler")
+    r.add_argument("--mode", default="exact", help="guidance mode: exact (default), reference or fast")
+    r.add_argument("--out", required=True, help="folder for split.json and cross_prediction.csv; the parts' images "
+                   "go to the catalog in it")
 
     e = sub.add_parser("evaluate", help="CLIP 5-way zero-shot evaluation of generated images vs top natural images")
     e.add_argument("results", nargs="+", help="folders of generated PNG + JSON, or catalog ids (with --catalog)")
@@ -257,6 +350,9 @@ def main(argv=None) -> int:
             print(f"wrote {evaluate(args)} and the plot beside it")
         elif args.command == "study":
             print(study(args))
+        elif args.command == "subregions":
+            check_limits(args, _SUBREGION_LIMITED)
+            print(f"wrote {subregions(args)}")
         else:
             check_limits(args)
             written = generate(args)

@@ -9,6 +9,7 @@ reuses it for every target.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
@@ -20,7 +21,7 @@ from .records import generation_record
 from .targets import Target
 
 __all__ = ["GenerationSettings", "SeedResult", "generate_seed", "generate_seeds", "baseline_key", "seed_record",
-           "roi_means", "unguided_seeds", "image_id", "image_id_from_key", "target_key", "encoder_identity"]
+           "roi_means", "unguided_seeds", "start_image_hash", "image_id", "image_id_from_key", "target_key", "encoder_identity"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class GenerationSettings:
     cfg: float = 0.0
     height: int = 512
     width: int = 512
+    init_image: str = ""  # absolute path of the start image ("" = from noise)
+    strength: float = 1.0  # how far the start image is noised (1: all the way)
 
     @classmethod
     def from_preset(cls, preset: Preset, **overrides) -> "GenerationSettings":
@@ -51,7 +54,7 @@ class GenerationSettings:
         if self.scheduler not in SCHEDULER_NAMES:
             raise LimitError(f"`Scheduler` must be one of {SCHEDULER_NAMES}, got {self.scheduler!r}.")
         return replace(self, **{f: LIMITS[f].check(getattr(self, f))
-                                for f in ("scale", "steps", "sag", "prompt", "cfg", "height", "width")})
+                                for f in ("scale", "steps", "sag", "prompt", "cfg", "height", "width", "strength")})
 
     def pipeline_kwargs(self) -> dict:
         """Keyword arguments of ``BrainDiVEPipeline.__call__`` (the names records store under ``parameters``)."""
@@ -59,10 +62,49 @@ class GenerationSettings:
                     guidance_scale=self.cfg, prompt=self.prompt, height=self.height, width=self.width,
                     guidance_mode=self.mode)
 
+    def image_kwargs(self) -> dict:
+        """The pipeline's ``image``/``strength`` for a start image (nothing when generating from noise)."""
+        if not self.init_image:
+            return {}
+        from pathlib import Path
+
+        from .evaluation.sets import open_rgb
+
+        return {"image": open_rgb(Path(self.init_image)), "strength": self.strength}
+
+    def image_record(self) -> dict:
+        """What records keep of the start image: the strength, its file name and pixel hash (nothing from noise)."""
+        if not self.init_image:
+            return {}
+        from pathlib import Path
+
+        return {"strength": self.strength, "reference": {"file": Path(self.init_image).name,
+                                                         "sha256": start_image_hash(self.init_image)}}
+
+    def key(self) -> dict:
+        """The settings as ids use them: a start image by its pixel hash (not its path); from noise neither it
+        nor the strength is in the key, so ids made before start images existed stay the same."""
+        out = asdict(self)
+        path, strength = out.pop("init_image"), out.pop("strength")
+        if path:
+            out.update(init_image=start_image_hash(path), strength=strength)
+        return out
+
+
+@functools.lru_cache(maxsize=256)
+def start_image_hash(path: str) -> str:
+    """``variation.image_hash`` of the image file at ``path`` (pixels, not bytes: a re-saved copy hashes the same)."""
+    from pathlib import Path
+
+    from .evaluation.sets import open_rgb
+    from .variation import image_hash
+
+    return image_hash(open_rgb(Path(path)))
+
 
 def baseline_key(model: str, settings: GenerationSettings, seed: int, encoder: str, subject_space: str) -> str:
     """Id of a seed's unguided image: everything it depends on (the brain scale is not among them)."""
-    fields = {k: v for k, v in asdict(settings).items() if k != "scale"}
+    fields = {k: v for k, v in settings.key().items() if k != "scale"}
     text = json.dumps({"model": model, "settings": fields, "seed": int(seed), "encoder": encoder,
                        "subject_space": subject_space}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -84,7 +126,7 @@ def image_id(model: str, encoder: str, target: Target, subject, settings: Genera
 
 def image_id_from_key(model: str, encoder: str, key: dict, settings: GenerationSettings, seed: int) -> str:
     """``image_id`` from a ``target_key`` already computed (a sweep computes it once per job)."""
-    text = json.dumps({"model": model, "encoder": encoder, **key, "settings": asdict(settings), "seed": int(seed)},
+    text = json.dumps({"model": model, "encoder": encoder, **key, "settings": settings.key(), "seed": int(seed)},
                       sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -140,7 +182,8 @@ def generate_seeds(pipe, target: Target, seeds, settings: GenerationSettings, *,
     objective = target.build(subject)
     pipe.set_scheduler(settings.scheduler)
     run = batch or (lambda obj, s, p, callback: _call(pipe, obj, s, p, callback, preview))
-    images, acts, interrupted = run(objective, list(seeds), settings.pipeline_kwargs(), on_step)
+    images, acts, interrupted = run(objective, list(seeds), {**settings.pipeline_kwargs(), **settings.image_kwargs()},
+                                    on_step)
     if interrupted:
         return None
     results = [SeedResult(int(s), images[k], acts[k], target.measure(acts[k], subject)) for k, s in enumerate(seeds)]
@@ -162,14 +205,14 @@ def unguided_seeds(pipe, target: Target, seeds, settings: GenerationSettings, *,
                    preview: bool = False) -> dict | None:
     """``{seed: (key, image, activations, reused)}``: the unguided images of ``seeds``, from ``baselines`` where
     stored, else made (brain scale 0; the target only names the pipeline's objective, it changes no pixel)
-    and stored. None if interrupted."""
+    and stored (``on_baseline_step`` gets ``x0_preview`` if ``preview``). None if interrupted."""
     keys = {int(s): baseline_key(model, settings, s, encoder, subject.fingerprint) for s in seeds}
     stored = {s: baselines.get_baseline(k) if baselines is not None else None for s, k in keys.items()}
     missing = [s for s in keys if stored[s] is None]
     if missing:
         pipe.set_scheduler(settings.scheduler)
         run = batch or (lambda obj, s, p, callback: _call(pipe, obj, s, p, callback, preview))
-        params = {**settings.pipeline_kwargs(), "brain_guidance_scale": 0.0}
+        params = {**settings.pipeline_kwargs(), **settings.image_kwargs(), "brain_guidance_scale": 0.0}
         images, acts, interrupted = run(target.build(subject), missing, params, on_baseline_step)
         if interrupted:
             return None
@@ -197,7 +240,8 @@ def seed_record(result: SeedResult, target: Target, subject, settings: Generatio
     """The catalog record of one ``SeedResult`` (the same at every door)."""
     record = generation_record(
         seed=result.seed, subject=subject, target=target, objective=target.build(subject).describe(),
-        parameters={**settings.pipeline_kwargs(), "scheduler": settings.scheduler}, measure=result.measure,
+        parameters={**settings.pipeline_kwargs(), "scheduler": settings.scheduler, **settings.image_record()},
+        measure=result.measure,
         model=model, encoder=encoder, baseline_measure=result.baseline_measure)
     record["roi_means"] = roi_means(subject, result.activations)
     if result.baseline_activations is not None:

@@ -154,6 +154,7 @@ class _Guidance:
     num_steps: int = 1
     head: Callable | None = None
     last_grad: torch.Tensor | None = None
+    step_offset: int = 0  # img2img: index of the first step run in the full schedule
 
 
 @dataclass
@@ -372,6 +373,31 @@ class BrainDiVEPipeline(DiffusionPipeline):
             raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
         return latents.to(self.device, dtype) * self.scheduler.init_noise_sigma
 
+    def get_timesteps(self, num_inference_steps: int, strength: float):
+        """The last ``floor(strength * num_inference_steps)`` timesteps and the index of the first in the schedule."""
+        run = min(math.floor(round(num_inference_steps * strength, 6)), num_inference_steps)
+        # counted from the end: PNDM's schedule has one step more than asked (at the start)
+        start = 0 if run == num_inference_steps else len(self.scheduler.timesteps) - run * self.scheduler.order
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(start)
+        return self.scheduler.timesteps[start:], start
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` images in [0, 1] -> scaled VAE latents (the posterior mean: deterministic)."""
+        dist = self.vae.encode(pixels.to(self.device, self.vae.dtype) * 2 - 1).latent_dist
+        return dist.mode() * self.vae.config.scaling_factor
+
+    def prepare_image_latents(self, image, batch, height, width, dtype, generator, timesteps):
+        """``image``'s latents noised to the first of ``timesteps`` (not noised when there are none)."""
+        pixels = image_tensor(image, height, width)
+        if len(pixels) not in (1, batch):
+            raise ValueError(f"`image` holds {len(pixels)} images for {batch} outputs; give 1 or {batch}.")
+        latents = self.encode_image(pixels.expand(batch, -1, -1, -1) if len(pixels) == 1 else pixels).to(dtype)
+        if not len(timesteps):
+            return latents
+        noise = randn_tensor(latents.shape, generator=generator, device=self.device, dtype=dtype)
+        return self.scheduler.add_noise(latents, noise, timesteps[:1].repeat(batch))
+
     def _sag_attention(self):
         try:
             return self.unet.mid_block.attentions[0].transformer_blocks[0].attn1
@@ -464,7 +490,7 @@ class BrainDiVEPipeline(DiffusionPipeline):
 
     def _guided_step(self, g: _Guidance, latents, t, step_index):
         """One UNet pass gives the noise prediction, SAG's attention and (exact mode) the graph to x_t."""
-        guide = g.brain_scale != 0 and g.fast.guides_at(step_index, g.num_steps)
+        guide = g.brain_scale != 0 and g.fast.guides_at(step_index - g.step_offset, g.num_steps)
         x = latents.detach().requires_grad_(guide)
         noise_uncond, eps, uncond_attn = self._predict_noise(g, x, t, backprop=guide and not g.fast.skip_unet_backprop)
         if guide:
@@ -529,6 +555,8 @@ class BrainDiVEPipeline(DiffusionPipeline):
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
+        image=None,
+        strength: float = 1.0,
         guidance_mode: str = "exact",
         fast_options: FastGuidance | None = None,
         output_type: str = "pil",
@@ -545,6 +573,12 @@ class BrainDiVEPipeline(DiffusionPipeline):
         (``latents``, ``noise_pred``, ``pred_x0`` and ``x0_preview``, a VAE decode of the predicted clean
         image in [0, 1]); a returned ``latents`` replaces the current ones. ``pipe.interrupt()`` stops
         after the current step.
+
+        ``image`` (diffusers img2img style: a PIL image, a list of them, an ``[H, W, 3]`` / ``[B, H, W, 3]``
+        array or a ``[B, 3, H, W]`` tensor in [0, 1], resized to ``height`` x ``width``) starts the run from
+        that image instead of pure noise: its VAE latents (the posterior mean) are noised to ``strength`` in
+        [0, 1] and only the last ``floor(strength * num_inference_steps)`` steps run; strength 0 returns
+        the image's VAE round trip, 1 starts from the noisiest step.
         """
         # 0. Defaults
         default_size = self.unet.config.sample_size * self.vae_scale_factor
@@ -556,6 +590,7 @@ class BrainDiVEPipeline(DiffusionPipeline):
         self.check_inputs(objective, height, width, num_inference_steps, brain_guidance_scale, sag_scale,
                           num_images_per_prompt, generator, guidance_mode, output_type, callback_tensors,
                           fast_options)
+        _check_image_inputs(image, strength, latents)
         self._interrupt = False
         do_cfg = guidance_scale > 1.0
         batch = num_images_per_prompt
@@ -564,15 +599,20 @@ class BrainDiVEPipeline(DiffusionPipeline):
         prompt_embeds = self.encode_prompt(prompt, negative_prompt, batch, do_cfg)
         guide_embeds = prompt_embeds.chunk(2)[1] if do_cfg else prompt_embeds
 
-        # 3. Timesteps and initial latents
+        # 3. Timesteps and initial latents: pure noise, or `image` noised to `strength`
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        timesteps = self.scheduler.timesteps
-        latents = self.prepare_latents(batch, height, width, prompt_embeds.dtype, generator, latents)
+        timesteps, step_offset = self.scheduler.timesteps, 0
+        if image is None:
+            latents = self.prepare_latents(batch, height, width, prompt_embeds.dtype, generator, latents)
+        else:
+            timesteps, step_offset = self.get_timesteps(num_inference_steps, strength)
+            latents = self.prepare_image_latents(image, batch, height, width, prompt_embeds.dtype, generator,
+                                                 timesteps)
         extra_step_kwargs = self._extra_step_kwargs(generator, eta)
 
         # 4. Guidance set-up, once for all images of the call
         g = _Guidance(objective, prompt_embeds, guide_embeds, do_cfg, guidance_scale, sag_scale,
-                      brain_guidance_scale, _AttnProbsStore(), num_steps=len(timesteps))
+                      brain_guidance_scale, _AttnProbsStore(), num_steps=len(timesteps), step_offset=step_offset)
         step, execution = self._reference_step, contextlib.nullcontext()
         if guidance_mode != "reference":
             step, execution = self._guided_step, self._autocast(self._accelerate())
@@ -591,8 +631,8 @@ class BrainDiVEPipeline(DiffusionPipeline):
                     if self._interrupt:
                         break
                     with execution:
-                        noise_pred, latents = step(g, latents, t, i)
-                    pred_x0 = self._clean_estimate(latents, noise_pred, t, i) if callback_tensors else None
+                        noise_pred, latents = step(g, latents, t, step_offset + i)
+                    pred_x0 = self._clean_estimate(latents, noise_pred, t, step_offset + i) if callback_tensors else None
                     latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
                     steps_done = i + 1
                     if callback_on_step_end is not None:
@@ -649,6 +689,44 @@ def _check_finite(activations: torch.Tensor, step: int) -> None:
             f"The brain encoder returned {bad} NaN/inf values at step {step}; check the encoder checkpoint "
             "and lower `brain_guidance_scale` if the latents diverged."
         )
+
+
+def _check_image_inputs(image, strength, latents) -> None:
+    if image is None:
+        return
+    if latents is not None:
+        raise ValueError("`latents` and `image` cannot both be given: an image run makes its own noisy latents.")
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+        raise ValueError(f"`strength` must be a number in [0, 1], got {strength!r}.")
+
+
+def image_tensor(image, height: int, width: int) -> torch.Tensor:
+    """A PIL image (or list), ``[H, W, 3]`` / ``[B, H, W, 3]`` array or ``[B, 3, H, W]`` tensor in [0, 1]
+    -> float32 ``[B, 3, height, width]`` in [0, 1] (bilinear, antialiased resize when the size differs)."""
+    if isinstance(image, PIL.Image.Image):
+        image = [image]
+    if isinstance(image, (list, tuple)) and image and all(isinstance(im, PIL.Image.Image) for im in image):
+        image = np.stack([np.asarray(im.convert("RGB"), np.float32) / 255 for im in image])
+    if isinstance(image, np.ndarray):
+        if image.dtype == np.uint8:
+            image = image.astype(np.float32) / 255
+        image = torch.from_numpy(np.asarray(image, np.float32))
+        image = image[None] if image.ndim == 3 else image
+        if image.ndim != 4 or image.shape[-1] != 3:
+            raise ValueError(f"`image` array must be [H, W, 3] or [B, H, W, 3], got shape {tuple(image.shape)}.")
+        image = image.permute(0, 3, 1, 2)
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"`image` must be a PIL image, a list of them, an array or a tensor, got {type(image).__name__}.")
+    image = image[None] if image.ndim == 3 else image
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"`image` tensor must be [B, 3, H, W], got shape {tuple(image.shape)}.")
+    image = image.detach().float().cpu()
+    if not torch.isfinite(image).all() or image.min() < 0 or image.max() > 1:
+        raise ValueError(f"`image` values must lie in [0, 1], got [{float(image.min()):.3g}, {float(image.max()):.3g}].")
+    if tuple(image.shape[-2:]) != (height, width):
+        image = torch.nn.functional.interpolate(image, size=(height, width), mode="bilinear", antialias=True,
+                                                align_corners=False).clamp(0, 1)
+    return image
 
 
 def _to_output(pixels: torch.Tensor, output_type: str):

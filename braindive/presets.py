@@ -108,6 +108,7 @@ LIMITS = {limit.field: limit for limit in (
     Limit("prompt", "Prompt", str, 0, 300),
     Limit("height", "Image height", int, 32, 2048, multiple=8),
     Limit("width", "Image width", int, 32, 2048, multiple=8),
+    Limit("strength", "Strength", float, 0.0, 1.0),  # start image: how far it is noised (1: from noise)
 )}
 
 

@@ -273,3 +273,30 @@ def test_settings_lists_multiply_jobs_with_distinct_labels_and_ids():
     assert len(set(ids)) == 72
     again = parse_sweep(SWEEP.replace("steps = 4", 'steps = [4, 6]\nprompt = ["", "a face"]'))
     assert [i for job in again.jobs for i in again.image_ids(job)] == ids  # the same on every parse
+
+
+def test_a_start_image_sweep_equals_generate_from_the_image(pool, tmp_path):
+    """``[settings] init_images`` x ``strength`` through the batch worker: the same id, image and baseline as
+    ``generate --init-image --strength`` (both doors run the one generation routine)."""
+    from braindive.batch.runner import run_sweep
+    from braindive.variation import image_hash
+
+    rng = np.random.default_rng(2)
+    pixels = np.kron(rng.integers(40, 220, (8, 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "ref.png")
+    (tmp_path / "start.toml").write_text('name = "start"\nmodel = "demo"\nseeds = [4]\n[[encoders]]\nsubject = "S1"\n'
+                                         'path = "demo"\n[targets]\nrois = ["FFA"]\n[settings]\nsteps = 4\n'
+                                         'height = 64\nwidth = 64\ninit_images = ["ref.png"]\nstrength = 0.5\n')
+    root = tmp_path / "batch"
+    run_sweep(load_sweep(tmp_path / "start.toml"), catalog_dir=root, pool=pool, log=lambda m: None)
+    (batched,) = Catalog(root).query()
+    assert main(["generate", "--roi", "FFA", "--n", "1", "--seed", "4", "--steps", "4", "--height", "64", "--width",
+                 "64", "--init-image", str(tmp_path / "ref.png"), "--strength", "0.5", "--out", str(tmp_path / "cli")]) == 0
+    (single,) = Catalog(tmp_path / "cli").query()
+    assert single.id == batched.id
+    a, b = (np.asarray(Image.open(e.image_path), dtype=int) for e in (single, batched))
+    assert np.abs(a - b).max() <= 1
+    record = Catalog(root).record(batched.id)
+    assert record["parameters"]["strength"] == 0.5
+    assert record["parameters"]["reference"] == {"file": "ref.png", "sha256": image_hash(pixels)}
+    assert record["baseline_key"] == Catalog(tmp_path / "cli").record(single.id)["baseline_key"]

@@ -13,6 +13,7 @@ from braindive.tiny_decoder import fast_description
 
 from . import activation as act
 from . import selection as sel
+from . import subregions as subregion_panels
 from .charts import roi_chart
 from .memory import trim_heap
 from .updates import unchanged
@@ -122,6 +123,7 @@ def build(service: Service, settings) -> dict:
             files = gr.File(label=_downloads_label(service, subject0), file_count="multiple", elem_id="downloads")
     state = gr.State(first)
     view = [activation_map, guided_image, unguided_image, chart, files, values]
+    subregion_panels.build(service, settings, subject, encoder, roi)  # Split region…, Start from an image
 
     def show(subj, entry_id, kind, lim) -> dict:
         """The activation view of one result."""

@@ -14,7 +14,7 @@ import itertools
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ _TOP_KEYS = {"name", "model", "catalog", "seeds", "encoders", "targets", "settin
              "stimuli"}
 _TABLE_KEYS = {
     "encoders": {"subject", "path", "name"},
-    "targets": {"rois", "minimize", "voxels", "contrasts"},
+    "targets": {"rois", "minimize", "voxels", "contrasts", "subregions"},
     "settings": {"mode", "scale", "steps", "scheduler", "sag", "prompt", "cfg", "height", "width"},
     "execution": {"batch_size", "cpus_per_worker", "gpus_per_worker", "workers", "max_retries", "baseline",
                   "save_activations"},
@@ -49,6 +49,8 @@ SETTING_LIMITS = {"scale": "scale", "steps": "steps", "sag": "sag", "cfg": "cfg"
                   "prompt": "prompt"}
 _EXECUTION_RANGES = {"batch_size": (int, 1, 256), "cpus_per_worker": (int, 1, 1024), "gpus_per_worker": (float, 0, 16),
                      "workers": (int, 0, 100000), "max_retries": (int, 0, 100)}
+_IMAGE_SETTINGS = {"init_images", "strength"}  # reference-image variations: start images x strengths
+_SUBREGION_KEYS = {"roi", "k", "by", "axis", "seed"}
 
 
 class SweepError(ValueError):
@@ -79,7 +81,7 @@ class Job:
 
     def key(self) -> dict:
         """What identifies this job's images, besides the model and the seed."""
-        return {"encoder": self.encoder.identity or self.encoder.path, **self.target_key, "settings": asdict(self.settings)}
+        return {"encoder": self.encoder.identity or self.encoder.path, **self.target_key, "settings": self.settings.key()}
 
 
 @dataclass
@@ -233,8 +235,7 @@ class _Reader:
         targets = self.targets(data.get("targets"), encoders, subjects)
         settings = self.settings(data.get("settings", {}), model)
         varying = [k for k in Settings.__dataclass_fields__ if len({getattr(s, k) for s in settings}) > 1]
-        jobs = [Job(enc, target, s, ",".join(f"{k}={getattr(s, k)!r}" if k == "prompt" else f"{k}={getattr(s, k)}"
-                                             for k in varying), key)
+        jobs = [Job(enc, target, s, ",".join(_variant(s, k) for k in varying), key)
                 for enc, s in itertools.product(encoders, settings) for target, key in targets[enc]]
         keep = None
         if "rerank" in data:
@@ -357,6 +358,7 @@ class _Reader:
         for enc in encoders:
             subject = subjects[enc]
             targets = found + [self.voxel_file(file, subject) for file in files]
+            targets += self.subregion_targets(table.get("subregions", []), enc, subject)
             if not targets:
                 self.fail("[targets] lists no target.", "targets")
             labels = [t.label for t in targets]
@@ -374,6 +376,35 @@ class _Reader:
                               "targets", key, needle=f'"{bad}"')
         return out
 
+    def subregion_targets(self, entries, enc: EncoderSpec, subject) -> list[Target]:
+        """``subregions = [{roi = "OPA", k = 2, by = "weights", axis = ..., seed = 0}]``: each part of the split
+        maximised (``Target.voxel_set`` named "OPA·1/2"). ``by = "weights"`` reads the encoder's head from its
+        local folder; ``"responses"`` is not offered here (split with ``python -m braindive subregions`` and list
+        the parts' voxel files instead)."""
+        from .. import subregions as sr
+
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            self.fail("`targets.subregions` must be a list of {roi, k, by, axis, seed} tables.", "targets", "subregions")
+        found = []
+        for e in entries:
+            if set(e) - _SUBREGION_KEYS or "roi" not in e:
+                self.fail(f"each subregion entry takes {sorted(_SUBREGION_KEYS)} (roi required), got {sorted(e)}.",
+                          "targets", "subregions")
+            by = e.get("by", "weights")
+            if by not in ("weights", "anatomy"):
+                self.fail(f"`subregions.by` must be 'weights' or 'anatomy' in a sweep, got {by!r}.", "targets",
+                          "subregions", needle=f'"{by}"')
+            k = self.number(e.get("k", 2), int, *sr.K_RANGE, "targets", "subregions", name="subregions.k")
+            seed = self.limit("seed", e.get("seed", 0), "targets", "subregions")
+            try:
+                weights = _head_weights(enc) if by == "weights" else None
+                split = sr.split_region(subject, self.string(e["roi"], "targets", "subregions"), k, by, encoder=weights,
+                                        axis=e.get("axis", "posterior-anterior"), seed=seed)
+            except (OSError, ValueError) as exc:
+                self.fail(f"subregions {e!r}: {exc}", "targets", "subregions")
+            found += [sr.part_target(part) for part in split.parts]
+        return found
+
     def voxel_file(self, file: str, subject) -> Target:
         path = self.base_dir / file
         try:
@@ -387,7 +418,7 @@ class _Reader:
         from ..pipeline import GUIDANCE_MODES, SCHEDULERS
         from ..presets import PRESETS
 
-        self.check_keys(table, _TABLE_KEYS["settings"], "settings")
+        self.check_keys(table, _TABLE_KEYS["settings"] | _IMAGE_SETTINGS, "settings")
         defaults = Settings.from_preset(PRESETS["demo" if model == DEMO else "sd21"])
         axes = {}
         for key in _TABLE_KEYS["settings"]:
@@ -407,7 +438,53 @@ class _Reader:
                     checked.append(v)
             axes[key] = checked
         keys = sorted(axes)
-        return [Settings(**dict(zip(keys, combo))) for combo in itertools.product(*(axes[k] for k in keys))]
+        plain = [Settings(**dict(zip(keys, combo))) for combo in itertools.product(*(axes[k] for k in keys))]
+        return self.image_settings(table, plain)
+
+    def image_settings(self, table: dict, settings: list[Settings]) -> list[Settings]:
+        """``init_images = ["ref.png"]`` (relative to the sweep file) x ``strength = [0.5, 0.8]``: every setting
+        from every start image at every strength; without ``init_images``, from noise (``strength`` refused)."""
+        from dataclasses import replace
+
+        from ..generate import start_image_hash
+
+        files = table.get("init_images", [])
+        if not files:
+            if "strength" in table:
+                self.fail("`settings.strength` needs `settings.init_images` (the images to start from).", "settings",
+                          "strength")
+            return settings
+        paths = []
+        for file in self.string_list(files, "settings", "init_images"):
+            path = (self.base_dir / file).resolve()
+            try:
+                start_image_hash(str(path))
+            except (OSError, ValueError) as exc:
+                self.fail(f"init image {file!r}: {exc}", "settings", "init_images", needle=file)
+            paths.append(str(path))
+        strengths = table.get("strength", [1.0])
+        strengths = [self.limit("strength", v, "settings", "strength")
+                     for v in (strengths if isinstance(strengths, list) else [strengths])]
+        return [replace(s, init_image=p, strength=v) for s in settings for p in paths for v in strengths]
+
+
+def _variant(settings: Settings, key: str) -> str:
+    """``key=value`` of one varying setting (a prompt quoted, a start image by its file name)."""
+    value = getattr(settings, key)
+    return f"{key}={value!r}" if key == "prompt" else f"{key}={Path(value).name}" if key == "init_image" else f"{key}={value}"
+
+
+def _head_weights(enc: EncoderSpec) -> np.ndarray:
+    """``[n_voxels, d]`` head weights of a local encoder folder (the demo's included), without its tower."""
+    from safetensors.numpy import load_file
+
+    from ..demo import ASSET_ENCODER
+    from ..encoders import HEAD_NAME
+
+    folder = ASSET_ENCODER if enc.path == DEMO else Path(enc.path)
+    if not (folder / HEAD_NAME).is_file():
+        raise ValueError(f"subregions by weights need a local encoder folder with {HEAD_NAME}; {enc.path!r} has none.")
+    return load_file(str(folder / HEAD_NAME))["weight"]
 
 
 def _identity(path: str, subject) -> str:

@@ -1,0 +1,119 @@
+"""Sub-region cross-prediction on the demo: S1's FFA and OPA split in 2 by weights and by anatomy.
+
+For each split, each part's guided images (the same seeds for every part) are scored by the encoder on every
+part; the gain is the part's predicted mean minus its mean for the unguided image of the same seed. A seed
+counts for part i when its own gain is the largest. Two guidance targets per part: the part's mean (the
+paper's sub-ROI runs) and the part's mean minus the other part's (``kind="contrast"``).
+
+    python -m benchmarks.subregions [--seeds 16] [--mode fast]
+
+Writes ``benchmarks/results/subregions.json`` and the "## Sub-regions" section of ``benchmarks/RESULTS.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.machine import cpu_name, write_section
+
+HERE = Path(__file__).resolve().parent
+SECTION = "## Sub-regions"
+SPLITS = [("FFA", "weights"), ("OPA", "weights"), ("FFA", "anatomy"), ("OPA", "anatomy")]
+KINDS = ("maximize", "contrast")
+
+
+def run(n_seeds: int, mode: str, contrast_for=("weights", "anatomy")) -> dict:
+    import braindive as bd
+    from braindive import subregions as sr
+    from braindive.demo import DEMO_DEFAULTS
+
+    demo = bd.demo.load()
+    rows, load = [], [os.getloadavg()[0]]
+    start = time.perf_counter()
+    for roi, by in SPLITS:
+        split = sr.split_region(demo.subject, roi, 2, by, encoder=demo.encoder, seed=0)
+        similarity = sr.report(split, demo.subject, sr.weight_profiles(demo.encoder, split.voxels))
+        for kind in [k for k in KINDS if k != "contrast" or by in contrast_for]:
+            cp = sr.cross_prediction(demo.pipe, split.parts, range(n_seeds), kind=kind, batch_size=n_seeds,
+                                     guidance_mode=mode, **DEMO_DEFAULTS)
+            load.append(os.getloadavg()[0])
+            for i, row in enumerate(cp.table()):
+                rows.append({"roi": roi, "by": by, "guided": kind, **row, **similarity[i],
+                             "margin_min": float(cp.margins[i].min()), "margin_max": float(cp.margins[i].max())})
+            print(roi, by, kind, [(r["images for"], r["own largest"], r["margin"]) for r in cp.table()], flush=True)
+    return {"seeds": n_seeds, "settings": {**DEMO_DEFAULTS, "guidance_mode": mode}, "rows": rows,
+            "seconds": time.perf_counter() - start, "cpu": cpu_name(), "cores": os.cpu_count(),
+            "load_1min": [min(load), max(load)]}
+
+
+def markdown(report: dict) -> str:
+    lines = [SECTION, "",
+             f"`python -m benchmarks.subregions --seeds {report['seeds']}`: the demo (S1, demo encoder, "
+             f"{report['settings']['num_inference_steps']} steps, scale {report['settings']['brain_guidance_scale']:g}, "
+             f"128 px, {report['settings']['guidance_mode']} guidance), each region split in 2, seeds 0-{report['seeds'] - 1} for every part. "
+             "*own largest*: share of seeds whose image raised its own part more than the other part (gain = predicted "
+             "part mean minus that of the unguided image of the same seed); *margin*: own gain minus the other part's "
+             "gain (mean, min..max over seeds). *within/between*: mean cosine of the unit weight profiles inside a part "
+             "and across parts. "
+             f"{report['cpu']}, {report['cores']} cores, 1-min load {report['load_1min'][0]:.1f}-{report['load_1min'][1]:.1f} "
+             f"(shared machine); {report['seconds'] / 60:.1f} min.", "",
+             "| region | split | guided by | part | voxels (lh/rh) | within / between | gain own | gain other | own largest | margin (min..max) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report["rows"]:
+        gains = {k[5:]: v for k, v in r.items() if k.startswith("gain ")}
+        own = gains.pop(r["images for"])
+        other = next(iter(gains.values()))
+        lines.append(f"| {r['roi']} | {r['by']} | {r['guided']} | {r['images for']} | {r['n_voxels']} ({r['n_lh']}/{r['n_rh']}) "
+                     f"| {r['within']:.3f} / {r['between']:.3f} | {own:.4f} | {other:.4f} | {100 * r['own largest']:.0f}% "
+                     f"| {r['margin']:+.4f} ({r['margin_min']:+.4f}..{r['margin_max']:+.4f}) |")
+    lines += ["", "Criterion (each part's images raise their own part more than the other part on >= 80% of the seeds): "
+              + "; ".join(f"{roi} {by} {kind}: {verdict}" for (roi, by, kind), verdict in verdicts(report["rows"]).items())
+              + ".", "",
+              "Reading: on the demo the parts of a region are nearly the same voxel population (within- vs between-part "
+              "cosine of the weight profiles differ by <= 0.012: the demo encoder was fit to `training.synthetic` data, "
+              "where every voxel of an ROI gets the same preferred direction plus noise), so maximising one part raises both parts almost equally "
+              "and which part gains more is decided by the parts' different response scales, not by the target "
+              "(one part wins on most seeds whichever part is guided). Guiding each part against the other part "
+              "(`kind=\"contrast\"`, part minus rest of the region) separates them on (almost) every seed, by small margins. "
+              "With maximise the anatomical halves are at chance, as expected of this encoder; the contrast still "
+              "separates them, by margins several times smaller than the weight splits' (compare the margin column). "
+              "The maximise criterion needs an encoder with real within-region structure (e.g. NSD-fit encoders, not "
+              "measured here)."]
+    return "\n".join(lines) + "\n"
+
+
+def verdicts(rows: list[dict]) -> dict:
+    """``(roi, by, guided) -> "met" / "not met (parts: x%, y%)"`` for the 80% criterion."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["roi"], r["by"], r["guided"]), []).append(r["own largest"])
+    return {key: "met" if min(v) >= 0.8 else "not met (" + ", ".join(f"{100 * x:.0f}%" for x in v) + ")"
+            for key, v in groups.items()}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=16)
+    parser.add_argument("--mode", default="fast", help="guidance mode (the demo's fast recipe by default: CPU time)")
+    parser.add_argument("--contrast-for", nargs="*", default=["weights", "anatomy"],
+                        help="split kinds whose parts are also guided as contrasts (part - other part)")
+    parser.add_argument("--from-results", action="store_true", help="only re-write the section from the results file")
+    args = parser.parse_args(argv)
+    path = HERE / "results" / "subregions.json"
+    if args.from_results:
+        report = json.loads(path.read_text())
+    else:
+        report = run(args.seeds, args.mode, tuple(args.contrast_for))
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+    write_section(HERE / "RESULTS.md", SECTION, markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()

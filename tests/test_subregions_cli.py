@@ -1,0 +1,118 @@
+"""Sub-regions and start images through the doors: sweep files and the command line."""
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+
+import braindive as bd
+from braindive import subregions as sr
+from dataclasses import replace
+
+from braindive.batch.sweep import SweepError, parse_sweep
+from braindive.catalog import Catalog
+from braindive.cli import main
+from braindive.generate import baseline_key
+from braindive.demo import ASSET_ENCODER
+from braindive.variation import image_hash
+
+SWEEP = """
+name = "sub"
+model = "demo"
+seeds = {{ start = 0, count = 2 }}
+[[encoders]]
+subject = "S1"
+path = "demo"
+[targets]
+rois = ["FFA"]
+subregions = [{{ roi = "OPA", k = 2, by = "weights" }}, {{ roi = "FFA", k = 3, by = "anatomy", axis = "ventral-dorsal" }}]
+[settings]
+{settings}
+"""
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ref") / "ref.png"
+    rng = np.random.default_rng(0)
+    PIL.Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_sweep_subregions_are_the_library_splits_and_old_ids_are_kept(tmp_path):
+    sweep = parse_sweep(SWEEP.format(settings="steps = 2"), base_dir=tmp_path)
+    subject = bd.load_subject("S1")
+    weights = sr.split_region(subject, "OPA", 2, "weights", encoder=bd.load_encoder(ASSET_ENCODER, subject=subject))
+    anatomy = sr.split_region(subject, "FFA", 3, "anatomy", axis="ventral-dorsal")
+    jobs = {j.target.label: j for j in sweep.jobs}
+    assert list(jobs) == ["max FFA", "max OPA·1/2", "max OPA·2/2", "max FFA·ven→dor 1/3", "max FFA·ven→dor 2/3",
+                          "max FFA·ven→dor 3/3"]
+    for part in (*weights.parts, *anatomy.parts):
+        target = jobs[f"max {part.name}"].target
+        assert (target.kind, target.name, target.voxels) == ("maximize", part.name, tuple(part.voxels.tolist()))
+        np.testing.assert_array_equal(target.build(subject).positive, part.voxels)
+    # no start image: the settings key is the one sweeps had before start images existed
+    assert set(jobs["max FFA"].key()["settings"]) == {"mode", "scale", "steps", "scheduler", "sag", "prompt", "cfg",
+                                                      "height", "width"}
+
+
+def test_sweep_start_images_times_strengths(tmp_path, reference):
+    text = SWEEP.format(settings=f'steps = 2\ninit_images = ["{reference}"]\nstrength = [0.3, 0.6]')
+    sweep = parse_sweep(text, base_dir=tmp_path)
+    settings = sorted({(j.settings.init_image, j.settings.strength) for j in sweep.jobs})
+    assert settings == [(str(reference), 0.3), (str(reference), 0.6)]
+    s = sweep.jobs[0].settings
+    assert s.key()["init_image"] == image_hash(PIL.Image.open(reference))
+    assert s.image_record() == {"strength": s.strength, "reference": {"file": "ref.png", "sha256": image_hash(PIL.Image.open(reference))}}
+    assert s.image_kwargs()["strength"] == s.strength
+    # the control of a variation is the unguided baseline of its start image and strength (any brain scale)
+    key = baseline_key("m", s, 0, "e", "space")
+    assert key == baseline_key("m", replace(s, scale=0.0), 0, "e", "space")
+    assert key != baseline_key("m", replace(s, strength=0.9), 0, "e", "space")
+    assert key != baseline_key("m", replace(s, init_image="", strength=1.0), 0, "e", "space")
+    with pytest.raises(SweepError, match=r"strength"):
+        parse_sweep(SWEEP.format(settings="strength = 0.5"), base_dir=tmp_path)
+    with pytest.raises(SweepError, match=r"`Strength` must be a number from 0 to 1, got 1.5"):
+        parse_sweep(SWEEP.format(settings=f'init_images = ["{reference}"]\nstrength = 1.5'), base_dir=tmp_path)
+    with pytest.raises(SweepError, match=r"subregions.k"):
+        parse_sweep(SWEEP.format(settings="").replace("k = 2", "k = 9"), base_dir=tmp_path)
+
+
+def test_cli_subregions_writes_the_split_and_generate_starts_from_an_image(tmp_path, reference, capsys):
+    out = tmp_path / "split"
+    assert main(["subregions", "--roi", "OPA", "--k", "2", "--by", "anatomy", "--out", str(out)]) == 0
+    saved = json.loads((out / "split.json").read_text())
+    expected = sr.split_region(bd.load_subject("S1"), "OPA", 2, "anatomy")
+    assert [p["name"] for p in saved["parts"]] == ["OPA·post", "OPA·ant"]
+    assert [p["voxels"] for p in saved["parts"]] == [p.voxels.tolist() for p in expected.parts]
+    assert saved["report"][0]["n_lh"] + saved["report"][0]["n_rh"] == len(expected.parts[0].voxels)
+
+    gen = tmp_path / "gen"
+    assert main(["generate", "--roi", "FFA", "--n", "1", "--steps", "2", "--init-image", str(reference),
+                 "--strength", "0.5", "--out", str(gen)]) == 0
+    catalog = Catalog(gen)
+    (entry,) = catalog.query()
+    record = catalog.record(entry.id)
+    assert record["target_spec"]["kind"] == "maximize" and record["target_spec"]["region_a"] == "FFA"
+    assert record["parameters"]["strength"] == 0.5
+    assert record["parameters"]["reference"] == {"file": "ref.png", "sha256": image_hash(PIL.Image.open(reference))}
+    assert main(["generate", "--roi", "FFA", "--n", "1", "--init-image", str(reference), "--strength", "2",
+                 "--out", str(gen)]) == 2
+    assert "`Strength` must be a number from 0 to 1, got 2" in capsys.readouterr().err
+    assert main(["generate", "--roi", "FFA", "--n", "1", "--strength", "0.5", "--out", str(gen)]) == 2
+    assert "--strength needs --init-image" in capsys.readouterr().err
+
+
+def test_cli_subregions_generate_records_each_part_as_a_voxel_set(tmp_path):
+    out = tmp_path / "parts"
+    assert main(["subregions", "--roi", "OPA", "--k", "2", "--by", "anatomy", "--generate", "1", "--steps", "2",
+                 "--out", str(out)]) == 0
+    expected = sr.split_region(bd.load_subject("S1"), "OPA", 2, "anatomy")
+    catalog = Catalog(out)
+    records = {catalog.record(e.id)["label"]: catalog.record(e.id) for e in catalog.query()}
+    assert sorted(records) == ["max OPA·ant", "max OPA·post"]
+    for part in expected.parts:
+        spec = records[f"max {part.name}"]["target_spec"]
+        assert spec["kind"] == "maximize" and list(spec["voxels"]) == part.voxels.tolist()
+    assert (out / "cross_prediction.csv").is_file()
+    assert main(["subregions", "--roi", "OPA", "--generate", "0", "--out", str(out)]) == 2

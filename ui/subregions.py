@@ -1,0 +1,204 @@
+"""Explore's "Split region…" and "Start from an image" panels (``braindive.subregions``, ``braindive.variation``).
+
+The work runs on one of the service's pipeline slots (the same first-come queue as *Generate*).
+"""
+from __future__ import annotations
+
+import threading
+import uuid
+from contextlib import contextmanager
+
+import gradio as gr
+import numpy as np
+from matplotlib.colors import ListedColormap
+
+from braindive import subregions as sr
+from braindive import variation as V
+from braindive.generate import GenerationSettings, SeedResult, seed_record
+from braindive.targets import Target
+
+from .service import Service, ServiceError
+
+PART_COLOURS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#17becf")
+BY_CHOICES = {"response profile (encoder weights)": "weights", "response profile (images in a folder)": "responses",
+              "anatomy": "anatomy"}
+KINDS = ("maximize", "minimize")
+SCHEDULER = "dpm"  # what these panels run (the records say so)
+
+
+def call_defaults(service: Service) -> dict:
+    """The backend's defaults at the app's image size (``--image-size``), as *Generate* uses them."""
+    defaults, size = dict(service.backend().defaults), service.settings.image_size
+    return {**defaults, "height": size or defaults["height"], "width": size or defaults["width"]}
+
+
+@contextmanager
+def pipeline_slot(service: Service, encoder_name: str):
+    """A pipeline of the service's queue with ``encoder_name``'s encoder, held for the block."""
+    ticket, slot, ahead = service.slots.join(), None, None
+    try:
+        while slot is None:
+            slot, ahead = service.slots.wait(ticket, threading.Event(), ahead)
+        pipe = service.backend().pipes[slot]
+        pipe.set_encoder(service.encoder(encoder_name))
+        pipe.set_scheduler(SCHEDULER)
+        yield pipe
+    finally:
+        service.slots.leave(ticket)
+        if slot is not None:
+            service.slots.release(slot)
+
+
+def split(service: Service, subject_label: str, encoder_name: str, roi: str, k, by: str, axis: str, folder: str):
+    """The split and its per-part report rows; library errors become ``ServiceError``."""
+    subject = service.subject(subject_label)
+    try:
+        parts = sr.split_region(subject, roi, int(k), BY_CHOICES.get(by, by), encoder=service.encoder(encoder_name),
+                                images=folder or None, axis=axis)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ServiceError(str(exc)) from exc
+    features = parts.features if parts.features is not None else sr.weight_profiles(service.encoder(encoder_name), parts.voxels)
+    return parts, sr.report(parts, subject, features)
+
+
+def parts_map(service: Service, subject_label: str, parts: sr.Split) -> np.ndarray:
+    """The flatmap with part i filled in ``PART_COLOURS[i]``."""
+    values = np.full(service.subject(subject_label).n_voxels, np.nan)
+    for i, part in enumerate(parts.parts):
+        values[part.voxels] = i
+    return service.flatmap(subject_label, values, title=f"{parts.roi} in {parts.k} parts ({parts.by})",
+                           cmap=ListedColormap(PART_COLOURS[:parts.k]), vmin=-0.5, vmax=parts.k - 0.5)
+
+
+def legend(parts: sr.Split, rows: list[dict]) -> str:
+    """HTML legend: a swatch, the part's name and its voxels per hemisphere."""
+    items = [f'<span class="part-swatch" style="display:inline-block;width:12px;height:12px;background:{PART_COLOURS[i]}">'
+             f"</span> <b>{row['part']}</b> {row['n_voxels']} voxels (lh {row['n_lh']}, rh {row['n_rh']})"
+             for i, row in enumerate(rows)]
+    return '<div id="part-legend">' + " &nbsp; ".join(items) + "</div>"
+
+
+def report_table(rows: list[dict]) -> list[list]:
+    return [[r["part"], r["n_voxels"], r["n_lh"], r["n_rh"], round(r["within"], 3), round(r["between"], 3)] for r in rows]
+
+
+def cross_predict(service: Service, encoder_name: str, parts: sr.Split, n_seeds: int, seed: int, kind: str,
+                  mode: str) -> tuple[list, list[list]]:
+    """Each part's images (same seeds) as gallery items and the cross-prediction table."""
+    defaults = call_defaults(service)
+    with pipeline_slot(service, encoder_name) as pipe:
+        cp = sr.cross_prediction(pipe, parts.parts, range(int(seed), int(seed) + int(n_seeds)), kind=kind,
+                                 guidance_mode=mode, **defaults)
+    gallery = [(image, f"{name} · seed {s}") for name, images in zip(cp.names, cp.images)
+               for s, image in zip(cp.seeds, images)]
+    table = [[row["images for"], *[round(row[f"gain {n}"], 4) for n in cp.names], f"{100 * row['own largest']:.0f}%",
+              round(row["margin"], 4)] for row in cp.table()]
+    return gallery, table
+
+
+def vary(service: Service, subject_label: str, encoder_name: str, roi: str, kind: str, image, strength, scale, seed,
+         mode: str, owner: str = "") -> tuple:
+    """Reference (VAE-sized), control and guided images from ``image`` at ``strength``, and a summary line.
+    The guided image goes to the catalog (History) with the strength and the reference's pixel hash."""
+    if image is None:
+        raise ServiceError("Upload an image to start from.")
+    subject = service.subject(subject_label)
+    defaults = call_defaults(service)
+    try:
+        strength = V.check_strengths(float(strength), "Strength")[0]
+        target = (Target.maximize if kind == "maximize" else Target.minimize)(roi)
+        objective = target.build(subject)
+        settings = GenerationSettings(mode=mode, scale=float(scale), steps=defaults["num_inference_steps"],
+                                      scheduler=SCHEDULER, sag=defaults["sag_scale"], height=defaults["height"],
+                                      width=defaults["width"], strength=strength).checked()
+    except ValueError as exc:
+        raise ServiceError(str(exc)) from exc
+    call = {k: v for k, v in settings.pipeline_kwargs().items() if k != "brain_guidance_scale"}
+    with pipeline_slot(service, encoder_name) as pipe:
+        grid = V.variations(pipe, objective, image, [strength], [settings.scale], seeds=(int(seed),), **call)
+    guided, control = grid.get(strength, settings.scale, int(seed)), grid.get(strength, 0.0, int(seed))
+    result = SeedResult(int(seed), guided.image, guided.activations, target.measure(guided.activations, subject),
+                        baseline_activations=control.activations,
+                        baseline_measure=target.measure(control.activations, subject))
+    record = seed_record(result, target, subject, settings, model=service.backend().name, encoder=encoder_name)
+    # an upload has no file: the record names it by its pixel hash (what ``GenerationSettings.image_record`` keeps)
+    record["parameters"].update(strength=strength, reference={"file": "", "sha256": grid.reference_hash})
+    record.pop("baseline_key", None)  # the control was made here, not taken from the baseline store
+    service.catalog.add(guided.image, record, run_id=uuid.uuid4().hex[:10], owner=owner)
+    text = (f"{roi} mean: reference {grid.reference_value:+.3f} → control {control.value:+.3f} → guided "
+            f"{guided.value:+.3f} (change {guided.change:+.3f}; vs control {guided.change_vs_control:+.3f}). "
+            f"Similarity to the reference: SSIM {guided.ssim:.2f}, CLIP cosine {guided.clip_cosine:.3f}. "
+            f"Strength {strength:g}, scale {float(scale):g}, seed {int(seed)}; reference sha256 {grid.reference_hash[:16]}…")
+    return grid.reference, control.image, guided.image, text
+
+
+def build(service: Service, settings, subject: gr.Dropdown, encoder: gr.Dropdown, roi: gr.Dropdown) -> None:
+    """The two panels, under the Explore tab's results; ``subject``/``encoder``/``roi`` are Explore's inputs."""
+    state = gr.State(None)
+    with gr.Accordion("Split region…", open=False, elem_id="split-region"):
+        with gr.Row():
+            k = gr.Slider(sr.K_RANGE[0], sr.K_RANGE[1], value=2, step=1, label="Parts (k)", elem_id="split-k")
+            by = gr.Radio(list(BY_CHOICES), value=next(iter(BY_CHOICES)), label="Split by", elem_id="split-by")
+            axis = gr.Dropdown(list(sr.AXES), value="posterior-anterior", label="Anatomical axis", elem_id="split-axis")
+            folder = gr.Textbox(label="Image folder (response profiles)", elem_id="split-folder")
+            split_button = gr.Button("Split", elem_id="split-button")
+        parts_image = gr.Image(label="Parts", show_label=False, interactive=False, format="png", elem_id="parts-map")
+        parts_legend = gr.HTML("", elem_id="parts-legend")
+        parts_report = gr.Dataframe(headers=["part", "voxels", "lh", "rh", "within", "between"], interactive=False,
+                                    elem_id="parts-report", label="Profile similarity (mean cosine within / between parts)")
+        with gr.Row():
+            n_seeds = gr.Slider(1, 8, value=2, step=1, label="Images per part (same seeds)", elem_id="split-seeds")
+            first_seed = gr.Number(value=0, precision=0, minimum=0, label="First seed")
+            kind = gr.Radio(list(sr.PART_KINDS), value="maximize", label="Each part", elem_id="split-kind")
+            split_mode = gr.Radio(["exact", "fast"], value="exact", label="Guidance computation")
+            split_generate = gr.Button("Generate for each part", variant="primary", elem_id="split-generate")
+        parts_gallery = gr.Gallery(label="Images per part", columns=8, height=220, format="png", elem_id="parts-gallery")
+        cross_table = gr.Dataframe(interactive=False, elem_id="cross-table",
+                                   label="Cross-prediction: gain of each part (columns) for each part's images (rows)")
+
+    with gr.Accordion("Start from an image", open=False, elem_id="start-image"):
+        with gr.Row():
+            reference = gr.Image(type="pil", label="Reference image", elem_id="reference-image", format="png")
+            with gr.Column():
+                var_kind = gr.Radio(list(KINDS), value="maximize", label="Push the selected ROI", elem_id="var-kind")
+                strength = gr.Slider(0, 1, value=0.5, step=0.05, label="Strength", elem_id="strength")
+                var_scale = gr.Number(value=service.backend().defaults["brain_guidance_scale"], label="Brain guidance scale")
+                var_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
+                var_mode = gr.Radio(["exact", "fast"], value="exact", label="Guidance computation")
+                vary_button = gr.Button("Generate from the image", variant="primary", elem_id="vary-button")
+        with gr.Row():
+            ref_out = gr.Image(label="Reference (VAE size)", interactive=False, format="png", elem_id="var-reference")
+            control_out = gr.Image(label="Control (same seed, no brain guidance)", interactive=False, format="png",
+                                   elem_id="var-control")
+            guided_out = gr.Image(label="Brain-guided", interactive=False, format="png", elem_id="var-guided")
+        var_text = gr.Markdown("", elem_id="var-summary")
+
+    def do_split(subj, enc, name, k_, by_, axis_, folder_):
+        parts, rows = _guard(lambda: split(service, subj, enc, name, k_, by_, axis_, folder_))
+        return parts, _guard(lambda: parts_map(service, subj, parts)), legend(parts, rows), report_table(rows)
+
+    def do_generate(enc, parts, n, s0, kind_, mode_):
+        if parts is None:
+            raise gr.Error("Split a region first.")
+        gallery, table = _guard(lambda: cross_predict(service, enc, parts, n, s0, kind_, mode_))
+        headers = ["images for", *[f"gain {p.name}" for p in parts.parts], "own largest", "margin"]
+        return gallery, gr.Dataframe(value=table, headers=headers)
+
+    split_button.click(do_split, [subject, encoder, roi, k, by, axis, folder],
+                       [state, parts_image, parts_legend, parts_report])
+    split_generate.click(do_generate, [encoder, state, n_seeds, first_seed, kind, split_mode], [parts_gallery, cross_table],
+                         concurrency_limit=settings.concurrency + settings.queue_size, concurrency_id="gpu")
+    def do_vary(subj, enc, name, *rest, request: gr.Request):
+        return _guard(lambda: vary(service, subj, enc, name, *rest, owner=service.owner_of(request)))
+
+    vary_button.click(do_vary,
+                      [subject, encoder, roi, var_kind, reference, strength, var_scale, var_seed, var_mode],
+                      [ref_out, control_out, guided_out, var_text],
+                      concurrency_limit=settings.concurrency + settings.queue_size, concurrency_id="gpu")
+
+
+def _guard(compute):
+    try:
+        return compute()
+    except ServiceError as exc:
+        raise gr.Error(str(exc)) from exc
