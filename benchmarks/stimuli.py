@@ -31,32 +31,28 @@ SHOWN = ["mean_lum", "rms_lum", "mean_lstar", "rms_lstar", "colourfulness", "spe
 
 
 def generate(seeds: int):
-    import torch
-
+    """max FFA, max PPA and the unguided image of each seed, made by the generation routine every door uses."""
     from braindive import demo
-    from braindive.objectives import Objective
-    from braindive.records import generation_record
+    from braindive.generate import GenerationSettings, generate_seed, seed_record
+    from braindive.presets import PRESETS
     from braindive.stimuli.sources import UNGUIDED, Stimulus
+    from braindive.targets import Target
 
     bundle = demo.load()
-    params = dict(num_inference_steps=25, brain_guidance_scale=20.0, sag_scale=0.75, height=128, width=128)
-    stimuli, records = [], {}
+    settings = GenerationSettings.from_preset(PRESETS["demo"])
+    stimuli, unguided = [], []
     t0 = time.perf_counter()
     for roi in ("FFA", "PPA"):
-        objective = Objective.maximize(bundle.subject.roi(roi), label=roi)
+        target = Target.maximize(roi)
         for seed in range(seeds):
-            out = bundle.pipe(objective=objective, generator=torch.Generator().manual_seed(seed), **params)
-            record = generation_record(seed=seed, subject="S1", target=roi, objective=objective.describe(),
-                                       parameters={**params, "scheduler": "dpm", "guidance_mode": "exact"},
-                                       objective_value=float(out.objective_values[0]), model="demo", encoder="demo")
-            records.setdefault(roi, []).append(record)
-            stimuli.append(Stimulus(out.images[0], f"max {roi}", f"{roi}-seed{seed}", seed, record))
-    objective = Objective.maximize(bundle.subject.roi("FFA"), label="FFA")
-    for seed in range(seeds):
-        out = bundle.pipe(objective=objective, generator=torch.Generator().manual_seed(seed),
-                          **{**params, "brain_guidance_scale": 0.0})
-        stimuli.append(Stimulus(out.images[0], UNGUIDED, f"unguided-seed{seed}", seed, records["FFA"][seed], True))
-    return bundle, stimuli, time.perf_counter() - t0
+            # one unguided image per seed: made with max FFA, the same pixels for any target
+            result = generate_seed(bundle.pipe, target, seed, settings, subject=bundle.subject, baseline=roi == "FFA",
+                                   model="demo:tiny-sd", encoder="demo")
+            record = seed_record(result, target, bundle.subject, settings, model="demo:tiny-sd", encoder="demo")
+            stimuli.append(Stimulus(result.image, target.label, f"{roi}-seed{seed}", seed, record))
+            if roi == "FFA":
+                unguided.append(Stimulus(result.baseline_image, UNGUIDED, f"unguided-seed{seed}", seed, record, True))
+    return bundle, stimuli + unguided, time.perf_counter() - t0
 
 
 def share_kept(stimuli, scorer, sets):
