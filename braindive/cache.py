@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-__all__ = ["cache_dir", "set_cache_dir", "private_tmp", "remove_stale_temp_files"]
+__all__ = ["cache_dir", "set_cache_dir", "private_tmp", "remove_stale_temp_files", "process_alive"]
 
 _ROOT: Path | None = None
 _HOST = re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname())[:64] or "host"
@@ -40,7 +40,10 @@ def private_tmp(path: Path, suffix: str = ".tmp") -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}@{_HOST}{suffix}")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid) -> bool:
+    """Whether process ``pid`` runs on this machine (a pid that is not a positive int: no)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -68,7 +71,7 @@ def remove_stale_temp_files(folder, max_age: float = 86400.0) -> list[Path]:
             continue
         try:
             here = match["host"] in (None, _HOST)
-            if (here and not _alive(int(match["pid"]))) or now - path.lstat().st_mtime > max_age:
+            if (here and not process_alive(int(match["pid"]))) or now - path.lstat().st_mtime > max_age:
                 path.unlink()
                 removed.append(path)
         except OSError:

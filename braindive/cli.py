@@ -21,8 +21,8 @@ RANKING_CSV = "ranking.csv"  # every candidate's score and rank, in the run's fo
 _LIMITED = {"steps": "steps", "scale": "scale", "sag": "sag", "cfg": "cfg", "height": "height", "width": "width",
             "seed": "seed", "n": "n_images", "keep": "keep", "weight": "weight", "prompt": "prompt",
             "strength": "strength"}
-_SUBREGION_LIMITED = {"steps": "steps", "scale": "scale", "sag": "sag", "height": "height", "width": "width",
-                      "seed": "seed", "gen_seed": "seed", "generate": "n_images"}
+_SUBREGION_LIMITED = {"steps": "steps", "scale": "scale", "sag": "sag", "cfg": "cfg", "height": "height",
+                      "width": "width", "prompt": "prompt", "seed": "seed", "gen_seed": "seed", "generate": "n_images"}
 
 
 def build_target(args):
@@ -60,17 +60,14 @@ def generate(args) -> list:
     from .catalog import Catalog
     from .demo import ASSET_ENCODER
     from .evaluation.files import write_csv
-    from .generate import GenerationSettings, encoder_identity, generate_seed, image_id, seed_record
+    from .generate import encoder_identity, generate_seed, image_id, seed_record
     from .presets import get_preset
     from .rerank import rank_scores
     from tqdm.auto import tqdm
 
     preset = get_preset(args.preset)
-    settings = GenerationSettings.from_preset(preset, mode=args.mode, scale=args.scale, steps=args.steps,
-                                              scheduler=args.scheduler, sag=args.sag, prompt=args.prompt,
-                                              cfg=args.cfg, height=args.height, width=args.width,
-                                              init_image=str(Path(args.init_image).resolve()) if args.init_image else None,
-                                              strength=args.strength)
+    settings = _settings(args, preset, init_image=str(Path(args.init_image).resolve()) if args.init_image else None,
+                         strength=args.strength)
     target = build_target(args)
     import torch
 
@@ -125,7 +122,6 @@ def subregions(args) -> Path:
     from . import subregions as sr
     from .catalog import Catalog
     from .evaluation.files import write_atomic, write_csv
-    from .generate import GenerationSettings
     from .presets import get_preset
     from .records import generation_record
 
@@ -144,9 +140,7 @@ def subregions(args) -> Path:
         print(", ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.items()))
     if not args.generate:
         return out / "split.json"
-    settings = GenerationSettings.from_preset(preset, mode=args.mode, scale=args.scale, steps=args.steps,
-                                              scheduler=args.scheduler, sag=args.sag, height=args.height,
-                                              width=args.width)
+    settings = _settings(args, preset)
     pipe.set_scheduler(settings.scheduler)
     seeds = range(args.gen_seed, args.gen_seed + args.generate)
     cp = sr.cross_prediction(pipe, split.parts, seeds, kind=args.kind, **settings.pipeline_kwargs())
@@ -235,6 +229,28 @@ def study(args) -> str:
     return f"wrote {paths['per_roi']}; excluded {len(excluded)} participant(s) {excluded} for failed attention checks"
 
 
+def _settings(args, preset, **more):
+    """``GenerationSettings`` of the generation flags (``_generation_flags``) on ``preset``'s defaults."""
+    from .generate import GenerationSettings
+
+    return GenerationSettings.from_preset(preset, mode=args.mode, scale=args.scale, steps=args.steps,
+                                          scheduler=args.scheduler, sag=args.sag, prompt=args.prompt, cfg=args.cfg,
+                                          height=args.height, width=args.width, **more)
+
+
+def _generation_flags(parser) -> None:
+    """How images are made (read as text: ``check_limits`` applies ``presets.LIMITS``; None = the preset's)."""
+    parser.add_argument("--steps", help="denoising steps (default: the preset's)")
+    parser.add_argument("--scale", help="brain guidance scale (default: the preset's; paper: ~130 for ViT-B/16)")
+    parser.add_argument("--sag", help="self-attention guidance scale (default: the preset's, 0.75)")
+    parser.add_argument("--cfg", help="classifier-free guidance scale (default 0 = off, paper)")
+    parser.add_argument("--prompt", default="")
+    parser.add_argument("--height", help="image height (default: the preset's)")
+    parser.add_argument("--width", help="image width (default: the preset's)")
+    parser.add_argument("--scheduler", help="dpm (default), ddim, pndm, lms or euler")
+    parser.add_argument("--mode", default="exact", help="guidance mode: exact (default), reference or fast")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m braindive", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -252,15 +268,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--n", default=4, help="number of candidate images (seeds seed..seed+n-1)")
     g.add_argument("--keep", default=1.0,
                    help="keep the encoder's top fraction of the candidates (paper: 0.2); all are ranked in ranking.csv")
-    g.add_argument("--steps", help="denoising steps (default: the preset's)")
-    g.add_argument("--scale", help="brain guidance scale (default: the preset's; paper: ~130 for ViT-B/16)")
-    g.add_argument("--sag", help="self-attention guidance scale (default: the preset's, 0.75)")
-    g.add_argument("--cfg", help="classifier-free guidance scale (default 0 = off, paper)")
-    g.add_argument("--prompt", default="")
-    g.add_argument("--height", help="image height (default: the preset's)")
-    g.add_argument("--width", help="image width (default: the preset's)")
-    g.add_argument("--scheduler", help="dpm (default), ddim, pndm, lms or euler")
-    g.add_argument("--mode", default="exact", help="guidance mode: exact (default), reference or fast")
+    _generation_flags(g)
     g.add_argument("--seed", default=0)
     g.add_argument("--init-image", help="start from this image (img2img): its VAE latents noised to --strength")
     g.add_argument("--strength", help="with --init-image: noise level in [0, 1] (0 = the image's VAE round trip, "
@@ -285,13 +293,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--generate", help="images per part (seeds --gen-seed..); omitted: split only")
     r.add_argument("--gen-seed", default=0)
     r.add_argument("--kind", default="maximize", help="per part: maximize, minimize, or contrast (part - rest of the ROI)")
-    r.add_argument("--steps", help="denoising steps (default: the preset's)")
-    r.add_argument("--scale", help="brain guidance scale (default: the preset's)")
-    r.add_argument("--sag", help="self-attention guidance scale (default: the preset's)")
-    r.add_argument("--height", help="image height (default: the preset's)")
-    r.add_argument("--width", help="image width (default: the preset's)")
-    r.add_argument("--scheduler", help="dpm (default), ddim, pndm, lms or euler")
-    r.add_argument("--mode", default="exact", help="guidance mode: exact (default), reference or fast")
+    _generation_flags(r)
     r.add_argument("--out", required=True, help="folder for split.json and cross_prediction.csv; the parts' images "
                    "go to the catalog in it")
 

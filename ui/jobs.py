@@ -33,6 +33,8 @@ import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from braindive.cache import process_alive
+
 __all__ = ["TrainingJob", "JobState", "shutdown_jobs", "read_job", "mark_orphans"]
 
 log = logging.getLogger(__name__)
@@ -96,18 +98,6 @@ class JobState:
 ORPHANED = "killed: the app stopped while the job ran"
 
 
-def _process_alive(pid) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def read_job(folder) -> JobState:
     """The state saved in ``folder/job.json``; a job left queued or running by an app that is gone is ``killed``.
 
@@ -117,7 +107,7 @@ def read_job(folder) -> JobState:
     known = {k: v for k, v in saved.items() if k in JobState.__dataclass_fields__}
     known.setdefault("app_pid", None)  # written before app_pid existed: judged by its command's process
     state = JobState(**known)
-    if state.status in ("queued", "running") and not _process_alive(state.app_pid or state.pid):
+    if state.status in ("queued", "running") and not process_alive(state.app_pid or state.pid):
         state.status, state.error = "killed", ORPHANED
     return state
 
