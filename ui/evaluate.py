@@ -34,13 +34,18 @@ def evaluate_selection(service: Service, ids: list[str], config: ZeroShotConfig 
     return [list(row.values()) for row in table], list(table[0]), paths["plot"], evaluation
 
 
-def export_study_zip(service: Service, ids: list[str], config: StudyConfig | None = None) -> Path:
-    """A study folder for the entries ``ids`` zipped into a new folder of ``exports_dir`` (History's cleanup applies)."""
-    root = service.settings.exports_dir
+def new_export_folder(root: Path) -> Path:
+    """A new, uniquely named folder of ``root`` (time-ordered, so History's cleanup of old exports applies)."""
     root.mkdir(parents=True, exist_ok=True)
     now = time.time_ns()
     folder = root / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now // 10**9))}-{now % 10**9:09d}-{uuid.uuid4().hex[:6]}"
     folder.mkdir()
+    return folder
+
+
+def export_study_zip(service: Service, ids: list[str], config: StudyConfig | None = None) -> Path:
+    """A study folder for the entries ``ids`` zipped into a new folder of ``exports_dir`` (History's cleanup applies)."""
+    folder = new_export_folder(service.settings.exports_dir)
     try:
         study = export_study(generated_sets(ids, service.catalog), folder / "study", config)
         return zip_folder(study, folder / STUDY_ZIP)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
-import uuid
 
 import gradio as gr
 
@@ -19,6 +17,7 @@ from braindive.stimuli.package import PackageSettings, build_package
 from braindive.stimuli.scoring import Scorer
 from braindive.stimuli.sources import from_catalog
 
+from .evaluate import new_export_folder
 from .service import Service, ServiceError
 
 __all__ = ["build", "build_package_zip", "LABELS", "EQUALISE_CHOICES"]
@@ -63,11 +62,7 @@ def build_package_zip(service: Service, ids: list[str], unguided: bool = False, 
     if not stimuli:
         raise ValueError("None of the selected entries can be read.")
     scorer, note = _scorer(service, stimuli)
-    root = service.settings.exports_dir
-    root.mkdir(parents=True, exist_ok=True)
-    now = time.time_ns()
-    folder = root / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now // 10**9))}-{now % 10**9:09d}-{uuid.uuid4().hex[:6]}"
-    folder.mkdir()
+    folder = new_export_folder(service.settings.exports_dir)
     try:
         package = build_package(stimuli, folder / "stimulus-package", settings, scorer, service.catalog, skipped)
         path = zip_folder(package.path, folder / "braindive-stimulus-package.zip")
