@@ -98,7 +98,7 @@ def generate(args) -> list:
             continue
         record = seed_record(result, target, subject, settings, model=loaded.model_name, encoder=loaded.encoder_name)
         record["rerank"] = {"rank": ranking.ranks[i], "n_candidates": len(results), "measure": result.measure,
-                            "keep": args.keep, "ranking": f"runs/{run_id}/{RANKING_CSV}"}
+                            "keep": args.keep, "kept": True, "ranking": f"runs/{run_id}/{RANKING_CSV}"}
         entry = catalog.add(result.image, record, run_id=run_id, activations=result.activations, entry_id=entry_id)
         written.append(entry.image_path)
     (catalog.root / "runs" / run_id).mkdir(parents=True, exist_ok=True)
