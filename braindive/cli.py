@@ -151,14 +151,16 @@ def study(args) -> str:
 
     if args.study_command == "export":
         from .evaluation.sets import generated_sets
-        from .evaluation.study import StudyConfig, export_study
+        from .evaluation.study import StudyConfig, export_study, study_warnings
 
         config = StudyConfig(title=args.title, category_trials_per_roi=args.category_trials,
                              pair_trials_per_roi=args.pair_trials, attention_checks=args.checks,
                              completion_url=args.completion_url, seed=args.seed)
         folder = export_study(generated_sets(args.results, _catalog(args.catalog)), args.out, config,
                               load_roi_table(args.roi_table))
-        return f"wrote study {folder} (open {folder / 'index.html'}; put response CSVs in {folder / 'responses'})"
+        warnings = "".join(f"warning: {w}\n" for w in study_warnings(folder))
+        return (f"{warnings}wrote study {folder} (open {folder / 'index.html'}; "
+                f"put response CSVs in {folder / 'responses'})")
     from .evaluation.study_analysis import analyze, default_study_folder, write_analysis
 
     folder = Path(args.study) if args.study else default_study_folder(args.responses)
