@@ -15,7 +15,8 @@ its measure (e.g. FFA's mean, negative after minimising FFA). Catalogs written b
 existed are migrated on open from their JSON records.
 
 Export writes a ZIP with the PNGs, their JSON, their unguided image and map, and ``manifest.csv`` — a stimulus list for an fMRI
-experiment (file name, the description's columns, the measure and its predicted value). Rows that
+experiment (file name, the description's columns, the measure and its predicted value, and the re-ranking's rank and
+kept flag where the entry was re-ranked). Rows that
 cannot be read and images whose files are missing are skipped and reported, never fatal.
 """
 from __future__ import annotations
@@ -80,7 +81,7 @@ _MANIFEST_FIELD = {"objective_kind": "kind", "guidance_mode": "mode", "brain_gui
 MANIFEST_COLUMNS = ("file", "id", "created", "label", "objective_kind", "target", "target_b", "weight", "hemisphere",
                     "objective", "predicted_objective", "subject", "subject_space", "encoder", "model", "scheduler",
                     "guidance_mode", "brain_guidance_scale", "num_inference_steps", "sag_scale", "prompt", "seed",
-                    "run_id")
+                    "run_id", "rank", "kept")
 _FILTERS = ("subject", "subject_space", "target", "label", "kind", "encoder")
 
 
@@ -326,6 +327,18 @@ class Catalog:
     def record(self, entry_id: str) -> dict:
         return json.loads(self.get(entry_id).record_path.read_text())
 
+    def update_record(self, entry_id: str, changes: dict) -> dict:
+        """Set top-level fields of a stored record (e.g. ``rerank``); the JSON is rewritten atomically and the
+        index row rewritten from it, so indexed columns stay in sync. Returns the new record."""
+        record = {**self.record(entry_id), **changes, "id": entry_id}
+        values = _columns(describe_record(record), measured_value(record))
+        _atomic(self._image_path(entry_id).with_suffix(".json"),
+                lambda f: f.write(json.dumps(record, indent=2).encode()))
+        with closing(self._connect()) as db, db:
+            db.execute(f"UPDATE images SET {', '.join(f'{c} = ?' for c in values)} WHERE id = ?",
+                       (*values.values(), entry_id))
+        return record
+
     # ------------------------------------------------------------------ unguided baselines (one per seed, any target)
 
     def baseline_paths(self, key: str) -> tuple[Path, Path]:
@@ -441,7 +454,7 @@ class Catalog:
                     for file in self.unguided_paths(e.id):
                         if file is not None:
                             zf.write(file, f"unguided/{Path(name).stem}{file.suffix}")
-                    rows.append(_manifest_row(e, f"stimuli/{name}"))
+                    rows.append(_manifest_row(e, f"stimuli/{name}", json.loads(e.record_path.read_text())))
                 zf.writestr("manifest.csv", _csv(MANIFEST_COLUMNS, rows))
                 if skipped:
                     zf.writestr("skipped.csv", _csv(("id", "reason"), [dict(id=i, reason=r) for i, r in skipped]))
@@ -509,14 +522,18 @@ def _problem(entry: Entry) -> str | None:
     return None
 
 
-def _manifest_row(entry: Entry, file: str) -> dict:
+def _manifest_row(entry: Entry, file: str, record: dict) -> dict:
+    """A manifest row; ``rank``/``kept`` from the record's ``rerank`` (empty when not re-ranked; the CLI stores
+    only the kept candidates, so a ``rerank`` without ``kept`` was kept)."""
+    rerank = record.get("rerank") if isinstance(record.get("rerank"), dict) else {}
     values = entry.description.as_dict()
     if entry.kind != "contrast":
         values["weight"] = ""  # a weight only means something for a contrast
     fields = {column: values[_MANIFEST_FIELD.get(column, column)] for column in MANIFEST_COLUMNS
               if _MANIFEST_FIELD.get(column, column) in values}
     return {**fields, "file": file, "id": entry.id, "created": entry.created, "objective": entry.description.measure,
-            "predicted_objective": entry.objective, "run_id": entry.run_id}
+            "predicted_objective": entry.objective, "run_id": entry.run_id, "rank": rerank.get("rank", ""),
+            "kept": int(bool(rerank.get("kept", True))) if rerank else ""}
 
 
 def _csv(columns, rows) -> str:

@@ -104,7 +104,7 @@ def generate(args) -> list:
             continue
         record = seed_record(result, target, subject, settings, model=loaded.model_name, encoder=loaded.encoder_name)
         record["rerank"] = {"rank": ranking.ranks[i], "n_candidates": len(results), "measure": result.measure,
-                            "keep": args.keep, "ranking": f"runs/{run_id}/{RANKING_CSV}"}
+                            "keep": args.keep, "kept": True, "ranking": f"runs/{run_id}/{RANKING_CSV}"}
         entry = catalog.add(result.image, record, run_id=run_id, activations=result.activations, entry_id=entry_id)
         written.append(entry.image_path)
     (catalog.root / "runs" / run_id).mkdir(parents=True, exist_ok=True)
@@ -209,14 +209,16 @@ def study(args) -> str:
 
     if args.study_command == "export":
         from .evaluation.sets import generated_sets
-        from .evaluation.study import StudyConfig, export_study
+        from .evaluation.study import StudyConfig, export_study, study_warnings
 
         config = StudyConfig(title=args.title, category_trials_per_roi=args.category_trials,
                              pair_trials_per_roi=args.pair_trials, attention_checks=args.checks,
                              completion_url=args.completion_url, seed=args.seed)
         folder = export_study(generated_sets(args.results, _catalog(args.catalog)), args.out, config,
                               load_roi_table(args.roi_table))
-        return f"wrote study {folder} (open {folder / 'index.html'}; put response CSVs in {folder / 'responses'})"
+        warnings = "".join(f"warning: {w}\n" for w in study_warnings(folder))
+        return (f"{warnings}wrote study {folder} (open {folder / 'index.html'}; "
+                f"put response CSVs in {folder / 'responses'})")
     from .evaluation.study_analysis import analyze, default_study_folder, write_analysis
 
     folder = Path(args.study) if args.study else default_study_folder(args.responses)

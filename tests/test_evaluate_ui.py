@@ -56,3 +56,18 @@ def test_offline_demo_says_the_weights_are_needed(service):
         pytest.skip("the real OpenCLIP weights are cached on this machine")
     with gr.Blocks():  # History mounts the panel
         history.build(service)
+
+
+def test_history_study_export_shows_repeated_pairs_warning(service, monkeypatch):
+    """3 FFA images × 1 PPA image give 3 distinct pairs, the default asks 10 per ROI: History's button warns."""
+    from ui import evaluate
+
+    with gr.Blocks() as blocks:
+        selection, filters = gr.State([]), [gr.Textbox() for _ in range(5)]
+        evaluate.build(service, selection, filters, lambda request, ids, *values: ids)
+    (on_study,) = [d.fn for d in blocks.fns.values() if getattr(d.fn, "__name__", "") == "on_study"]
+    shown = []
+    monkeypatch.setattr(evaluate.gr, "Warning", shown.append)
+    path = on_study([e.id for e in service.catalog.query()], "", "", "", "", "")
+    assert path.endswith(".zip") and len(shown) == 2
+    assert "FFA: 10 pair trials from 3 image(s) × 1 of other categories = 3 distinct pair(s)" in shown[0] + shown[1]

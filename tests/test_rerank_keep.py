@@ -57,3 +57,54 @@ def test_rank_scores_ranks_every_candidate_and_keeps_top_k():
         rank_scores([1.0], keep=None)
     with pytest.raises(ValueError, match="must be finite"):
         rank_scores([1.0, float("nan")])
+
+
+def _manifest(catalog: Catalog, ids, path) -> dict:
+    """The exported ``manifest.csv`` rows by id."""
+    import zipfile
+
+    catalog.export_zip(ids, path)
+    with zipfile.ZipFile(path) as zf:
+        return {r["id"]: r for r in csv.DictReader(zf.read("manifest.csv").decode().splitlines())}
+
+
+def test_cli_manifest_carries_rank_and_kept(tmp_path):
+    assert main(["generate", "--preset", "demo", "--roi", "FFA", "--n", "3", "--keep", "0.5", "--steps", "1",
+                 "--height", "64", "--width", "64", "--no-baseline", "--out", str(tmp_path)]) == 0
+    catalog = Catalog(tmp_path)
+    ids = [e.id for e in catalog.query()]
+    rows = _manifest(catalog, ids, tmp_path / "cli.zip")
+    # ceil(0.5 * 3) = 2 kept and stored, ranked 1 and 2 by their FFA mean
+    by_measure = sorted(ids, key=lambda i: -catalog.get(i).objective)
+    assert [(rows[i]["rank"], rows[i]["kept"]) for i in by_measure] == [("1", "1"), ("2", "1")]
+
+
+def test_explore_keep_best_records_rank_and_kept_in_records_and_manifest(tmp_path):
+    """Explore's Generate (the handler the button calls): 3 images of "min PPA", keep the best 2."""
+    from types import SimpleNamespace
+
+    from service_support import demo_service
+    from ui import build_app, explore
+
+    service = demo_service(tmp_path / "data")
+    blocks = build_app(service, service.settings)
+    (run,) = [d.fn for d in blocks.fns.values() if getattr(d.fn, "__name__", "") == "run"]
+    args = ["S1", "demo", {"target": "PPA", "voxels": [], "results": []}, "minimize", "EBA", 1.0, 20.0, 2, "dpm",
+            5, 3, 2, "", "exact", explore.act.MAPS[0], explore.act.LIMITS[0]]
+    for _ in run(*args, request=SimpleNamespace(session_hash="ui", username=None)):
+        pass
+    catalog = service.catalog
+    entries = catalog.query()
+    assert len(entries) == 3
+    # independent expectation: the stored PPA mean of each image's predicted activity, lowest first
+    ppa = service.subject("S1").roi("PPA")
+    means = {e.id: float(catalog.activations(e.id)[ppa].mean()) for e in entries}
+    order = sorted(means, key=means.get)
+    for rank, entry_id in enumerate(order, start=1):
+        rerank = catalog.record(entry_id)["rerank"]
+        assert rerank == {"rank": rank, "n_candidates": 3, "measure": pytest.approx(means[entry_id], abs=1e-4),
+                          "keep": 2, "kept": rank <= 2}
+    rows = _manifest(catalog, order, tmp_path / "app.zip")
+    assert [(rows[i]["rank"], rows[i]["kept"]) for i in order] == [("1", "1"), ("2", "1"), ("3", "0")]
+    # the index still describes the same generation after the record was rewritten
+    assert [catalog.get(i).label for i in order] == ["min PPA"] * 3

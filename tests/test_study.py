@@ -8,7 +8,8 @@ import pytest
 
 from braindive.cli import main
 from braindive.evaluation.sets import generated_sets
-from braindive.evaluation.study import StudyConfig, export_study
+from braindive.evaluation.study import StudyConfig, export_study, study_warnings
+from braindive.targets import Target
 from braindive.evaluation.study_analysis import analyze
 from browser import CHROME_ARGS, CHROMIUM, playwright_or_skip
 from tiny_clip import COLOURS, swatch
@@ -16,7 +17,7 @@ from tiny_clip import COLOURS, swatch
 ROIS = {"FFA": "faces", "PPA": "places", "EBA": "bodies"}
 
 
-def _results(root: Path, subject="S1", rois=ROIS, n=4, size=48, kind="maximize") -> list[Path]:
+def _results(root: Path, subject="S1", rois=ROIS, n=4, size=48, kind="maximize", spec=None) -> list[Path]:
     folders = []
     for roi, category in rois.items():
         folder = root / f"{kind}-{roi}"
@@ -24,24 +25,46 @@ def _results(root: Path, subject="S1", rois=ROIS, n=4, size=48, kind="maximize")
         for seed in range(n):
             stem = folder / f"{subject}_{roi}_seed{seed:06d}"
             swatch(COLOURS[category], size).save(stem.with_suffix(".png"))
-            stem.with_suffix(".json").write_text(json.dumps({"seed": seed, "subject": subject, "target": roi,
-                                                             "objective": {"kind": kind}}))
+            record = {"seed": seed, "subject": subject, "target": roi, "objective": {"kind": kind}}
+            stem.with_suffix(".json").write_text(json.dumps({**record, **({"target_spec": spec} if spec else {})}))
         folders.append(folder)
     return folders
 
 
-def test_minimised_images_are_no_category_stimuli(tmp_path):
-    """A "min PPA" image is not a places stimulus (nor the right answer to one): only maximised ROIs are exported."""
+def test_minimised_and_contrast_images_are_no_category_stimuli(tmp_path):
+    """A "min PPA" or "PPA − 0.5×FFA" image is not a places stimulus (nor the right answer to one): only maximised
+    ROIs are exported, and none of their images is in the study."""
     config = StudyConfig(category_trials_per_roi=2, pair_trials_per_roi=2, attention_checks=0, seed=1)
+    contrast = Target.contrast("PPA", "FFA", 0.5).to_dict()
     sets = generated_sets(_results(tmp_path / "max", rois={"FFA": "faces", "EBA": "bodies"})
-                          + _results(tmp_path / "min", rois={"PPA": "places"}, kind="minimize"))
-    assert sorted(s.target for s in sets) == ["max EBA", "max FFA", "min PPA"]
+                          + _results(tmp_path / "min", rois={"PPA": "places"}, kind="minimize")
+                          + _results(tmp_path / "con", rois={"PPA": "places"}, kind="contrast", spec=contrast))
+    assert sorted(s.target for s in sets) == ["PPA − 0.5×FFA", "max EBA", "max FFA", "min PPA"]
     folder = export_study(sets, tmp_path / "study", config)
     rows = list(csv.DictReader(open(folder / "trials.csv", newline="")))
     assert {r["roi"] for r in rows} == {"FFA", "EBA"} and "places" not in {r["category"] for r in rows}
+    sources = {v["source"] for v in json.loads((folder / "study.json").read_text())["images"].values()}
+    assert len(sources) == 8 and not any("_PPA_" in s for s in sources)  # 8 = FFA 4 + EBA 4
     with pytest.raises(ValueError, match="No images of a maximised ROI"):
         export_study(generated_sets(_results(tmp_path / "only-min", rois={"PPA": "places"}, kind="minimize")),
                      tmp_path / "study2", config)
+
+
+def test_too_few_images_for_distinct_pairs_is_a_warning(tmp_path, capsys):
+    """FFA 2 images × EBA 2 images = 4 distinct pairs each way: 5 pair trials repeat one, 4 do not."""
+    results = _results(tmp_path / "r", rois={"FFA": "faces", "EBA": "bodies"}, n=2)
+    config = StudyConfig(category_trials_per_roi=1, pair_trials_per_roi=4, attention_checks=0, seed=3)
+    fine = export_study(generated_sets(results), tmp_path / "fine", config)
+    assert study_warnings(fine) == []
+    pairs = [(r["roi"], frozenset((r["image_a"], r["image_b"]))) for r in _trials(fine)[0] if r["kind"] == "pair"]
+    assert len(pairs) == 8 and len(set(pairs)) == 8  # enough images: no pair shown twice
+    assert main(["study", "export", *map(str, results), "--out", str(tmp_path / "few"), "--pair-trials", "5",
+                 "--category-trials", "1", "--checks", "0"]) == 0
+    out = capsys.readouterr().out
+    for roi in ("FFA", "EBA"):
+        assert (f"warning: {roi}: 5 pair trials from 2 image(s) × 2 of other categories = 4 distinct pair(s), "
+                "so pairs repeat") in out
+    assert len(study_warnings(tmp_path / "few")) == 2
 
 
 def _trials(study: Path) -> dict[int, list[dict]]:

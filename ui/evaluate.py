@@ -13,7 +13,7 @@ import gradio as gr
 from braindive.evaluation import ZeroShotConfig
 from braindive.evaluation.zeroshot import weights_unavailable
 from braindive.evaluation.sets import generated_sets
-from braindive.evaluation.study import StudyConfig, export_study, zip_folder
+from braindive.evaluation.study import StudyConfig, export_study, study_warnings, zip_folder
 
 from .service import Service
 
@@ -97,7 +97,10 @@ def build(service: Service, selection, filters: list, chosen_ids) -> None:
     def on_study(ids, subj, label, since, until, encoder, request: gr.Request = None):
         values = (subj, label, since, until, encoder)
         try:
-            return str(export_study_zip(service, chosen(ids, values, request)))
+            path = export_study_zip(service, chosen(ids, values, request))
+            for warning in study_warnings(path.parent / "study"):
+                gr.Warning(f"Study exported with a warning: {warning}")
+            return str(path)
         except (KeyError, ValueError, OSError) as exc:
             raise gr.Error(f"Study export failed: {exc}")
 

@@ -299,7 +299,7 @@ def build(service: Service, settings) -> dict:
                         st = update[state] = {**st, "shown": item.entry.id}
                     yield update
                 elif isinstance(item, Finished):
-                    ranked = _rank(results, keep_k) if results else []
+                    ranked = _rank(service.catalog, results, keep_k) if results else []
                     st = {**st, "results": [r.entry.id for r, _ in ranked]}
                     kept = (f" Kept the best {len(ranked)} of {len(results)}, ranked by the encoder."
                             if len(ranked) < len(results) else "")
@@ -376,10 +376,14 @@ def _caption(result: ImageResult, rank: int | None = None) -> str:
     return (f"#{rank} · " if rank else "") + result.caption
 
 
-def _rank(results: list, keep: int) -> list[tuple[ImageResult, float]]:
-    """The results best first by the target's measure in the direction asked (lowest first for a minimise)."""
+def _rank(catalog, results: list, keep: int) -> list[tuple[ImageResult, float]]:
+    """The results best first by the target's measure in the direction asked (lowest first for a minimise); each
+    result's record gets its ``rerank`` (rank, candidates, measure, keep, kept) as the CLI writes it."""
     sign = -1.0 if results[0].target.kind == "minimize" else 1.0
     ranking = rank_scores([sign * r.measure for r in results], keep=None, top_k=min(keep, len(results)))
+    for i, r in enumerate(results):
+        catalog.update_record(r.entry.id, {"rerank": {"rank": ranking.ranks[i], "n_candidates": len(results),
+                                                      "measure": r.measure, "keep": keep, "kept": ranking.kept[i]}})
     return [(results[i], results[i].measure) for i in ranking.indices]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import random
 import shutil
 import uuid
@@ -36,13 +37,14 @@ from .categories import CATEGORIES, category_of, load_roi_table
 from .files import csv_text
 from .sets import ImageSet, open_rgb
 
-__all__ = ["StudyConfig", "export_study", "zip_folder", "TRIAL_COLUMNS", "RESPONSE_COLUMNS", "LABELS"]
+__all__ = ["StudyConfig", "export_study", "study_warnings", "zip_folder", "TRIAL_COLUMNS", "RESPONSE_COLUMNS", "LABELS"]
 
 TRIAL_COLUMNS = ("list", "position", "trial_id", "kind", "roi", "category", "image_a", "image_b", "correct")
 RESPONSE_COLUMNS = ("study_id", "participant", "list", "position", "trial_id", "choice", "rt_ms")
 LABELS = {"faces": "Faces", "places": "Places / scenes", "bodies": "Bodies", "words": "Words / text", "food": "Food"}
 PAGE = Path(__file__).with_name("study_page.html")
 N_LISTS = 2
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -91,12 +93,32 @@ def _attention_image(category: str, size: tuple) -> PIL.Image.Image:
 
 
 def _pairs(by_roi: dict, roi: str, categories: dict, n: int, rng: random.Random) -> list[tuple[str, str]]:
-    """``n`` (image of ``roi``, image of an ROI of another category) pairs, cycling through both pools."""
+    """``n`` (image of ``roi``, image of an ROI of another category) pairs, cycling through the own images; each
+    own image meets the others in a shuffled order, so pairs are distinct while ``n`` <= own × others."""
     others = [name for r, names in by_roi.items() if categories[r] != categories[roi] for name in names]
     if not others or n == 0:
         return []
     own = by_roi[roi]
-    return [(own[k % len(own)], others[rng.randrange(len(others))]) for k in range(n)]
+    rng.shuffle(others)
+    return [(own[k % len(own)], others[(k % len(own) + k // len(own)) % len(others)]) for k in range(n)]
+
+
+def _repeat_warnings(by_roi: dict, categories: dict, config: StudyConfig) -> list[str]:
+    """One message per ROI whose pair trials must repeat a pair: fewer distinct pairs than trials asked for."""
+    warnings = []
+    for roi, own in by_roi.items():
+        n_others = sum(len(names) for r, names in by_roi.items() if categories[r] != categories[roi])
+        distinct = len(own) * n_others
+        if n_others and config.pair_trials_per_roi > distinct:
+            warnings.append(f"{roi}: {config.pair_trials_per_roi} pair trials from {len(own)} image(s) × {n_others} "
+                            f"of other categories = {distinct} distinct pair(s), so pairs repeat; choose more images "
+                            "or fewer pair trials per ROI.")
+    return warnings
+
+
+def study_warnings(folder) -> list[str]:
+    """The warnings an exported study recorded (e.g. repeated pairs), for the CLI and the app to show."""
+    return list(json.loads((Path(folder) / "study.json").read_text()).get("warnings", []))
 
 
 def _trials(by_roi: dict, categories: dict, config: StudyConfig, checks: list[str]) -> list[dict]:
@@ -142,7 +164,10 @@ def _mirror(trial: dict) -> dict:
 
 
 def export_study(sets: list[ImageSet], out, config: StudyConfig | None = None, roi_table: dict | None = None) -> Path:
-    """Write the study folder ``out`` (must not exist or be empty) from generated image sets of one subject."""
+    """Write the study folder ``out`` (must not exist or be empty) from generated image sets of one subject.
+
+    Only images of a maximised ROI are stimuli (``ImageSet.category_roi``). When too few images were chosen for
+    distinct pair trials, pairs repeat: logged and kept in ``study.json``'s ``warnings`` (``study_warnings``)."""
     config = config or StudyConfig()
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -183,12 +208,15 @@ def export_study(sets: list[ImageSet], out, config: StudyConfig | None = None, r
         base = _trials(by_roi, categories, config,
                        [(c, f"check_{k:02d}.png") for k, c in enumerate(checks, start=1)])
         lists = [base, [_mirror(t) for t in base]]
+        warnings = _repeat_warnings(by_roi, categories, config)
+        for warning in warnings:
+            log.warning("study export: %s", warning)
         study = {"study_id": uuid.uuid4().hex[:12], "title": config.title, "subject": subjects[0],
                  "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                  "settings": asdict(config), "categories": list(CATEGORIES), "labels": LABELS,
                  "roi_categories": categories, "response_columns": list(RESPONSE_COLUMNS),
                  "lists": [[{**t, "position": p} for p, t in enumerate(trials, start=1)] for trials in lists],
-                 "images": sources, "image_size": list(size)}
+                 "images": sources, "image_size": list(size), "warnings": warnings}
         (tmp / "study.json").write_text(json.dumps(study, indent=1))
         (tmp / "trials.csv").write_text(csv_text([{**t, "list": k} for k, trials in enumerate(study["lists"])
                                                     for t in trials], TRIAL_COLUMNS))
