@@ -17,6 +17,7 @@ from . import subregions as subregion_panels
 from .charts import roi_chart
 from .memory import trim_heap
 from .updates import unchanged
+from .generation import storage_error
 from .service import CUSTOM, OBJECTIVES, Finished, GenerationRequest, ImageResult, Progress, Service, ServiceError, Waiting
 
 CLICK_MODES = ("Select ROI", "Grow voxel set")
@@ -381,9 +382,12 @@ def _rank(catalog, results: list, keep: int) -> list[tuple[ImageResult, float]]:
     result's record gets its ``rerank`` (rank, candidates, measure, keep, kept) as the CLI writes it."""
     sign = -1.0 if results[0].target.kind == "minimize" else 1.0
     ranking = rank_scores([sign * r.measure for r in results], keep=None, top_k=min(keep, len(results)))
-    for i, r in enumerate(results):
-        catalog.update_record(r.entry.id, {"rerank": {"rank": ranking.ranks[i], "n_candidates": len(results),
-                                                      "measure": r.measure, "keep": keep, "kept": ranking.kept[i]}})
+    try:
+        for i, r in enumerate(results):
+            catalog.update_record(r.entry.id, {"rerank": {"rank": ranking.ranks[i], "n_candidates": len(results),
+                                                          "measure": r.measure, "keep": keep, "kept": ranking.kept[i]}})
+    except OSError as exc:  # the images are stored; only their ranks could not be written
+        gr.Warning(f"The ranking was not saved in the records: {storage_error(exc)}")
     return [(results[i], results[i].measure) for i in ranking.indices]
 
 
