@@ -17,7 +17,7 @@ from ui import activation as act
 from ui import evaluate, history
 from ui.jobs import JobState, TrainingJob
 from ui.registry import DEMO_VOLUME_ENCODER
-from ui.service import GenerationRequest, ImageResult, Progress, ServiceError
+from ui.service import CUSTOM, GenerationRequest, ImageResult, Progress, ServiceError
 from ui.train import overall_percent, progress_text
 
 VOLUME = "S1-fullhead"
@@ -168,7 +168,9 @@ def test_evaluate_is_off_offline_with_one_clean_message_and_no_empty_table(servi
     def hub_failure(config):
         raise RuntimeError("CLIP zero-shot needs ... 404 Client Error: Repository Not Found for url: https://huggingface.co")
 
-    monkeypatch.setattr(evaluate, "load_classifier", hub_failure)
+    import braindive.evaluation
+
+    monkeypatch.setattr(braindive.evaluation, "load_classifier", hub_failure)  # what the service's classifier loads
     on_run = next(d.fn for d in app.fns.values() if getattr(d.fn, "__name__", "") == "on_run")
     ids = [e.id for e in service.catalog.query()][:1]
     with pytest.raises(gr.Error) as raised:
@@ -177,12 +179,14 @@ def test_evaluate_is_off_offline_with_one_clean_message_and_no_empty_table(servi
 
 
 def test_every_incompatible_image_is_named(service):
-    """22.14: images of one target with another objective, every one named (not only the first)."""
-    for kind in ("maximize", "minimize", "minimize"):
-        list(service.generate(GenerationRequest(steps=2, seed=7, target="PPA", objective=kind)))
-    ppa = service.catalog.query(target="PPA")
-    first_kind = ppa[0].kind
-    odd = [e.id for e in ppa if e.kind != first_kind]
+    """22.14: images of one label made for other voxels (two voxel sets of one size), every one named."""
+    ffa, ppa = service.subject("S1").roi("FFA")[:3].tolist(), service.subject("S1").roi("PPA")[:3].tolist()
+    for voxels in (ffa, ppa, ppa):
+        list(service.generate(GenerationRequest(steps=2, seed=7, target=CUSTOM, voxels=tuple(voxels))))
+    ids = [e.id for e in service.catalog.query(label="max voxels (3)")][::-1]  # oldest (the FFA voxels) first
+    assert len(ids) == 3
+    odd = [i for i in ids if service.catalog.record(i)["objective"]["positive"] != ffa]
+    assert len(odd) == 2
     with pytest.raises(ValueError, match="different objectives") as raised:
-        generated_sets([e.id for e in ppa], service.catalog)
+        generated_sets(ids, service.catalog)
     assert all(i in str(raised.value) for i in odd), (odd, str(raised.value))
