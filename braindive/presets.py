@@ -169,22 +169,29 @@ class Preset:
 
             bundle = demo.load(device)
             return Loaded(bundle.pipe, bundle.subject, bundle.encoder, self.model_id, "demo", bundle.label)
-        import torch
-
         from .encoders import load_encoder
-        from .pipeline import BrainDiVEPipeline
         from .subjects import load_subject
 
         if not encoder:
             raise ValueError("The sd21 preset needs an encoder checkpoint (folder or Hub id) from training.train_encoder.")
         the_subject = load_subject(subject or "S1")
         the_encoder = load_encoder(encoder, subject=the_subject)
-        cuda = str(device).startswith("cuda")
-        pipe = BrainDiVEPipeline.from_pretrained(model or self.model_id, encoder=the_encoder,
-                                                 torch_dtype=torch.float16 if cuda else torch.float32)
-        pipe.set_progress_bar_config(disable=True)
-        return Loaded(pipe.to(device), the_subject, the_encoder, model or self.model_id, str(encoder),
+        pipe = self.pipeline(device, model)
+        pipe.set_encoder(the_encoder)
+        return Loaded(pipe, the_subject, the_encoder, model or self.model_id, str(encoder),
                       f"{model or self.model_id} + your encoder")
+
+    def pipeline(self, device: str = "cpu", model: str | None = None):
+        """The diffusion pipeline alone (``model`` or this preset's; fp16 on CUDA), encoders set later
+        (``set_encoder``): the app and batch workers share one across encoders."""
+        import torch
+
+        from .pipeline import BrainDiVEPipeline
+
+        cuda = str(device).startswith("cuda")
+        pipe = BrainDiVEPipeline.from_pretrained(model or self.model_id, torch_dtype=torch.float16 if cuda else torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(device)
 
 
 PRESETS = {p.name: p for p in (

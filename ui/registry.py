@@ -88,22 +88,15 @@ class ModelRegistry:
             loaded = PRESETS["demo"].load("cpu")
             self._demo_encoder = loaded.encoder
             self._remember_subject(loaded.subject)
-            extra = [bd.demo.configure_fast(self._pipeline(str(bd.demo.diffusion_bundle_path()), torch.float32, "cpu"))
+            extra = [bd.demo.configure_fast(PRESETS["demo"].pipeline("cpu", str(bd.demo.diffusion_bundle_path())))
                      for _ in range(n - 1)]
             return Backend([loaded.pipe, *extra], loaded.model_name, loaded.label, _pipeline_defaults(PRESETS["demo"]))
         if not self.settings.encoder:
             raise ServiceError("The sd21 preset needs an encoder: start the app with --encoder PATH_OR_HUB_ID "
                                "(train one in the Train tab or with `python -m training.train_encoder`).")
         cuda = torch.cuda.is_available()
-        pipes = [self._pipeline(self.settings.model, torch.float16 if cuda else torch.float32, "cuda" if cuda else "cpu")
-                 for _ in range(n)]
+        pipes = [PRESETS["sd21"].pipeline("cuda" if cuda else "cpu", self.settings.model) for _ in range(n)]
         return Backend(pipes, self.settings.model, f"{self.settings.model} + your encoder", _pipeline_defaults(PRESETS["sd21"]))
-
-    @staticmethod
-    def _pipeline(model: str, dtype, device) -> bd.BrainDiVEPipeline:
-        pipe = bd.BrainDiVEPipeline.from_pretrained(model, torch_dtype=dtype)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe.to(device)
 
     # ------------------------------------------------------------------ encoders: discovery (config.json only)
 

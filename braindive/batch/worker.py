@@ -90,11 +90,9 @@ class BatchWorker:
                 self._pipe, self._model_name = loaded.pipe, loaded.model_name
                 self._encoders[DEMO] = (loaded.encoder, loaded.subject)
             else:
-                from ..pipeline import BrainDiVEPipeline
+                from ..presets import PRESETS
 
-                cuda = self.device.startswith("cuda")
-                self._pipe = BrainDiVEPipeline.from_pretrained(
-                    self.model, torch_dtype=torch.float16 if cuda else torch.float32).to(self.device)
+                self._pipe = PRESETS["sd21"].pipeline(self.device, self.model)
             self._pipe.set_progress_bar_config(disable=True)
         return self._pipe
 
