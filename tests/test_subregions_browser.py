@@ -1,4 +1,5 @@
 """In the browser: split OPA into 2, see two colours and the legend, generate for each part, see the table."""
+import base64
 import io
 
 import numpy as np
@@ -27,7 +28,9 @@ def test_split_opa_in_two_colours_then_generate_and_see_the_table(page):  # noqa
     assert "OPA·1/2" in legend and "OPA·2/2" in legend
     page.wait_for_function("(() => { const i = document.querySelector('#parts-map img');"
                            " return i && i.complete && i.naturalWidth > 0; })()", timeout=30_000)
-    png = page.locator("#parts-map img").screenshot()
+    # the map the page shows, as the server sent it (a screenshot can catch the element before it is painted)
+    src = page.locator("#parts-map img").get_attribute("src")
+    png = base64.b64decode(src.split(",", 1)[1]) if src.startswith("data:") else page.request.get(src).body()
     pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int64)
     assert _count(pixels, PART_COLOURS[0]) > 20 and _count(pixels, PART_COLOURS[1]) > 20
     page.locator("#split-seeds input[type=number]").fill("1")
