@@ -93,8 +93,7 @@ def generate(args) -> list:
                                          baselines=catalog, model=loaded.model_name, encoder=identity,
                                          on_step=advance))
     # rank by the signed measure, best = the direction asked for (lowest first for a minimise)
-    sign = -1.0 if target.kind == "minimize" else 1.0
-    ranking = rank_scores([sign * r.measure for r in results], keep=args.keep)
+    ranking = rank_scores([target.score(r.measure) for r in results], keep=args.keep)
     rows, written = [], []
     for i, (result, entry_id) in enumerate(zip(results, ids)):
         kept = ranking.kept[i]
@@ -151,7 +150,7 @@ def subregions(args) -> Path:
         objective = sr.part_objective(part, args.kind, rest)
         target = sr.part_target(part, "maximize" if args.kind == "contrast" else args.kind)
         for seed, image, gain, value in zip(seeds, cp.images[i], cp.gains[i, i], cp.objective_values[i]):
-            measure = -float(value) if args.kind == "minimize" else float(value)  # the signed measure people read
+            measure = target.measure_of(value)  # the signed measure people read
             record = generation_record(seed=seed, subject=subject, target=target, objective=objective.describe(),
                                        parameters=parameters, measure=measure, model=loaded.model_name,
                                        encoder=loaded.encoder_name)

@@ -182,6 +182,11 @@ class Target:
             return -objective_value if self.kind == "minimize" else objective_value
         return -float(objective_value) if self.kind == "minimize" else float(objective_value)
 
+    def score(self, measure):
+        """How good a signed measure is in the direction asked (higher is better; a minimise negates): what
+        re-ranking orders by. The inverse of ``measure_of``, which is the same negation."""
+        return self.measure_of(measure)
+
     def key(self) -> dict:
         """What identifies the target in image ids (independent of names for voxel sets)."""
         return {"kind": self.kind, "a": list(self.voxels) if self.voxels is not None else self.region_a,

@@ -380,8 +380,7 @@ def _caption(result: ImageResult, rank: int | None = None) -> str:
 def _rank(catalog, results: list, keep: int) -> list[tuple[ImageResult, float]]:
     """The results best first by the target's measure in the direction asked (lowest first for a minimise); each
     result's record gets its ``rerank`` (rank, candidates, measure, keep, kept) as the CLI writes it."""
-    sign = -1.0 if results[0].target.kind == "minimize" else 1.0
-    ranking = rank_scores([sign * r.measure for r in results], keep=None, top_k=min(keep, len(results)))
+    ranking = rank_scores([r.target.score(r.measure) for r in results], keep=None, top_k=min(keep, len(results)))
     try:
         for i, r in enumerate(results):
             catalog.update_record(r.entry.id, {"rerank": {"rank": ranking.ranks[i], "n_candidates": len(results),

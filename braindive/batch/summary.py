@@ -38,8 +38,7 @@ def job_results(sweep: Sweep, catalog: Catalog) -> dict[str, list[dict]]:
             if entry is not None:
                 rows.append({"id": entry_id, "seed": seed, "objective": entry.objective, "target": job.target.to_dict(),
                              "baseline": measured_baseline(catalog.record(entry_id))})
-        sign = 1.0 if job.target.kind == "minimize" else -1.0
-        groups[job.label] = sorted(rows, key=lambda r: sign * r["objective"])
+        groups[job.label] = sorted(rows, key=lambda r: -job.target.score(r["objective"]))  # best first
     return groups
 
 

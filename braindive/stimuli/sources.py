@@ -13,6 +13,7 @@ from pathlib import Path
 import PIL.Image
 
 from ..description import describe_record
+from ..evaluation.sets import open_rgb
 
 __all__ = ["Stimulus", "UNGUIDED", "from_catalog", "from_folder", "load_stimuli", "IMAGE_SUFFIXES"]
 
@@ -34,14 +35,6 @@ class Stimulus:
         return describe_record(self.record).subject if self.record else ""
 
 
-def _open(path) -> PIL.Image.Image:
-    try:
-        with PIL.Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, PIL.UnidentifiedImageError) as exc:
-        raise ValueError(f"Cannot read image {path}: {exc}") from exc
-
-
 def from_catalog(catalog, ids, unguided: bool = False) -> tuple[list[Stimulus], list[tuple[str, str]]]:
     """Stimuli of catalog entries ``ids`` (and, with ``unguided``, each one's stored unguided image); the entries
     skipped, with why (gone, unreadable, no unguided image stored)."""
@@ -50,7 +43,7 @@ def from_catalog(catalog, ids, unguided: bool = False) -> tuple[list[Stimulus], 
         try:
             entry = catalog.get(entry_id)
             record = catalog.record(entry_id)
-            image = _open(entry.image_path)
+            image = open_rgb(entry.image_path)
         except (KeyError, ValueError, OSError) as exc:
             skipped.append((entry_id, str(exc).strip("'\"")))
             continue
@@ -58,7 +51,7 @@ def from_catalog(catalog, ids, unguided: bool = False) -> tuple[list[Stimulus], 
         if unguided:
             baseline, _ = catalog.unguided_paths(entry_id)  # the seed's unguided image, kept by the catalog
             if baseline is not None:
-                out.append(Stimulus(_open(baseline), UNGUIDED, f"{entry_id}.unguided", entry.seed, record, True))
+                out.append(Stimulus(open_rgb(baseline), UNGUIDED, f"{entry_id}.unguided", entry.seed, record, True))
             else:
                 skipped.append((f"{entry_id}.unguided", "no unguided image stored (a run without baselines)"))
     return out, skipped
@@ -82,7 +75,7 @@ def from_folder(folder, condition: str | None = None) -> list[Stimulus]:
                 label = describe_record(record).label
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"Record {record_path} is not a readable generation record: {exc}") from exc
-        out.append(Stimulus(_open(path), condition or (label if record else folder.name), str(path),
+        out.append(Stimulus(open_rgb(path), condition or (label if record else folder.name), str(path),
                             describe_record(record).seed if record else None, record))
     return out
 
