@@ -43,7 +43,7 @@ class Target:
     region_b: str = ""
     weight: float = 1.0
     voxels: tuple[int, ...] | None = None
-    _resolved: dict = field(default_factory=dict, compare=False, repr=False, hash=False)  # fingerprint -> indices
+    _resolved: dict = field(default_factory=dict, compare=False, repr=False, hash=False)  # "last": indices last resolved
 
     def __post_init__(self):
         if self.kind not in TARGET_KINDS:
@@ -142,7 +142,6 @@ class Target:
         if b is not None and np.array_equal(np.unique(a), np.unique(b)):
             raise ValueError(f"`region_b` must differ from region A {self.region_a!r}: a region contrasted with "
                              "itself is 0 everywhere.")
-        self._resolved[getattr(subject, "fingerprint", id(subject))] = (a, b)
         self._resolved["last"] = (a, b)
         return a, b
 
