@@ -30,23 +30,26 @@ KINDS = ("maximize", "contrast")
 def run(n_seeds: int, mode: str, contrast_for=("weights", "anatomy")) -> dict:
     import braindive as bd
     from braindive import subregions as sr
-    from braindive.demo import DEMO_DEFAULTS
+    from braindive.generate import GenerationSettings
+    from braindive.presets import PRESETS
+    from braindive.subregion_images import cross_prediction
 
     demo = bd.demo.load()
+    settings = GenerationSettings.from_preset(PRESETS["demo"], mode=mode)
     rows, load = [], [os.getloadavg()[0]]
     start = time.perf_counter()
     for roi, by in SPLITS:
         split = sr.split_region(demo.subject, roi, 2, by, encoder=demo.encoder, seed=0)
         similarity = sr.report(split, demo.subject, sr.weight_profiles(demo.encoder, split.voxels))
         for kind in [k for k in KINDS if k != "contrast" or by in contrast_for]:
-            cp = sr.cross_prediction(demo.pipe, split.parts, range(n_seeds), kind=kind, batch_size=n_seeds,
-                                     guidance_mode=mode, **DEMO_DEFAULTS)
+            cp = cross_prediction(demo.pipe, split, range(n_seeds), settings, subject=demo.subject, kind=kind,
+                                  batch_size=n_seeds)
             load.append(os.getloadavg()[0])
             for i, row in enumerate(cp.table()):
                 rows.append({"roi": roi, "by": by, "guided": kind, **row, **similarity[i],
                              "margin_min": float(cp.margins[i].min()), "margin_max": float(cp.margins[i].max())})
             print(roi, by, kind, [(r["images for"], r["own largest"], r["margin"]) for r in cp.table()], flush=True)
-    return {"seeds": n_seeds, "settings": {**DEMO_DEFAULTS, "guidance_mode": mode}, "rows": rows,
+    return {"seeds": n_seeds, "settings": settings.pipeline_kwargs(), "rows": rows,
             "seconds": time.perf_counter() - start, "cpu": cpu_name(), "cores": os.cpu_count(),
             "load_1min": [min(load), max(load)]}
 

@@ -35,10 +35,13 @@ def run(n_refs: int, mode: str, strengths=STRENGTHS, scales=SCALES) -> dict:
 
     import braindive as bd
     from braindive import variation as V
-    from braindive.demo import DEMO_DEFAULTS
+    from braindive.generate import GenerationSettings
+    from braindive.presets import PRESETS
 
     demo = bd.demo.load()
-    settings = {**{k: v for k, v in DEMO_DEFAULTS.items() if k != "brain_guidance_scale"}, "guidance_mode": mode}
+    demo.pipe.set_scheduler(PRESETS["demo"].scheduler)
+    settings = {k: v for k, v in GenerationSettings.from_preset(PRESETS["demo"], mode=mode).pipeline_kwargs().items()
+                if k != "brain_guidance_scale"}
     objective = bd.Objective.maximize(demo.subject.roi(ROI), label=f"max {ROI}")
     load, start = [os.getloadavg()[0]], time.perf_counter()
 

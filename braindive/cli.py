@@ -120,9 +120,11 @@ def subregions(args) -> Path:
 
     from . import subregions as sr
     from .catalog import Catalog
+    from .demo import ASSET_ENCODER
     from .evaluation.files import write_atomic, write_csv
+    from .generate import encoder_identity
     from .presets import get_preset
-    from .records import generation_record
+    from .subregion_images import cross_prediction, store
 
     preset = get_preset(args.preset)
     loaded = preset.load("cuda" if torch.cuda.is_available() and args.preset != "demo" else "cpu",
@@ -140,23 +142,12 @@ def subregions(args) -> Path:
     if not args.generate:
         return out / "split.json"
     settings = _settings(args, preset)
-    pipe.set_scheduler(settings.scheduler)
-    seeds = range(args.gen_seed, args.gen_seed + args.generate)
-    cp = sr.cross_prediction(pipe, split.parts, seeds, kind=args.kind, **settings.pipeline_kwargs())
-    catalog, run_id = Catalog(out), f"subregions-{split.roi}-{split.k}-{split.by}"
-    parameters = {**settings.pipeline_kwargs(), "scheduler": settings.scheduler}
-    for i, part in enumerate(split.parts):
-        rest = np.concatenate([p.voxels for j, p in enumerate(split.parts) if j != i])
-        objective = sr.part_objective(part, args.kind, rest)
-        target = sr.part_target(part, "maximize" if args.kind == "contrast" else args.kind)
-        for seed, image, gain, value in zip(seeds, cp.images[i], cp.gains[i, i], cp.objective_values[i]):
-            measure = target.measure_of(value)  # the signed measure people read
-            record = generation_record(seed=seed, subject=subject, target=target, objective=objective.describe(),
-                                       parameters=parameters, measure=measure, model=loaded.model_name,
-                                       encoder=loaded.encoder_name)
-            record["subregion"] = {"roi": split.roi, "k": split.k, "by": split.by, "axis": split.axis,
-                                   "seed": split.seed, "part": part.name, "kind": args.kind, "own_gain": float(gain)}
-            catalog.add(image, record, run_id=run_id)
+    identity = encoder_identity(loaded.encoder_name, subject, ASSET_ENCODER if args.preset == "demo" else None)
+    catalog = Catalog(out)
+    cp = cross_prediction(pipe, split, range(args.gen_seed, args.gen_seed + args.generate), settings, subject=subject,
+                          kind=args.kind, baselines=catalog, model=loaded.model_name, encoder=identity)
+    store(cp, catalog, subject, settings, model=loaded.model_name, encoder=loaded.encoder_name, identity=identity,
+          run_id=f"subregions-{split.roi}-{split.k}-{split.by}")
     write_csv(out / "cross_prediction.csv", cp.table())
     for row in cp.table():
         print(f"{row['images for']}: own gain largest on {100 * row['own largest']:.0f}% of seeds, margin {row['margin']:+.4f}")

@@ -20,7 +20,7 @@ from .presets import LIMITS, MODE_NAMES, SCHEDULER_NAMES, LimitError, Preset
 from .records import generation_record
 from .targets import Target
 
-__all__ = ["GenerationSettings", "SeedResult", "generate_seed", "generate_seeds", "baseline_key", "seed_record",
+__all__ = ["GenerationSettings", "SeedResult", "BaselineStore", "generate_seed", "generate_seeds", "baseline_key", "seed_record",
            "roi_means", "unguided_seeds", "start_image_hash", "image_id", "image_id_from_key", "target_key", "encoder_identity"]
 
 
@@ -160,6 +160,20 @@ class SeedResult:
     baseline_measure: float | None = None
     baseline_key: str | None = None
     baseline_reused: bool = False  # True when the unguided image came from the store, not a pipeline run
+
+
+class BaselineStore(dict):
+    """Unguided baselines kept in memory, for ``generate_seeds``'s ``baselines``; ``made``: those put here."""
+
+    def __init__(self, known=()):
+        super().__init__(known)
+        self.made = {}
+
+    def get_baseline(self, key):
+        return self.get(key)
+
+    def put_baseline(self, key, image, activations):
+        self[key] = self.made[key] = (image, activations)
 
 
 def generate_seed(pipe, target: Target, seed: int, settings: GenerationSettings, **kwargs) -> SeedResult | None:

@@ -15,10 +15,10 @@ algorithm="lloyd", tol=0)`` labels (``tests/test_subregions.py``). Its k-means++
 generator, not scikit-learn's, so with scikit-learn's own seeding the partitions agree only where the
 clustering is unambiguous. Parts are ordered largest first (ties: lowest voxel index first).
 
-Each ``Part`` is a named voxel set ("OPA·1/2", "OPA·post"); ``part_objective`` turns it into what the
-pipeline ascends. ``report`` gives per part its voxel count per hemisphere and the within- vs between-part
-similarity of the profiles; ``cross_prediction`` generates images for each part with the same seeds and
-measures how much they raise every part (the paper's validation: part i's images raise part i most).
+Each ``Part`` is a named voxel set ("OPA·1/2", "OPA·post"); ``part_target`` turns it into a ``Target``.
+``report`` gives per part its voxel count per hemisphere and the within- vs between-part similarity of the
+profiles; ``braindive.subregion_images`` generates images for each part with the same seeds and measures
+how much they raise every part (the paper's validation: part i's images raise part i most).
 """
 from __future__ import annotations
 
@@ -27,13 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .objectives import Objective
 from .subjects import HEMISPHERES, Subject
 from .targets import Target
 
 __all__ = ["BY", "AXES", "K_RANGE", "Part", "Split", "split_region", "kmeans", "voxel_coordinates",
-           "weight_profiles", "response_profiles", "folder_images", "part_target", "part_objective", "PART_KINDS", "report",
-           "profile_similarity", "cross_prediction", "CrossPrediction"]
+           "weight_profiles", "response_profiles", "folder_images", "part_target", "PART_KINDS", "report",
+           "profile_similarity"]
 
 BY = ("weights", "responses", "anatomy")
 # axis -> (coordinate, short names of its two ends); "lateral" is x signed per hemisphere (away from the midline)
@@ -292,27 +291,18 @@ def _sq_dist(x, centres) -> np.ndarray:
 PART_KINDS = ("maximize", "minimize", "contrast")
 
 
-def part_target(part: Part, kind: str = "maximize") -> Target:
-    """``part`` as a request: ``Target.voxel_set(part.voxels, name=part.name, kind=kind)`` (maximize/minimize),
-    what records, History and sweeps store. A contrast against the rest of the region is not a ``Target``
-    (its B is a voxel set, not an ROI): ``part_objective`` builds it, from this target's voxels."""
-    if kind not in ("maximize", "minimize"):
-        raise ValueError(f"`kind` must be 'maximize' or 'minimize' for a sub-region target, got {kind!r}.")
-    return Target.voxel_set(part.voxels, name=part.name, kind=kind)
-
-
-def part_objective(part: Part, kind: str = "maximize", rest: np.ndarray | None = None) -> Objective:
-    """What the pipeline ascends for ``part``: its mean up or down, or (``"contrast"``) its mean minus the mean of
-    ``rest`` (the region's other parts). The one place a part becomes an objective, from ``part_target``'s voxels."""
+def part_target(split: Split, i: int, kind: str = "maximize") -> Target:
+    """Part ``i`` of ``split`` as a request: its voxel set (named "OPA·1/2") maximised or minimised, or
+    (``"contrast"``) its mean minus the mean of the region's other parts ("OPA·1/2 − 1.0×OPA·rest"). What
+    the pipeline ascends (``build``), records, History and sweeps store."""
     if kind not in PART_KINDS:
         raise ValueError(f"`kind` must be one of {list(PART_KINDS)} for a sub-region, got {kind!r}.")
-    target = part_target(part, "maximize" if kind == "contrast" else kind)
-    voxels = np.asarray(target.voxels, dtype=np.int64)
-    if kind == "contrast":
-        if rest is None:
-            raise ValueError("A sub-region contrast needs `rest`, the voxels of the region's other parts.")
-        return Objective.contrast(voxels, rest, 1.0, label=f"{part.name} − rest")
-    return getattr(Objective, kind)(voxels, label=target.label)
+    part = split.parts[i]
+    if kind != "contrast":
+        return Target.voxel_set(part.voxels, name=part.name, kind=kind)
+    rest = np.concatenate([p.voxels for j, p in enumerate(split.parts) if j != i])
+    return Target.voxel_set(part.voxels, name=part.name, kind="contrast", region_b=f"{split.roi}{PART_SEPARATOR}rest",
+                            voxels_b=rest)
 
 
 def profile_similarity(features: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -342,73 +332,3 @@ def report(split: Split, subject: Subject, features: np.ndarray | None = None) -
             row.update(within=float(sim[i, i]), between=float(np.mean(others)))
         rows.append(row)
     return rows
-
-
-@dataclass(frozen=True)
-class CrossPrediction:
-    """``gains[i, j, s]``: predicted mean of part j for part i's guided image of seed s, minus the same for
-    the unguided image of seed s. ``images[i]`` are part i's images, ``baseline`` the unguided ones, and
-    ``objective_values[i, s]`` the pipeline's objective for part i's image of seed s."""
-
-    names: tuple[str, ...]
-    seeds: tuple[int, ...]
-    gains: np.ndarray
-    objective_values: np.ndarray
-    images: list = field(repr=False, default_factory=list)
-    baseline: list = field(repr=False, default_factory=list)
-
-    @property
-    def matrix(self) -> np.ndarray:
-        """``[k, k]`` mean gain over seeds (rows: images of part i; columns: part j measured)."""
-        return self.gains.mean(-1)
-
-    @property
-    def margins(self) -> np.ndarray:
-        """``[k, n_seeds]``: own gain minus the largest gain of another part, per image."""
-        k = len(self.names)
-        own = self.gains[np.arange(k), np.arange(k)]
-        other = np.stack([np.delete(self.gains[i], i, axis=0).max(0) for i in range(k)])
-        return own - other
-
-    def table(self) -> list[dict]:
-        """One row per part: mean gain in each part, share of seeds whose own gain is largest, mean margin."""
-        margins = self.margins
-        return [{"images for": name, **{f"gain {other}": float(self.matrix[i, j]) for j, other in enumerate(self.names)},
-                 "own largest": float((margins[i] > 0).mean()), "margin": float(margins[i].mean())}
-                for i, name in enumerate(self.names)]
-
-
-def cross_prediction(pipe, parts, seeds, kind: str = "maximize", batch_size: int = 8, **call_kwargs) -> CrossPrediction:
-    """Generate each part's images with the same ``seeds`` (and the unguided images of those seeds) through
-    ``pipe`` and measure every part's predicted mean on them. ``kind``: each part maximised (the paper's
-    sub-ROI runs), minimised, or contrasted against the region's other parts. ``call_kwargs`` go to the pipeline."""
-    import torch
-
-    seeds = tuple(int(s) for s in seeds)
-    if not seeds:
-        raise ValueError("`seeds` must name at least one seed.")
-    call_kwargs = {"output_type": "pil", **call_kwargs}
-
-    def run(objective, scale=None):
-        images, acts, values = [], [], []
-        for start in range(0, len(seeds), batch_size):
-            chunk = seeds[start:start + batch_size]
-            extra = {} if scale is None else {"brain_guidance_scale": scale}
-            out = pipe(objective=objective, generator=[torch.Generator().manual_seed(s) for s in chunk],
-                       num_images_per_prompt=len(chunk), **{**call_kwargs, **extra})
-            images += list(out.images)
-            acts.append(out.activations.double().numpy())
-            values.append(out.objective_values.double().numpy())
-        acts = np.concatenate(acts)
-        return images, np.stack([acts[:, p.voxels].mean(1) for p in parts]), np.concatenate(values)  # [k, n_seeds]
-
-    base_images, base, _ = run(part_objective(parts[0]), 0.0)
-    images, gains, objective_values = [], [], []
-    for i, part in enumerate(parts):
-        rest = np.concatenate([p.voxels for j, p in enumerate(parts) if j != i])
-        part_images, measured, part_values = run(part_objective(part, kind, rest))
-        images.append(part_images)
-        gains.append(measured - base)
-        objective_values.append(part_values)
-    return CrossPrediction(tuple(p.name for p in parts), seeds, np.stack(gains), np.stack(objective_values), images,
-                           base_images)

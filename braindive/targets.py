@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,7 +35,8 @@ class Target:
     """One optimisation target; build with ``maximize``/``minimize``/``contrast``/``voxel_set``.
 
     ``region_a`` is an ROI name, optionally one hemisphere (``"FFA.lh"``), or a voxel set's name when
-    ``voxels`` holds its indices. ``region_b`` and ``weight`` are a contrast's subtracted ROI and weight.
+    ``voxels`` holds its indices. ``region_b`` and ``weight`` are a contrast's subtracted region and weight:
+    an ROI, or a voxel set's name when ``voxels_b`` holds its indices (a sub-region against the rest).
     """
 
     kind: str
@@ -43,7 +44,7 @@ class Target:
     region_b: str = ""
     weight: float = 1.0
     voxels: tuple[int, ...] | None = None
-    _resolved: dict = field(default_factory=dict, compare=False, repr=False, hash=False)  # "last": indices last resolved
+    voxels_b: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.kind not in TARGET_KINDS:
@@ -60,6 +61,13 @@ class Target:
         object.__setattr__(self, "weight", float(self.weight))
         if self.voxels is not None:
             object.__setattr__(self, "voxels", voxel_tuple(self.voxels))
+        if self.voxels_b is not None:
+            if self.kind != "contrast":
+                raise ValueError(f"`voxels_b` (region B's voxels) is only for a contrast, got kind {self.kind!r}.")
+            object.__setattr__(self, "voxels_b", voxel_tuple(self.voxels_b, "voxels_b"))
+        if self.voxels_b is not None and self.voxels_b == self.voxels:
+            raise ValueError(f"`voxels_b` must differ from region A {self.region_a!r}: a voxel set contrasted with "
+                             "itself is 0 everywhere.")
         if self.kind == "contrast" and self.voxels is None and self.region_a == self.region_b:
             raise ValueError(f"`region_b` must differ from region A {self.region_a!r}: a region contrasted with "
                              "itself is 0 everywhere.")
@@ -80,10 +88,14 @@ class Target:
 
     @classmethod
     def voxel_set(cls, indices, name: str | None = None, kind: str = "maximize", region_b: str = "",
-                  weight: float = 1.0) -> "Target":
-        """A custom voxel set (``kind`` maximize/minimize, or contrast with ``region_b``); default name ``voxels (N)``."""
+                  weight: float = 1.0, voxels_b=None) -> "Target":
+        """A custom voxel set (``kind`` maximize/minimize, or contrast with ``region_b``: an ROI, or the name of
+        the voxel set ``voxels_b``); default names ``voxels (N)``."""
         voxels = voxel_tuple(indices)
-        return cls(kind, name or f"voxels ({len(voxels)})", region_b, weight, voxels)
+        if voxels_b is not None:
+            voxels_b = voxel_tuple(voxels_b, "voxels_b")
+            region_b = region_b or f"voxels ({len(voxels_b)})"
+        return cls(kind, name or f"voxels ({len(voxels)})", region_b, weight, voxels, voxels_b)
 
     # ------------------------------------------------------------------ what people read
 
@@ -128,9 +140,9 @@ class Target:
 
     @property
     def regions(self) -> tuple[str, ...]:
-        """The ROI names involved (region B only for a voxel-set contrast), for charts and outlines."""
+        """The ROI names involved (voxel sets are not ROIs), for charts and outlines."""
         a = () if self.voxels is not None else (self.region_a,)
-        return a + ((self.region_b,) if self.region_b else ())
+        return a + ((self.region_b,) if self.region_b and self.voxels_b is None else ())
 
     # ------------------------------------------------------------------ numbers
 
@@ -138,11 +150,11 @@ class Target:
         """Voxel indices of region A and region B (None unless a contrast) on ``subject``."""
         a = subject.check_voxels(np.asarray(self.voxels, dtype=np.int64), "voxels") if self.voxels is not None \
             else subject.roi(self.region_a)
-        b = subject.roi(self.region_b) if self.region_b else None
+        b = subject.check_voxels(np.asarray(self.voxels_b, dtype=np.int64), "voxels_b") if self.voxels_b is not None \
+            else subject.roi(self.region_b) if self.region_b else None
         if b is not None and np.array_equal(np.unique(a), np.unique(b)):
             raise ValueError(f"`region_b` must differ from region A {self.region_a!r}: a region contrasted with "
                              "itself is 0 everywhere.")
-        self._resolved["last"] = (a, b)
         return a, b
 
     def build(self, subject):
@@ -157,16 +169,15 @@ class Target:
     def measure(self, activations, subject=None):
         """The signed measure of ``activations`` ``[V]`` (-> float) or ``[B, V]`` (-> ``[B]`` array).
 
-        Voxel indices come from ``subject`` or, without one, from the subject this target was last built on.
+        ``subject`` names the ROIs' voxels; a target of voxel sets only may leave it out.
         """
         if subject is not None:
             a, b = self.indices(subject)
-        elif self.voxels is not None and not self.region_b:
-            a, b = np.asarray(self.voxels, dtype=np.int64), None
-        elif "last" in self._resolved:
-            a, b = self._resolved["last"]
+        elif self.voxels is not None and (not self.region_b or self.voxels_b is not None):
+            a = np.asarray(self.voxels, dtype=np.int64)
+            b = None if self.voxels_b is None else np.asarray(self.voxels_b, dtype=np.int64)
         else:
-            raise ValueError(f"measuring {self.label!r} needs a subject: call build(subject) first or pass subject=.")
+            raise ValueError(f"measuring {self.label!r} needs the subject whose ROIs it names: pass subject=.")
         acts = np.asarray(activations, dtype=np.float64)
         value = acts[..., a].mean(axis=-1)
         if b is not None:
@@ -189,7 +200,7 @@ class Target:
     def key(self) -> dict:
         """What identifies the target in image ids (independent of names for voxel sets)."""
         return {"kind": self.kind, "a": list(self.voxels) if self.voxels is not None else self.region_a,
-                "b": self.region_b, "weight": self.weight}
+                "b": list(self.voxels_b) if self.voxels_b is not None else self.region_b, "weight": self.weight}
 
     # ------------------------------------------------------------------ storage
 
@@ -197,18 +208,18 @@ class Target:
         """JSON-ready; ``label`` and ``hemisphere`` are included for readers and ignored by ``from_dict``."""
         return {"kind": self.kind, "region_a": self.region_a, "region_b": self.region_b, "weight": self.weight,
                 "hemisphere": self.hemisphere, "voxels": None if self.voxels is None else list(self.voxels),
-                "label": self.label}
+                "voxels_b": None if self.voxels_b is None else list(self.voxels_b), "label": self.label}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Target":
         """The target ``to_dict`` wrote (raises ``ValueError`` naming the bad field)."""
         if not isinstance(data, dict):
             raise ValueError(f"a target must be a dict with `kind` and `region_a`, got {data!r}.")
-        unknown = set(data) - {"kind", "region_a", "region_b", "weight", "voxels", "hemisphere", "label"}
+        unknown = set(data) - {"kind", "region_a", "region_b", "weight", "voxels", "voxels_b", "hemisphere", "label"}
         if unknown:
             raise ValueError(f"unknown target field(s) {sorted(unknown)}.")
         return cls(data.get("kind"), data.get("region_a"), data.get("region_b") or "", data.get("weight", 1.0),
-                   data.get("voxels"))
+                   data.get("voxels"), data.get("voxels_b"))
 
     @classmethod
     def from_record(cls, record: dict) -> "Target":
@@ -231,19 +242,19 @@ class Target:
         return cls(kind, a, b, weight)
 
 
-def voxel_tuple(indices) -> tuple[int, ...]:
+def voxel_tuple(indices, what: str = "voxels") -> tuple[int, ...]:
     """Sorted unique voxel indices as a tuple; a list of floats, bools or strings is an error, not converted."""
     values = indices.tolist() if isinstance(indices, np.ndarray) else indices
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise ValueError(f"`voxels` must be a list of whole voxel indices, got {_shown(indices)}.")
+        raise ValueError(f"`{what}` must be a list of whole voxel indices, got {_shown(indices)}.")
     values = list(values)
     bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
     if bad:
-        raise ValueError(f"`voxels` must be a list of whole voxel indices, got {_shown(bad[0])} among them.")
+        raise ValueError(f"`{what}` must be a list of whole voxel indices, got {_shown(bad[0])} among them.")
     if not values:
-        raise ValueError("`voxels` is an empty voxel set; select at least one voxel.")
+        raise ValueError(f"`{what}` is an empty voxel set; select at least one voxel.")
     if min(values) < 0:
-        raise ValueError(f"`voxels` has negative voxel indices: {[v for v in values if v < 0][:5]}.")
+        raise ValueError(f"`{what}` has negative voxel indices: {[v for v in values if v < 0][:5]}.")
     return tuple(sorted({int(v) for v in values}))
 
 

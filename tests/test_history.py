@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from braindive.targets import Target
 from ui import history
 from ui.service import GenerationRequest, ImageResult, Service
 from ui.settings import Settings
@@ -164,3 +165,16 @@ def test_run_again_fills_explore_whose_generate_reproduces_the_image(service, ru
     (new,) = [e for e in service.catalog.query() if e.id not in before]
     assert new.description.label == "min FFA" and new.seed == 5
     np.testing.assert_array_equal(np.asarray(Image.open(new.image_path)), np.asarray(Image.open(original.image_path)))
+
+
+def test_run_again_refuses_what_explore_cannot_reproduce(service, runs):
+    """A variation (start image) or a part-minus-rest contrast would come back as something else: say so."""
+    record = service.catalog.record(runs["minimize"].entry.id)
+    varied = {**record, "parameters": {**record["parameters"], "strength": 0.5,
+                                       "reference": {"file": "cat.png", "sha256": "ab" * 32}}}
+    with pytest.raises(ValueError, match=r"started from an image \(cat.png, strength 0.5\)"):
+        history.run_again_values(varied)
+    part = Target.voxel_set([1, 2, 3], name="OPA·1/2", kind="contrast", region_b="OPA·rest", voxels_b=[4, 5])
+    with pytest.raises(ValueError, match="OPA·1/2 against OPA·rest, a voxel set"):
+        history.run_again_values({**record, "target_spec": part.to_dict()})
+    assert history.run_again_values({**record, "target_spec": Target.voxel_set([1, 2, 3]).to_dict()})["voxels"] == (1, 2, 3)

@@ -90,6 +90,36 @@ def test_no_import_cycle_in_the_package():
     assert not [m for m in graph if reaches(m, m, set())]
 
 
+def test_every_name_the_project_imports_from_itself_exists():
+    """Function-level imports too (benchmarks import inside ``run``): a name removed from a module is found here,
+    not when a benchmark is next run (``benchmarks.subregions`` imported a ``DEMO_DEFAULTS`` that had gone)."""
+    import importlib
+
+    missing = []
+    for folder in ("braindive", "training", "ui", "benchmarks"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.ImportFrom):
+                    continue
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+                if base.split(".")[0] not in ("braindive", "training", "ui", "benchmarks"):
+                    continue
+                if base.startswith("ui") or path.parts[-2] == "ui":
+                    pytest.importorskip("gradio")
+                module = importlib.import_module(base)
+                for alias in node.names:
+                    if alias.name != "*" and not hasattr(module, alias.name):
+                        try:
+                            importlib.import_module(f"{base}.{alias.name}")
+                        except ModuleNotFoundError:
+                            missing.append(f"{path.relative_to(REPO)}:{node.lineno} {base}.{alias.name}")
+    assert not missing
+
+
 def _copy_project(dest: Path) -> Path:
     """The files git does not ignore (what a clone or sdist holds), without build outputs or caches."""
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,

@@ -5,7 +5,11 @@ import torch
 
 import braindive as bd
 from braindive import subregions as sr
+from braindive.catalog import Catalog
 from braindive.demo import ASSET_ENCODER
+from braindive.generate import GenerationSettings
+from braindive.subregion_images import cross_prediction, store
+from braindive.targets import Target
 from braindive.demo_components import DEMO_TOWER_CONFIG, DEMO_TOWER_NAME, build_demo_tower
 from tiny import SIZE, tiny_pipe
 
@@ -139,17 +143,19 @@ def test_profile_similarity_equals_pairwise_cosines():
                 assert sim[i, j] == pytest.approx(cos[np.ix_(a, np.flatnonzero(labels == j))].mean())
 
 
-def test_cross_prediction_gains_match_direct_pipeline_runs(volume):
+def test_cross_prediction_gains_match_direct_pipeline_runs(volume, tmp_path):
     encoder = planted_encoder(volume, [np.arange(0, 12), np.arange(12, 24)])
     pipe = tiny_pipe(encoder=encoder)
     split = sr.split_region(volume, "ROI", 2, "weights", encoder=encoder)
-    kwargs = dict(num_inference_steps=3, height=SIZE, width=SIZE, brain_guidance_scale=200.0, sag_scale=0.0)
-    cp = sr.cross_prediction(pipe, split.parts, seeds=(0, 1), kind="contrast", **kwargs)
+    settings = GenerationSettings(steps=3, height=SIZE, width=SIZE, scale=200.0, sag=0.0)
+    catalog = Catalog(tmp_path / "catalog")
+    cp = cross_prediction(pipe, split, seeds=(0, 1), settings=settings, subject=volume, kind="contrast",
+                          baselines=catalog, model="tiny", encoder="planted")
     assert cp.gains.shape == (2, 2, 2) and cp.names == ("ROI·1/2", "ROI·2/2")
 
     def acts(objective, seed, scale):
         out = pipe(objective=objective, generator=torch.Generator().manual_seed(seed),
-                   **{**kwargs, "brain_guidance_scale": scale})
+                   **{**settings.pipeline_kwargs(), "brain_guidance_scale": scale})
         return out.activations[0].double().numpy()
 
     p0, p1 = split.parts
@@ -160,6 +166,23 @@ def test_cross_prediction_gains_match_direct_pipeline_runs(volume):
     assert (cp.margins > 0).all()  # each part's contrast images raise it more than the other part
     row = cp.table()[0]
     assert row["own largest"] == 1.0 and row["margin"] == pytest.approx(cp.margins[0].mean())
+    # one unguided image per seed, shared by both parts (kept in the catalog, as the app's Generate keeps it)
+    assert len(list((catalog.root / "unguided").glob("*.png"))) == 2
+    assert [r.baseline_key for r in cp.results[0]] == [r.baseline_key for r in cp.results[1]]
+
+    # the records: part minus the rest as one Target, its signed measure computed from the stored map
+    entries = store(cp, catalog, volume, settings, model="tiny", encoder="planted", run_id="split")
+    assert len(entries) == 4
+    for entry in entries:
+        record = catalog.record(entry.id)
+        i = cp.names.index(record["subregion"]["part"])
+        target = Target.from_record(record)
+        assert target.label == f"{split.parts[i].name} − 1.0×ROI·rest" and target.voxels_b == tuple(split.parts[1 - i].voxels)
+        stored = np.load(entry.image_path.with_suffix(".npy"))
+        expected = stored[split.parts[i].voxels].mean() - stored[split.parts[1 - i].voxels].mean()
+        assert record["predicted_objective"] == pytest.approx(expected, abs=1e-4)
+        assert record["subregion"]["gains"][cp.names[i]] == pytest.approx(cp.gains[i, i, cp.seeds.index(record["seed"])])
+        assert record["subregion"]["kind"] == "contrast" and record["subregion"]["by"] == "weights"
 
 
 def test_bad_requests_name_the_field(volume):

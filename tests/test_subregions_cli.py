@@ -56,6 +56,34 @@ def test_sweep_subregions_are_the_library_splits_and_old_ids_are_kept(tmp_path):
                                                       "height", "width"}
 
 
+def test_sweep_subregions_by_responses_and_kind(tmp_path):
+    """``by = "responses"`` reads an image folder relative to the sweep file: the library's split of those images."""
+    folder = tmp_path / "natural"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        PIL.Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    text = SWEEP.format(settings="steps = 2").split("[targets]")[0] + (
+        '[targets]\nsubregions = [{ roi = "OPA", k = 2, by = "responses", images = "natural", kind = "contrast" }]\n')
+    sweep = parse_sweep(text, base_dir=tmp_path)
+    subject = bd.load_subject("S1")
+    expected = sr.split_region(subject, "OPA", 2, "responses", encoder=bd.load_encoder(ASSET_ENCODER, subject=subject),
+                               images=folder)
+    targets = [j.target for j in sweep.jobs]
+    assert [t.label for t in targets] == ["OPA·1/2 − 1.0×OPA·rest", "OPA·2/2 − 1.0×OPA·rest"]
+    for i, (target, part) in enumerate(zip(targets, expected.parts)):
+        assert target.voxels == tuple(part.voxels.tolist())
+        assert target.voxels_b == tuple(expected.parts[1 - i].voxels.tolist())
+    with pytest.raises(SweepError, match=r"`subregions.images` .* is needed with by = \"responses\""):
+        parse_sweep(text.replace(', images = "natural"', ""), base_dir=tmp_path)
+    with pytest.raises(SweepError, match=r"only then; got by 'weights'"):
+        parse_sweep(text.replace('by = "responses"', 'by = "weights"'), base_dir=tmp_path)
+    with pytest.raises(SweepError, match=r"Image folder not found"):
+        parse_sweep(text.replace('"natural"', '"missing"'), base_dir=tmp_path)
+    with pytest.raises(SweepError, match=r"`subregions.kind` must be one of"):
+        parse_sweep(text.replace('"contrast"', '"max"'), base_dir=tmp_path)
+
+
 def test_sweep_start_images_times_strengths(tmp_path, reference):
     text = SWEEP.format(settings=f'steps = 2\ninit_images = ["{reference}"]\nstrength = [0.3, 0.6]')
     sweep = parse_sweep(text, base_dir=tmp_path)
@@ -114,5 +142,9 @@ def test_cli_subregions_generate_records_each_part_as_a_voxel_set(tmp_path):
     for part in expected.parts:
         spec = records[f"max {part.name}"]["target_spec"]
         assert spec["kind"] == "maximize" and list(spec["voxels"]) == part.voxels.tolist()
+        assert records[f"max {part.name}"]["subregion"]["part"] == part.name
+    # both parts' images share the seed's one unguided image, which History shows beside them
+    assert len({r["baseline_key"] for r in records.values()}) == 1
+    assert len(list((out / "unguided").glob("*.png"))) == 1
     assert (out / "cross_prediction.csv").is_file()
     assert main(["subregions", "--roi", "OPA", "--generate", "0", "--out", str(out)]) == 2

@@ -40,8 +40,21 @@ def test_generate_for_each_part_and_start_from_an_image(service):
     subject = service.subject_names()[0]
     encoder = service.encoders_for(subject)[0]
     parts, _ = panels.split(service, subject, encoder, "FFA", 2, "anatomy", "posterior-anterior", "")
-    gallery, table = panels.cross_predict(service, encoder, parts, 2, 0, "maximize", "fast")
+    gallery, table = panels.cross_predict(service, encoder, parts, 2, 0, "maximize", "fast", owner="me")
     assert len(gallery) == 4 and [row[0] for row in table] == ["FFA·post", "FFA·ant"]
+    # History: each part's images, owned by whoever made them, labelled and measured as the part's target
+    stored = {(e.target, e.seed): e for e in service.catalog.query(owner="me")}
+    assert sorted(stored) == [("FFA·ant", 0), ("FFA·ant", 1), ("FFA·post", 0), ("FFA·post", 1)]
+    assert service.catalog.query(owner="someone else") == []
+    for (name, seed), entry in stored.items():
+        record = service.catalog.record(entry.id)
+        part = parts.parts[[p.name for p in parts.parts].index(name)]
+        assert record["label"] == f"max {name}" and record["subregion"]["part"] == name
+        activations = np.load(entry.image_path.with_suffix(".npy"))
+        assert entry.objective == pytest.approx(activations[part.voxels].mean(), abs=1e-4)
+        assert service.catalog.unguided_paths(entry.id)[0].is_file()  # History's guided vs unguided pair
+        assert np.array_equal(np.asarray(PIL.Image.open(entry.image_path)), np.asarray(gallery[
+            [c for _, c in gallery].index(f"{name} · seed {seed}")][0]))
     reference = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 60, 3), dtype=np.uint8))
     ref, control, guided, text = panels.vary(service, subject, encoder, "FFA", "maximize", reference, 0.5, 20.0, 0, "fast")
     assert ref.size == control.size == guided.size == (64, 64)
@@ -55,3 +68,38 @@ def test_generate_for_each_part_and_start_from_an_image(service):
     assert entry.objective == pytest.approx(float(text.split("guided ")[1].split(" ")[0]), abs=1e-3)
     with pytest.raises(panels.ServiceError, match="Strength"):
         panels.vary(service, subject, encoder, "FFA", "maximize", reference, 1.5, 20.0, 0, "fast")
+
+
+def test_split_region_panel_and_cli_give_the_same_images_and_records(service, tmp_path):
+    """One request, two doors: the panel's "Generate for each part" and ``python -m braindive subregions``."""
+    from braindive.cli import main
+
+    subject = service.subject_names()[0]
+    encoder = service.encoders_for(subject)[0]
+    parts, _ = panels.split(service, subject, encoder, "OPA", 2, "response profile (encoder weights)",
+                            "posterior-anterior", "")
+    gallery, table = panels.cross_predict(service, encoder, parts, 1, 5, "contrast", "fast", owner="door")
+    settings = panels.panel_settings(service, "fast")
+    out = tmp_path / "cli"
+    assert main(["subregions", "--roi", "OPA", "--k", "2", "--by", "weights", "--generate", "1", "--gen-seed", "5",
+                 "--kind", "contrast", "--mode", "fast", "--steps", str(settings.steps), "--height", str(settings.height),
+                 "--width", str(settings.width), "--out", str(out)]) == 0
+    from braindive.catalog import Catalog
+
+    cli = Catalog(out)
+    cli_records = {cli.record(e.id)["label"]: (e, cli.record(e.id)) for e in cli.query()}
+    app_records = {service.catalog.record(e.id)["label"]: (e, service.catalog.record(e.id))
+                   for e in service.catalog.query(owner="door")}
+    assert sorted(cli_records) == sorted(app_records) == ["OPA·1/2 − 1.0×OPA·rest", "OPA·2/2 − 1.0×OPA·rest"]
+    for label, (app_entry, app) in app_records.items():
+        cli_entry, record = cli_records[label]
+        assert record["target_spec"] == app["target_spec"] and record["subregion"]["part"] == app["subregion"]["part"]
+        assert record["predicted_objective"] == pytest.approx(app["predicted_objective"], abs=1e-5)
+        assert record["baseline_measure"] == pytest.approx(app["baseline_measure"], abs=1e-5)
+        assert np.array_equal(np.asarray(PIL.Image.open(app_entry.image_path)), np.asarray(PIL.Image.open(cli_entry.image_path)))
+    rows = {row[0]: row for row in table}
+    with open(out / "cross_prediction.csv") as f:
+        import csv
+
+        for row in csv.DictReader(f):
+            assert float(row["margin"]) == pytest.approx(rows[row["images for"]][-1], abs=1e-4)

@@ -48,15 +48,39 @@ def test_measure_is_signed_and_matches_hand_computed_means(s1):
         values = objective(torch.from_numpy(acts)).numpy()
         np.testing.assert_allclose(target.measure_of(values), expected, rtol=1e-5)
         np.testing.assert_allclose(values, -expected if target.kind == "minimize" else expected, rtol=1e-5)
-        np.testing.assert_allclose(target.measure(acts), expected, rtol=1e-5)  # the subject it was built on
     lh = s1.roi("FFA.lh")
     assert Target.maximize("FFA.lh").measure(acts[0], s1) == pytest.approx(acts[0, lh].mean(), rel=1e-5)
     assert Target.voxel_set([0, 7]).measure(acts[2]) == pytest.approx(acts[2, [0, 7]].mean(), rel=1e-5)
 
 
-def test_measure_without_subject_is_an_error():
-    with pytest.raises(ValueError, match="needs a subject"):
-        Target.maximize("FFA").measure(np.zeros(10))
+def test_voxel_set_contrast_against_a_voxel_set(s1):
+    """A sub-region against the rest of its region: both sides voxel sets, measured and built alike."""
+    rng = np.random.default_rng(1)
+    acts = rng.normal(size=(4, s1.n_voxels))
+    part, rest = [5, 9, 11], [2, 3, 40, 41]
+    target = Target.voxel_set(part, name="OPA·1/2", kind="contrast", region_b="OPA·rest", weight=0.5, voxels_b=rest)
+    expected = acts[:, part].mean(1) - 0.5 * acts[:, rest].mean(1)
+    assert target.label == "OPA·1/2 − 0.5×OPA·rest" and target.regions == () and target.category_roi is None
+    np.testing.assert_allclose(target.measure(acts), expected)  # voxel sets only: no subject needed
+    np.testing.assert_allclose(target.measure(acts, s1), expected)
+    np.testing.assert_allclose(target.build(s1)(torch.from_numpy(acts)).numpy(), expected, rtol=1e-6)
+    assert Target.from_dict(json.loads(json.dumps(target.to_dict()))) == target
+    assert target.key()["b"] == rest  # identity by voxels, not names
+    with pytest.raises(ValueError, match="`voxels_b` must differ"):
+        Target.voxel_set(part, kind="contrast", voxels_b=part)
+    with pytest.raises(ValueError, match="only for a contrast"):
+        Target("maximize", "x", "", 1.0, (1,), (2,))
+    with pytest.raises(ValueError, match="`voxels_b` is an empty voxel set"):
+        Target.voxel_set(part, kind="contrast", voxels_b=[])
+
+
+def test_measure_without_subject_is_an_error(s1):
+    target = Target.maximize("FFA")
+    target.build(s1)  # building on a subject leaves nothing behind: the measure still needs the subject
+    with pytest.raises(ValueError, match="needs the subject"):
+        target.measure(np.zeros(10))
+    with pytest.raises(ValueError, match="needs the subject"):
+        Target.voxel_set([1, 2], kind="contrast", region_b="PPA").measure(np.zeros(10))
 
 
 @pytest.mark.parametrize("target", [Target.maximize("FFA"), Target.minimize("PPA"), Target.contrast("FFA", "PPA", 0.25),

@@ -120,6 +120,14 @@ def run_again_values(record: dict) -> dict:
     voxels); ``subject_space`` (the voxel-space fingerprint) says which space the subject must be.
     """
     d, t = describe_record(record), Target.from_record(record)
+    reference = (record.get("parameters") or {}).get("reference")
+    if reference:
+        raise ValueError(f"This result started from an image ({reference.get('file') or 'an upload'}, strength "
+                         f"{record['parameters'].get('strength')}); Explore's Generate starts from noise. Use "
+                         "\"Start from an image\" with that image instead.")
+    if t.voxels_b is not None:
+        raise ValueError(f"This result guides {t.region_a} against {t.region_b}, a voxel set Explore's contrast cannot "
+                         "name; use \"Split region…\" with \"Each part: contrast\" instead.")
     values = dict(subject=d.subject, subject_space=d.subject_space, encoder=d.encoder,
                   target=CUSTOM if t.voxels is not None else t.region_a, voxels=t.voxels or (),
                   objective=t.kind, contrast_target=t.region_b, weight=t.weight, scale=d.scale, steps=d.steps,
@@ -297,7 +305,10 @@ def build(service: Service, owner: Callable[[gr.Request | None], str | None] | N
     def run_again_settings(entry_id: str):
         if not entry_id:
             raise gr.Error("Open a result first (click its thumbnail).")
-        return run_again_values(service.catalog.record(entry_id))
+        try:
+            return run_again_values(service.catalog.record(entry_id))
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from exc
 
     run_again.click(run_again_settings, [current], [run_again_json])
 

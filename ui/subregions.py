@@ -15,8 +15,10 @@ from matplotlib.colors import ListedColormap
 from braindive import subregions as sr
 from braindive import variation as V
 from braindive.generate import GenerationSettings, SeedResult, seed_record
+from braindive.subregion_images import cross_prediction, store
 from braindive.targets import Target
 
+from .generation import storage_error
 from .service import Service, ServiceError
 
 PART_COLOURS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#17becf")
@@ -26,10 +28,17 @@ KINDS = ("maximize", "minimize")
 SCHEDULER = "dpm"  # what these panels run (the records say so)
 
 
-def call_defaults(service: Service) -> dict:
-    """The backend's defaults at the app's image size (``--image-size``), as *Generate* uses them."""
-    defaults, size = dict(service.backend().defaults), service.settings.image_size
-    return {**defaults, "height": size or defaults["height"], "width": size or defaults["width"]}
+def panel_settings(service: Service, mode: str, scale=None, strength: float = 1.0) -> GenerationSettings:
+    """The backend's defaults at the app's image size (``--image-size``), as *Generate* uses them, with the
+    panel's guidance computation (and scale, strength); checked against ``presets.LIMITS``."""
+    defaults, size = service.backend().defaults, service.settings.image_size
+    try:
+        return GenerationSettings(
+            mode=mode, scale=float(defaults["brain_guidance_scale"] if scale is None else scale),
+            steps=defaults["num_inference_steps"], scheduler=SCHEDULER, sag=defaults["sag_scale"],
+            height=size or defaults["height"], width=size or defaults["width"], strength=strength).checked()
+    except (TypeError, ValueError) as exc:
+        raise ServiceError(str(exc)) from exc
 
 
 @contextmanager
@@ -83,12 +92,20 @@ def report_table(rows: list[dict]) -> list[list]:
 
 
 def cross_predict(service: Service, encoder_name: str, parts: sr.Split, n_seeds: int, seed: int, kind: str,
-                  mode: str) -> tuple[list, list[list]]:
-    """Each part's images (same seeds) as gallery items and the cross-prediction table."""
-    defaults = call_defaults(service)
+                  mode: str, owner: str = "") -> tuple[list, list[list]]:
+    """Each part's images (same seeds) as gallery items and the cross-prediction table; the images go to the
+    catalog (History) with the part's target and the split, the unguided ones are shared with *Generate*."""
+    settings, subject = panel_settings(service, mode), service.subject_of(encoder_name)
+    model = service.backend().name
     with pipeline_slot(service, encoder_name) as pipe:
-        cp = sr.cross_prediction(pipe, parts.parts, range(int(seed), int(seed) + int(n_seeds)), kind=kind,
-                                 guidance_mode=mode, **defaults)
+        cp = cross_prediction(pipe, parts, range(int(seed), int(seed) + int(n_seeds)), settings, subject=subject,
+                              kind=kind, baselines=service.catalog, model=model,
+                              encoder=service.models.identity(encoder_name))
+    try:
+        store(cp, service.catalog, subject, settings, model=model, encoder=encoder_name, owner=owner,
+              run_id=f"split-{uuid.uuid4().hex[:10]}")
+    except OSError as exc:  # nothing of a failed image is kept (Catalog.add); a full disk says so
+        raise storage_error(exc) from exc
     gallery = [(image, f"{name} · seed {s}") for name, images in zip(cp.names, cp.images)
                for s, image in zip(cp.seeds, images)]
     table = [[row["images for"], *[round(row[f"gain {n}"], 4) for n in cp.names], f"{100 * row['own largest']:.0f}%",
@@ -103,16 +120,13 @@ def vary(service: Service, subject_label: str, encoder_name: str, roi: str, kind
     if image is None:
         raise ServiceError("Upload an image to start from.")
     subject = service.subject(subject_label)
-    defaults = call_defaults(service)
     try:
         strength = V.check_strengths(float(strength), "Strength")[0]
         target = (Target.maximize if kind == "maximize" else Target.minimize)(roi)
         objective = target.build(subject)
-        settings = GenerationSettings(mode=mode, scale=float(scale), steps=defaults["num_inference_steps"],
-                                      scheduler=SCHEDULER, sag=defaults["sag_scale"], height=defaults["height"],
-                                      width=defaults["width"], strength=strength).checked()
     except ValueError as exc:
         raise ServiceError(str(exc)) from exc
+    settings = panel_settings(service, mode, scale, strength)
     call = {k: v for k, v in settings.pipeline_kwargs().items() if k != "brain_guidance_scale"}
     with pipeline_slot(service, encoder_name) as pipe:
         grid = V.variations(pipe, objective, image, [strength], [settings.scale], seeds=(int(seed),), **call)
@@ -177,10 +191,11 @@ def build(service: Service, settings, subject: gr.Dropdown, encoder: gr.Dropdown
         parts, rows = _guard(lambda: split(service, subj, enc, name, k_, by_, axis_, folder_))
         return parts, _guard(lambda: parts_map(service, subj, parts)), legend(parts, rows), report_table(rows)
 
-    def do_generate(enc, parts, n, s0, kind_, mode_):
+    def do_generate(enc, parts, n, s0, kind_, mode_, request: gr.Request):
         if parts is None:
             raise gr.Error("Split a region first.")
-        gallery, table = _guard(lambda: cross_predict(service, enc, parts, n, s0, kind_, mode_))
+        gallery, table = _guard(lambda: cross_predict(service, enc, parts, n, s0, kind_, mode_,
+                                                      owner=service.owner_of(request)))
         headers = ["images for", *[f"gain {p.name}" for p in parts.parts], "own largest", "margin"]
         return gallery, gr.Dataframe(value=table, headers=headers)
 

@@ -50,7 +50,7 @@ SETTING_LIMITS = {"scale": "scale", "steps": "steps", "sag": "sag", "cfg": "cfg"
 _EXECUTION_RANGES = {"batch_size": (int, 1, 256), "cpus_per_worker": (int, 1, 1024), "gpus_per_worker": (float, 0, 16),
                      "workers": (int, 0, 100000), "max_retries": (int, 0, 100)}
 _IMAGE_SETTINGS = {"init_images", "strength"}  # reference-image variations: start images x strengths
-_SUBREGION_KEYS = {"roi", "k", "by", "axis", "seed"}
+_SUBREGION_KEYS = {"roi", "k", "by", "axis", "seed", "images", "kind"}
 
 
 class SweepError(ValueError):
@@ -377,32 +377,41 @@ class _Reader:
         return out
 
     def subregion_targets(self, entries, enc: EncoderSpec, subject) -> list[Target]:
-        """``subregions = [{roi = "OPA", k = 2, by = "weights", axis = ..., seed = 0}]``: each part of the split
-        maximised (``Target.voxel_set`` named "OPA·1/2"). ``by = "weights"`` reads the encoder's head from its
-        local folder; ``"responses"`` is not offered here (split with ``python -m braindive subregions`` and list
-        the parts' voxel files instead)."""
+        """``subregions = [{roi = "OPA", k = 2, by = "weights", axis = ..., seed = 0, images = ..., kind = ...}]``:
+        each part of the split as ``subregions.part_target`` (maximised by default; ``kind`` "minimize" or
+        "contrast", part minus the rest of the region). ``by = "weights"`` reads the encoder's head from its local
+        folder; ``"responses"`` predicts the voxels' responses to the images of the folder ``images`` (relative
+        to the sweep file) with the whole encoder, here on the CPU; ``"anatomy"`` bins along ``axis``."""
         from .. import subregions as sr
 
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            self.fail("`targets.subregions` must be a list of {roi, k, by, axis, seed} tables.", "targets", "subregions")
+            self.fail(f"`targets.subregions` must be a list of {{{', '.join(sorted(_SUBREGION_KEYS))}}} tables.",
+                      "targets", "subregions")
         found = []
         for e in entries:
             if set(e) - _SUBREGION_KEYS or "roi" not in e:
                 self.fail(f"each subregion entry takes {sorted(_SUBREGION_KEYS)} (roi required), got {sorted(e)}.",
                           "targets", "subregions")
-            by = e.get("by", "weights")
-            if by not in ("weights", "anatomy"):
-                self.fail(f"`subregions.by` must be 'weights' or 'anatomy' in a sweep, got {by!r}.", "targets",
-                          "subregions", needle=f'"{by}"')
+            by, kind = e.get("by", "weights"), e.get("kind", "maximize")
+            if by not in sr.BY:
+                self.fail(f"`subregions.by` must be one of {list(sr.BY)}, got {by!r}.", "targets", "subregions",
+                          needle=f'"{by}"')
+            if kind not in sr.PART_KINDS:
+                self.fail(f"`subregions.kind` must be one of {list(sr.PART_KINDS)}, got {kind!r}.", "targets",
+                          "subregions", needle=f'"{kind}"')
+            if (by == "responses") != ("images" in e):
+                self.fail("`subregions.images` (a folder of images, relative to the sweep file) is needed with "
+                          f"by = \"responses\" and only then; got by {by!r}.", "targets", "subregions")
             k = self.number(e.get("k", 2), int, *sr.K_RANGE, "targets", "subregions", name="subregions.k")
             seed = self.limit("seed", e.get("seed", 0), "targets", "subregions")
             try:
-                weights = _head_weights(enc) if by == "weights" else None
-                split = sr.split_region(subject, self.string(e["roi"], "targets", "subregions"), k, by, encoder=weights,
+                images = self.base_dir / self.string(e["images"], "targets", "subregions") if "images" in e else None
+                split = sr.split_region(subject, self.string(e["roi"], "targets", "subregions"), k, by,
+                                        encoder=_split_encoder(enc, by, subject), images=images,
                                         axis=e.get("axis", "posterior-anterior"), seed=seed)
             except (OSError, ValueError) as exc:
                 self.fail(f"subregions {e!r}: {exc}", "targets", "subregions")
-            found += [sr.part_target(part) for part in split.parts]
+            found += [sr.part_target(split, i, kind) for i in range(split.k)]
         return found
 
     def voxel_file(self, file: str, subject) -> Target:
@@ -474,14 +483,20 @@ def _variant(settings: Settings, key: str) -> str:
     return f"{key}={value!r}" if key == "prompt" else f"{key}={Path(value).name}" if key == "init_image" else f"{key}={value}"
 
 
-def _head_weights(enc: EncoderSpec) -> np.ndarray:
-    """``[n_voxels, d]`` head weights of a local encoder folder (the demo's included), without its tower."""
+def _split_encoder(enc: EncoderSpec, by: str, subject):
+    """What ``subregions.split_region`` needs of the encoder: its ``[n_voxels, d]`` head weights for ``"weights"``
+    (read from a local folder, the demo's included, without the tower), the whole encoder on the CPU for
+    ``"responses"``, nothing for ``"anatomy"``."""
     from safetensors.numpy import load_file
 
     from ..demo import ASSET_ENCODER
-    from ..encoders import HEAD_NAME
+    from ..encoders import HEAD_NAME, load_encoder
 
     folder = ASSET_ENCODER if enc.path == DEMO else Path(enc.path)
+    if by == "responses":
+        return load_encoder(str(folder) if enc.path == DEMO else enc.path, subject=subject).eval()
+    if by != "weights":
+        return None
     if not (folder / HEAD_NAME).is_file():
         raise ValueError(f"subregions by weights need a local encoder folder with {HEAD_NAME}; {enc.path!r} has none.")
     return load_file(str(folder / HEAD_NAME))["weight"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..generate import generate_seeds, seed_record, unguided_seeds
+from ..generate import BaselineStore, generate_seeds, seed_record, unguided_seeds
 from .sweep import DEMO, EncoderSpec, Job
 
 __all__ = ["BatchWorker", "Unit", "Faults", "ImageOut", "BaselineOut"]
@@ -120,7 +120,7 @@ class BatchWorker:
         job, (encoder, subject) = unit.job, self._encoder(unit.job.encoder)
         pipe = self._pipeline()
         pipe.set_encoder(encoder)
-        store = _Store({k: (_image(png), acts) for k, (png, acts) in unit.baselines.items()})
+        store = BaselineStore({k: (_image(png), acts) for k, (png, acts) in unit.baselines.items()})
         results = generate_seeds(pipe, job.target, unit.seeds, job.settings, subject=subject, baseline=baseline,
                                  baselines=store, model=self._model_name, encoder=job.encoder.identity,
                                  batch=self._batch)
@@ -167,20 +167,6 @@ class BatchWorker:
             self.max_batch = max(1, len(seeds) // 2)
             return self._call(objective, seeds, params)
         return out.images, out.activations.numpy().astype(np.float32), out.objective_values.numpy()
-
-
-class _Store(dict):
-    """A unit's baselines for ``generate_seeds``; ``made`` holds the ones made here."""
-
-    def __init__(self, known):
-        super().__init__(known)
-        self.made = {}
-
-    def get_baseline(self, key):
-        return self.get(key)
-
-    def put_baseline(self, key, image, activations):
-        self[key] = self.made[key] = (image, activations)
 
 
 def _png(image) -> bytes:
