@@ -1,4 +1,5 @@
-"""In the browser: split OPA into 2, see two colours and the legend, generate for each part, see the table."""
+"""In the browser: split OPA into 2, see two colours and the legend, generate for each part, see the table,
+then the parts' images in History."""
 import base64
 import io
 
@@ -41,3 +42,10 @@ def test_split_opa_in_two_colours_then_generate_and_see_the_table(page):  # noqa
                            "document.querySelector('#cross-table').innerText.includes('OPA·2/2')", timeout=600_000)
     assert page.locator("#parts-gallery img").count() >= 2
     page.screenshot(path=ARTIFACTS / "explore-split-opa.png", full_page=True)
+    # each part's image is in History, labelled as the part's target
+    page.get_by_role("tab", name="History").click()
+    page.locator("#history-refresh").click()
+    page.wait_for_function("document.querySelector('#history-table') && "
+                           "document.querySelector('#history-table').innerText.includes('max OPA·1/2') && "
+                           "document.querySelector('#history-table').innerText.includes('max OPA·2/2')", timeout=120_000)
+    page.screenshot(path=ARTIFACTS / "history-split-opa.png", full_page=True)

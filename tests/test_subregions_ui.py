@@ -103,3 +103,21 @@ def test_split_region_panel_and_cli_give_the_same_images_and_records(service, tm
 
         for row in csv.DictReader(f):
             assert float(row["margin"]) == pytest.approx(rows[row["images for"]][-1], abs=1e-4)
+
+
+def test_split_and_generate_on_the_built_in_volume_subject(service):
+    """S1-fullhead (a volume subject, its encoder derived on first use): parts on the flatmap, images in History."""
+    subject = next(label for label in service.subject_names() if "fullhead" in label)
+    encoder = service.encoders_for(subject)[0]
+    volume = service.subject(subject)
+    parts, rows = panels.split(service, subject, encoder, "FFA", 2, "anatomy", "posterior-anterior", "")
+    y = volume.affine[1, :3] @ volume.ijk.T.astype(float) + volume.affine[1, 3]  # scanner y of every voxel, by hand
+    for hemi in (False, True):  # posterior half of each hemisphere's FFA first
+        post, ant = (p.voxels[volume.is_right[p.voxels] == hemi] for p in parts.parts)
+        assert y[post].max() <= y[ant].min()
+    image = panels.parts_map(service, subject, parts)
+    assert all(_colour_pixels(image, c) > 0 for c in panels.PART_COLOURS[:2])
+    panels.cross_predict(service, encoder, parts, 1, 3, "maximize", "fast", owner="volume")
+    entries = service.catalog.query(owner="volume")
+    assert sorted(e.target for e in entries) == ["FFA·ant", "FFA·post"]
+    assert {service.catalog.record(e.id)["subject_space"] for e in entries} == {volume.fingerprint}
