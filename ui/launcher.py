@@ -1,17 +1,16 @@
 """Starting training jobs from the app: checked names, allowed data roots, one job at a time.
 
 The Train tab may read datasets and backbones only under the data folder and the folders named at
-start-up (``Settings.train_roots``). Every refusal of a path is the same message, whether or not the
-path exists, and names no server folder, so the form cannot be used to probe the server's files.
+start-up (``Settings.train_roots``), checked by ``ui.paths``.
 """
 from __future__ import annotations
 
 import re
 import threading
 import uuid
-from pathlib import Path
 
 from .jobs import TrainingJob, mark_orphans
+from .paths import inside_roots, refused
 from .registry import ServiceError
 from .validation import whole
 
@@ -32,32 +31,16 @@ class TrainingLauncher:
         self._lock = threading.Lock()  # the "already running" check, the name check and the start are one step
         mark_orphans(settings.jobs_dir)  # jobs of an app that was killed: their job.json said "running"
 
-    def _refused(self, what: str, value: str) -> ServiceError:
-        shown = value if len(value) <= 80 else value[:80] + "…"
-        return ServiceError(f"{what} {shown!r} is not available to the app: use a {what.lower()} inside the app's data "
-                            "folder or a folder allowed at start-up (--train-roots).")
-
-    def _inside_roots(self, raw: str, what: str, want_dir: bool) -> Path:
-        """``raw`` resolved (symlinks too) when it is an existing file/folder under an allowed root; else one refusal."""
-        try:
-            path = Path(raw).expanduser()
-            path = (path if path.is_absolute() else Path.cwd() / path).resolve()
-            ok = path.is_dir() if want_dir else path.is_file()
-        except (OSError, RuntimeError, ValueError):
-            ok = False
-        if not ok or not any(path.is_relative_to(root) for root in self.settings.allowed_roots):
-            raise self._refused(what, raw)
-        return path
-
     def _backbone(self, backbone: str, pretrained: str) -> tuple[str, str]:
         """The backbone and pretrained arguments, with any local path checked against the allowed roots."""
         backbone, pretrained = backbone.strip(), (pretrained.strip() or "none")
         if backbone.startswith("local-dir:"):
-            backbone = "local-dir:" + str(self._inside_roots(backbone[len("local-dir:"):], "Backbone", want_dir=True))
+            local = inside_roots(self.settings, backbone[len("local-dir:"):], "Backbone", want_dir=True)
+            backbone = f"local-dir:{local}"
         elif not (_MODEL.fullmatch(backbone) or _HUB.fullmatch(backbone)):
-            raise self._refused("Backbone", backbone)
+            raise refused("Backbone", backbone)
         if not _TAG.fullmatch(pretrained):  # decided by the text alone: the answer never says what exists
-            pretrained = str(self._inside_roots(pretrained, "Pretrained file", want_dir=False))
+            pretrained = str(inside_roots(self.settings, pretrained, "Pretrained file", want_dir=False))
         return backbone, pretrained
 
     def start(self, dataset_kind: str, dataset_path: str = "", name: str = "", n_train: int = 600, n_test: int = 150,
@@ -78,7 +61,7 @@ class TrainingLauncher:
         backbone, pretrained = self._backbone(backbone, pretrained)
         data = None
         if dataset_kind != "synthetic":
-            data = self._inside_roots(dataset_path or "", "Dataset", want_dir=False)
+            data = inside_roots(self.settings, dataset_path or "", "Dataset", want_dir=False)
         with self._lock:
             if any(job.running for job in self.jobs.values()):
                 raise ServiceError("A training job is already running; wait for it or cancel it.")

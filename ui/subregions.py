@@ -15,10 +15,12 @@ from matplotlib.colors import ListedColormap
 from braindive import subregions as sr
 from braindive import variation as V
 from braindive.generate import GenerationSettings, SeedResult, seed_record
+from braindive.prepared import nsd_image, nsd_reference_name
 from braindive.subregion_images import cross_prediction, store
 from braindive.targets import Target
 
 from .generation import storage_error
+from .paths import inside_roots
 from .service import Service, ServiceError
 
 PART_COLOURS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#17becf")
@@ -61,9 +63,11 @@ def pipeline_slot(service: Service, encoder_name: str):
 def split(service: Service, subject_label: str, encoder_name: str, roi: str, k, by: str, axis: str, folder: str):
     """The split and its per-part report rows; library errors become ``ServiceError``."""
     subject = service.subject(subject_label)
+    by = BY_CHOICES.get(by, by)
+    images = inside_roots(service.settings, folder, "Image folder", want_dir=True) if by == "responses" else None
     try:
-        parts = sr.split_region(subject, roi, int(k), BY_CHOICES.get(by, by), encoder=service.encoder(encoder_name),
-                                images=folder or None, axis=axis)
+        parts = sr.split_region(subject, roi, int(k), by, encoder=service.encoder(encoder_name), images=images,
+                                axis=axis)
     except (ValueError, FileNotFoundError) as exc:
         raise ServiceError(str(exc)) from exc
     features = parts.features if parts.features is not None else sr.weight_profiles(service.encoder(encoder_name), parts.voxels)
@@ -113,12 +117,31 @@ def cross_predict(service: Service, encoder_name: str, parts: sr.Split, n_seeds:
     return gallery, table
 
 
+def start_image(service: Service, upload, nsd_dataset: str = "", nsd_id=None) -> tuple[object, str]:
+    """The reference image and the name records give it: an upload (no name), or the image of NSD id ``nsd_id``
+    (0-based 73k id) in a prepared NSD dataset under the allowed folders (``nsd-<id>``)."""
+    from_nsd = nsd_id not in (None, "")
+    if (upload is None) == (not from_nsd):
+        raise ServiceError("Start from one image: upload one, or give an NSD image id and its prepared dataset"
+                           + (", not both." if from_nsd else "."))
+    if not from_nsd:
+        return upload, ""
+    path = inside_roots(service.settings, nsd_dataset or "", "Dataset", want_dir=False)
+    try:
+        number = float(nsd_id)
+        if not number.is_integer():
+            raise ValueError(f"`NSD image id` must be a whole number, got {nsd_id!r}.")
+        return nsd_image(path, int(number)), nsd_reference_name(int(number))
+    except (ValueError, OSError) as exc:
+        raise ServiceError(str(exc).replace(str(path), path.name)) from exc  # no server folder in the answer
+
+
 def vary(service: Service, subject_label: str, encoder_name: str, roi: str, kind: str, image, strength, scale, seed,
-         mode: str, owner: str = "") -> tuple:
-    """Reference (VAE-sized), control and guided images from ``image`` at ``strength``, and a summary line.
-    The guided image goes to the catalog (History) with the strength and the reference's pixel hash."""
-    if image is None:
-        raise ServiceError("Upload an image to start from.")
+         mode: str, owner: str = "", nsd_dataset: str = "", nsd_id=None) -> tuple:
+    """Reference (VAE-sized), control and guided images from ``image`` (or an NSD image, ``start_image``) at
+    ``strength``, and a summary line. The guided image goes to the catalog (History) with the strength and the
+    reference's name and pixel hash."""
+    image, reference_name = start_image(service, image, nsd_dataset, nsd_id)
     subject = service.subject(subject_label)
     try:
         strength = V.check_strengths(float(strength), "Strength")[0]
@@ -135,8 +158,8 @@ def vary(service: Service, subject_label: str, encoder_name: str, roi: str, kind
                         baseline_activations=control.activations,
                         baseline_measure=target.measure(control.activations, subject))
     record = seed_record(result, target, subject, settings, model=service.backend().name, encoder=encoder_name)
-    # an upload has no file: the record names it by its pixel hash (what ``GenerationSettings.image_record`` keeps)
-    record["parameters"].update(strength=strength, reference={"file": "", "sha256": grid.reference_hash})
+    # an upload has no file name: the record names it by its pixel hash (what ``GenerationSettings.image_record`` keeps)
+    record["parameters"].update(strength=strength, reference={"file": reference_name, "sha256": grid.reference_hash})
     record.pop("baseline_key", None)  # the control was made here, not taken from the baseline store
     service.catalog.add(guided.image, record, run_id=uuid.uuid4().hex[:10], owner=owner)
     text = (f"{roi} mean: reference {grid.reference_value:+.3f} → control {control.value:+.3f} → guided "
@@ -172,7 +195,13 @@ def build(service: Service, settings, subject: gr.Dropdown, encoder: gr.Dropdown
 
     with gr.Accordion("Start from an image", open=False, elem_id="start-image"):
         with gr.Row():
-            reference = gr.Image(type="pil", label="Reference image", elem_id="reference-image", format="png")
+            with gr.Column():
+                reference = gr.Image(type="pil", label="Reference image", elem_id="reference-image", format="png")
+                with gr.Row():
+                    nsd_id = gr.Number(value=None, precision=0, minimum=0, label="…or NSD image id (nsdId, 0-based)",
+                                       elem_id="nsd-id")
+                    nsd_dataset = gr.Textbox(label="Prepared NSD dataset (.h5)", placeholder="outputs/nsd/subj01.h5",
+                                             elem_id="nsd-dataset")
             with gr.Column():
                 var_kind = gr.Radio(list(KINDS), value="maximize", label="Push the selected ROI", elem_id="var-kind")
                 strength = gr.Slider(0, 1, value=0.5, step=0.05, label="Strength", elem_id="strength")
@@ -204,10 +233,13 @@ def build(service: Service, settings, subject: gr.Dropdown, encoder: gr.Dropdown
     split_generate.click(do_generate, [encoder, state, n_seeds, first_seed, kind, split_mode], [parts_gallery, cross_table],
                          concurrency_limit=settings.concurrency + settings.queue_size, concurrency_id="gpu")
     def do_vary(subj, enc, name, *rest, request: gr.Request):
-        return _guard(lambda: vary(service, subj, enc, name, *rest, owner=service.owner_of(request)))
+        *rest, dataset_, id_ = rest
+        return _guard(lambda: vary(service, subj, enc, name, *rest, owner=service.owner_of(request),
+                                   nsd_dataset=dataset_, nsd_id=id_))
 
     vary_button.click(do_vary,
-                      [subject, encoder, roi, var_kind, reference, strength, var_scale, var_seed, var_mode],
+                      [subject, encoder, roi, var_kind, reference, strength, var_scale, var_seed, var_mode, nsd_dataset,
+                       nsd_id],
                       [ref_out, control_out, guided_out, var_text],
                       concurrency_limit=settings.concurrency + settings.queue_size, concurrency_id="gpu")
 

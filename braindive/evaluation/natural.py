@@ -2,40 +2,29 @@
 encoder prediction over any image folder. They are the paper's baseline for the generated images.
 
 The dataset is the HDF5 encoding dataset written by ``training.prepare_nsd`` (format
-``braindive-encoding-dataset``; see ``training/dataset.py``). It is read here with h5py directly,
-since ``braindive`` never imports ``training``.
+``braindive-encoding-dataset``; see ``training/dataset.py``), read through ``braindive.prepared``.
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-import h5py
 import numpy as np
 import PIL.Image
 import torch
 
 from ..objectives import Objective
+from ..prepared import dataset_subject, open_dataset
 from ..rerank import score_images
-from ..subjects import Subject
 from .sets import ImageSet, open_rgb
 
 __all__ = ["top_measured", "top_predicted", "comparison_sets", "IMAGE_SUFFIXES"]
 
-DATASET_FORMAT = "braindive-encoding-dataset"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 def _check_n(n: int) -> None:
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"`n` (top-N natural images) must be an integer >= 1, got {n!r}.")
-
-
-def _dataset_subject(f: h5py.File) -> Subject:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "subject.npz"
-        path.write_bytes(f["subject/npz"][()].tobytes())
-        return Subject.load(path)
 
 
 def top_measured(dataset, target: str, objective: Objective, subject: str, n: int = 50) -> ImageSet:
@@ -46,16 +35,8 @@ def top_measured(dataset, target: str, objective: Objective, subject: str, n: in
     """
     _check_n(n)
     path = Path(dataset)
-    if not path.is_file():
-        raise FileNotFoundError(f"NSD dataset file not found: {path}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise ValueError(f"NSD dataset {path} is not a readable HDF5 file: {exc}") from exc
-    with f:
-        if f.attrs.get("format") != DATASET_FORMAT:
-            raise ValueError(f"{path} is not a {DATASET_FORMAT} file; prepare it with training.prepare_nsd.")
-        data_subject = _dataset_subject(f)
+    with open_dataset(path) as f:
+        data_subject = dataset_subject(f)
         if data_subject.name != subject:
             raise ValueError(f"NSD dataset {path} is subject {data_subject.name!r}, the images are subject {subject!r}.")
         objective.check(data_subject.n_voxels)

@@ -1,0 +1,88 @@
+"""A variation that starts from an NSD image (by its 0-based 73k id) of a prepared NSD dataset: the library
+read against the release's own ``nsd_stimuli.hdf5``, and the app's "Start from an image" panel."""
+import h5py
+import numpy as np
+import PIL.Image
+import pytest
+from nsd_fixture import make_nsd_tree
+
+from braindive.prepared import nsd_image
+from braindive.variation import image_hash
+from service_support import demo_service
+from training import prepare_nsd
+from training_support import one_torch_thread  # noqa: F401  (autouse)
+from ui import subregions as panels
+from ui.service import ServiceError
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    return make_nsd_tree(tmp_path_factory.mktemp("nsd"), n_sessions=3)
+
+
+@pytest.fixture(scope="module")
+def service(release, tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    prepared = prepare_nsd.prepare_nsd(release.root, "subj01", data / "nsd", sessions=3, image_size=0,
+                                       betas_format="nifti")
+    service = demo_service(data)
+    service.backend().defaults["num_inference_steps"] = 3
+    service.prepared = prepared.dataset
+    return service
+
+
+def _brick(release, nsd_id: int) -> np.ndarray:
+    with h5py.File(release.root / "nsddata_stimuli" / "stimuli" / "nsd" / "nsd_stimuli.hdf5", "r") as f:
+        return f["imgBrick"][nsd_id]
+
+
+def test_nsd_image_is_the_release_image_of_that_73k_id(release, service):
+    for nsd_id in (int(release.trial_images[0]), int(release.shared_ids[-1])):
+        np.testing.assert_array_equal(np.asarray(nsd_image(service.prepared, nsd_id)), _brick(release, nsd_id))
+    shown = set(release.trial_images.tolist())
+    one_based = next(i + 1 for i in sorted(shown) if i + 1 not in shown)
+    with pytest.raises(ValueError, match=rf"NSD image {one_based} is not in .*; {one_based - 1} is \(a 1-based id"):
+        nsd_image(service.prepared, one_based)
+    with pytest.raises(ValueError, match="an integer from 0 to 72999, got 73000"):
+        nsd_image(service.prepared, 73000)
+    with pytest.raises(FileNotFoundError, match="NSD dataset file not found"):
+        nsd_image(service.prepared.with_name("missing.h5"), 1)
+
+
+def test_start_from_an_nsd_image_in_the_app(release, service):
+    subject = service.subject_names()[0]
+    encoder = service.encoders_for(subject)[0]
+    nsd_id = int(release.shared_ids[0])
+    dataset = str(service.prepared)
+    ref, control, guided, text = panels.vary(service, subject, encoder, "PPA", "minimize", None, 0.6, 20.0, 1, "fast",
+                                             owner="nsd", nsd_dataset=dataset, nsd_id=nsd_id)
+    expected = PIL.Image.fromarray(_brick(release, nsd_id))
+    (entry,) = service.catalog.query(owner="nsd")
+    record = service.catalog.record(entry.id)
+    assert record["parameters"]["reference"] == {"file": f"nsd-{nsd_id}", "sha256": image_hash(expected)}
+    assert record["parameters"]["strength"] == 0.6 and record["label"] == "min PPA"
+    upload = PIL.Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ServiceError, match="not both"):
+        panels.vary(service, subject, encoder, "PPA", "minimize", upload, 0.6, 20.0, 1, "fast", nsd_dataset=dataset,
+                    nsd_id=nsd_id)
+    with pytest.raises(ServiceError, match="upload one, or give an NSD image id"):
+        panels.vary(service, subject, encoder, "PPA", "minimize", None, 0.6, 20.0, 1, "fast")
+    # a dataset outside the app's folders gets the same refusal as a path that does not exist
+    outside = release.root / "nsddata_stimuli" / "stimuli" / "nsd" / "nsd_stimuli.hdf5"
+    for path in (str(outside), "/no/such/file.h5"):
+        with pytest.raises(ServiceError, match="is not available to the app") as refused:
+            panels.vary(service, subject, encoder, "PPA", "minimize", None, 0.6, 20.0, 1, "fast", nsd_dataset=path,
+                        nsd_id=nsd_id)
+        assert str(refused.value).startswith(f"Dataset '{path}'")
+    with pytest.raises(ServiceError, match=r"NSD image 72999 is not in subj01"):
+        panels.vary(service, subject, encoder, "PPA", "minimize", None, 0.6, 20.0, 1, "fast", nsd_dataset=dataset,
+                    nsd_id=72999)
+
+
+def test_split_by_responses_reads_only_folders_the_app_may_read(service, release):
+    subject = service.subject_names()[0]
+    encoder = service.encoders_for(subject)[0]
+    for folder in (str(release.root), "/etc", "relative/missing"):
+        with pytest.raises(ServiceError, match="Image folder .* is not available to the app"):
+            panels.split(service, subject, encoder, "OPA", 2, "response profile (images in a folder)",
+                         "posterior-anterior", folder)
