@@ -280,7 +280,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--by", default="weights", help="weights (k-means on encoder weights), responses (k-means on "
                    "predicted responses to --images) or anatomy (equal-count bins along --axis)")
     r.add_argument("--axis", default="posterior-anterior", help="posterior-anterior, ventral-dorsal or medial-lateral")
-    r.add_argument("--images", help="folder of images for --by responses")
+    r.add_argument("--images", help="for --by responses: a folder of images, or a prepared NSD dataset (.h5; its "
+                   "shared test images)")
     r.add_argument("--seed", default=0, help="k-means seed")
     r.add_argument("--generate", help="images per part (seeds --gen-seed..); omitted: split only")
     r.add_argument("--gen-seed", default=0)

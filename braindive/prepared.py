@@ -1,8 +1,8 @@
 """Reading the prepared encoding datasets (``training/dataset.py``'s HDF5 format) from ``braindive``.
 
 ``training.prepare_nsd`` / ``prepare_generic`` write them; ``braindive`` never imports ``training``, so the
-few reads it needs are here: ``open_dataset`` (checked), ``dataset_subject`` and ``nsd_image``, an image
-by its NSD id. NSD ids are the 0-based "73k" ids (``nsdId`` in ``nsd_stim_info_merged.csv``, the row of
+few reads it needs are here: ``open_dataset`` (checked), ``dataset_subject``, ``nsd_image`` (an image
+by its NSD id) and ``test_images`` (the test split: for NSD, the shared images). NSD ids are the 0-based "73k" ids (``nsdId`` in ``nsd_stim_info_merged.csv``, the row of
 ``nsd_stimuli.hdf5``); the experiment design file's ``subjectim`` and ``sharedix`` are 1-based.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import PIL.Image
 
 from .subjects import Subject
 
-__all__ = ["DATASET_FORMAT", "open_dataset", "dataset_subject", "nsd_image", "nsd_reference_name"]
+__all__ = ["DATASET_FORMAT", "open_dataset", "dataset_subject", "nsd_image", "nsd_reference_name", "test_images"]
 
 DATASET_FORMAT = "braindive-encoding-dataset"
 
@@ -68,3 +68,10 @@ def nsd_image(dataset, nsd_id) -> PIL.Image.Image:
             raise ValueError(f"NSD image {int(nsd_id)} is not in {Path(dataset).name}: it holds {len(ids)} images, "
                              f"ids {int(ids.min())}..{int(ids.max())}{near}.")
         return PIL.Image.fromarray(f["images/pixels"][int(rows[0])])
+
+
+def test_images(dataset) -> list[PIL.Image.Image]:
+    """The test split's images of ``dataset`` in its order (NSD: the shared images the subject saw)."""
+    with open_dataset(dataset) as f:
+        rows = f["test/image_index"][()]
+        return [PIL.Image.fromarray(f["images/pixels"][int(r)]) for r in rows]

@@ -3,8 +3,9 @@
 Three ways (``BY``), all deterministic:
 
 * ``"weights"``: k-means on the encoder's head rows of the region's voxels, each unit-normalised;
-* ``"responses"``: k-means on the voxels' predicted responses to a set of images (e.g. a folder of natural
-  images), each voxel's profile centred and unit-normalised (so similarity is correlation);
+* ``"responses"``: k-means on the voxels' predicted responses to a set of images (a folder of natural
+  images, or a prepared NSD dataset's shared test images), each voxel's profile centred and unit-normalised
+  (so similarity is correlation);
 * ``"anatomy"``: equal-count bins along an axis of ``AXES`` in the subject's own millimetres (volume: the
   grid's affine; surface: pycortex's fiducial surface), binned per hemisphere, so "OPA·post" holds the
   posterior part of both hemispheres' OPA.
@@ -31,7 +32,7 @@ from .subjects import HEMISPHERES, Subject
 from .targets import Target
 
 __all__ = ["BY", "AXES", "K_RANGE", "Part", "Split", "split_region", "kmeans", "voxel_coordinates",
-           "weight_profiles", "response_profiles", "folder_images", "part_target", "PART_KINDS", "report",
+           "weight_profiles", "response_profiles", "profile_images", "part_target", "PART_KINDS", "report",
            "profile_similarity"]
 
 BY = ("weights", "responses", "anatomy")
@@ -113,7 +114,7 @@ def split_region(subject: Subject, roi: str, k: int, by: str = "weights", *, enc
         else:
             if images is None:
                 raise ValueError("Splitting by 'responses' needs `images` (a folder or an image tensor).")
-            features = response_profiles(encoder, voxels, folder_images(images) if isinstance(images, (str, Path))
+            features = response_profiles(encoder, voxels, profile_images(images) if isinstance(images, (str, Path))
                                          else images)
         labels = kmeans(features, k, seed=seed, n_init=n_init).labels
         axis, names = None, [f"{i}/{k}" for i in range(1, k + 1)]
@@ -194,20 +195,28 @@ def response_profiles(encoder, voxels: np.ndarray, images, batch_size: int = 16)
     return _unit_rows(profiles - profiles.mean(1, keepdims=True), "responses")
 
 
-def folder_images(folder, size: int = 224):
-    """The images of ``folder`` (recursively, sorted by path) as a ``[N, 3, size, size]`` tensor in [0, 1]."""
+def profile_images(source, size: int = 224):
+    """The images response profiles are predicted for, as a ``[N, 3, size, size]`` tensor in [0, 1]: those of a
+    folder (recursively, sorted by path), or the test split of a prepared NSD dataset file (``.h5``: the
+    shared images, in the dataset's order)."""
     import torch
 
     from .evaluation.natural import IMAGE_SUFFIXES
     from .evaluation.sets import open_rgb
+    from .prepared import test_images
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"Image folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if len(files) < 2:
-        raise ValueError(f"Folder {folder} has {len(files)} images ({', '.join(IMAGE_SUFFIXES)}); at least 2 are needed.")
-    arrays = [np.asarray(open_rgb(p).resize((size, size)), np.float32) / 255 for p in files]
+    source = Path(source)
+    if source.is_file():
+        images = test_images(source)
+    elif source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        images = [open_rgb(p) for p in files]
+    else:
+        raise FileNotFoundError(f"Image folder (or prepared NSD dataset) not found: {source}")
+    if len(images) < 2:
+        raise ValueError(f"{source} has {len(images)} images ({', '.join(IMAGE_SUFFIXES)} files, or a dataset's "
+                         "test split); at least 2 are needed.")
+    arrays = [np.asarray(image.resize((size, size)), np.float32) / 255 for image in images]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
 
 

@@ -78,7 +78,7 @@ def test_sweep_subregions_by_responses_and_kind(tmp_path):
         parse_sweep(text.replace(', images = "natural"', ""), base_dir=tmp_path)
     with pytest.raises(SweepError, match=r"only then; got by 'weights'"):
         parse_sweep(text.replace('by = "responses"', 'by = "weights"'), base_dir=tmp_path)
-    with pytest.raises(SweepError, match=r"Image folder not found"):
+    with pytest.raises(SweepError, match=r"Image folder \(or prepared NSD dataset\) not found"):
         parse_sweep(text.replace('"natural"', '"missing"'), base_dir=tmp_path)
     with pytest.raises(SweepError, match=r"`subregions.kind` must be one of"):
         parse_sweep(text.replace('"contrast"', '"max"'), base_dir=tmp_path)

@@ -1,5 +1,6 @@
-"""A variation that starts from an NSD image (by its 0-based 73k id) of a prepared NSD dataset: the library
-read against the release's own ``nsd_stimuli.hdf5``, and the app's "Start from an image" panel."""
+"""A prepared NSD dataset as a source of images: a variation's start image (by its 0-based 73k id) and the
+shared images a split by response profile predicts for; read against the release's own ``nsd_stimuli.hdf5``,
+through the library and the app's panels."""
 import h5py
 import numpy as np
 import PIL.Image
@@ -84,5 +85,28 @@ def test_split_by_responses_reads_only_folders_the_app_may_read(service, release
     encoder = service.encoders_for(subject)[0]
     for folder in (str(release.root), "/etc", "relative/missing"):
         with pytest.raises(ServiceError, match="Image folder .* is not available to the app"):
-            panels.split(service, subject, encoder, "OPA", 2, "response profile (images in a folder)",
+            panels.split(service, subject, encoder, "OPA", 2, "response profile (predicted for images)",
                          "posterior-anterior", folder)
+
+
+def test_split_by_responses_to_the_shared_nsd_images(service, release):
+    """The shared images are the dataset's test split; the split equals k-means on responses to them, computed here
+    from the release's own image brick."""
+    import torch
+
+    from braindive import subregions as sr
+
+    subject = service.subject_names()[0]
+    encoder_name = service.encoders_for(subject)[0]
+    encoder = service.encoder(encoder_name)
+    parts, rows = panels.split(service, subject, encoder_name, "PPA", 2, "response profile (predicted for images)",
+                               "posterior-anterior", str(service.prepared))
+    with h5py.File(service.prepared, "r") as f:
+        shared = f["images/ids"][()][f["test/image_index"][()]]
+    assert sorted(shared.tolist()) == sorted(release.shared_ids.tolist())
+    pixels = np.stack([np.asarray(PIL.Image.fromarray(_brick(release, int(i))).resize((224, 224)), np.float32) / 255
+                       for i in shared])
+    expected = sr.split_region(service.subject(subject), "PPA", 2, "responses", encoder=encoder,
+                               images=torch.from_numpy(pixels).permute(0, 3, 1, 2))
+    assert [p.voxels.tolist() for p in parts.parts] == [p.voxels.tolist() for p in expected.parts]
+    assert [r["n_voxels"] for r in rows] == [len(p.voxels) for p in expected.parts]

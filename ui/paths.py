@@ -19,13 +19,13 @@ def refused(what: str, value: str) -> ServiceError:
                         "folder or a folder allowed at start-up (--train-roots).")
 
 
-def inside_roots(settings, raw: str, what: str, want_dir: bool) -> Path:
-    """``raw`` resolved (symlinks too) when it is an existing file/folder under one of ``settings.allowed_roots``;
-    else ``refused``."""
+def inside_roots(settings, raw: str, what: str, want_dir: bool | None) -> Path:
+    """``raw`` resolved (symlinks too) when it is an existing folder (``want_dir``), file (not ``want_dir``) or
+    either (None) under one of ``settings.allowed_roots``; else ``refused``."""
     try:
         path = Path(raw).expanduser()
         path = (path if path.is_absolute() else Path.cwd() / path).resolve()
-        ok = path.is_dir() if want_dir else path.is_file()
+        ok = path.exists() if want_dir is None else path.is_dir() if want_dir else path.is_file()
     except (OSError, RuntimeError, ValueError):
         ok = False
     if not ok or not any(path.is_relative_to(root) for root in settings.allowed_roots):

@@ -24,7 +24,7 @@ from .paths import inside_roots
 from .service import Service, ServiceError
 
 PART_COLOURS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#17becf")
-BY_CHOICES = {"response profile (encoder weights)": "weights", "response profile (images in a folder)": "responses",
+BY_CHOICES = {"response profile (encoder weights)": "weights", "response profile (predicted for images)": "responses",
               "anatomy": "anatomy"}
 KINDS = ("maximize", "minimize")
 SCHEDULER = "dpm"  # what these panels run (the records say so)
@@ -64,7 +64,7 @@ def split(service: Service, subject_label: str, encoder_name: str, roi: str, k, 
     """The split and its per-part report rows; library errors become ``ServiceError``."""
     subject = service.subject(subject_label)
     by = BY_CHOICES.get(by, by)
-    images = inside_roots(service.settings, folder, "Image folder", want_dir=True) if by == "responses" else None
+    images = inside_roots(service.settings, folder, "Image folder", want_dir=None) if by == "responses" else None
     try:
         parts = sr.split_region(subject, roi, int(k), by, encoder=service.encoder(encoder_name), images=images,
                                 axis=axis)
@@ -177,7 +177,8 @@ def build(service: Service, settings, subject: gr.Dropdown, encoder: gr.Dropdown
             k = gr.Slider(sr.K_RANGE[0], sr.K_RANGE[1], value=2, step=1, label="Parts (k)", elem_id="split-k")
             by = gr.Radio(list(BY_CHOICES), value=next(iter(BY_CHOICES)), label="Split by", elem_id="split-by")
             axis = gr.Dropdown(list(sr.AXES), value="posterior-anterior", label="Anatomical axis", elem_id="split-axis")
-            folder = gr.Textbox(label="Image folder (response profiles)", elem_id="split-folder")
+            folder = gr.Textbox(label="Image folder or prepared NSD dataset (.h5: its shared images)",
+                                elem_id="split-folder")
             split_button = gr.Button("Split", elem_id="split-button")
         parts_image = gr.Image(label="Parts", show_label=False, interactive=False, format="png", elem_id="parts-map")
         parts_legend = gr.HTML("", elem_id="parts-legend")
