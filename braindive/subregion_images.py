@@ -76,6 +76,7 @@ def cross_prediction(pipe, split: Split, seeds, settings: GenerationSettings, *,
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
         raise ValueError("`seeds` must name at least one seed.")
+    split.check_subject(subject)
     store_ = BaselineStore() if baselines is None else baselines
     targets = tuple(part_target(split, i, kind) for i in range(split.k))
     results = []

@@ -57,7 +57,8 @@ class Part:
 @dataclass(frozen=True, eq=False)
 class Split:
     """A region split into ``parts``; ``features`` are the unit profiles of ``voxels`` (rows) that were
-    clustered (``None`` for an anatomical split), ``labels`` the part of each of ``voxels``."""
+    clustered (``None`` for an anatomical split), ``labels`` the part of each of ``voxels``; ``subject_space``
+    the fingerprint of the voxel space the indices are of."""
 
     roi: str
     k: int
@@ -68,11 +69,19 @@ class Split:
     labels: np.ndarray
     parts: tuple[Part, ...]
     features: np.ndarray | None = field(default=None, repr=False)
+    subject_space: str = ""
 
     def to_dict(self) -> dict:
         """JSON-ready: how it was made and each part's voxels (enough to use the parts again)."""
         return {"roi": self.roi, "k": self.k, "by": self.by, "seed": self.seed, "axis": self.axis,
+                "subject_space": self.subject_space,
                 "parts": [{"name": p.name, "voxels": p.voxels.tolist()} for p in self.parts]}
+
+    def check_subject(self, subject: Subject) -> None:
+        """``ValueError`` unless ``subject`` is the voxel space the parts were split in."""
+        if self.subject_space and self.subject_space != subject.fingerprint:
+            raise ValueError(f"The parts of {self.roi} were split on another voxel space ({self.subject_space[:12]}…) "
+                             f"than subject {subject.name!r} ({subject.fingerprint[:12]}…); split it on this subject.")
 
 
 # ---------------------------------------------------------------------------------------- splitting
@@ -120,7 +129,7 @@ def split_region(subject: Subject, roi: str, k: int, by: str = "weights", *, enc
         axis, names = None, [f"{i}/{k}" for i in range(1, k + 1)]
         labels = _order_by_size(labels, k)
     parts = tuple(Part(f"{roi}{PART_SEPARATOR}{names[i]}", voxels[labels == i]) for i in range(k))
-    return Split(roi, int(k), by, int(seed), axis, voxels, labels, parts, features)
+    return Split(roi, int(k), by, int(seed), axis, voxels, labels, parts, features, subject.fingerprint)
 
 
 def _order_by_size(labels: np.ndarray, k: int) -> np.ndarray:

@@ -121,3 +121,12 @@ def test_split_and_generate_on_the_built_in_volume_subject(service):
     entries = service.catalog.query(owner="volume")
     assert sorted(e.target for e in entries) == ["FFA·ant", "FFA·post"]
     assert {service.catalog.record(e.id)["subject_space"] for e in entries} == {volume.fingerprint}
+
+
+def test_parts_of_one_subject_are_not_generated_with_another_subjects_encoder(service):
+    surface = service.subject_names()[0]
+    volume = next(label for label in service.subject_names() if "fullhead" in label)
+    parts, _ = panels.split(service, surface, service.encoders_for(surface)[0], "FFA", 2, "anatomy",
+                            "posterior-anterior", "")
+    with pytest.raises(panels.ServiceError, match="split on another voxel space"):
+        panels.cross_predict(service, service.encoders_for(volume)[0], parts, 1, 0, "maximize", "fast")

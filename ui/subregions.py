@@ -101,10 +101,13 @@ def cross_predict(service: Service, encoder_name: str, parts: sr.Split, n_seeds:
     catalog (History) with the part's target and the split, the unguided ones are shared with *Generate*."""
     settings, subject = panel_settings(service, mode), service.subject_of(encoder_name)
     model = service.backend().name
-    with pipeline_slot(service, encoder_name) as pipe:
-        cp = cross_prediction(pipe, parts, range(int(seed), int(seed) + int(n_seeds)), settings, subject=subject,
-                              kind=kind, baselines=service.catalog, model=model,
-                              encoder=service.models.identity(encoder_name))
+    try:
+        with pipeline_slot(service, encoder_name) as pipe:
+            cp = cross_prediction(pipe, parts, range(int(seed), int(seed) + int(n_seeds)), settings, subject=subject,
+                                  kind=kind, baselines=service.catalog, model=model,
+                                  encoder=service.models.identity(encoder_name))
+    except ValueError as exc:  # e.g. parts of another subject's voxels than this encoder's
+        raise ServiceError(str(exc)) from exc
     try:
         store(cp, service.catalog, subject, settings, model=model, encoder=encoder_name, owner=owner,
               run_id=f"split-{uuid.uuid4().hex[:10]}")
