@@ -1,8 +1,9 @@
 """ZIP export of catalog entries: the PNGs, their JSON records, their unguided image and map, and ``manifest.csv``.
 
 ``manifest.csv`` is a stimulus list for an fMRI experiment: file name, the description's columns, the measure and
-its predicted value, and the re-ranking's rank and kept flag where the entry was re-ranked. Entries that are gone,
-unreadable or missing a file are skipped and listed in ``skipped.csv`` (the reasons History gives), never fatal.
+its predicted value, the strength and start image (its name as the request wrote it, its pixel hash) of a variation,
+and the re-ranking's rank and kept flag where the entry was re-ranked. Entries that are gone, unreadable or missing a
+file are skipped and listed in ``skipped.csv`` (the reasons History gives), never fatal.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ _MANIFEST_FIELD = {"objective_kind": "kind", "guidance_mode": "mode", "brain_gui
 MANIFEST_COLUMNS = ("file", "id", "created", "label", "objective_kind", "target", "target_b", "weight", "hemisphere",
                     "objective", "predicted_objective", "subject", "subject_space", "encoder", "model", "scheduler",
                     "guidance_mode", "brain_guidance_scale", "num_inference_steps", "sag_scale", "prompt", "seed",
-                    "run_id", "rank", "kept")
+                    "strength", "start_image", "start_image_sha256", "run_id", "rank", "kept")
 
 
 @dataclass
@@ -73,8 +74,11 @@ def export_zip(catalog: Catalog, entry_ids, path) -> Export:
 
 def manifest_row(entry: Entry, file: str, record: dict) -> dict:
     """A manifest row; ``rank``/``kept`` from the record's ``rerank`` (empty when not re-ranked; the CLI stores
-    only the kept candidates, so a ``rerank`` without ``kept`` was kept)."""
+    only the kept candidates, so a ``rerank`` without ``kept`` was kept); ``strength``, ``start_image`` (its name
+    as the request gave it) and ``start_image_sha256`` (its pixel hash) from a variation's ``parameters``."""
     rerank = record.get("rerank") if isinstance(record.get("rerank"), dict) else {}
+    parameters = record.get("parameters") if isinstance(record.get("parameters"), dict) else {}
+    reference = parameters.get("reference") if isinstance(parameters.get("reference"), dict) else {}
     values = entry.description.as_dict()
     if entry.kind != "contrast":
         values["weight"] = ""  # a weight only means something for a contrast
@@ -82,7 +86,9 @@ def manifest_row(entry: Entry, file: str, record: dict) -> dict:
               if _MANIFEST_FIELD.get(column, column) in values}
     return {**fields, "file": file, "id": entry.id, "created": entry.created, "objective": entry.description.measure,
             "predicted_objective": entry.objective, "run_id": entry.run_id, "rank": rerank.get("rank", ""),
-            "kept": int(bool(rerank.get("kept", True))) if rerank else ""}
+            "kept": int(bool(rerank.get("kept", True))) if rerank else "",
+            "strength": parameters.get("strength", "") if reference else "", "start_image": reference.get("file", ""),
+            "start_image_sha256": reference.get("sha256", "")}
 
 
 def description_from_manifest(row: dict) -> GenerationDescription:
