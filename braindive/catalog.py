@@ -11,78 +11,32 @@ Layout under the catalog root::
 
 Each row holds the generation's ``GenerationDescription`` (objective kind, regions, hemisphere, label,
 encoder, subject space, scheduler, mode, scales, prompt, seed), its owner and the predicted value of
-its measure (e.g. FFA's mean, negative after minimising FFA). Catalogs written before these columns
-existed are migrated on open from their JSON records.
-
-Export writes a ZIP with the PNGs, their JSON, their unguided image and map, and ``manifest.csv`` — a stimulus list for an fMRI
-experiment (file name, the description's columns, the measure and its predicted value, and the re-ranking's rank and
-kept flag where the entry was re-ranked). Rows that
-cannot be read and images whose files are missing are skipped and reported, never fatal.
+its measure (e.g. FFA's mean, negative after minimising FFA); ``braindive.catalog_index`` holds the SQL,
+and migrates catalogs written before these columns existed on open, from their JSON records. Rows that
+cannot be read and images whose files are missing are skipped and reported, never fatal (History and
+``braindive.catalog_export``, the ZIP export, skip the same entries for the same reasons).
 """
 from __future__ import annotations
 
-import csv
-import datetime as dt
 import errno
-import io
 import json
 import logging
 import re
 import sqlite3
 import uuid
-import zipfile
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import catalog_index as index
 from .cache import private_tmp, remove_stale_temp_files
-
 from .description import GenerationDescription, describe_record, measured_value
 
-__all__ = ["Catalog", "Entry", "Page", "Export", "MANIFEST_COLUMNS", "description_from_manifest"]
+__all__ = ["Catalog", "Entry", "Page"]
 
 log = logging.getLogger(__name__)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS images (
-    id TEXT PRIMARY KEY,
-    created TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    target TEXT NOT NULL,
-    seed INTEGER NOT NULL,
-    objective REAL,
-    guidance_scale REAL,
-    steps INTEGER,
-    model TEXT,
-    encoder TEXT,
-    run_id TEXT
-);
-CREATE INDEX IF NOT EXISTS images_subject_target ON images (subject, target, created);
-CREATE TABLE IF NOT EXISTS packages (
-    id TEXT PRIMARY KEY,
-    created TEXT NOT NULL,
-    path TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    n_images INTEGER NOT NULL,
-    record TEXT NOT NULL
-);
-"""
-# columns added after the first release (migrated with ALTER TABLE; ``kind IS NULL`` marks rows to backfill)
-_NEW_COLUMNS = {"kind": "TEXT", "target_b": "TEXT", "weight": "REAL", "hemisphere": "TEXT", "label": "TEXT",
-                "subject_space": "TEXT", "scheduler": "TEXT", "mode": "TEXT", "sag": "REAL", "prompt": "TEXT",
-                "owner": "TEXT NOT NULL DEFAULT ''"}
-# description field -> catalog column, where the names differ
-_COLUMN_OF = {"scale": "guidance_scale"}
-# manifest column -> description field, where the names differ
-_MANIFEST_FIELD = {"objective_kind": "kind", "guidance_mode": "mode", "brain_guidance_scale": "scale",
-                   "num_inference_steps": "steps", "sag_scale": "sag"}
-MANIFEST_COLUMNS = ("file", "id", "created", "label", "objective_kind", "target", "target_b", "weight", "hemisphere",
-                    "objective", "predicted_objective", "subject", "subject_space", "encoder", "model", "scheduler",
-                    "guidance_mode", "brain_guidance_scale", "num_inference_steps", "sag_scale", "prompt", "seed",
-                    "run_id", "rank", "kept")
-_FILTERS = ("subject", "subject_space", "target", "label", "kind", "encoder")
 
 
 @dataclass(frozen=True)
@@ -125,13 +79,6 @@ class Page:
     offset: int = 0
 
 
-@dataclass
-class Export:
-    path: Path
-    exported: list[str]
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-
-
 class Catalog:
     """A folder of generated images with an SQLite index."""
 
@@ -145,8 +92,8 @@ class Catalog:
         try:
             with closing(self._connect()) as db:
                 db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(_SCHEMA)
-                self._migrate(db)
+                db.executescript(index.SCHEMA)
+                index.migrate(db, self._read_record)
         except sqlite3.OperationalError as exc:  # a full disk: SQLite cannot create its WAL files
             if "disk" not in str(exc) or not self.db_path.is_file():
                 raise
@@ -172,29 +119,6 @@ class Catalog:
             db = sqlite3.connect(f"{self.db_path.resolve().as_uri()}?immutable=1", uri=True)
             db.row_factory = sqlite3.Row
             return db
-
-    def _migrate(self, db: sqlite3.Connection) -> None:
-        """Add the description columns to an older index and fill them from each row's JSON record."""
-        db.execute("BEGIN IMMEDIATE")  # one process migrates; the others then find nothing to do
-        try:
-            have = {r["name"] for r in db.execute("PRAGMA table_info(images)")}
-            for name, sql_type in _NEW_COLUMNS.items():
-                if name not in have:
-                    db.execute(f"ALTER TABLE images ADD COLUMN {name} {sql_type}")
-            db.execute("CREATE INDEX IF NOT EXISTS images_owner_label ON images (owner, label, created)")
-            for (entry_id,) in db.execute("SELECT id FROM images WHERE kind IS NULL").fetchall():
-                try:
-                    record = json.loads(self._image_path(entry_id).with_suffix(".json").read_text())
-                    values = _columns(describe_record(record), measured_value(record))
-                except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-                    log.warning("catalog row %s keeps no objective kind: its record cannot be read (%s)", entry_id, exc)
-                    values = {"kind": ""}
-                db.execute(f"UPDATE images SET {', '.join(f'{c} = ?' for c in values)} WHERE id = ?",
-                           (*values.values(), entry_id))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def add(self, image, record: dict, run_id: str = "", activations=None, owner: str = "",
             entry_id: str | None = None, extra: dict | None = None) -> Entry:
@@ -222,7 +146,7 @@ class Catalog:
         if activations is not None:
             files[".npy"] = lambda f: np.save(f, np.asarray(activations, dtype=np.float32))
         row = {"id": entry_id, "created": record["created"], "run_id": run_id, "owner": owner,
-               **_columns(description, measured_value(record))}
+               **index.columns(description, measured_value(record))}
         try:
             for suffix, write in files.items():
                 _atomic(image_path.with_name(entry_id + suffix), write)
@@ -284,7 +208,7 @@ class Catalog:
         ``since``/``until`` are dates ``YYYY-MM-DD`` or ISO timestamps (inclusive); ``owner`` None means
         everyone's. Rows that cannot be read and entries whose image file is missing are in ``skipped``.
         """
-        where, args = self._where(subject=subject, target=target, label=label, kind=kind, encoder=encoder,
+        where, args = index.where(subject=subject, target=target, label=label, kind=kind, encoder=encoder,
                                   subject_space=subject_space, owner=owner, since=since, until=until)
         if limit is not None and (int(limit) < 0 or int(offset) < 0):
             raise ValueError(f"`limit` and `offset` must be >= 0, got {limit!r} and {offset!r}.")
@@ -299,12 +223,21 @@ class Catalog:
             except ValueError as exc:
                 skipped.append((row["id"], f"unreadable catalog row: {exc}"))
                 continue
-            problem = _problem(entry)
-            if problem:
-                skipped.append((entry.id, problem))
-            else:
-                entries.append(entry)
+            _sort(entry, entries, skipped)
         return Page(entries, skipped, total, int(offset))
+
+    def readable(self, entry_ids) -> tuple[list[Entry], list[tuple[str, str]]]:
+        """The entries of ``entry_ids`` that History shows, in order, and ``(id, reason)`` for each of the others
+        (gone, an unreadable row, a missing or corrupt file: the reasons ``page`` gives)."""
+        entries, skipped = [], []
+        for entry_id in entry_ids:
+            try:
+                _sort(self.get(entry_id), entries, skipped)
+            except KeyError as exc:
+                skipped.append((entry_id, str(exc).strip("'\"")))
+            except ValueError as exc:
+                skipped.append((entry_id, f"unreadable catalog row: {exc}"))
+        return entries, skipped
 
     def query(self, subject=None, target=None, since=None, until=None, limit: int | None = None, **filters) -> list[Entry]:
         """``page(...).entries``: readable entries with their images, newest first; skipped rows are logged."""
@@ -327,11 +260,15 @@ class Catalog:
     def record(self, entry_id: str) -> dict:
         return json.loads(self.get(entry_id).record_path.read_text())
 
+    def _read_record(self, entry_id: str) -> dict:
+        """The JSON record of an id, read without its index row (migration: the row lacks the description)."""
+        return json.loads(self._image_path(entry_id).with_suffix(".json").read_text())
+
     def update_record(self, entry_id: str, changes: dict) -> dict:
         """Set top-level fields of a stored record (e.g. ``rerank``); the JSON is rewritten atomically and the
         index row rewritten from it, so indexed columns stay in sync. Returns the new record."""
         record = {**self.record(entry_id), **changes, "id": entry_id}
-        values = _columns(describe_record(record), measured_value(record))
+        values = index.columns(describe_record(record), measured_value(record))
         _atomic(self._image_path(entry_id).with_suffix(".json"),
                 lambda f: f.write(json.dumps(record, indent=2).encode()))
         with closing(self._connect()) as db, db:
@@ -381,9 +318,9 @@ class Catalog:
 
     def distinct(self, column: str, owner: str | None = None) -> list[str]:
         """Distinct non-empty values of a filter column (``subject``, ``target``, ``label``, ``kind``, ``encoder``)."""
-        if column not in _FILTERS:
-            raise ValueError(f"`column` must be one of {sorted(_FILTERS)}, got {column!r}.")
-        where, args = self._where(owner=owner)
+        if column not in index.FILTERS:
+            raise ValueError(f"`column` must be one of {sorted(index.FILTERS)}, got {column!r}.")
+        where, args = index.where(owner=owner)
         where = f"{where} AND" if where else "WHERE"
         with closing(self._reader()) as db:
             rows = db.execute(f"SELECT DISTINCT {column} FROM images {where} {column} IS NOT NULL AND {column} != '' "
@@ -409,86 +346,20 @@ class Catalog:
 
     def subject_spaces(self, owner: str | None = None) -> list[tuple[str, str]]:
         """Distinct ``(subject name, voxel-space fingerprint)`` pairs ('' for entries recorded without one)."""
-        where, args = self._where(owner=owner)
+        where, args = index.where(owner=owner)
         with closing(self._reader()) as db:
             rows = db.execute(f"SELECT DISTINCT subject, COALESCE(subject_space, '') FROM images {where} "
                               "ORDER BY subject, 2", args)
             return [(str(a), str(b)) for a, b in rows]
 
-    def export_zip(self, entry_ids, path) -> Export:
-        """ZIP of the chosen images + JSON records + ``manifest.csv`` (+ ``skipped.csv`` naming what was left out).
-
-        Entries that are gone, unreadable or missing a file are skipped and reported; ``ValueError`` if
-        nothing can be exported. Written to a temporary name, then renamed.
-        """
-        entry_ids = list(dict.fromkeys(entry_ids))
-        if not entry_ids:
-            raise ValueError("Nothing to export: select at least one image.")
-        entries, skipped = [], []
-        for entry_id in entry_ids:
-            try:
-                entry = self.get(entry_id)
-            except KeyError as exc:
-                skipped.append((entry_id, str(exc).strip("'\"")))
-                continue
-            except ValueError as exc:
-                skipped.append((entry_id, f"unreadable catalog row: {exc}"))  # as History lists it
-                continue
-            problem = _problem(entry)
-            if problem:
-                skipped.append((entry_id, problem))
-            else:
-                entries.append(entry)
-        if not entries:
-            reasons = "; ".join(f"{i}: {r}" for i, r in skipped[:3])
-            raise ValueError(f"Nothing to export: none of the {len(entry_ids)} selected image(s) is readable ({reasons}).")
-        path = Path(path)
-        rows = []
-        tmp = private_tmp(path)
-        try:
-            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-                for e in entries:
-                    name = f"{_slug(e.subject)}_{_slug(e.label)}_seed{e.seed:06d}_{e.id}.png"
-                    zf.write(e.image_path, f"stimuli/{name}")
-                    zf.write(e.record_path, f"metadata/{Path(name).with_suffix('.json')}")
-                    for file in self.unguided_paths(e.id):
-                        if file is not None:
-                            zf.write(file, f"unguided/{Path(name).stem}{file.suffix}")
-                    rows.append(_manifest_row(e, f"stimuli/{name}", json.loads(e.record_path.read_text())))
-                zf.writestr("manifest.csv", _csv(MANIFEST_COLUMNS, rows))
-                if skipped:
-                    zf.writestr("skipped.csv", _csv(("id", "reason"), [dict(id=i, reason=r) for i, r in skipped]))
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return Export(path, [e.id for e in entries], skipped)
-
     # ------------------------------------------------------------------ internals
-
-    def _where(self, since=None, until=None, owner=None, **filters) -> tuple[str, list]:
-        clauses, args = [], []
-        for name, value in filters.items():
-            if value:
-                clauses.append(f"{name} = ?")
-                args.append(str(value))
-        if owner is not None:
-            clauses.append("owner = ?")
-            args.append(str(owner))
-        start, end = _check_date(since, "since"), _check_date(until, "until")
-        if start and end and start[:10] > end[:10]:
-            raise ValueError(f"`since` ({since}) is after `until` ({until}): no date can match.")
-        for op, value in ((">=", start), ("<=", _end_of_day(end))):
-            if value:
-                clauses.append(f"created {op} ?")
-                args.append(value)
-        return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), args
 
     def _image_path(self, entry_id: str) -> Path:
         return self.root / "images" / f"{entry_id}.png"
 
     def _entry(self, row: dict) -> Entry:
         """An ``Entry`` from an index row; ``ValueError`` naming the bad field."""
-        description = GenerationDescription.from_dict({f: row.get(_COLUMN_OF.get(f, f)) for f in _DESCRIPTION_FIELDS})
+        description = GenerationDescription.from_dict({f: row.get(index.COLUMN_OF.get(f, f)) for f in index.DESCRIPTION_FIELDS})
         objective = row.get("objective")
         if objective is not None and not isinstance(objective, (int, float)):
             raise ValueError(f"`objective` must be a number, got {objective!r}.")
@@ -497,14 +368,13 @@ class Catalog:
                      row.get("run_id") or "", row.get("owner") or "", image_path, image_path.with_suffix(".json"))
 
 
-_DESCRIPTION_FIELDS = tuple(f for f in GenerationDescription.__dataclass_fields__)
-
-
-def _columns(description: GenerationDescription, value: float | None) -> dict:
-    """Index columns of a description and its measured value."""
-    values = description.as_dict()
-    return {**{_COLUMN_OF.get(f, f): values[f] for f in (*_DESCRIPTION_FIELDS, "hemisphere", "label")},
-            "objective": value}
+def _sort(entry: Entry, entries: list, skipped: list) -> None:
+    """Append ``entry`` to ``entries`` if History can show it, else ``(id, reason)`` to ``skipped``."""
+    problem = _problem(entry)
+    if problem:
+        skipped.append((entry.id, problem))
+    else:
+        entries.append(entry)
 
 
 def _problem(entry: Entry) -> str | None:
@@ -522,48 +392,6 @@ def _problem(entry: Entry) -> str | None:
     return None
 
 
-def _manifest_row(entry: Entry, file: str, record: dict) -> dict:
-    """A manifest row; ``rank``/``kept`` from the record's ``rerank`` (empty when not re-ranked; the CLI stores
-    only the kept candidates, so a ``rerank`` without ``kept`` was kept)."""
-    rerank = record.get("rerank") if isinstance(record.get("rerank"), dict) else {}
-    values = entry.description.as_dict()
-    if entry.kind != "contrast":
-        values["weight"] = ""  # a weight only means something for a contrast
-    fields = {column: values[_MANIFEST_FIELD.get(column, column)] for column in MANIFEST_COLUMNS
-              if _MANIFEST_FIELD.get(column, column) in values}
-    return {**fields, "file": file, "id": entry.id, "created": entry.created, "objective": entry.description.measure,
-            "predicted_objective": entry.objective, "run_id": entry.run_id, "rank": rerank.get("rank", ""),
-            "kept": int(bool(rerank.get("kept", True))) if rerank else ""}
-
-
-def _csv(columns, rows) -> str:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue()
-
-
-def description_from_manifest(row: dict) -> GenerationDescription:
-    """The description a ``manifest.csv`` row was written from."""
-    return GenerationDescription.from_dict({_MANIFEST_FIELD.get(k, k): v for k, v in row.items()})
-
-
-def _check_date(value, argument: str) -> str | None:
-    """``value`` if it is a date ``YYYY-MM-DD`` or an ISO timestamp; ``ValueError`` naming ``argument`` otherwise."""
-    if value is None or str(value).strip() == "":
-        return None
-    value = str(value).strip()
-    try:
-        if len(value) == 10:
-            dt.date.fromisoformat(value)
-        else:
-            dt.datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)  # "Z": Python 3.10
-    except ValueError:
-        raise ValueError(f"`{argument}` must be a date YYYY-MM-DD (e.g. 2026-11-29), got {value!r}.") from None
-    return value
-
-
 def _atomic(path: Path, write) -> None:
     """``write(file)`` to a private temporary name beside ``path``, then rename it over ``path``."""
     tmp = private_tmp(path)
@@ -573,14 +401,3 @@ def _atomic(path: Path, write) -> None:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _end_of_day(until: str | None) -> str | None:
-    """A bare date ``YYYY-MM-DD`` means the whole day."""
-    return f"{until}T23:59:59.999999+99:99" if until and len(until) == 10 else until
-
-
-def _slug(text: str) -> str:
-    """A file-name-safe form of a label: ``min FFA`` -> ``min-FFA``, ``FFA − 1.0×PPA`` -> ``FFA-1.0xPPA``."""
-    text = str(text).replace("×", "x").replace("−", "")
-    return re.sub(r"-{2,}", "-", re.sub(r"[^A-Za-z0-9.]+", "-", text)).strip("-") or "image"

@@ -60,13 +60,13 @@ def generate(args) -> list:
     from .catalog import Catalog
     from .demo import ASSET_ENCODER
     from .evaluation.files import write_csv
-    from .generate import encoder_identity, generate_seed, image_id, seed_record
+    from .generate import StartImage, encoder_identity, generate_seed, image_id, seed_record
     from .presets import get_preset
     from .rerank import rank_scores
     from tqdm.auto import tqdm
 
     preset = get_preset(args.preset)
-    settings = _settings(args, preset, init_image=str(Path(args.init_image).resolve()) if args.init_image else None,
+    settings = _settings(args, preset, init_image=StartImage.read(args.init_image) if args.init_image else None,
                          strength=args.strength)
     target = build_target(args)
     import torch
@@ -262,7 +262,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="keep the encoder's top fraction of the candidates (paper: 0.2); all are ranked in ranking.csv")
     _generation_flags(g)
     g.add_argument("--seed", default=0)
-    g.add_argument("--init-image", help="start from this image (img2img): its VAE latents noised to --strength")
+    g.add_argument("--init-image", help="start from this image (img2img): its VAE latents noised to --strength; records "
+                   "name it as given (by file name when the path is absolute) with its pixel hash")
     g.add_argument("--strength", help="with --init-image: noise level in [0, 1] (0 = the image's VAE round trip, "
                    "1 = from the noisiest step; default 1)")
     g.add_argument("--no-baseline", dest="baseline", action="store_false",

@@ -9,10 +9,11 @@ reuses it for every target.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
+import io
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePath
 
 import numpy as np
 
@@ -20,8 +21,49 @@ from .presets import LIMITS, MODE_NAMES, SCHEDULER_NAMES, LimitError, Preset
 from .records import generation_record
 from .targets import Target
 
-__all__ = ["GenerationSettings", "SeedResult", "BaselineStore", "generate_seed", "generate_seeds", "baseline_key", "seed_record",
-           "roi_means", "unguided_seeds", "start_image_hash", "image_id", "image_id_from_key", "target_key", "encoder_identity"]
+__all__ = ["GenerationSettings", "StartImage", "SeedResult", "BaselineStore", "generate_seed", "generate_seeds",
+           "baseline_key", "seed_record", "roi_means", "unguided_seeds", "reference_name", "image_id", "image_id_from_key", "target_key",
+           "encoder_identity"]
+
+
+@dataclass(frozen=True)
+class StartImage:
+    """A start image as a request carries it: read once where the request is made, never again by path (a Ray
+    worker on another machine needs no copy of the file).
+
+    ``file`` names it in records (``reference_name``), ``sha256`` is its pixel hash (``variation.image_hash``:
+    what ids and baseline keys use, so a re-saved or moved copy keeps them) and ``png`` its RGB pixels, lossless.
+    """
+
+    file: str
+    sha256: str
+    png: bytes = field(repr=False, compare=False)
+
+    @classmethod
+    def read(cls, path, name=None) -> "StartImage":
+        """The image file at ``path``, named ``name`` (default: ``path``) as the request wrote it; ``ValueError``
+        naming the file when it is missing or not a readable image."""
+        from .evaluation.sets import open_rgb
+        from .variation import image_hash
+
+        image = open_rgb(Path(path))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return cls(reference_name(path if name is None else name), image_hash(image), buffer.getvalue())
+
+    def image(self):
+        """The pixels as an RGB PIL image."""
+        from PIL import Image
+
+        with Image.open(io.BytesIO(self.png)) as image:
+            return image.convert("RGB")
+
+
+def reference_name(path) -> str:
+    """How records name a start image: the path as the request wrote it when relative (to the sweep file, or to
+    the folder ``generate`` ran in; POSIX separators), only the file name when absolute (machine-specific)."""
+    path = PurePath(path)
+    return path.name if path.is_absolute() else path.as_posix()
 
 
 @dataclass(frozen=True)
@@ -37,7 +79,7 @@ class GenerationSettings:
     cfg: float = 0.0
     height: int = 512
     width: int = 512
-    init_image: str = ""  # absolute path of the start image ("" = from noise)
+    init_image: StartImage | None = None  # the image generation starts from (None: from noise)
     strength: float = 1.0  # how far the start image is noised (1: all the way)
 
     @classmethod
@@ -64,42 +106,22 @@ class GenerationSettings:
 
     def image_kwargs(self) -> dict:
         """The pipeline's ``image``/``strength`` for a start image (nothing when generating from noise)."""
-        if not self.init_image:
-            return {}
-        from pathlib import Path
-
-        from .evaluation.sets import open_rgb
-
-        return {"image": open_rgb(Path(self.init_image)), "strength": self.strength}
+        return {"image": self.init_image.image(), "strength": self.strength} if self.init_image else {}
 
     def image_record(self) -> dict:
-        """What records keep of the start image: the strength, its file name and pixel hash (nothing from noise)."""
+        """What records keep of the start image: the strength, its name and pixel hash (nothing from noise)."""
         if not self.init_image:
             return {}
-        from pathlib import Path
-
-        return {"strength": self.strength, "reference": {"file": Path(self.init_image).name,
-                                                         "sha256": start_image_hash(self.init_image)}}
+        return {"strength": self.strength, "reference": {"file": self.init_image.file, "sha256": self.init_image.sha256}}
 
     def key(self) -> dict:
-        """The settings as ids use them: a start image by its pixel hash (not its path); from noise neither it
+        """The settings as ids use them: a start image by its pixel hash (not its name or path); from noise neither it
         nor the strength is in the key, so ids made before start images existed stay the same."""
-        out = asdict(self)
-        path, strength = out.pop("init_image"), out.pop("strength")
-        if path:
-            out.update(init_image=start_image_hash(path), strength=strength)
+        out = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        start, strength = out.pop("init_image"), out.pop("strength")
+        if start:
+            out.update(init_image=start.sha256, strength=strength)
         return out
-
-
-@functools.lru_cache(maxsize=256)
-def start_image_hash(path: str) -> str:
-    """``variation.image_hash`` of the image file at ``path`` (pixels, not bytes: a re-saved copy hashes the same)."""
-    from pathlib import Path
-
-    from .evaluation.sets import open_rgb
-    from .variation import image_hash
-
-    return image_hash(open_rgb(Path(path)))
 
 
 def baseline_key(model: str, settings: GenerationSettings, seed: int, encoder: str, subject_space: str) -> str:
@@ -134,8 +156,6 @@ def image_id_from_key(model: str, encoder: str, key: dict, settings: GenerationS
 def encoder_identity(path: str, subject, folder=None) -> str:
     """An encoder's identity for ids: a hash of a local checkpoint's files (moving it keeps the ids) and the
     subject's voxel space, else of its name (a Hub id) and the space."""
-    from pathlib import Path
-
     folder = Path(folder or path)
     digest = hashlib.sha256(f"{path}|{subject.fingerprint}".encode())
     if (folder / "config.json").is_file():

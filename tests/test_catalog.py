@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from braindive.catalog import Catalog
+from braindive.catalog_export import export_zip
 
 
 def record(subject="S1", target="FFA", seed=0, created="2026-11-20T10:00:00+00:00", value=0.5):
@@ -60,7 +61,7 @@ def test_concurrent_writers_lose_nothing(tmp_path):
 def test_export_zip_has_images_metadata_and_manifest(tmp_path):
     cat = Catalog(tmp_path / "cat")
     ids = [cat.add(image(), record(seed=s, value=s / 10)).id for s in (3, 4)]
-    export = cat.export_zip(ids, tmp_path / "out.zip")
+    export = export_zip(cat, ids, tmp_path / "out.zip")
     assert export.exported == ids and export.skipped == []
     with zipfile.ZipFile(export.path) as zf:
         names = zf.namelist()
@@ -69,7 +70,7 @@ def test_export_zip_has_images_metadata_and_manifest(tmp_path):
     assert [r["seed"] for r in rows] == ["3", "4"] and rows[1]["predicted_objective"] == "0.4"
     assert all(r["file"] in names for r in rows)
     with pytest.raises(ValueError, match="Nothing to export"):
-        cat.export_zip([], tmp_path / "empty.zip")
+        export_zip(cat, [], tmp_path / "empty.zip")
     with pytest.raises(KeyError, match="No catalog entry with id 'nope'"):
         cat.get("nope")
 
@@ -119,13 +120,13 @@ def test_bad_rows_and_missing_files_are_skipped_and_reported(tmp_path):
     assert [e.id for e in page.entries] == [good] and page.total == 3
     reasons = dict(page.skipped)
     assert "`objective` must be a number, got 'abc'" in reasons["bad"] and "image file missing" in reasons[gone]
-    export = cat.export_zip(["bad", gone, good, "nope"], tmp_path / "out.zip")
+    export = export_zip(cat, ["bad", gone, good, "nope"], tmp_path / "out.zip")
     assert export.exported == [good] and [i for i, _ in export.skipped] == ["bad", gone, "nope"]
     with zipfile.ZipFile(export.path) as zf:
         assert sum(n.startswith("stimuli/") for n in zf.namelist()) == 1
         assert [r["id"] for r in csv.DictReader(io.StringIO(zf.read("skipped.csv").decode()))] == ["bad", gone, "nope"]
     with pytest.raises(ValueError, match="none of the 2 selected image"):
-        cat.export_zip(["bad", gone], tmp_path / "none.zip")
+        export_zip(cat, ["bad", gone], tmp_path / "none.zip")
     assert not (tmp_path / "none.zip").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["cat", "out.zip"]
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from braindive.batch import SweepError, parse_sweep
 from braindive.catalog import Catalog
+from braindive.catalog_export import export_zip
 from braindive.cli import main
 from braindive.presets import LIMITS
 from braindive.targets import Target
@@ -136,7 +137,7 @@ def sweep_results(local_ray, tmp_path_factory):
 
 
 def _manifest_row(catalog, entry_id, tmp_path):
-    export = catalog.export_zip([entry_id], tmp_path / f"{entry_id}.zip")
+    export = export_zip(catalog, [entry_id], tmp_path / f"{entry_id}.zip")
     with zipfile.ZipFile(export.path) as zf:
         (row,) = csv.DictReader(io.StringIO(zf.read("manifest.csv").decode()))
         assert any(n.startswith("unguided/") for n in zf.namelist())  # the catalog exports its unguided files

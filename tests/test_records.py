@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from braindive.catalog import Catalog, description_from_manifest
+from braindive.catalog import Catalog
+from braindive.catalog_export import description_from_manifest, export_zip
 from braindive.description import GenerationDescription, describe_record
 from braindive.records import generation_record
 from braindive.targets import Target
@@ -84,7 +85,7 @@ def test_label_filter_and_manifest_round_trip(catalog, case, tmp_path):
     assert [e.id for e in found] == [ids[case]]  # the label filter separates min from max FFA and the contrasts
     entry = found[0]
     assert entry.caption.startswith(label) and entry.objective == pytest.approx(expected, abs=1e-5)
-    export = cat.export_zip([entry.id], tmp_path / "one.zip")
+    export = export_zip(cat, [entry.id], tmp_path / "one.zip")
     with zipfile.ZipFile(export.path) as zf:
         (row,) = csv.DictReader(io.StringIO(zf.read("manifest.csv").decode()))
     assert row["label"] == label and row["objective_kind"] == entry.kind

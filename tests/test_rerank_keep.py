@@ -7,6 +7,7 @@ import pytest
 
 import braindive as bd
 from braindive.catalog import Catalog
+from braindive.catalog_export import export_zip
 from braindive.cli import main
 from braindive.rerank import rank_scores, score_images
 
@@ -63,7 +64,7 @@ def _manifest(catalog: Catalog, ids, path) -> dict:
     """The exported ``manifest.csv`` rows by id."""
     import zipfile
 
-    catalog.export_zip(ids, path)
+    export_zip(catalog, ids, path)
     with zipfile.ZipFile(path) as zf:
         return {r["id"]: r for r in csv.DictReader(zf.read("manifest.csv").decode().splitlines())}
 

@@ -87,8 +87,8 @@ def test_sweep_subregions_by_responses_and_kind(tmp_path):
 def test_sweep_start_images_times_strengths(tmp_path, reference):
     text = SWEEP.format(settings=f'steps = 2\ninit_images = ["{reference}"]\nstrength = [0.3, 0.6]')
     sweep = parse_sweep(text, base_dir=tmp_path)
-    settings = sorted({(j.settings.init_image, j.settings.strength) for j in sweep.jobs})
-    assert settings == [(str(reference), 0.3), (str(reference), 0.6)]
+    settings = sorted({(j.settings.init_image.file, j.settings.strength) for j in sweep.jobs})
+    assert settings == [("ref.png", 0.3), ("ref.png", 0.6)]  # written as an absolute path: named by its file name
     s = sweep.jobs[0].settings
     assert s.key()["init_image"] == image_hash(PIL.Image.open(reference))
     assert s.image_record() == {"strength": s.strength, "reference": {"file": "ref.png", "sha256": image_hash(PIL.Image.open(reference))}}
@@ -97,7 +97,7 @@ def test_sweep_start_images_times_strengths(tmp_path, reference):
     key = baseline_key("m", s, 0, "e", "space")
     assert key == baseline_key("m", replace(s, scale=0.0), 0, "e", "space")
     assert key != baseline_key("m", replace(s, strength=0.9), 0, "e", "space")
-    assert key != baseline_key("m", replace(s, init_image="", strength=1.0), 0, "e", "space")
+    assert key != baseline_key("m", replace(s, init_image=None, strength=1.0), 0, "e", "space")
     with pytest.raises(SweepError, match=r"strength"):
         parse_sweep(SWEEP.format(settings="strength = 0.5"), base_dir=tmp_path)
     with pytest.raises(SweepError, match=r"`Strength` must be a number from 0 to 1, got 1.5"):

@@ -151,7 +151,7 @@ def test_the_generation_routine_starts_guided_and_unguided_images_from_the_start
     """``generate_seed`` with a start image at strength 0: the guided image and its unguided baseline are both the
     reference's VAE round trip (computed here from the VAE), recorded with the strength and the pixel hash."""
     from braindive import demo
-    from braindive.generate import GenerationSettings, baseline_key, generate_seed, seed_record
+    from braindive.generate import GenerationSettings, StartImage, baseline_key, generate_seed, seed_record
     from braindive.presets import PRESETS
     from braindive.targets import Target
 
@@ -160,8 +160,8 @@ def test_the_generation_routine_starts_guided_and_unguided_images_from_the_start
     pixels = np.kron(rng.integers(40, 220, (8, 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 64 x 64, blocky
     path = tmp_path / "start.png"
     PIL.Image.fromarray(pixels).save(path)
-    settings = GenerationSettings.from_preset(PRESETS["demo"], steps=4, height=64, width=64, init_image=str(path),
-                                              strength=0.0)
+    settings = GenerationSettings.from_preset(PRESETS["demo"], steps=4, height=64, width=64,
+                                              init_image=StartImage.read(path), strength=0.0)
     target = Target.maximize("FFA")
     result = generate_seed(bundle.pipe, target, 3, settings, subject=bundle.subject)
     vae = bundle.pipe.vae

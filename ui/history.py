@@ -15,7 +15,9 @@ from typing import Callable
 
 import gradio as gr
 
-from braindive.catalog import Entry, Export, Page
+from braindive import catalog_export
+from braindive.catalog import Entry, Page
+from braindive.catalog_export import Export
 from braindive.description import describe_record, measured_baseline
 from braindive.targets import Target
 
@@ -50,7 +52,7 @@ def export_stimuli(service: Service, ids, keep: int = KEEP_EXPORTS) -> Export:
     folder = root / f"{stamp}-{now % 10**9:09d}-{uuid.uuid4().hex[:6]}"
     folder.mkdir()
     try:
-        export = service.catalog.export_zip(ids, folder / EXPORT_NAME)
+        export = catalog_export.export_zip(service.catalog, ids, folder / EXPORT_NAME)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

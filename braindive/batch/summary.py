@@ -99,14 +99,19 @@ def write_summary(sweep: Sweep, catalog: Catalog, log=print) -> Path:
              "best = highest, lowest for a minimise.",
              "", "| job | images | measure mean ± sd | median | unguided mean ± sd | change | kept (re-rank) |",
              "|---|---|---|---|---|---|---|"]
+    jobs = {job.label: job for job in sweep.jobs}
     for label, rows in groups.items():
         guided, unguided = _stats(r["objective"] for r in rows), _stats(r["baseline"] for r in rows)
         kept = rows[:max(1, math.ceil(sweep.rerank_keep * len(rows)))] if sweep.rerank_keep and rows else []
         summary["jobs"][label] = {"objective": guided, "unguided": unguided, "top": [r["id"] for r in rows[:_TOP]],
-                                  "kept": [r["id"] for r in kept]}
+                                  "kept": [r["id"] for r in kept], **jobs[label].settings.image_record()}
         gain = guided.get("mean", math.nan) - unguided.get("mean", math.nan)
         lines.append(f"| {label} | {guided['n']} | {_fmt(guided)} | {guided.get('median', math.nan):.4g} | "
                      f"{_fmt(unguided)} | {gain:+.4g} | {len(kept) if sweep.rerank_keep else 'off'} |")
+    starts = sorted({job.settings.init_image for job in sweep.jobs if job.settings.init_image}, key=lambda s: s.file)
+    if starts:
+        lines += ["", "Start images (named as in the sweep file, with their pixel sha256): "
+                  + ", ".join(f"`{s.file}` {s.sha256[:16]}…" for s in starts)]
     sheet = contact_sheet(catalog, groups, folder / "contact_sheet.png")
     if sheet:
         lines += ["", f"Best images per job: `{sheet}`"]

@@ -3,9 +3,11 @@
 A sweep expands into *jobs* (one encoder, one ``braindive.targets.Target``, one setting) and each job
 into images, one per seed. Every image has a deterministic id, a hash of (model, encoder, target voxels,
 the subject's voxel-space fingerprint, settings, seed; ``braindive.generate.image_id``), so a re-run
-finds what is already in the catalog. Numbers are checked against ``braindive.presets.LIMITS``, with the
-same messages as the app and the CLI. Errors name the sweep file and the line of the bad key
-(``tomllib`` reports no line numbers for values, so the key is looked up in the text).
+finds what is already in the catalog. Start images (``init_images``) are read here, once: jobs carry their
+pixels and ids use their pixel hash, so workers never open the files and a sweep folder that moves keeps its
+ids. Numbers are checked against ``braindive.presets.LIMITS``, with the same messages as the app and the CLI.
+Errors name the sweep file and the line of the bad key (``tomllib`` reports no line numbers for values, so the
+key is looked up in the text).
 """
 from __future__ import annotations
 
@@ -452,10 +454,11 @@ class _Reader:
 
     def image_settings(self, table: dict, settings: list[Settings]) -> list[Settings]:
         """``init_images = ["ref.png"]`` (relative to the sweep file) x ``strength = [0.5, 0.8]``: every setting
-        from every start image at every strength; without ``init_images``, from noise (``strength`` refused)."""
+        from every start image at every strength; without ``init_images``, from noise (``strength`` refused).
+        Each image is read here, once (``generate.StartImage``: named as written, its pixels travel with the jobs)."""
         from dataclasses import replace
 
-        from ..generate import start_image_hash
+        from ..generate import StartImage
 
         files = table.get("init_images", [])
         if not files:
@@ -463,24 +466,30 @@ class _Reader:
                 self.fail("`settings.strength` needs `settings.init_images` (the images to start from).", "settings",
                           "strength")
             return settings
-        paths = []
+        images = {}
         for file in self.string_list(files, "settings", "init_images"):
-            path = (self.base_dir / file).resolve()
             try:
-                start_image_hash(str(path))
-            except (OSError, ValueError) as exc:
+                image = StartImage.read(self.base_dir / file, name=file)
+            except ValueError as exc:
                 self.fail(f"init image {file!r}: {exc}", "settings", "init_images", needle=file)
-            paths.append(str(path))
+            if image.sha256 in images:  # the same pixels: the same image ids, twice
+                self.fail(f"init images {images[image.sha256].file!r} and {file!r} have the same pixels; list each "
+                          "start image once.", "settings", "init_images", needle=file)
+            if image.file in {i.file for i in images.values()}:  # two absolute paths ending in the same file name
+                self.fail(f"two init images are named {image.file!r} in records; give them distinct file names or "
+                          "paths relative to the sweep file.", "settings", "init_images", needle=file)
+            images[image.sha256] = image
         strengths = table.get("strength", [1.0])
         strengths = [self.limit("strength", v, "settings", "strength")
                      for v in (strengths if isinstance(strengths, list) else [strengths])]
-        return [replace(s, init_image=p, strength=v) for s in settings for p in paths for v in strengths]
+        return [replace(s, init_image=image, strength=v)
+                for s in settings for image in images.values() for v in strengths]
 
 
 def _variant(settings: Settings, key: str) -> str:
-    """``key=value`` of one varying setting (a prompt quoted, a start image by its file name)."""
+    """``key=value`` of one varying setting (a prompt quoted, a start image by its name in the sweep file)."""
     value = getattr(settings, key)
-    return f"{key}={value!r}" if key == "prompt" else f"{key}={Path(value).name}" if key == "init_image" else f"{key}={value}"
+    return f"{key}={value!r}" if key == "prompt" else f"{key}={value.file}" if key == "init_image" else f"{key}={value}"
 
 
 def _split_encoder(enc: EncoderSpec, by: str, subject):
