@@ -50,6 +50,8 @@ def check_limits(args, flags: dict = _LIMITED) -> None:
         return
     if args.strength is not None and not args.init_image:
         raise LimitError("--strength needs --init-image (the image the generation starts from).")
+    if args.nsd_dataset and not args.init_image:
+        raise LimitError("--nsd-dataset needs --init-image nsd:<id> (the NSD image the generation starts from).")
     last = args.seed + args.n - 1
     if last > LIMITS["seed"].hi:
         raise LimitError(f"the last seed (`Seed` + `Generate N images` − 1) must be at most {LIMITS['seed'].hi}, got {last}.")
@@ -66,8 +68,8 @@ def generate(args) -> list:
     from tqdm.auto import tqdm
 
     preset = get_preset(args.preset)
-    settings = _settings(args, preset, init_image=StartImage.read(args.init_image) if args.init_image else None,
-                         strength=args.strength)
+    start = StartImage.resolve(args.init_image, nsd_dataset=args.nsd_dataset) if args.init_image else None
+    settings = _settings(args, preset, init_image=start, strength=args.strength)
     target = build_target(args)
     import torch
 
@@ -263,7 +265,10 @@ def _parser() -> argparse.ArgumentParser:
     _generation_flags(g)
     g.add_argument("--seed", default=0)
     g.add_argument("--init-image", help="start from this image (img2img): its VAE latents noised to --strength; records "
-                   "name it as given (by file name when the path is absolute) with its pixel hash")
+                   "name it as given (by file name when the path is absolute) with its pixel hash. nsd:<id> names the "
+                   "image of that 0-based NSD 73k id (nsdId) in --nsd-dataset")
+    g.add_argument("--nsd-dataset", help="prepared NSD dataset (.h5, training.prepare_nsd) that --init-image nsd:<id> "
+                   "is read from")
     g.add_argument("--strength", help="with --init-image: noise level in [0, 1] (0 = the image's VAE round trip, "
                    "1 = from the noisiest step; default 1)")
     g.add_argument("--no-baseline", dest="baseline", action="store_false",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 
@@ -24,6 +25,9 @@ from .targets import Target
 __all__ = ["GenerationSettings", "StartImage", "SeedResult", "BaselineStore", "generate_seed", "generate_seeds",
            "baseline_key", "seed_record", "roi_means", "unguided_seeds", "reference_name", "image_id", "image_id_from_key", "target_key",
            "encoder_identity"]
+
+
+NSD_SPEC = re.compile(r"nsd:(-?\d+)")  # a start image named by its NSD id (0-based 73k id)
 
 
 @dataclass(frozen=True)
@@ -44,12 +48,32 @@ class StartImage:
         """The image file at ``path``, named ``name`` (default: ``path``) as the request wrote it; ``ValueError``
         naming the file when it is missing or not a readable image."""
         from .evaluation.sets import open_rgb
+
+        return cls.from_image(open_rgb(Path(path)), reference_name(path if name is None else name))
+
+    @classmethod
+    def from_image(cls, image, name: str) -> "StartImage":
+        """A PIL image (an upload, an NSD image) named ``name`` in records."""
         from .variation import image_hash
 
-        image = open_rgb(Path(path))
         buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return cls(reference_name(path if name is None else name), image_hash(image), buffer.getvalue())
+        image.convert("RGB").save(buffer, format="PNG")
+        return cls(name, image_hash(image), buffer.getvalue())
+
+    @classmethod
+    def resolve(cls, spec: str, base=".", nsd_dataset=None) -> "StartImage":
+        """What a request names: an image file (relative to ``base``, named as written) or ``nsd:<id>``, the image
+        of that 0-based NSD 73k id in the prepared NSD dataset ``nsd_dataset`` (named ``nsd-<id>``)."""
+        match = NSD_SPEC.fullmatch(str(spec).strip())
+        if not match:
+            return cls.read(Path(base) / spec, name=spec)
+        if not nsd_dataset:
+            raise ValueError(f"{spec!r} names an NSD image: give the prepared NSD dataset it is read from "
+                             "(--nsd-dataset, or `nsd_dataset` in a sweep's [settings]).")
+        from .prepared import nsd_image, nsd_reference_name
+
+        nsd_id = int(match.group(1))
+        return cls.from_image(nsd_image(Path(base) / nsd_dataset, nsd_id), nsd_reference_name(nsd_id))
 
     def image(self):
         """The pixels as an RGB PIL image."""

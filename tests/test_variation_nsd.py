@@ -110,3 +110,49 @@ def test_split_by_responses_to_the_shared_nsd_images(service, release):
                                images=torch.from_numpy(pixels).permute(0, 3, 1, 2))
     assert [p.voxels.tolist() for p in parts.parts] == [p.voxels.tolist() for p in expected.parts]
     assert [r["n_voxels"] for r in rows] == [len(p.voxels) for p in expected.parts]
+
+
+def test_cli_and_sweep_start_from_the_same_nsd_image_with_the_same_ids(release, service, tmp_path, capsys):
+    from braindive.batch import SweepError, parse_sweep
+    from braindive.catalog import Catalog
+    from braindive.cli import main
+
+    nsd_id = int(release.shared_ids[1])
+    expected = {"file": f"nsd-{nsd_id}", "sha256": image_hash(PIL.Image.fromarray(_brick(release, nsd_id)))}
+    flags = ["--roi", "FFA", "--n", "1", "--seed", "4", "--steps", "2", "--height", "64", "--width", "64",
+             "--strength", "0.5"]
+    assert main(["generate", *flags, "--init-image", f"nsd:{nsd_id}", "--nsd-dataset", str(service.prepared),
+                 "--out", str(tmp_path / "cli")]) == 0
+    cli = Catalog(tmp_path / "cli")
+    (entry,) = cli.query()
+    assert cli.record(entry.id)["parameters"]["reference"] == expected
+
+    sweep_text = f"""
+name = "nsd-start"
+model = "demo"
+seeds = [4]
+[[encoders]]
+subject = "S1"
+path = "demo"
+[targets]
+rois = ["FFA"]
+[settings]
+steps = 2
+height = 64
+width = 64
+init_images = ["nsd:{nsd_id}"]
+strength = 0.5
+nsd_dataset = "{service.prepared.name}"
+"""
+    sweep = parse_sweep(sweep_text, base_dir=service.prepared.parent)  # the dataset relative to the sweep file
+    (job,) = sweep.jobs
+    assert job.settings.image_record() == {"strength": 0.5, "reference": expected}
+    assert sweep.image_ids(job) == [entry.id]  # the same request, the same image id at both doors
+    with pytest.raises(SweepError, match="names an NSD image: give the prepared NSD dataset"):
+        parse_sweep(sweep_text.replace(f'nsd_dataset = "{service.prepared.name}"', ""), base_dir=service.prepared.parent)
+    with pytest.raises(SweepError, match="NSD dataset file not found"):
+        parse_sweep(sweep_text, base_dir=tmp_path)
+    assert main(["generate", *flags, "--init-image", f"nsd:{nsd_id}", "--out", str(tmp_path / "x")]) == 2
+    assert "names an NSD image" in capsys.readouterr().err
+    assert main(["generate", "--roi", "FFA", "--nsd-dataset", str(service.prepared), "--out", str(tmp_path / "y")]) == 2
+    assert "--nsd-dataset needs --init-image nsd:<id>" in capsys.readouterr().err

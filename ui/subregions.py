@@ -14,8 +14,7 @@ from matplotlib.colors import ListedColormap
 
 from braindive import subregions as sr
 from braindive import variation as V
-from braindive.generate import GenerationSettings, SeedResult, seed_record
-from braindive.prepared import nsd_image, nsd_reference_name
+from braindive.generate import GenerationSettings, SeedResult, StartImage, seed_record
 from braindive.subregion_images import cross_prediction, store
 from braindive.targets import Target
 
@@ -134,9 +133,10 @@ def start_image(service: Service, upload, nsd_dataset: str = "", nsd_id=None) ->
         number = float(nsd_id)
         if not number.is_integer():
             raise ValueError(f"`NSD image id` must be a whole number, got {nsd_id!r}.")
-        return nsd_image(path, int(number)), nsd_reference_name(int(number))
+        start = StartImage.resolve(f"nsd:{int(number)}", nsd_dataset=path)
     except (ValueError, OSError) as exc:
         raise ServiceError(str(exc).replace(str(path), path.name)) from exc  # no server folder in the answer
+    return start.image(), start.file
 
 
 def vary(service: Service, subject_label: str, encoder_name: str, roi: str, kind: str, image, strength, scale, seed,

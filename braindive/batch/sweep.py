@@ -51,7 +51,7 @@ SETTING_LIMITS = {"scale": "scale", "steps": "steps", "sag": "sag", "cfg": "cfg"
                   "prompt": "prompt"}
 _EXECUTION_RANGES = {"batch_size": (int, 1, 256), "cpus_per_worker": (int, 1, 1024), "gpus_per_worker": (float, 0, 16),
                      "workers": (int, 0, 100000), "max_retries": (int, 0, 100)}
-_IMAGE_SETTINGS = {"init_images", "strength"}  # reference-image variations: start images x strengths
+_IMAGE_SETTINGS = {"init_images", "strength", "nsd_dataset"}  # reference-image variations: start images x strengths
 _SUBREGION_KEYS = {"roi", "k", "by", "axis", "seed", "images", "kind"}
 
 
@@ -453,24 +453,27 @@ class _Reader:
         return self.image_settings(table, plain)
 
     def image_settings(self, table: dict, settings: list[Settings]) -> list[Settings]:
-        """``init_images = ["ref.png"]`` (relative to the sweep file) x ``strength = [0.5, 0.8]``: every setting
-        from every start image at every strength; without ``init_images``, from noise (``strength`` refused).
-        Each image is read here, once (``generate.StartImage``: named as written, its pixels travel with the jobs)."""
+        """``init_images = ["ref.png", "nsd:2950"]`` (files relative to the sweep file; ``nsd:<id>`` from the prepared
+        NSD dataset ``nsd_dataset``) x ``strength = [0.5, 0.8]``: every setting from every start image at every
+        strength; without ``init_images``, from noise (``strength`` refused). Each image is read here, once
+        (``generate.StartImage``: named as written, its pixels travel with the jobs)."""
         from dataclasses import replace
 
         from ..generate import StartImage
 
         files = table.get("init_images", [])
         if not files:
-            if "strength" in table:
-                self.fail("`settings.strength` needs `settings.init_images` (the images to start from).", "settings",
-                          "strength")
+            for key in ("strength", "nsd_dataset"):
+                if key in table:
+                    self.fail(f"`settings.{key}` needs `settings.init_images` (the images to start from).", "settings",
+                              key)
             return settings
+        nsd_dataset = self.string(table["nsd_dataset"], "settings", "nsd_dataset") if "nsd_dataset" in table else None
         images = {}
         for file in self.string_list(files, "settings", "init_images"):
             try:
-                image = StartImage.read(self.base_dir / file, name=file)
-            except ValueError as exc:
+                image = StartImage.resolve(file, base=self.base_dir, nsd_dataset=nsd_dataset)
+            except (ValueError, OSError) as exc:
                 self.fail(f"init image {file!r}: {exc}", "settings", "init_images", needle=file)
             if image.sha256 in images:  # the same pixels: the same image ids, twice
                 self.fail(f"init images {images[image.sha256].file!r} and {file!r} have the same pixels; list each "
