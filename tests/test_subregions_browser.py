@@ -1,5 +1,5 @@
 """In the browser: split OPA into 2, see two colours and the legend, generate for each part, see the table,
-then the parts' images in History."""
+then the parts' images in History; start from an uploaded image and see reference, control and guided."""
 import base64
 import io
 
@@ -49,3 +49,20 @@ def test_split_opa_in_two_colours_then_generate_and_see_the_table(page):  # noqa
                            "document.querySelector('#history-table').innerText.includes('max OPA·1/2') && "
                            "document.querySelector('#history-table').innerText.includes('max OPA·2/2')", timeout=120_000)
     page.screenshot(path=ARTIFACTS / "history-split-opa.png", full_page=True)
+
+
+
+def test_start_from_an_uploaded_image(page, tmp_path):  # noqa: F811
+    """The click that reached no handler before (Gradio gave a *args handler no request): upload, generate, read."""
+    reference = tmp_path / "reference.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 80, 3), dtype=np.uint8)).save(reference)
+    page.get_by_role("tab", name="Explore").click()
+    page.get_by_text("Start from an image").click()
+    page.locator("#reference-image input[type=file]").set_input_files(str(reference))
+    page.wait_for_selector("#reference-image img", timeout=60_000)
+    page.locator("#vary-button").click()
+    page.wait_for_function("document.querySelector('#var-summary').innerText.includes('SSIM')", timeout=600_000)
+    assert "Strength 0.5" in page.locator("#var-summary").inner_text()
+    for box in ("#var-reference", "#var-control", "#var-guided"):
+        assert page.locator(f"{box} img").count() == 1
+    page.screenshot(path=ARTIFACTS / "explore-start-from-image.png", full_page=True)

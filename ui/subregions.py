@@ -122,7 +122,7 @@ def cross_predict(service: Service, encoder_name: str, parts: sr.Split, n_seeds:
 def start_image(service: Service, upload, nsd_dataset: str = "", nsd_id=None) -> tuple[object, str]:
     """The reference image and the name records give it: an upload (no name), or the image of NSD id ``nsd_id``
     (0-based 73k id) in a prepared NSD dataset under the allowed folders (``nsd-<id>``)."""
-    from_nsd = nsd_id not in (None, "")
+    from_nsd = str(nsd_id if nsd_id is not None else "").strip() != ""
     if (upload is None) == (not from_nsd):
         raise ServiceError("Start from one image: upload one, or give an NSD image id and its prepared dataset"
                            + (", not both." if from_nsd else "."))
@@ -130,10 +130,10 @@ def start_image(service: Service, upload, nsd_dataset: str = "", nsd_id=None) ->
         return upload, ""
     path = inside_roots(service.settings, nsd_dataset or "", "Dataset", want_dir=False)
     try:
-        number = float(nsd_id)
-        if not number.is_integer():
-            raise ValueError(f"`NSD image id` must be a whole number, got {nsd_id!r}.")
-        start = StartImage.resolve(f"nsd:{int(number)}", nsd_dataset=path)
+        text = str(nsd_id).strip()
+        if not text.lstrip("-").isdigit():
+            raise ValueError(f"`NSD image id` must be a whole number, got {text!r}.")
+        start = StartImage.resolve(f"nsd:{int(text)}", nsd_dataset=path)
     except (ValueError, OSError) as exc:
         raise ServiceError(str(exc).replace(str(path), path.name)) from exc  # no server folder in the answer
     return start.image(), start.file
@@ -194,7 +194,8 @@ def build(service: Service, settings, subject: gr.Dropdown, encoder: gr.Dropdown
             split_mode = gr.Radio(["exact", "fast"], value="exact", label="Guidance computation")
             split_generate = gr.Button("Generate for each part", variant="primary", elem_id="split-generate")
         parts_gallery = gr.Gallery(label="Images per part", columns=8, height=220, format="png", elem_id="parts-gallery")
-        cross_table = gr.Dataframe(interactive=False, elem_id="cross-table",
+        cross_table = gr.Dataframe(headers=["images for", "gain per part", "own largest", "margin"], interactive=False,
+                                   elem_id="cross-table",
                                    label="Cross-prediction: gain of each part (columns) for each part's images (rows)")
 
     with gr.Accordion("Start from an image", open=False, elem_id="start-image"):
@@ -202,8 +203,8 @@ def build(service: Service, settings, subject: gr.Dropdown, encoder: gr.Dropdown
             with gr.Column():
                 reference = gr.Image(type="pil", label="Reference image", elem_id="reference-image", format="png")
                 with gr.Row():
-                    nsd_id = gr.Number(value=None, precision=0, minimum=0, label="…or NSD image id (nsdId, 0-based)",
-                                       elem_id="nsd-id")
+                    nsd_id = gr.Textbox(label="…or NSD image id (nsdId, 0-based)", placeholder="e.g. 2950",
+                                        elem_id="nsd-id")  # text: an empty box is "none" (a Number sends 0)
                     nsd_dataset = gr.Textbox(label="Prepared NSD dataset (.h5)", placeholder="outputs/nsd/subj01.h5",
                                              elem_id="nsd-dataset")
             with gr.Column():
@@ -236,10 +237,10 @@ def build(service: Service, settings, subject: gr.Dropdown, encoder: gr.Dropdown
                        [state, parts_image, parts_legend, parts_report])
     split_generate.click(do_generate, [encoder, state, n_seeds, first_seed, kind, split_mode], [parts_gallery, cross_table],
                          concurrency_limit=settings.concurrency + settings.queue_size, concurrency_id="gpu")
-    def do_vary(subj, enc, name, *rest, request: gr.Request):
-        *rest, dataset_, id_ = rest
-        return _guard(lambda: vary(service, subj, enc, name, *rest, owner=service.owner_of(request),
-                                   nsd_dataset=dataset_, nsd_id=id_))
+    def do_vary(subj, enc, name, kind_, image, strength_, scale_, seed_, mode_, dataset_, id_, request: gr.Request):
+        # named parameters, not *args: Gradio passes `request` only to a function whose inputs it can count
+        return _guard(lambda: vary(service, subj, enc, name, kind_, image, strength_, scale_, seed_, mode_,
+                                   owner=service.owner_of(request), nsd_dataset=dataset_, nsd_id=id_))
 
     vary_button.click(do_vary,
                       [subject, encoder, roi, var_kind, reference, strength, var_scale, var_seed, var_mode, nsd_dataset,
