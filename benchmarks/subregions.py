@@ -41,7 +41,7 @@ def run(n_seeds: int, mode: str, contrast_for=("weights", "anatomy")) -> dict:
     for roi, by in SPLITS:
         split = sr.split_region(demo.subject, roi, 2, by, encoder=demo.encoder, seed=0)
         labels[roi, by] = split.labels
-        if (roi, "weights") in labels and (roi, "anatomy") in labels:  # share of voxels in the same part (either naming)
+        if (roi, "weights") in labels and (roi, "anatomy") in labels:  # voxels in the same part, either naming
             same = float(np.mean(labels[roi, "weights"] == labels[roi, "anatomy"]))
             agreement[roi] = max(same, 1 - same)
         similarity = sr.report(split, demo.subject, sr.weight_profiles(demo.encoder, split.voxels))
@@ -109,10 +109,11 @@ def reading(report: dict) -> str:
             f"{span(of('maximize', 'margin'))})")
     if of("contrast", "margin"):
         text += ("; guiding each part against the other part (`kind=\"contrast\"`) on "
-                 f"{span(of('contrast', 'own largest'), '{:.0f}', 100, '%')} (mean margin {span(of('contrast', 'margin'))})")
-    return text + (". This is a planted gradient in a simulated brain: it shows that the split and the guidance recover "
-                   "within-region structure when an encoder has it, not that real regions have it (NSD-fit encoders: "
-                   "not measured here).")
+                 f"{span(of('contrast', 'own largest'), '{:.0f}', 100, '%')} "
+                 f"(mean margin {span(of('contrast', 'margin'))})")
+    return text + (". This is a planted gradient in a simulated brain: it shows that the split and the guidance "
+                   "recover within-region structure when an encoder has it, not that real regions have it (NSD-fit "
+                   "encoders: not measured here).")
 
 
 def verdicts(rows: list[dict]) -> dict:

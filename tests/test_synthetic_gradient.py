@@ -8,7 +8,7 @@ import braindive as bd
 from braindive import subregions as sr
 from braindive.demo import ASSET_ENCODER
 from training import synthetic
-from training.synthetic import ROI_TUNING, axis_positions, reference_statistics, simulated_brain
+from training.synthetic import ROI_GRADIENT, ROI_TUNING, axis_positions, reference_statistics, simulated_brain
 
 pytestmark = pytest.mark.skipif(not (ASSET_ENCODER / "config.json").is_file(), reason="no demo encoder (package data)")
 CATEGORY_ROIS = ("FFA", "OPA", "PPA", "EBA")
@@ -60,6 +60,8 @@ def test_the_truth_and_the_demo_encoder_split_regions_into_posterior_and_anterio
 
 
 def test_each_roi_still_prefers_its_tuning_direction_overall(s1, encoder):
+    assert set(ROI_GRADIENT) == set(ROI_TUNING)
+    assert all(not set(ROI_GRADIENT[roi]) & set(combo) for roi, combo in ROI_TUNING.items())  # orthogonal to the tuning
     weights = simulated_brain(s1, encoder)[0]
     directions = reference_statistics(encoder)["directions"]
     for roi, combo in ROI_TUNING.items():

@@ -7,8 +7,8 @@ linear function of the demo tower's L2-normalised features ``f`` plus Gaussian n
 
 Each ROI prefers its own signed combination ``m`` of the top principal directions of the features
 (``ROI_TUNING``), so different regions prefer different visual content; voxels outside the ROIs get
-weak random tuning. Inside an ROI the preference drifts along a posterior-to-anterior gradient (as
-real regions do: OPA has one): voxel v's direction is ``cos(a_v) m + sin(a_v) d``, where ``d`` is a
+weak random tuning. Inside an ROI the preference drifts along a posterior-to-anterior gradient (modelled
+on the one reported within OPA): voxel v's direction is ``cos(a_v) m + sin(a_v) d``, where ``d`` is a
 signed combination of the top principal directions that ``m`` does not use (``ROI_GRADIENT``) and
 ``a_v = GRADIENT_ANGLE * t_v``, ``t_v`` in [-1, 1] the voxel's position along the posterior-anterior axis
 within its ROI and hemisphere (its rank on the y coordinate the anatomical split uses,
@@ -16,9 +16,9 @@ within its ROI and hemisphere (its rank on the y coordinate the anatomical split
 cancels over the ROI (``t`` is symmetric), so the ROI as a whole prefers ``m`` as before; ``m`` also
 dominates (``|a_v| < 45 deg``) the middle 82% of each ROI and each half on average (mean ``|a_v|`` 27.5 deg),
 while the posterior and anterior halves prefer different content. ``GRADIENT_ANGLE`` (55 deg) is the
-smallest of those tried (35, 45, 55, 65 deg) with which, on the demo, maximising either half of FFA or OPA raises it more
-than the other half on >= 80% of 16 seeds (``benchmarks/subregions.py``); ``d`` mixes two directions
-because the demo's unguided images already spread along a single one (e.g. the first) about as far as
+smallest of those tried (35, 45, 55, 65 deg) with which, on the demo, maximising either half of FFA or OPA
+raises it more than the other half on >= 80% of 16 seeds (``benchmarks/subregions.py``); ``d`` mixes two
+directions because the demo's unguided images already spread along a single one (e.g. the first) about as far as
 guidance can push it, so the half turned that way gains less than the other on a quarter of the seeds.
 ``w_v`` is scaled so the signal has unit variance and
 ``sigma_v^2 = (1 - c_v) / c_v`` for a target ceiling ``c_v``. The best possible test R^2 of voxel v
@@ -63,8 +63,8 @@ ROI_TUNING = {
     "V1": {0: 1.0}, "V2": {0: 0.7, 1: 0.7}, "V3": {1: 1.0}, "OFA": {0: -0.7, 2: 0.7}, "FFA": {2: 1.0},
     "EBA": {2: -0.7, 3: 0.7}, "PPA": {0: -1.0}, "OPA": {1: -1.0}, "RSC": {3: 1.0},
 }
-# ROI -> the signed combination of principal directions its posterior->anterior gradient turns toward: of the top
-# three, those its ROI_TUNING leaves out (when two: the first minus the second)
+# ROI -> the signed combination of principal directions its posterior->anterior gradient turns toward: the first two
+# of the top three that its ROI_TUNING leaves out, the first minus the second (V2 and OFA leave only one)
 ROI_GRADIENT = {
     "V1": {1: 0.7, 2: -0.7}, "V2": {2: 1.0}, "V3": {0: 0.7, 2: -0.7}, "OFA": {1: 1.0}, "FFA": {0: 0.7, 1: -0.7},
     "EBA": {0: 0.7, 1: -0.7}, "PPA": {1: 0.7, 2: -0.7}, "OPA": {0: 0.7, 2: -0.7}, "RSC": {0: 0.7, 1: -0.7},
