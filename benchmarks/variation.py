@@ -35,10 +35,11 @@ def run(n_refs: int, mode: str, strengths=STRENGTHS, scales=SCALES) -> dict:
 
     import braindive as bd
     from braindive import variation as V
-    from braindive.demo import DEMO_DEFAULTS
+    from braindive.presets import PRESETS
 
     demo = bd.demo.load()
-    settings = {**{k: v for k, v in DEMO_DEFAULTS.items() if k != "brain_guidance_scale"}, "guidance_mode": mode}
+    settings = {**{k: PRESETS["demo"].defaults[k] for k in ("height", "width", "num_inference_steps", "sag_scale")},
+                "guidance_mode": mode}
     objective = bd.Objective.maximize(demo.subject.roi(ROI), label=f"max {ROI}")
     load, start = [os.getloadavg()[0]], time.perf_counter()
 
