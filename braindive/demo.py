@@ -41,9 +41,9 @@ DEMO_VOLUME_SUBJECT = "S1-fullhead"  # the built-in volume space; its demo encod
 DEMO_FAST_RECIPE = FastGuidance(skip_unet_backprop=True, guide_every=4, dense_start=0.2, decode_scale=0.5)
 # Scale measured on braindive/assets/demo-sd with the demo encoder (128 px, its training size; 25 DPM steps, SAG 0.75,
 # seeds 0-5; mean predicted ROI activation at scales 0 / 10 / 20 / 40 / 130):
-#   FFA 0.42 / 2.36 / 2.67 / 2.76 / 2.70   PPA -0.76 / 1.46 / 1.79 / 1.90 / 1.94
-#   EBA 4.33 / 7.14 / 7.27 / 7.26 / 6.92   RSC 13.10 / 15.03 / 14.96 / 13.75 / 12.47
-# 20 reaches 93-100% of the best gain while the scenes keep their shapes; the paper's 130 suits real SD + CLIP.
+#   FFA 0.29 / 1.53 / 1.78 / 1.93 / 1.91   PPA -0.72 / 1.35 / 1.67 / 1.79 / 1.83
+#   EBA 2.76 / 4.31 / 4.58 / 4.63 / 4.47   RSC 6.02 / 6.75 / 6.87 / 6.89 / 5.93
+# 20 reaches 91-98% of the best gain while the scenes keep their shapes; the paper's 130 suits real SD + CLIP.
 
 
 @dataclass

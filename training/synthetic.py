@@ -5,9 +5,22 @@ linear function of the demo tower's L2-normalised features ``f`` plus Gaussian n
 
     y_v = f @ w_v + b_v + noise,   noise ~ N(0, sigma_v^2)
 
-Each ROI prefers its own signed combination of the top principal directions of the features
+Each ROI prefers its own signed combination ``m`` of the top principal directions of the features
 (``ROI_TUNING``), so different regions prefer different visual content; voxels outside the ROIs get
-weak random tuning. ``w_v`` is scaled so the signal has unit variance and
+weak random tuning. Inside an ROI the preference drifts along a posterior-to-anterior gradient (modelled
+on the one reported within OPA): voxel v's direction is ``cos(a_v) m + sin(a_v) d``, where ``d`` is a
+signed combination of the top principal directions that ``m`` does not use (``ROI_GRADIENT``) and
+``a_v = GRADIENT_ANGLE * t_v``, ``t_v`` in [-1, 1] the voxel's position along the posterior-anterior axis
+within its ROI and hemisphere (its rank on the y coordinate the anatomical split uses,
+``braindive.subregions.voxel_coordinates``, mapped linearly: posterior end -1, anterior end +1). ``d``
+cancels over the ROI (``t`` is symmetric), so the ROI as a whole prefers ``m`` as before; ``m`` also
+dominates (``|a_v| < 45 deg``) the middle 82% of each ROI and each half on average (mean ``|a_v|`` 27.5 deg),
+while the posterior and anterior halves prefer different content. ``GRADIENT_ANGLE`` (55 deg) is the
+smallest of those tried (35, 45, 55, 65 deg) with which, on the demo, maximising either half of FFA or OPA
+raises it more than the other half on >= 80% of 16 seeds (``benchmarks/subregions.py``); ``d`` mixes two
+directions because the demo's unguided images already spread along a single one (e.g. the first) about as far as
+guidance can push it, so the half turned that way gains less than the other on a quarter of the seeds.
+``w_v`` is scaled so the signal has unit variance and
 ``sigma_v^2 = (1 - c_v) / c_v`` for a target ceiling ``c_v``. The best possible test R^2 of voxel v
 is then known: ``var_test(f @ w_v) / (var_test(f @ w_v) + sigma_v^2)``, stored as the dataset's
 noise ceiling.
@@ -27,18 +40,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import rankdata
 
 import braindive
 from braindive.cache import cache_dir, private_tmp
 from braindive.demo_components import DEMO_TOWER_NAME
 from braindive.subjects import load_subject
+from braindive.subregions import voxel_coordinates
 
 from .dataset import DatasetWriter, SplitSpec
 from .features import build_encoder, embed_images, encoder_key
 from .logs import cli_errors, configure_logging
 
-__all__ = ["ROI_TUNING", "SyntheticTruth", "procedural_images", "simulated_brain", "reference_statistics",
-           "make_synthetic", "main"]
+__all__ = ["ROI_TUNING", "ROI_GRADIENT", "GRADIENT_ANGLE", "SyntheticTruth", "axis_positions", "procedural_images",
+           "simulated_brain", "reference_statistics", "make_synthetic", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +63,13 @@ ROI_TUNING = {
     "V1": {0: 1.0}, "V2": {0: 0.7, 1: 0.7}, "V3": {1: 1.0}, "OFA": {0: -0.7, 2: 0.7}, "FFA": {2: 1.0},
     "EBA": {2: -0.7, 3: 0.7}, "PPA": {0: -1.0}, "OPA": {1: -1.0}, "RSC": {3: 1.0},
 }
+# ROI -> the signed combination of principal directions its posterior->anterior gradient turns toward: the first two
+# of the top three that its ROI_TUNING leaves out, the first minus the second (V2 and OFA leave only one)
+ROI_GRADIENT = {
+    "V1": {1: 0.7, 2: -0.7}, "V2": {2: 1.0}, "V3": {0: 0.7, 2: -0.7}, "OFA": {1: 1.0}, "FFA": {0: 0.7, 1: -0.7},
+    "EBA": {0: 0.7, 1: -0.7}, "PPA": {1: 0.7, 2: -0.7}, "OPA": {0: 0.7, 2: -0.7}, "RSC": {0: 0.7, 1: -0.7},
+}
+GRADIENT_ANGLE = np.deg2rad(55.0)  # rotation at the posterior (-) and anterior (+) ends; the middle voxel keeps m
 ROI_CEILING = (0.4, 0.85)      # target ceilings drawn uniformly, voxels in an ROI
 OUTSIDE_CEILING = (0.05, 0.3)  # voxels outside every ROI
 _BATCH = 128
@@ -123,16 +145,36 @@ def _tuning(reference: dict, subject, rng) -> tuple[np.ndarray, np.ndarray]:
     n_feat, n_vox = cov.shape[0], subject.n_voxels
     weights = rng.normal(0, 0.15 / np.sqrt(n_feat), (n_feat, n_vox))
     in_roi = np.zeros(n_vox, bool)
+    y = voxel_coordinates(subject)[:, 1]
     for roi, combo in ROI_TUNING.items():
         if roi not in subject.rois:
             continue
         idx = subject.rois[roi]
-        direction = sum(w * directions[k] for k, w in combo.items())
-        weights[:, idx] += direction[:, None] / np.linalg.norm(direction)
+        main, second = (_unit(directions, c) for c in (combo, ROI_GRADIENT[roi]))
+        angle = GRADIENT_ANGLE * axis_positions(y[idx], subject.is_right[idx])
+        weights[:, idx] += np.outer(main, np.cos(angle)) + np.outer(second, np.sin(angle))
         in_roi[idx] = True
     weights /= np.sqrt(np.einsum("fv,fg,gv->v", weights, cov, weights))  # std of features @ w over the reference
     ceiling = np.where(in_roi, rng.uniform(*ROI_CEILING, n_vox), rng.uniform(*OUTSIDE_CEILING, n_vox))
     return weights, ceiling
+
+
+def _unit(directions: np.ndarray, combo: dict) -> np.ndarray:
+    """The unit vector of a signed combination ``{principal direction index: weight}``."""
+    v = sum(w * directions[k] for k, w in combo.items())
+    return v / np.linalg.norm(v)
+
+
+def axis_positions(values: np.ndarray, is_right: np.ndarray) -> np.ndarray:
+    """Each voxel's position in [-1, 1] along ``values`` (e.g. y, posterior -> anterior) within its hemisphere:
+    its rank (ties averaged) mapped linearly, lowest -1, highest +1. Each hemisphere's positions are symmetric
+    about 0, negative for the lower half by ``values`` (the anatomical split's first part)."""
+    positions = np.zeros(len(values))
+    for hemi in (False, True):
+        members = np.flatnonzero(is_right == hemi)
+        if len(members) > 1:
+            positions[members] = 2 * (rankdata(values[members]) - 1) / (len(members) - 1) - 1
+    return positions
 
 
 def reference_statistics(encoder) -> dict:
@@ -196,7 +238,10 @@ def make_synthetic(path, subject=None, *, n_train: int = 2000, n_test: int = 300
     splits = {"train": SplitSpec(np.arange(n_train), np.ones(n_train)),
               "test": SplitSpec(np.arange(n_train, n), np.ones(n_test))}
     metadata = {"route": "synthetic", "seed": seed, "image_size": image_size, "tower": DEMO_TOWER_NAME,
-                "roi_tuning": ROI_TUNING, "reference": {"seed": REFERENCE_SEED, "n_images": REFERENCE_IMAGES},
+                "roi_tuning": ROI_TUNING,
+                "roi_gradient": {"axis": "posterior-anterior", "toward": ROI_GRADIENT,
+                                 "angle_degrees": float(np.rad2deg(GRADIENT_ANGLE))},
+                "reference": {"seed": REFERENCE_SEED, "n_images": REFERENCE_IMAGES},
                 "model": "y = f @ w + b + N(0, sigma^2); noise_ceiling = best test R^2"}
     names = [f"synthetic-{i:05d}" for i in range(n)]
     with DatasetWriter(path, subject=subject, image_ids=np.arange(n), image_names=names,
