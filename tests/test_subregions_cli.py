@@ -148,3 +148,27 @@ def test_cli_subregions_generate_records_each_part_as_a_voxel_set(tmp_path):
     assert len(list((out / "unguided").glob("*.png"))) == 1
     assert (out / "cross_prediction.csv").is_file()
     assert main(["subregions", "--roi", "OPA", "--generate", "0", "--out", str(out)]) == 2
+
+
+def test_the_paper_preset_splits_and_varies_on_tiny_models(tmp_path, reference):
+    """``--preset sd21`` (the GPU path: paper scale 130, DPM) with a tiny SD-layout model and the demo encoder as
+    local folders, on the CPU: each part's images and a start-image variation, recorded as that preset made them."""
+    from braindive.demo import ASSET_DIFFUSION as ASSET_SD, ASSET_ENCODER
+
+    models = ["--preset", "sd21", "--model", str(ASSET_SD), "--encoder", str(ASSET_ENCODER), "--subject", "S1",
+              "--steps", "2", "--height", "64", "--width", "64"]
+    out = tmp_path / "split"
+    assert main(["subregions", *models, "--roi", "OPA", "--k", "2", "--by", "weights", "--generate", "1",
+                 "--out", str(out)]) == 0
+    catalog = Catalog(out)
+    records = [catalog.record(e.id) for e in catalog.query()]
+    assert sorted(r["label"] for r in records) == ["max OPA·1/2", "max OPA·2/2"]
+    assert {(r["model"], r["parameters"]["brain_guidance_scale"], r["parameters"]["scheduler"]) for r in records} == \
+        {(str(ASSET_SD), 130.0, "dpm")}
+    gen = tmp_path / "vary"
+    assert main(["generate", *models, "--roi", "FFA", "--minimize", "--n", "1", "--init-image", str(reference),
+                 "--strength", "0.5", "--out", str(gen)]) == 0
+    (entry,) = Catalog(gen).query()
+    record = Catalog(gen).record(entry.id)
+    assert record["label"] == "min FFA" and record["parameters"]["strength"] == 0.5
+    assert record["parameters"]["reference"]["sha256"] == image_hash(PIL.Image.open(reference))
