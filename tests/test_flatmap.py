@@ -480,3 +480,15 @@ def test_subjects_without_a_display_say_why(fullhead):
     with pytest.raises(ValueError, match=r"Transform S1/retinotopy .* has grid shape \(72, 72, 22\), but subject"):
         bd.Subject.from_volume("subj01", fullhead.ijk, fullhead.affine, fullhead.volume_shape, {}, surface="S1",
                                transform="retinotopy")  # hemispheres from a display: checked first
+
+
+def test_colorbar_can_be_left_out_and_only_the_bar_changes():
+    """Categories (sub-region parts) carry their own legend: ``colorbar=False`` leaves the map as it was."""
+    s1 = bd.load_subject("S1")
+    values = np.where(np.arange(s1.n_voxels) % 2, 1.0, 0.0)
+    with_bar = flatmap.render_flatmap(values, s1, vmin=-0.5, vmax=1.5)
+    without = flatmap.render_flatmap(values, s1, vmin=-0.5, vmax=1.5, colorbar=False)
+    rows = np.flatnonzero((with_bar != without).any(axis=(1, 2)))
+    assert rows.size and rows.min() > 0.85 * with_bar.shape[0]  # the bar's band under the map, nothing else
+    band = without[rows.min():rows.max() + 1]
+    assert (band == band[0, 0]).all()  # the band left blank

@@ -79,7 +79,8 @@ def parts_map(service: Service, subject_label: str, parts: sr.Split) -> np.ndarr
     for i, part in enumerate(parts.parts):
         values[part.voxels] = i
     return service.flatmap(subject_label, values, title=f"{parts.roi} in {parts.k} parts ({parts.by})",
-                           cmap=ListedColormap(PART_COLOURS[:parts.k]), vmin=-0.5, vmax=parts.k - 0.5)
+                           cmap=ListedColormap(PART_COLOURS[:parts.k]), vmin=-0.5, vmax=parts.k - 0.5,
+                           colorbar=False)  # categories: the legend names them
 
 
 def legend(parts: sr.Split, rows: list[dict]) -> str:
@@ -193,7 +194,8 @@ def build(service: Service, settings, subject: gr.Dropdown, encoder: gr.Dropdown
             kind = gr.Radio(list(sr.PART_KINDS), value="maximize", label="Each part", elem_id="split-kind")
             split_mode = gr.Radio(["exact", "fast"], value="exact", label="Guidance computation")
             split_generate = gr.Button("Generate for each part", variant="primary", elem_id="split-generate")
-        parts_gallery = gr.Gallery(label="Images per part", columns=8, height=220, format="png", elem_id="parts-gallery")
+        parts_gallery = gr.Gallery(label="Images per part", columns=8, height=220, format="png", elem_id="parts-gallery",
+                                   fit_columns=False, object_fit="contain")
         cross_table = gr.Dataframe(headers=["images for", "gain per part", "own largest", "margin"], interactive=False,
                                    elem_id="cross-table",
                                    label="Cross-prediction: gain of each part (columns) for each part's images (rows)")

@@ -43,6 +43,7 @@ def render_flatmap(
     title: str | None = None,
     width: int = DEFAULT_WIDTH,
     view: str = "full",
+    colorbar: bool = True,
 ) -> np.ndarray:
     """Draw ``values`` on the subject's flatmap; returns an ``H x W x 3`` uint8 image.
 
@@ -58,6 +59,7 @@ def render_flatmap(
         cmap: a matplotlib colormap name or object.
         vmin, vmax: colour limits; by default the 1st-99th percentiles of the values, made symmetric
             around 0 when the values have both signs.
+        colorbar: draw the colour bar under the map (off for categories with a legend of their own).
         title: text drawn above the map.
         width: image width in pixels (the height follows the map's aspect ratio).
         view: ``"full"`` (the whole flat surface) or ``"voxels"`` (zoomed on the subject's voxels).
@@ -89,7 +91,7 @@ def render_flatmap(
     _draw_hemisphere_names(draw, grid.layout)
     if rois:
         _draw_labels(draw, grid)
-    if surface_values is not None:
+    if surface_values is not None and colorbar:
         _draw_colorbar(draw, grid.layout, colormap, vmin, vmax)
     if title:
         _draw_title(draw, grid.layout, str(title))
