@@ -6,15 +6,13 @@ the subject's voxel-space fingerprint, settings, seed; ``braindive.generate.imag
 finds what is already in the catalog. Start images (``init_images``) are read here, once: jobs carry their
 pixels and ids use their pixel hash, so workers never open the files and a sweep folder that moves keeps its
 ids. Numbers are checked against ``braindive.presets.LIMITS``, with the same messages as the app and the CLI.
-Errors name the sweep file and the line of the bad key (``tomllib`` reports no line numbers for values, so the
-key is looked up in the text).
+Errors name the sweep file and the line of the bad key (``toml_reader``).
 """
 from __future__ import annotations
 
 import hashlib
 import itertools
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +26,8 @@ except ModuleNotFoundError:  # Python 3.10 (ZeroGPU Spaces): its backport, same 
 
 from ..generate import GenerationSettings as Settings
 from ..generate import encoder_identity, image_id_from_key, target_key
-from ..presets import LIMITS, LimitError
 from ..targets import Target
+from .toml_reader import SweepError, TomlReader
 
 __all__ = ["Sweep", "Job", "Settings", "EncoderSpec", "SweepError", "load_sweep", "parse_sweep", "image_id", "model_name",
            "DEMO", "SETTING_LIMITS"]
@@ -53,10 +51,6 @@ _EXECUTION_RANGES = {"batch_size": (int, 1, 256), "cpus_per_worker": (int, 1, 10
                      "workers": (int, 0, 100000), "max_retries": (int, 0, 100)}
 _IMAGE_SETTINGS = {"init_images", "strength", "nsd_dataset"}  # reference-image variations: start images x strengths
 _SUBREGION_KEYS = {"roi", "k", "by", "axis", "seed", "images", "kind"}
-
-
-class SweepError(ValueError):
-    """A sweep file that cannot run; the message names the file and line."""
 
 
 @dataclass(frozen=True)
@@ -151,73 +145,8 @@ def parse_sweep(text: str, source: str = "<sweep>", base_dir=".") -> Sweep:
     return _Reader(text, source, Path(base_dir)).read(data)
 
 
-class _Reader:
+class _Reader(TomlReader):
     """Builds a ``Sweep`` from parsed TOML; every error names ``source:line``."""
-
-    def __init__(self, text: str, source: str, base_dir: Path):
-        self.lines, self.source, self.base_dir = text.splitlines(), source, base_dir
-
-    # -------------------------------------------------------------- errors with line numbers
-
-    def line(self, table: str, key: str | None = None, index: int = 0, needle: str | None = None) -> int:
-        """1-based line of ``key =`` in the ``index``-th ``[table]`` / ``[[table]]`` ("" = top level); with
-        ``needle``, the first line from there on that contains it. Falls back to the table's header, else 1."""
-        current, seen, start, found_key = "", {}, None, key is None
-        for n, raw in enumerate(self.lines, 1):
-            header = re.match(r"\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$", raw)
-            if header:
-                current = header.group(1)
-                seen[current] = seen.get(current, -1) + 1
-                start = n if current == table and seen[current] == index else start
-                continue
-            if current != table or seen.get(table, 0) != index:
-                continue
-            body = raw.split("#", 1)[0]
-            if not found_key and re.match(rf"\s*{re.escape(key)}\s*=", body):
-                if needle is None:
-                    return n
-                found_key = True
-            if found_key and needle is not None and needle in body:
-                return n
-        return start or 1
-
-    def fail(self, message: str, table: str = "", key: str | None = None, index: int = 0, needle: str | None = None):
-        raise SweepError(f"{self.source}:{self.line(table, key, index, needle)}: {message}")
-
-    # -------------------------------------------------------------- values
-
-    def check_keys(self, data: dict, allowed: set, table: str, index: int = 0) -> None:
-        for key in data:
-            if key not in allowed:
-                where = f"[{table}]" if table else "the top level"
-                self.fail(f"unknown key {key!r} in {where}; allowed: {sorted(allowed)}.", table, key, index)
-
-    def number(self, value, kind, low, high, table: str, key: str, index: int = 0, name: str | None = None):
-        ok_type = isinstance(value, int) if kind is int else isinstance(value, (int, float))
-        if isinstance(value, bool) or not ok_type or not (math.isfinite(value) and low <= value <= high):
-            what = "an integer" if kind is int else "a number"
-            self.fail(f"`{name or table + '.' + key}` must be {what} in [{low:g}, {high:g}], got {value!r}.", table, key,
-                      index)
-        return kind(value)
-
-    def limit(self, field: str, value, table: str, key: str):
-        """``presets.LIMITS[field]`` check, its message (the field's UI label and range) prefixed by file:line."""
-        if field != "prompt" and isinstance(value, str):  # TOML text is not a number, whatever it spells
-            value = [value]
-        try:
-            return LIMITS[field].check(value)
-        except LimitError as exc:
-            self.fail(str(exc), table, key)
-
-    def string(self, value, table: str, key: str, index: int = 0) -> str:
-        if not isinstance(value, str) or not value:
-            self.fail(f"`{table + '.' if table else ''}{key}` must be a non-empty string, got {value!r}.", table, key, index)
-        return value
-
-    def string_list(self, value, table: str, key: str) -> list[str]:
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            self.fail(f"`{table}.{key}` must be a list of names, got {value!r}.", table, key)
-        return value
 
     # -------------------------------------------------------------- sections
 
