@@ -45,7 +45,7 @@ def run(n_seeds: int, mode: str, contrast_for=("weights", "anatomy")) -> dict:
         if (roi, "weights") in labels and (roi, "anatomy") in labels:  # voxels in the same part, either naming
             same = float(np.mean(labels[roi, "weights"] == labels[roi, "anatomy"]))
             agreement[roi] = max(same, 1 - same)
-        similarity = sr.report(split, demo.subject, sr.weight_profiles(demo.encoder, split.voxels))
+        similarity = sr.report(split, demo.subject, encoder=demo.encoder)
         for kind in [k for k in KINDS if k != "contrast" or by in contrast_for]:
             cp = cross_prediction(demo.pipe, split, range(n_seeds), settings, subject=demo.subject, kind=kind,
                                   batch_size=n_seeds)

@@ -136,8 +136,7 @@ def subregions(args) -> Path:
                             axis=args.axis, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    features = split.features if split.features is not None else sr.weight_profiles(pipe.encoder, split.voxels)
-    rows = sr.report(split, subject, features)
+    rows = sr.report(split, subject, encoder=pipe.encoder)
     write_atomic(out / "split.json", json.dumps({**split.to_dict(), "subject": subject.name, "report": rows}, indent=2))
     for row in rows:
         print(", ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.items()))

@@ -333,12 +333,14 @@ def profile_similarity(features: np.ndarray, labels: np.ndarray, k: int) -> np.n
     return out
 
 
-def report(split: Split, subject: Subject, features: np.ndarray | None = None) -> list[dict]:
+def report(split: Split, subject: Subject, features: np.ndarray | None = None, encoder=None) -> list[dict]:
     """Per part: voxel counts per hemisphere and the mean within- and between-part profile similarity.
 
     ``features`` (unit profiles of ``split.voxels``) defaults to those the split clustered; an anatomical
-    split has none, so pass e.g. ``weight_profiles(encoder, split.voxels)`` to compare its parts' profiles."""
+    split has none: then ``encoder``'s weight profiles (``weight_profiles``) are compared, if given."""
     features = split.features if features is None else features
+    if features is None and encoder is not None:
+        features = weight_profiles(encoder, split.voxels)
     sim = None if features is None else profile_similarity(features, split.labels, split.k)
     rows = []
     for i, part in enumerate(split.parts):

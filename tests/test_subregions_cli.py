@@ -114,6 +114,12 @@ def test_cli_subregions_writes_the_split_and_generate_starts_from_an_image(tmp_p
     assert [p["name"] for p in saved["parts"]] == ["OPA·post", "OPA·ant"]
     assert [p["voxels"] for p in saved["parts"]] == [p.voxels.tolist() for p in expected.parts]
     assert saved["report"][0]["n_lh"] + saved["report"][0]["n_rh"] == len(expected.parts[0].voxels)
+    # an anatomical split's parts compared by the encoder's weight profiles: mean cosines computed here
+    head = bd.load_encoder(ASSET_ENCODER).head.weight.detach().double().numpy()
+    post, ant = (head[p.voxels] / np.linalg.norm(head[p.voxels], axis=1, keepdims=True) for p in expected.parts)
+    within = post @ post.T
+    assert saved["report"][0]["within"] == pytest.approx((within.sum() - len(post)) / (len(post) * (len(post) - 1)))
+    assert saved["report"][0]["between"] == pytest.approx((post @ ant.T).mean())
 
     gen = tmp_path / "gen"
     assert main(["generate", "--roi", "FFA", "--n", "1", "--steps", "2", "--init-image", str(reference),

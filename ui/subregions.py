@@ -69,8 +69,7 @@ def split(service: Service, subject_label: str, encoder_name: str, roi: str, k, 
                                 axis=axis)
     except (ValueError, FileNotFoundError) as exc:
         raise ServiceError(str(exc)) from exc
-    features = parts.features if parts.features is not None else sr.weight_profiles(service.encoder(encoder_name), parts.voxels)
-    return parts, sr.report(parts, subject, features)
+    return parts, sr.report(parts, subject, encoder=service.encoder(encoder_name))
 
 
 def parts_map(service: Service, subject_label: str, parts: sr.Split) -> np.ndarray:
