@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import uuid
 from contextlib import contextmanager
+from dataclasses import replace
 
 import gradio as gr
 import numpy as np
@@ -119,15 +120,15 @@ def cross_predict(service: Service, encoder_name: str, parts: sr.Split, n_seeds:
     return gallery, table
 
 
-def start_image(service: Service, upload, nsd_dataset: str = "", nsd_id=None) -> tuple[object, str]:
-    """The reference image and the name records give it: an upload (no name), or the image of NSD id ``nsd_id``
-    (0-based 73k id) in a prepared NSD dataset under the allowed folders (``nsd-<id>``)."""
+def start_image(service: Service, upload, nsd_dataset: str = "", nsd_id=None) -> StartImage:
+    """The reference image as a request carries it: an upload (no file name: records name it by its pixel hash), or
+    the image of NSD id ``nsd_id`` (0-based 73k id) in a prepared NSD dataset under the allowed folders (``nsd-<id>``)."""
     from_nsd = str(nsd_id if nsd_id is not None else "").strip() != ""
     if (upload is None) == (not from_nsd):
         raise ServiceError("Start from one image: upload one, or give an NSD image id and its prepared dataset"
                            + (", not both." if from_nsd else "."))
     if not from_nsd:
-        return upload, ""
+        return StartImage.from_image(upload, "")
     path = inside_roots(service.settings, nsd_dataset or "", "Dataset", want_dir=False)
     try:
         text = str(nsd_id).strip()
@@ -136,7 +137,7 @@ def start_image(service: Service, upload, nsd_dataset: str = "", nsd_id=None) ->
         start = StartImage.resolve(f"nsd:{int(text)}", nsd_dataset=path)
     except (ValueError, OSError) as exc:
         raise ServiceError(str(exc).replace(str(path), path.name)) from exc  # no server folder in the answer
-    return start.image(), start.file
+    return start
 
 
 def vary(service: Service, subject_label: str, encoder_name: str, roi: str, kind: str, image, strength, scale, seed,
@@ -144,31 +145,30 @@ def vary(service: Service, subject_label: str, encoder_name: str, roi: str, kind
     """Reference (VAE-sized), control and guided images from ``image`` (or an NSD image, ``start_image``) at
     ``strength``, and a summary line. The guided image goes to the catalog (History) with the strength and the
     reference's name and pixel hash."""
-    image, reference_name = start_image(service, image, nsd_dataset, nsd_id)
+    start = start_image(service, image, nsd_dataset, nsd_id)
     subject = service.subject(subject_label)
     try:
-        strength = V.check_strengths(float(strength), "Strength")[0]
         target = (Target.maximize if kind == "maximize" else Target.minimize)(roi)
         objective = target.build(subject)
     except ValueError as exc:
         raise ServiceError(str(exc)) from exc
-    settings = panel_settings(service, mode, scale, strength)
+    settings = replace(panel_settings(service, mode, scale, strength), init_image=start)
+    strength = settings.strength
     call = {k: v for k, v in settings.pipeline_kwargs().items() if k != "brain_guidance_scale"}
     with pipeline_slot(service, encoder_name) as pipe:
-        grid = V.variations(pipe, objective, image, [strength], [settings.scale], seeds=(int(seed),), **call)
+        grid = V.variations(pipe, objective, start.image(), [strength], [settings.scale], seeds=(int(seed),), **call)
     guided, control = grid.get(strength, settings.scale, int(seed)), grid.get(strength, 0.0, int(seed))
     result = SeedResult(int(seed), guided.image, guided.activations, target.measure(guided.activations, subject),
                         baseline_activations=control.activations,
                         baseline_measure=target.measure(control.activations, subject))
+    # the strength and the reference's name and pixel hash come from ``settings.image_record``, as at every door
     record = seed_record(result, target, subject, settings, model=service.backend().name, encoder=encoder_name)
-    # an upload has no file name: the record names it by its pixel hash (what ``GenerationSettings.image_record`` keeps)
-    record["parameters"].update(strength=strength, reference={"file": reference_name, "sha256": grid.reference_hash})
     record.pop("baseline_key", None)  # the control was made here, not taken from the baseline store
     service.catalog.add(guided.image, record, run_id=uuid.uuid4().hex[:10], owner=owner)
     text = (f"{roi} mean: reference {grid.reference_value:+.3f} → control {control.value:+.3f} → guided "
             f"{guided.value:+.3f} (change {guided.change:+.3f}; vs control {guided.change_vs_control:+.3f}). "
             f"Similarity to the reference: SSIM {guided.ssim:.2f}, CLIP cosine {guided.clip_cosine:.3f}. "
-            f"Strength {strength:g}, scale {float(scale):g}, seed {int(seed)}; reference sha256 {grid.reference_hash[:16]}…")
+            f"Strength {strength:g}, scale {settings.scale:g}, seed {int(seed)}; reference sha256 {grid.reference_hash[:16]}…")
     return grid.reference, control.image, guided.image, text
 
 
