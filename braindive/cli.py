@@ -60,9 +60,8 @@ def check_limits(args, flags: dict = _LIMITED) -> None:
 def generate(args) -> list:
     """Generate ``--n`` seeds of one target into the catalog ``--out`` (the routine the app and batch use)."""
     from .catalog import Catalog
-    from .demo import ASSET_ENCODER
     from .evaluation.files import write_csv
-    from .generate import StartImage, encoder_identity, generate_seed, image_id, seed_record
+    from .generate import StartImage, generate_seed, image_id, seed_record
     from .presets import get_preset
     from .rerank import rank_scores
     from tqdm.auto import tqdm
@@ -71,14 +70,8 @@ def generate(args) -> list:
     start = StartImage.resolve(args.init_image, nsd_dataset=args.nsd_dataset) if args.init_image else None
     settings = _settings(args, preset, init_image=start, strength=args.strength)
     target = build_target(args)
-    import torch
-
-    loaded = preset.load("cuda" if torch.cuda.is_available() and args.preset != "demo" else "cpu",
-                         encoder=args.encoder, subject=args.subject, model=args.model)
+    loaded, identity = _load(args, preset)
     subject = loaded.subject
-    if args.preset == "demo" and args.subject != subject.name:
-        raise SystemExit(f"--preset demo uses subject {subject.name!r}, got --subject {args.subject!r}.")
-    identity = encoder_identity(loaded.encoder_name, subject, ASSET_ENCODER if args.preset == "demo" else None)
     catalog = Catalog(args.out)
     seeds = [args.seed + k for k in range(args.n)]
     ids = [image_id(loaded.model_name, identity, target, subject, settings, s) for s in seeds]
@@ -118,19 +111,14 @@ def subregions(args) -> Path:
     images (the same seeds for every part) into the catalog ``--out`` and ``cross_prediction.csv``."""
     import json
 
-    import torch
-
     from . import subregions as sr
     from .catalog import Catalog
-    from .demo import ASSET_ENCODER
     from .evaluation.files import write_atomic, write_csv
-    from .generate import encoder_identity
     from .presets import get_preset
     from .subregion_images import cross_prediction, store
 
     preset = get_preset(args.preset)
-    loaded = preset.load("cuda" if torch.cuda.is_available() and args.preset != "demo" else "cpu",
-                         encoder=args.encoder, subject=args.subject, model=args.model)
+    loaded, identity = _load(args, preset)
     pipe, subject = loaded.pipe, loaded.subject
     split = sr.split_region(subject, args.roi, args.k, args.by, encoder=pipe.encoder, images=args.images,
                             axis=args.axis, seed=args.seed)
@@ -143,7 +131,6 @@ def subregions(args) -> Path:
     if not args.generate:
         return out / "split.json"
     settings = _settings(args, preset)
-    identity = encoder_identity(loaded.encoder_name, subject, ASSET_ENCODER if args.preset == "demo" else None)
     catalog = Catalog(out)
     cp = cross_prediction(pipe, split, range(args.gen_seed, args.gen_seed + args.generate), settings, subject=subject,
                           kind=args.kind, baselines=catalog, model=loaded.model_name, encoder=identity)
@@ -220,6 +207,21 @@ def study(args) -> str:
               f"[{100 * row['ci_low']:.1f}, {100 * row['ci_high']:.1f}]")
     excluded = [p["participant"] for p in analysis.participants if p["excluded"]]
     return f"wrote {paths['per_roi']}; excluded {len(excluded)} participant(s) {excluded} for failed attention checks"
+
+
+def _load(args, preset):
+    """``preset.load`` on the GPU when there is one (the demo: always the CPU) with --encoder/--subject/--model, and
+    the encoder's identity in ids and baseline keys (``generate.encoder_identity``)."""
+    import torch
+
+    from .demo import ASSET_ENCODER
+    from .generate import encoder_identity
+
+    loaded = preset.load("cuda" if torch.cuda.is_available() and args.preset != "demo" else "cpu",
+                         encoder=args.encoder, subject=args.subject, model=args.model)
+    if args.preset == "demo" and args.subject != loaded.subject.name:
+        raise SystemExit(f"--preset demo uses subject {loaded.subject.name!r}, got --subject {args.subject!r}.")
+    return loaded, encoder_identity(loaded.encoder_name, loaded.subject, ASSET_ENCODER if args.preset == "demo" else None)
 
 
 def _settings(args, preset, **more):
