@@ -178,3 +178,20 @@ def test_the_paper_preset_splits_and_varies_on_tiny_models(tmp_path, reference):
     record = Catalog(gen).record(entry.id)
     assert record["label"] == "min FFA" and record["parameters"]["strength"] == 0.5
     assert record["parameters"]["reference"]["sha256"] == image_hash(PIL.Image.open(reference))
+
+
+def test_a_part_minus_the_rest_is_the_same_request_from_the_cli_and_a_sweep(tmp_path):
+    """Same split, kind, seed and settings: the CLI's catalog ids are the sweep's ids (ids hash the target's voxels on
+    both sides, the settings and the encoder identity), and the labels and target specs agree."""
+    out = tmp_path / "cli"
+    assert main(["subregions", "--roi", "OPA", "--k", "2", "--by", "weights", "--kind", "contrast", "--generate", "1",
+                 "--gen-seed", "3", "--steps", "2", "--out", str(out)]) == 0
+    catalog = Catalog(out)
+    cli = {catalog.record(e.id)["label"]: (e.id, catalog.record(e.id)["target_spec"]) for e in catalog.query()}
+    text = SWEEP.format(settings="steps = 2").replace("seeds = { start = 0, count = 2 }", "seeds = [3]")
+    text = text.split("[targets]")[0] + '[targets]\nsubregions = [{ roi = "OPA", k = 2, by = "weights", kind = "contrast" }]\n' \
+        + "[settings]\nsteps = 2\n"
+    sweep = parse_sweep(text, base_dir=tmp_path)
+    swept = {j.target.label: (sweep.image_ids(j)[0], j.target.to_dict()) for j in sweep.jobs}
+    assert sorted(swept) == sorted(cli) == ["OPA·1/2 − 1.0×OPA·rest", "OPA·2/2 − 1.0×OPA·rest"]
+    assert swept == cli
