@@ -311,8 +311,8 @@ class _Reader(TomlReader):
         """``subregions = [{roi = "OPA", k = 2, by = "weights", axis = ..., seed = 0, images = ..., kind = ...}]``:
         each part of the split as ``subregions.part_target`` (maximised by default; ``kind`` "minimize" or
         "contrast", part minus the rest of the region). ``by = "weights"`` reads the encoder's head from its local
-        folder; ``"responses"`` predicts the voxels' responses to the images of the folder ``images`` (relative
-        to the sweep file) with the whole encoder, here on the CPU; ``"anatomy"`` bins along ``axis``."""
+        folder; ``"responses"`` predicts the voxels' responses to the images of ``images`` (a folder, or a prepared
+        NSD dataset's shared images; relative to the sweep file) with the whole encoder, here on the CPU; ``"anatomy"`` bins along ``axis``."""
         from .. import subregions as sr
 
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -331,8 +331,9 @@ class _Reader(TomlReader):
                 self.fail(f"`subregions.kind` must be one of {list(sr.PART_KINDS)}, got {kind!r}.", "targets",
                           "subregions", needle=f'"{kind}"')
             if (by == "responses") != ("images" in e):
-                self.fail("`subregions.images` (a folder of images, relative to the sweep file) is needed with "
-                          f"by = \"responses\" and only then; got by {by!r}.", "targets", "subregions")
+                self.fail("`subregions.images` (a folder of images or a prepared NSD dataset, relative to the sweep "
+                          f"file) is needed with by = \"responses\" and only then; got by {by!r}.", "targets",
+                          "subregions")
             k = self.number(e.get("k", 2), int, *sr.K_RANGE, "targets", "subregions", name="subregions.k")
             seed = self.limit("seed", e.get("seed", 0), "targets", "subregions")
             try:
